@@ -1,0 +1,119 @@
+//! Compiles `kernels-gpu` to one self-contained PTX file, `$OUT_DIR/kernels.ptx`, which
+//! `src/lib.rs` embeds with `include_str!`.
+//!
+//! The kernels go through rustc's own NVPTX backend: an inner `cargo rustc` for
+//! `nvptx64-nvidia-cuda` with `-Zbuild-std=core`, as a `staticlib` with fat LTO,
+//! `panic = "abort"` and one codegen unit, emitting assembly (`--emit=asm`), which for this
+//! target is PTX. The GPU architecture is `sm_90` unless `NANOFUSE_CUDA_ARCH` says
+//! otherwise (e.g. `NANOFUSE_CUDA_ARCH=sm_80`; the kernels need sm_80 or newer).
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const ARCH_ENV: &str = "NANOFUSE_CUDA_ARCH";
+const DEFAULT_ARCH: &str = "sm_90";
+const TARGET: &str = "nvptx64-nvidia-cuda";
+const KERNEL_PACKAGE: &str = "nanofuse-kernels-gpu";
+
+fn main() {
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    println!("cargo:rerun-if-env-changed={ARCH_ENV}");
+    println!("cargo:rerun-if-changed=kernels-gpu/src");
+    println!("cargo:rerun-if-changed=kernels-gpu/Cargo.toml");
+    println!("cargo:rerun-if-changed=rust-toolchain.toml");
+
+    let arch = env::var(ARCH_ENV).unwrap_or_else(|_| DEFAULT_ARCH.to_string());
+    let arch_ok =
+        arch.strip_prefix("sm_").is_some_and(|v| v.len() >= 2 && v.chars().all(|c| c.is_ascii_alphanumeric()));
+    if !arch_ok {
+        fail(&format!("{ARCH_ENV}={arch:?} is not a GPU architecture such as sm_90 or sm_80"));
+    }
+    println!("cargo:rustc-env=NANOFUSE_PTX_ARCH={arch}");
+
+    let ptx = build_ptx(&root, &out_dir.join("kernels-target"), &arch);
+    fs::write(out_dir.join("kernels.ptx"), ptx).expect("write kernels.ptx");
+}
+
+/// Runs the inner cargo and returns the PTX text.
+fn build_ptx(root: &Path, target_dir: &Path, arch: &str) -> String {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root)
+        .args(["rustc", "--package", KERNEL_PACKAGE, "--lib", "--release", "--target", TARGET])
+        .args(["-Zbuild-std=core", "--crate-type", "staticlib", "--target-dir"])
+        .arg(target_dir)
+        .args(["--", "--emit=asm"]);
+    // The outer build's flags and wrappers are for the host target, not for this one.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET_DIR",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_BUILD_RUSTC_WRAPPER",
+    ] {
+        cmd.env_remove(var);
+    }
+    // Code-generation flags go through CARGO_ENCODED_RUSTFLAGS, which cargo fingerprints
+    // (arguments after `--` are not: changing the arch would not rebuild).
+    // The unroll threshold plays the role of CUDA's `#pragma unroll`: the kernels index
+    // their register arrays (accumulators, fragments) only inside constant-trip loops,
+    // and with LLVM's default threshold the tiled epilogue stays rolled, which moves the
+    // accumulators to local memory (a stack frame in the ptxas report; the tests check
+    // that every kernel has none).
+    let flags = [format!("-Ctarget-cpu={arch}"), "-Cllvm-args=-unroll-threshold=2000".to_string()];
+    cmd.env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"));
+    // The kernel profile, independent of the outer profile (which may be dev or test).
+    for (key, value) in [
+        ("LTO", "fat"),
+        ("PANIC", "abort"),
+        ("CODEGEN_UNITS", "1"),
+        ("OPT_LEVEL", "3"),
+        ("DEBUG", "false"),
+        ("DEBUG_ASSERTIONS", "false"),
+        ("OVERFLOW_CHECKS", "false"),
+        ("INCREMENTAL", "false"),
+    ] {
+        cmd.env(format!("CARGO_PROFILE_RELEASE_{key}"), value);
+    }
+
+    let output = cmd.output().unwrap_or_else(|e| fail(&format!("could not run cargo: {e}")));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        let mut msg = format!("compiling {KERNEL_PACKAGE} for {TARGET} ({arch}) failed:\n{stderr}");
+        if stderr.contains("rust-src") || stderr.contains("library/Cargo.lock") {
+            msg.push_str(
+                "\nhint: -Zbuild-std needs the rust-src component of the pinned toolchain:\n  \
+                 rustup component add rust-src   (run in this repository)\n",
+            );
+        }
+        fail(&msg);
+    }
+
+    let deps = target_dir.join(TARGET).join("release").join("deps");
+    let newest = fs::read_dir(&deps)
+        .unwrap_or_else(|e| fail(&format!("reading {}: {e}", deps.display())))
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with("nanofuse_kernels_gpu-") && name.ends_with(".s")
+        })
+        .max_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok());
+    let path = newest.unwrap_or_else(|| fail(&format!("no PTX (.s) file in {}", deps.display())));
+    let ptx = fs::read_to_string(&path).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
+    if !ptx.contains(&format!(".target {arch}")) {
+        fail(&format!("{} does not target {arch}", path.display()));
+    }
+    ptx
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("{msg}");
+    panic!("building the GPU kernels failed (see above)");
+}

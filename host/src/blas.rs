@@ -1,0 +1,96 @@
+//! cuBLAS, loaded at run time: the GEMM of the unfused baseline (what PyTorch's
+//! `F.linear` runs) and of the large-M fallback.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::cublas::{CudaBlas, result as cublas, sys};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+
+use crate::error::{Error, Result};
+
+/// Workspace handed to cuBLAS (PyTorch's default size on Hopper). An explicit workspace
+/// keeps cuBLAS from allocating inside CUDA-graph capture.
+const WORKSPACE_BYTES: usize = 32 << 20;
+
+/// A cuBLAS handle bound to nanofuse's stream, with its workspace.
+pub(crate) struct Blas {
+    handle: CudaBlas,
+    _workspace: CudaSlice<u8>,
+}
+
+impl Blas {
+    pub(crate) fn new(stream: &Arc<CudaStream>) -> Result<Blas> {
+        // SAFETY: only tries to dlopen the library.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(Error::Cublas {
+                op: "load",
+                reason: "libcublas could not be loaded (is the CUDA toolkit's lib64 directory on \
+                         LD_LIBRARY_PATH?)"
+                    .into(),
+            });
+        }
+        let handle = CudaBlas::new(stream.clone()).map_err(Error::cublas("cublasCreate"))?;
+        let workspace = stream.alloc_zeros::<u8>(WORKSPACE_BYTES).map_err(Error::driver("cuMemAlloc"))?;
+        {
+            let (ptr, _sync) = workspace.device_ptr(stream);
+            // SAFETY: the workspace outlives the handle (both live in `Blas`, the handle is
+            // dropped first) and is used only on this handle's stream.
+            unsafe { sys::cublasSetWorkspace_v2(*handle.handle(), ptr as *mut c_void, WORKSPACE_BYTES) }
+                .result()
+                .map_err(Error::cublas("cublasSetWorkspace"))?;
+        }
+        Ok(Blas { handle, _workspace: workspace })
+    }
+
+    /// Row-major `y[m, n] = x[m, k] · W[n, k]ᵀ` (leading dimension of y: `ldy`), bf16 in
+    /// and out, f32 accumulation (`CUBLAS_COMPUTE_32F`).
+    ///
+    /// cuBLAS is column-major. A row-major `[r, c]` matrix is the column-major `[c, r]`
+    /// matrix, so the call computes `yᵀ[n, m] = W[n, k] · xᵀ[k, m]` in column-major terms:
+    /// A is W seen as column-major `k x n` and transposed (`OP_T`, lda = k), B is x seen as
+    /// column-major `k x m` (`OP_N`, ldb = k), C is y as column-major `n x m` (ldc = ldy).
+    ///
+    /// # Safety
+    /// `x`, `w`, `y` are device buffers on the handle's context holding `m·k`, `n·k` and
+    /// `m·ldy` bf16; `y` overlaps neither input; dimensions fit in `i32`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn gemm_xwt(
+        &self,
+        x: u64,
+        w: u64,
+        y: u64,
+        m: usize,
+        k: usize,
+        n: usize,
+        ldy: usize,
+    ) -> Result<()> {
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let bf16 = sys::cudaDataType::CUDA_R_16BF;
+        // SAFETY: forwarded to the caller; alpha/beta are host scalars (default pointer mode).
+        unsafe {
+            cublas::gemm_ex(
+                *self.handle.handle(),
+                sys::cublasOperation_t::CUBLAS_OP_T,
+                sys::cublasOperation_t::CUBLAS_OP_N,
+                n as i32,
+                m as i32,
+                k as i32,
+                &alpha as *const f32 as *const c_void,
+                w as *const c_void,
+                bf16,
+                k as i32,
+                x as *const c_void,
+                bf16,
+                k as i32,
+                &beta as *const f32 as *const c_void,
+                y as *mut c_void,
+                bf16,
+                ldy as i32,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(Error::cublas("cublasGemmEx"))
+    }
+}

@@ -1,0 +1,282 @@
+//! The loaded PTX module and one raw launcher per kernel. Launchers take validated device
+//! addresses and sizes; the public, checked entry points are in `ops` and `qkv`.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::driver::sys::{self, CUfunction_attribute, CUlaunchAttributeID};
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
+use cudarc::nvrtc::Ptx;
+use nanofuse_kernels_gpu::config::{self, TileConfig, decode, rms_norm};
+
+use crate::error::{Error, Result};
+use crate::gpu::DeviceInfo;
+use crate::plan::{DecodePlan, Tile, TiledPlan};
+
+/// Every kernel entry point the host launches, as named in the PTX.
+pub const KERNEL_NAMES: [&str; 9] = [
+    "rms_norm",
+    "fused_rmsnorm_qkv_decode_m16",
+    "fused_rmsnorm_qkv_decode_m64",
+    "gemm_decode_m16",
+    "gemm_decode_m64",
+    "fused_rmsnorm_qkv_tiled_large",
+    "fused_rmsnorm_qkv_tiled_small",
+    "gemm_tiled_large",
+    "gemm_tiled_small",
+];
+
+/// The kernels of one loaded module.
+pub(crate) struct Kernels {
+    rms_norm: CudaFunction,
+    fused_decode: [CudaFunction; 2],
+    gemm_decode: [CudaFunction; 2],
+    fused_tiled_large: CudaFunction,
+    fused_tiled_small: CudaFunction,
+    gemm_tiled_large: CudaFunction,
+    gemm_tiled_small: CudaFunction,
+}
+
+/// Output pointers and widths of a fused launch.
+#[derive(Clone, Copy)]
+pub(crate) struct QkvPtrs {
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    pub nq: u32,
+    pub nkv: u32,
+}
+
+/// Device addresses of the decode kernels' split-K workspace.
+#[derive(Clone, Copy)]
+pub(crate) struct WorkspacePtrs {
+    pub partial: u64,
+    pub counters: u64,
+}
+
+/// Grid, block and dynamic shared memory of a launch.
+struct Shape {
+    grid: (u32, u32),
+    block: u32,
+    smem: u32,
+}
+
+/// The address of one kernel argument, as `cuLaunchKernelEx` takes them.
+fn arg<T>(v: &T) -> *mut c_void {
+    v as *const T as *mut c_void
+}
+
+/// Launches `f` on `stream`. With `pdl`, the launch carries programmatic stream
+/// serialization: the kernel may start before the previous kernel in the stream has
+/// finished, and must execute `griddepcontrol.wait` before touching memory that kernel
+/// writes or reads (every nanofuse kernel does, before anything but weight reads).
+///
+/// # Safety
+/// `args` point at values matching the kernel's parameter list, alive for the call.
+unsafe fn launch(
+    stream: &CudaStream,
+    f: &CudaFunction,
+    shape: Shape,
+    pdl: bool,
+    args: &mut [*mut c_void],
+) -> Result<()> {
+    stream.context().bind_to_thread().map_err(Error::driver("cuCtxSetCurrent"))?;
+    // SAFETY: a plain C struct of integers and a union; zero is a valid bit pattern.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let cfg = sys::CUlaunchConfig {
+        gridDimX: shape.grid.0,
+        gridDimY: shape.grid.1,
+        gridDimZ: 1,
+        blockDimX: shape.block,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: shape.smem,
+        hStream: stream.cu_stream(),
+        attrs: &mut attr,
+        numAttrs: u32::from(pdl),
+    };
+    // SAFETY: the config and attribute outlive the call; `args` per the caller.
+    unsafe { sys::cuLaunchKernelEx(&cfg, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()) }
+        .result()
+        .map_err(Error::driver("cuLaunchKernelEx"))
+}
+
+impl Kernels {
+    /// Loads the module and every kernel; raises the dynamic shared-memory limit of the
+    /// kernels that may need more than 48 KiB.
+    pub(crate) fn load(ctx: &Arc<CudaContext>, ptx: &str, info: &DeviceInfo) -> Result<Kernels> {
+        let module = ctx.load_module(Ptx::from_src(ptx)).map_err(|e| Error::Module {
+            reason: format!("{e} (the PTX must target this GPU's architecture or an older one)"),
+        })?;
+        let get = |name: &str| {
+            module.load_function(name).map_err(|e| Error::Module { reason: format!("kernel `{name}` not found: {e}") })
+        };
+        let k = Kernels {
+            rms_norm: get(KERNEL_NAMES[0])?,
+            fused_decode: [get(KERNEL_NAMES[1])?, get(KERNEL_NAMES[2])?],
+            gemm_decode: [get(KERNEL_NAMES[3])?, get(KERNEL_NAMES[4])?],
+            fused_tiled_large: get(KERNEL_NAMES[5])?,
+            fused_tiled_small: get(KERNEL_NAMES[6])?,
+            gemm_tiled_large: get(KERNEL_NAMES[7])?,
+            gemm_tiled_small: get(KERNEL_NAMES[8])?,
+        };
+        let raise = |f: &CudaFunction, bytes: u32| {
+            f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
+                .map_err(Error::driver("cuFuncSetAttribute"))
+        };
+        for f in k.fused_decode.iter().chain(&k.gemm_decode) {
+            raise(f, info.max_smem_per_block)?;
+        }
+        raise(&k.fused_tiled_large, config::Large::SMEM_BYTES)?;
+        raise(&k.gemm_tiled_large, config::Large::SMEM_BYTES)?;
+        raise(&k.fused_tiled_small, config::Small::SMEM_BYTES)?;
+        raise(&k.gemm_tiled_small, config::Small::SMEM_BYTES)?;
+        Ok(k)
+    }
+
+    /// `y = rmsnorm(x)`, `x, y [rows, k]`.
+    ///
+    /// # Safety
+    /// `x`, `g`, `y` are 16-byte aligned device buffers of `rows·k`, `k`, `rows·k` bf16
+    /// on this context; `y` overlaps neither input; `k % 8 == 0`; `1 <= rows < 2^31`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn rms_norm(
+        &self,
+        stream: &CudaStream,
+        pdl: bool,
+        x: u64,
+        g: u64,
+        y: u64,
+        rows: u32,
+        k: u32,
+        eps: f32,
+    ) -> Result<()> {
+        let shape = Shape { grid: (rows, 1), block: rms_norm::THREADS, smem: rms_norm::SMEM_BYTES };
+        let mut args = [arg(&x), arg(&g), arg(&y), arg(&rows), arg(&k), arg(&eps)];
+        // SAFETY: the argument list matches `rms_norm`; buffers per the caller.
+        unsafe { launch(stream, &self.rms_norm, shape, pdl, &mut args) }
+    }
+
+    /// The decode kernel, fused (`Some(g)`, q/k/v outputs) or plain (`None`, y in `out.q`
+    /// with `out.nq = N`, `out.nkv = 0`).
+    ///
+    /// # Safety
+    /// Buffers as in the kernel's documentation (x `[m, k]`, g `[k]`, W `[N, k]`, outputs
+    /// `[m, width]`), 16-byte aligned, outputs disjoint from inputs; `plan` was made by
+    /// `plan::decode_plan` for these sizes and this device; when `plan.k_splits() > 1`,
+    /// `ws` holds `plan.workspace_floats` f32 and `plan.row_tiles()` zeroed counters not
+    /// used concurrently by another launch.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn decode(
+        &self,
+        stream: &CudaStream,
+        pdl: bool,
+        plan: &DecodePlan,
+        ws: WorkspacePtrs,
+        x: u64,
+        g: Option<u64>,
+        w: u64,
+        out: QkvPtrs,
+        m: u32,
+        k: u32,
+        eps: f32,
+    ) -> Result<()> {
+        let shape = Shape { grid: plan.grid, block: decode::THREADS, smem: plan.smem_bytes };
+        let variant = usize::from(plan.tiles != decode::TILES_SMALL);
+        let (split, chunk) = (plan.warp_split, plan.k_chunk);
+        match g {
+            Some(g) => {
+                let mut args = [
+                    arg(&x),
+                    arg(&g),
+                    arg(&w),
+                    arg(&out.q),
+                    arg(&out.k),
+                    arg(&out.v),
+                    arg(&m),
+                    arg(&k),
+                    arg(&out.nq),
+                    arg(&out.nkv),
+                    arg(&eps),
+                    arg(&split),
+                    arg(&chunk),
+                    arg(&ws.partial),
+                    arg(&ws.counters),
+                ];
+                // SAFETY: the argument list matches `fused_rmsnorm_qkv_decode_*`; see above.
+                unsafe { launch(stream, &self.fused_decode[variant], shape, pdl, &mut args) }
+            }
+            None => {
+                let mut args = [
+                    arg(&x),
+                    arg(&w),
+                    arg(&out.q),
+                    arg(&m),
+                    arg(&k),
+                    arg(&out.nq),
+                    arg(&split),
+                    arg(&chunk),
+                    arg(&ws.partial),
+                    arg(&ws.counters),
+                ];
+                // SAFETY: the argument list matches `gemm_decode_*`; see above.
+                unsafe { launch(stream, &self.gemm_decode[variant], shape, pdl, &mut args) }
+            }
+        }
+    }
+
+    /// The tiled kernel, fused or plain as for [`Kernels::decode`].
+    ///
+    /// # Safety
+    /// As [`Kernels::decode`], with `plan` from `plan::tiled_plan`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn tiled(
+        &self,
+        stream: &CudaStream,
+        pdl: bool,
+        plan: &TiledPlan,
+        x: u64,
+        g: Option<u64>,
+        w: u64,
+        out: QkvPtrs,
+        m: u32,
+        k: u32,
+        eps: f32,
+    ) -> Result<()> {
+        let shape = Shape { grid: plan.grid, block: plan.block, smem: plan.smem_bytes };
+        match g {
+            Some(g) => {
+                let f = match plan.tile {
+                    Tile::Large => &self.fused_tiled_large,
+                    Tile::Small => &self.fused_tiled_small,
+                };
+                let mut args = [
+                    arg(&x),
+                    arg(&g),
+                    arg(&w),
+                    arg(&out.q),
+                    arg(&out.k),
+                    arg(&out.v),
+                    arg(&m),
+                    arg(&k),
+                    arg(&out.nq),
+                    arg(&out.nkv),
+                    arg(&eps),
+                ];
+                // SAFETY: the argument list matches `fused_rmsnorm_qkv_tiled_*`; see above.
+                unsafe { launch(stream, f, shape, pdl, &mut args) }
+            }
+            None => {
+                let f = match plan.tile {
+                    Tile::Large => &self.gemm_tiled_large,
+                    Tile::Small => &self.gemm_tiled_small,
+                };
+                let mut args = [arg(&x), arg(&w), arg(&out.q), arg(&m), arg(&k), arg(&out.nq)];
+                // SAFETY: the argument list matches `gemm_tiled_*`; see above.
+                unsafe { launch(stream, f, shape, pdl, &mut args) }
+            }
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! # nanofuse-host
+//!
+//! The embeddable host side of nanofuse: open a CUDA device and load the kernels' PTX
+//! ([`Gpu`]), then run the fused RMSNorm + QKV projection ([`FusedRmsNormQkv`]), its
+//! building blocks ([`ops`]) and the unfused baselines, with every input checked and every
+//! failure returned as an [`Error`].
+//!
+//! The CUDA driver and cuBLAS are loaded at run time (cudarc's dynamic loading): this crate
+//! builds on machines without CUDA, and [`Gpu::new`] returns [`Error::NoDriver`] there.
+//!
+//! Most users depend on the root `nanofuse` crate, which embeds the PTX built by its
+//! `build.rs` and re-exports this crate; `Gpu::new` also accepts any PTX text built from
+//! `nanofuse-kernels-gpu` (a prebuilt module).
+
+mod blas;
+pub mod error;
+mod gpu;
+mod kernels;
+pub mod ops;
+pub mod plan;
+mod qkv;
+pub mod reference;
+pub mod timing;
+
+pub use cudarc;
+pub use error::{Error, Result};
+pub use gpu::{BUFFER_ALIGN, DeviceInfo, Gpu, arch_number, device_count, driver_present};
+pub use half::bf16;
+pub use kernels::KERNEL_NAMES;
+pub use qkv::{AUTO_FUSED_MAX_M, Baseline, FusedRmsNormQkv, Path, Qkv, QkvShape, Tuning};

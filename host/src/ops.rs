@@ -1,0 +1,121 @@
+//! Checked launchers for the building blocks: RMSNorm and `y = x · Wᵀ` (nanofuse's GEMM
+//! or cuBLAS). The unfused baselines are compositions of these.
+
+use cudarc::driver::{DevicePtr, DevicePtrMut};
+use half::bf16;
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, check_no_overlap};
+use crate::kernels::QkvPtrs;
+use crate::plan::{self, DECODE_MAX_M, checked_len};
+
+/// `eps` must be finite and non-negative.
+pub(crate) fn check_eps(eps: f32) -> Result<()> {
+    if eps.is_finite() && eps >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::Value { arg: "eps", expected: "finite and >= 0", got: eps.to_string() })
+    }
+}
+
+/// `y[r, :] = bf16(x[r, :] · rsqrt(mean(x[r, :]²) + eps) · g)` for `rows` rows of `k`
+/// elements. `rows == 0` is a no-op.
+///
+/// Errors: `k` not a positive multiple of 8; buffer lengths other than `rows·k`, `k`,
+/// `rows·k`; buffers not 16-byte aligned or on another device; `y` overlapping an input;
+/// sizes past the kernels' 32-bit indexing.
+pub fn rms_norm(
+    gpu: &Gpu,
+    x: &impl DevicePtr<bf16>,
+    g: &impl DevicePtr<bf16>,
+    y: &mut impl DevicePtrMut<bf16>,
+    rows: usize,
+    k: usize,
+    eps: f32,
+) -> Result<()> {
+    plan::check_dims(rows, k, 1)?;
+    check_eps(eps)?;
+    let len = checked_len("rows * k", rows, k)?;
+    let xb = gpu.input("x", x, len)?;
+    let gb = gpu.input("g", g, k)?;
+    let yb = gpu.output("y", y, len)?;
+    check_no_overlap(&[yb], &[xb, gb])?;
+    if rows == 0 {
+        return Ok(());
+    }
+    // SAFETY: lengths, alignment, context and overlap were checked above; k % 8 == 0 and
+    // rows, k < 2^31 (check_dims).
+    unsafe { gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), xb.ptr, gb.ptr, yb.ptr, rows as u32, k as u32, eps) }
+}
+
+/// Which GEMM computes `y = x · Wᵀ`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmImpl {
+    /// nanofuse's tensor-core GEMM: the decode kernel for M <= 16, the tiled kernel above
+    /// (the cores of the fused kernels, without the norm). The decode kernel's launch shape is
+    /// the planner's; M <= 64 uses the decode kernel.
+    Nanofuse,
+    /// cuBLAS `cublasGemmEx`, bf16 with f32 compute (what PyTorch's `F.linear` calls).
+    Cublas,
+}
+
+/// `y[m, n] = x[m, k] · W[n, k]ᵀ`, bf16 in and out, f32 accumulation. `m == 0` is a no-op.
+///
+/// Errors as for [`rms_norm`], plus `n == 0`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    gpu: &Gpu,
+    which: GemmImpl,
+    x: &impl DevicePtr<bf16>,
+    w: &impl DevicePtr<bf16>,
+    y: &mut impl DevicePtrMut<bf16>,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Result<()> {
+    plan::check_dims(m, k, n)?;
+    let xb = gpu.input("x", x, checked_len("m * k", m, k)?)?;
+    let wb = gpu.input("w", w, checked_len("n * k", n, k)?)?;
+    let yb = gpu.output("y", y, checked_len("m * n", m, n)?)?;
+    check_no_overlap(&[yb], &[xb, wb])?;
+    if m == 0 {
+        return Ok(());
+    }
+    // SAFETY (all arms): buffers checked above, dims within range.
+    unsafe { gemm_unchecked(gpu, which, xb.ptr, wb.ptr, yb.ptr, m, k, n) }
+}
+
+/// [`gemm`] on validated addresses.
+///
+/// # Safety
+/// `x [m, k]`, `w [n, k]`, `y [m, n]` are valid, 16-byte aligned device buffers on `gpu`'s
+/// context, `y` disjoint from the inputs, and `plan::check_dims(m, k, n)` holds.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_unchecked(
+    gpu: &Gpu,
+    which: GemmImpl,
+    x: u64,
+    w: u64,
+    y: u64,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Result<()> {
+    let info = gpu.info();
+    let out = QkvPtrs { q: y, k: 0, v: 0, nq: n as u32, nkv: 0 };
+    // SAFETY (all arms): forwarded to the caller; plans are made for these sizes.
+    unsafe {
+        match which {
+            GemmImpl::Cublas => gpu.blas()?.gemm_xwt(x, w, y, m, k, n, n),
+            GemmImpl::Nanofuse if m <= DECODE_MAX_M => {
+                let p = plan::decode_plan(m, k, n, info.sm_count, info.max_smem_per_block, None)?;
+                let ws = gpu.workspace(p.workspace_floats, p.row_tiles() as usize)?;
+                gpu.kernels.decode(gpu.stream(), gpu.pdl(), &p, ws, x, None, w, out, m as u32, k as u32, 0.0)
+            }
+            GemmImpl::Nanofuse => {
+                let p = plan::tiled_plan(m, k, n, info.sm_count, None)?;
+                gpu.kernels.tiled(gpu.stream(), gpu.pdl(), &p, x, None, w, out, m as u32, k as u32, 0.0)
+            }
+        }
+    }
+}

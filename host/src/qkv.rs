@@ -1,0 +1,375 @@
+//! The flagship op: RMSNorm fused with the QKV projection,
+//! `q, k, v = split(rmsnorm(x) · Wqkvᵀ)`, and its unfused baselines.
+
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use half::bf16;
+
+use crate::error::{Error, Result};
+use crate::gpu::{BufRef, Gpu, check_no_overlap};
+use crate::kernels::QkvPtrs;
+use crate::ops::{self, GemmImpl, check_eps};
+use crate::plan::{self, DECODE_MAX_M, DecodeShape, MAX_DIM, Tile, checked_len};
+
+/// Largest M for which [`Path::Auto`] runs the fused decode kernel; above it the op runs
+/// RMSNorm + cuBLAS, which wins there (see docs/RESULTS.md for the measurements).
+pub const AUTO_FUSED_MAX_M: usize = DECODE_MAX_M;
+
+/// The shape of one fused RMSNorm + QKV projection.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QkvShape {
+    /// Hidden size K (a positive multiple of 8).
+    pub hidden: usize,
+    /// Output features of Q: heads × head_dim.
+    pub q_dim: usize,
+    /// Output features of K and of V each: kv_heads × head_dim.
+    pub kv_dim: usize,
+    /// RMSNorm epsilon.
+    pub eps: f32,
+}
+
+impl QkvShape {
+    /// A shape; [`QkvShape::validate`] checks it.
+    pub const fn new(hidden: usize, q_dim: usize, kv_dim: usize, eps: f32) -> Self {
+        QkvShape { hidden, q_dim, kv_dim, eps }
+    }
+
+    /// Rows of the fused weight: `q_dim + 2 kv_dim`.
+    pub fn n(&self) -> usize {
+        self.q_dim + 2 * self.kv_dim
+    }
+
+    /// Checks every dimension (errors name the offending one).
+    pub fn validate(&self) -> Result<()> {
+        if self.q_dim == 0 {
+            return Err(Error::Dimension { arg: "q_dim", expected: "positive", got: 0 });
+        }
+        if self.kv_dim == 0 {
+            return Err(Error::Dimension { arg: "kv_dim", expected: "positive", got: 0 });
+        }
+        let n = self.kv_dim.checked_mul(2).and_then(|x| x.checked_add(self.q_dim)).unwrap_or(usize::MAX);
+        if n > MAX_DIM {
+            return Err(Error::TooLarge {
+                arg: "q_dim + 2 kv_dim",
+                got: n as u64,
+                limit: MAX_DIM as u64,
+                why: "32-bit index arithmetic",
+            });
+        }
+        plan::check_dims(0, self.hidden, n)?;
+        checked_len("(q_dim + 2 kv_dim) * hidden", n, self.hidden)?;
+        check_eps(self.eps)
+    }
+}
+
+/// How [`FusedRmsNormQkv`] computes its result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Pick by M: the fused decode kernel up to [`AUTO_FUSED_MAX_M`], RMSNorm + cuBLAS
+    /// above.
+    Auto,
+    /// The fused weight-streaming kernel (M <= 64).
+    FusedDecode,
+    /// The fused tiled tensor-core kernel.
+    FusedTiled,
+    /// Unfused: the RMSNorm kernel into a scratch buffer, then three cuBLAS GEMMs writing
+    /// q, k and v directly.
+    NormCublas,
+}
+
+/// The unfused baselines, which write one `y [M, N]` like PyTorch's `F.linear`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Baseline {
+    /// (a) RMSNorm kernel + cuBLAS bf16 GEMM: what PyTorch runs.
+    NormCublas,
+    /// (b) RMSNorm kernel + nanofuse's GEMM (the fused kernels' cores without the norm):
+    /// the difference to the fused op is what fusion itself buys.
+    NormNanofuse,
+}
+
+/// Launch-shape overrides for benchmark sweeps; `None` means the planner's choice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tuning {
+    pub decode: Option<DecodeShape>,
+    pub tile: Option<Tile>,
+}
+
+/// q, k, v as three separate device tensors.
+pub struct Qkv {
+    /// `[M, q_dim]`
+    pub q: CudaSlice<bf16>,
+    /// `[M, kv_dim]`
+    pub k: CudaSlice<bf16>,
+    /// `[M, kv_dim]`
+    pub v: CudaSlice<bf16>,
+}
+
+/// RMSNorm fused with the QKV projection, built once from the weights.
+///
+/// `forward_into` allocates nothing (except the first time the large-M fallback runs,
+/// unless [`FusedRmsNormQkv::reserve`] was called), so an engine can call it every token
+/// and capture it in a CUDA graph.
+///
+/// Formulations, all bf16 in and out with f32 accumulation:
+/// * fused paths (decode, M <= 64, and tiled): `inv_rms · Σ_k bf16(x · g) · W`, the norm
+///   split around the GEMM: `bf16(x · g)` is formed in shared memory, the row's sum of
+///   squares alongside, and `inv_rms` scales the accumulators in the epilogue. Equal to
+///   `rmsnorm(x) · Wᵀ` up to rounding, and weight streaming never waits on the row
+///   reduction;
+/// * fallback: the RMSNorm kernel, `bf16((x · inv_rms) · g)` (the rounding point of
+///   PyTorch's fused `rms_norm`), then cuBLAS.
+///
+/// The public path never loses to the unfused baseline by design: [`Path::Auto`] picks
+/// the fused kernels only for the M where they were measured faster (docs/RESULTS.md).
+pub struct FusedRmsNormQkv {
+    gpu: Arc<Gpu>,
+    shape: QkvShape,
+    g: CudaSlice<bf16>,
+    w: CudaSlice<bf16>,
+    tuning: Tuning,
+    scratch: Mutex<Option<CudaSlice<bf16>>>,
+}
+
+impl FusedRmsNormQkv {
+    /// Uploads `g [hidden]` and `w [q_dim + 2 kv_dim, hidden]` (rows of Q, then K, then V).
+    pub fn new(gpu: &Arc<Gpu>, shape: QkvShape, g: &[bf16], w: &[bf16]) -> Result<Self> {
+        shape.validate()?;
+        if g.len() != shape.hidden {
+            return Err(Error::Length { arg: "g", expected: shape.hidden, got: g.len() });
+        }
+        let wlen = shape.n() * shape.hidden;
+        if w.len() != wlen {
+            return Err(Error::Length { arg: "w", expected: wlen, got: w.len() });
+        }
+        let (g, w) = (gpu.upload(g)?, gpu.upload(w)?);
+        Self::from_device(gpu, shape, g, w)
+    }
+
+    /// Takes weights already on the device.
+    pub fn from_device(gpu: &Arc<Gpu>, shape: QkvShape, g: CudaSlice<bf16>, w: CudaSlice<bf16>) -> Result<Self> {
+        shape.validate()?;
+        gpu.input("g", &g, shape.hidden)?;
+        gpu.input("w", &w, shape.n() * shape.hidden)?;
+        let (floats, counters) = plan::decode_workspace_bound(shape.n());
+        gpu.reserve_workspace(floats, counters)?;
+        Ok(FusedRmsNormQkv { gpu: gpu.clone(), shape, g, w, tuning: Tuning::default(), scratch: Mutex::new(None) })
+    }
+
+    /// The op's shape.
+    pub fn shape(&self) -> &QkvShape {
+        &self.shape
+    }
+
+    /// The device the op runs on.
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// Overrides launch shapes (for benchmark sweeps).
+    pub fn set_tuning(&mut self, tuning: Tuning) {
+        self.tuning = tuning;
+    }
+
+    /// The path [`Path::Auto`] takes for `m` tokens.
+    pub fn auto_path(m: usize) -> Path {
+        if m <= AUTO_FUSED_MAX_M { Path::FusedDecode } else { Path::NormCublas }
+    }
+
+    /// Allocates the fallback path's scratch for up to `max_m` tokens now (for example
+    /// before capturing a CUDA graph, where allocation is not allowed).
+    pub fn reserve(&self, max_m: usize) -> Result<()> {
+        let len = checked_len("max_m * hidden", max_m, self.shape.hidden)?;
+        let mut slot = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_none_or(|s| s.len() < len) {
+            *slot = Some(self.gpu.alloc_zeros(len.max(1))?);
+        }
+        Ok(())
+    }
+
+    /// Allocates q, k, v and runs [`Path::Auto`].
+    pub fn forward(&self, x: &impl DevicePtr<bf16>, m: usize) -> Result<Qkv> {
+        let (nq, nkv) = (self.shape.q_dim, self.shape.kv_dim);
+        let mut out = Qkv {
+            q: self.gpu.alloc_zeros(checked_len("m * q_dim", m, nq)?.max(1))?,
+            k: self.gpu.alloc_zeros(checked_len("m * kv_dim", m, nkv)?.max(1))?,
+            v: self.gpu.alloc_zeros((m * nkv).max(1))?,
+        };
+        if m == 0 {
+            return Ok(out);
+        }
+        self.forward_into(x, m, &mut out.q, &mut out.k, &mut out.v)?;
+        Ok(out)
+    }
+
+    /// Runs [`Path::Auto`] into caller-provided `q [m, q_dim]`, `k [m, kv_dim]`,
+    /// `v [m, kv_dim]` (any device buffers or views, e.g. slots of a KV cache).
+    pub fn forward_into(
+        &self,
+        x: &impl DevicePtr<bf16>,
+        m: usize,
+        q: &mut impl DevicePtrMut<bf16>,
+        k: &mut impl DevicePtrMut<bf16>,
+        v: &mut impl DevicePtrMut<bf16>,
+    ) -> Result<()> {
+        self.forward_into_with(Path::Auto, x, m, q, k, v)
+    }
+
+    /// As [`FusedRmsNormQkv::forward_into`], on a chosen path.
+    pub fn forward_into_with(
+        &self,
+        path: Path,
+        x: &impl DevicePtr<bf16>,
+        m: usize,
+        q: &mut impl DevicePtrMut<bf16>,
+        k: &mut impl DevicePtrMut<bf16>,
+        v: &mut impl DevicePtrMut<bf16>,
+    ) -> Result<()> {
+        let s = self.shape;
+        if m > MAX_DIM {
+            return Err(Error::TooLarge {
+                arg: "m",
+                got: m as u64,
+                limit: MAX_DIM as u64,
+                why: "32-bit index arithmetic",
+            });
+        }
+        let gpu = &self.gpu;
+        let xb = gpu.input("x", x, checked_len("m * hidden", m, s.hidden)?)?;
+        let qb = gpu.output("q", q, checked_len("m * q_dim", m, s.q_dim)?)?;
+        let kb = gpu.output("k", k, checked_len("m * kv_dim", m, s.kv_dim)?)?;
+        let vb = gpu.output("v", v, m * s.kv_dim)?;
+        check_no_overlap(&[qb, kb, vb], &[xb, self.weight_refs().0, self.weight_refs().1])?;
+        if m == 0 {
+            return Ok(());
+        }
+        let out = QkvPtrs { q: qb.ptr, k: kb.ptr, v: vb.ptr, nq: s.q_dim as u32, nkv: s.kv_dim as u32 };
+        let path = if path == Path::Auto { Self::auto_path(m) } else { path };
+        // SAFETY (all arms): every buffer was checked for length, alignment, context and
+        // overlap above; the dims were validated at construction and m < 2^31.
+        unsafe {
+            match path {
+                Path::Auto | Path::FusedDecode => self.launch_decode(Some(self.g_ptr()), xb.ptr, out, m),
+                Path::FusedTiled => self.launch_tiled(Some(self.g_ptr()), xb.ptr, out, m),
+                Path::NormCublas => self.norm_cublas_split(xb.ptr, out, m),
+            }
+        }
+    }
+
+    /// Runs an unfused baseline with this op's weights: RMSNorm into the caller's scratch
+    /// `xn [m, hidden]`, then a GEMM into `y [m, q_dim + 2 kv_dim]` (q, k, v side by side,
+    /// as PyTorch's `F.linear` on the fused weight returns them).
+    pub fn baseline_into(
+        &self,
+        which: Baseline,
+        x: &impl DevicePtr<bf16>,
+        m: usize,
+        xn: &mut impl DevicePtrMut<bf16>,
+        y: &mut impl DevicePtrMut<bf16>,
+    ) -> Result<()> {
+        let s = self.shape;
+        let gpu = &self.gpu;
+        plan::check_dims(m, s.hidden, s.n())?;
+        let xb = gpu.input("x", x, checked_len("m * hidden", m, s.hidden)?)?;
+        let xnb = gpu.output("xn", xn, m * s.hidden)?;
+        let yb = gpu.output("y", y, checked_len("m * n", m, s.n())?)?;
+        let (gb, wb) = self.weight_refs();
+        check_no_overlap(&[xnb, yb], &[xb, gb, wb])?;
+        if m == 0 {
+            return Ok(());
+        }
+        // SAFETY: buffers checked above.
+        unsafe {
+            gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), xb.ptr, gb.ptr, xnb.ptr, m as u32, s.hidden as u32, s.eps)?;
+            match which {
+                Baseline::NormCublas => {
+                    ops::gemm_unchecked(gpu, GemmImpl::Cublas, xnb.ptr, wb.ptr, yb.ptr, m, s.hidden, s.n())
+                }
+                Baseline::NormNanofuse => {
+                    // The fused kernels' cores with this op's launch shapes, so the pair
+                    // differs only by the fusion.
+                    let out = QkvPtrs { q: yb.ptr, k: 0, v: 0, nq: s.n() as u32, nkv: 0 };
+                    if m <= DECODE_MAX_M {
+                        self.launch_decode(None, xnb.ptr, out, m)
+                    } else {
+                        self.launch_tiled(None, xnb.ptr, out, m)
+                    }
+                }
+            }
+        }
+    }
+
+    fn g_ptr(&self) -> u64 {
+        self.weight_refs().0.ptr
+    }
+
+    fn weight_refs(&self) -> (BufRef, BufRef) {
+        let s = self.stream_ptr(&self.g, "g");
+        let w = self.stream_ptr(&self.w, "w");
+        (s, w)
+    }
+
+    fn stream_ptr(&self, buf: &CudaSlice<bf16>, name: &'static str) -> BufRef {
+        let (ptr, _sync) = buf.device_ptr(self.gpu.stream());
+        BufRef { name, ptr, bytes: (buf.len() * 2) as u64 }
+    }
+
+    /// # Safety
+    /// `x [m, hidden]` and the outputs are checked device buffers; `m >= 1`.
+    unsafe fn launch_decode(&self, g: Option<u64>, x: u64, out: QkvPtrs, m: usize) -> Result<()> {
+        let (s, info) = (self.shape, self.gpu.info());
+        let p = plan::decode_plan(m, s.hidden, s.n(), info.sm_count, info.max_smem_per_block, self.tuning.decode)?;
+        let w = self.weight_refs().1.ptr;
+        let ws = self.gpu.workspace(p.workspace_floats, p.row_tiles() as usize)?;
+        let gpu = &self.gpu;
+        // SAFETY: forwarded to the caller; the plan was made for these sizes; the workspace
+        // is used by one launch at a time (stream order).
+        unsafe { gpu.kernels.decode(gpu.stream(), gpu.pdl(), &p, ws, x, g, w, out, m as u32, s.hidden as u32, s.eps) }
+    }
+
+    /// # Safety
+    /// As [`FusedRmsNormQkv::launch_decode`].
+    unsafe fn launch_tiled(&self, g: Option<u64>, x: u64, out: QkvPtrs, m: usize) -> Result<()> {
+        let (s, info) = (self.shape, self.gpu.info());
+        let p = plan::tiled_plan(m, s.hidden, s.n(), info.sm_count, self.tuning.tile)?;
+        let w = self.weight_refs().1.ptr;
+        // SAFETY: forwarded to the caller; the plan was made for these sizes.
+        unsafe {
+            self.gpu.kernels.tiled(
+                self.gpu.stream(),
+                self.gpu.pdl(),
+                &p,
+                x,
+                g,
+                w,
+                out,
+                m as u32,
+                s.hidden as u32,
+                s.eps,
+            )
+        }
+    }
+
+    /// RMSNorm into the scratch buffer, then one cuBLAS GEMM per output tensor.
+    ///
+    /// # Safety
+    /// As [`FusedRmsNormQkv::launch_decode`].
+    unsafe fn norm_cublas_split(&self, x: u64, out: QkvPtrs, m: usize) -> Result<()> {
+        let s = self.shape;
+        self.reserve(m)?;
+        let slot = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        let scratch = slot.as_ref().ok_or(Error::Value { arg: "scratch", expected: "reserved", got: "none".into() })?;
+        let xn = self.stream_ptr(scratch, "scratch").ptr;
+        let (g, w) = (self.weight_refs().0.ptr, self.weight_refs().1.ptr);
+        let blas = self.gpu.blas()?;
+        let (k, row_bytes) = (s.hidden, (s.hidden * 2) as u64);
+        // SAFETY: the scratch holds >= m·k elements; W rows [0, nq) are Q, [nq, nq+nkv) K,
+        // the rest V; each output is [m, width] with ldy = width.
+        unsafe {
+            self.gpu.kernels.rms_norm(self.gpu.stream(), self.gpu.pdl(), x, g, xn, m as u32, k as u32, s.eps)?;
+            blas.gemm_xwt(xn, w, out.q, m, k, s.q_dim, s.q_dim)?;
+            blas.gemm_xwt(xn, w + s.q_dim as u64 * row_bytes, out.k, m, k, s.kv_dim, s.kv_dim)?;
+            blas.gemm_xwt(xn, w + (s.q_dim + s.kv_dim) as u64 * row_bytes, out.v, m, k, s.kv_dim, s.kv_dim)
+        }
+    }
+}

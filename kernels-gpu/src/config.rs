@@ -1,0 +1,167 @@
+//! Launch constants shared by the kernels and the host launchers.
+//!
+//! This module is compiled twice: into the PTX (where the kernels use these numbers for
+//! their tiling) and into the host crate (where the launchers derive grid sizes and
+//! dynamic shared-memory bytes from them). Nothing here may depend on the target.
+
+/// bf16 elements in one 16-byte vector access (`ld.global.nc.v4.u32`, `cp.async` 16 B).
+pub const VEC: u32 = 8;
+
+/// Name of the kernels' dynamic shared-memory symbol (`.extern .shared`).
+pub const SMEM_SYMBOL: &str = "NANOFUSE_SMEM";
+
+/// The standalone RMSNorm kernel (`rms_norm`): one CTA per row.
+pub mod rms_norm {
+    /// Threads per CTA; each thread owns every 256th 16-byte chunk of the row.
+    pub const THREADS: u32 = 256;
+    /// Dynamic shared memory: one f32 partial sum per warp, plus the broadcast slot.
+    pub const SMEM_BYTES: u32 = (THREADS / 32 + 1) * 4;
+}
+
+/// The decode (small-M, weight-streaming) kernels `fused_rmsnorm_qkv_decode_m{16,64}` and
+/// `gemm_decode_m{16,64}`.
+///
+/// The MMA is used "swapped": W rows are the MMA's M (16 per warp tile) and tokens are its N
+/// (8 per token tile), so a single token wastes 7/8 of an MMA instead of 15/16.
+pub mod decode {
+    /// Warps per CTA.
+    pub const WARPS: u32 = 8;
+    /// Threads per CTA.
+    pub const THREADS: u32 = WARPS * 32;
+    /// W rows per warp tile (the m of `mma.m16n8k16`).
+    pub const ROWS_PER_WARP: u32 = 16;
+    /// K elements per step: each lane loads 16 bytes of two W rows, which feed two MMAs.
+    pub const K_STEP: u32 = 32;
+    /// Steps loaded per batch; two batches live in registers (double buffer), so a warp
+    /// keeps `UNROLL * 1 KiB` of W in flight while it multiplies the previous batch.
+    pub const UNROLL: usize = 4;
+    /// Tokens per token tile (the n of `mma.m16n8k16`).
+    pub const TOKEN_TILE: u32 = 8;
+    /// Token tiles of the two kernel sizes: up to 16 tokens, up to 64 tokens.
+    pub const TILES_SMALL: u32 = 2;
+    pub const TILES_LARGE: u32 = 8;
+    /// Most tokens the decode kernels take.
+    pub const MAX_TOKENS: u32 = TOKEN_TILE * TILES_LARGE;
+    /// Bytes of the all-zero 16-byte block that `ldmatrix` reads for absent tokens.
+    pub const ZERO_BYTES: u32 = 16;
+
+    /// The `warp_split` values the kernel accepts: warps of a CTA that share one 16-row
+    /// group and split the CTA's K range. The CTA then covers `16 * WARPS / warp_split` W
+    /// rows.
+    pub const WARP_SPLITS: [u32; 4] = [1, 2, 4, 8];
+
+    const _: () = assert!(WARPS == 8 && K_STEP == 32 && TOKEN_TILE == 8);
+
+    /// W rows one CTA covers for a given `warp_split`.
+    pub const fn rows_per_cta(warp_split: u32) -> u32 {
+        ROWS_PER_WARP * (WARPS / warp_split)
+    }
+
+    /// Byte offsets of the decode kernels' dynamic shared memory. Every offset is 16-byte
+    /// aligned.
+    pub struct SmemLayout {
+        /// g for the CTA's K range (`k_chunk` bf16).
+        pub g: u64,
+        /// `tokens` rows of `bf16(x · g)` for the CTA's K range, `row_stride` bytes apart.
+        pub x: u64,
+        pub row_stride: u64,
+        /// 16 zero bytes that `ldmatrix` reads for absent tokens.
+        pub zero: u64,
+        /// Split-K partial sums across the warps of a row group: 4 f32 per token tile per
+        /// lane of every warp.
+        pub reduce: u64,
+        /// Per-token sum of squares of x over the CTA's K range (`MAX_TOKENS` f32).
+        pub sum_sq: u64,
+        /// The split-K semaphore's "this CTA finishes the tile" flag (16 bytes).
+        pub flag: u64,
+        pub bytes: u64,
+    }
+
+    /// The layout for a CTA holding `tokens` rows of a `k_chunk`-element K range (a
+    /// multiple of 32), with `tiles` token tiles of accumulators.
+    pub const fn smem_layout(tiles: u32, tokens: u32, k_chunk: u32) -> SmemLayout {
+        let g = 0;
+        let x = g + k_chunk as u64 * 2;
+        // 16 bytes of padding: the 8 rows an ldmatrix phase reads hit 8 bank groups.
+        let row_stride = k_chunk as u64 * 2 + 16;
+        let zero = x + row_stride * tokens as u64;
+        let reduce = zero + ZERO_BYTES as u64;
+        let sum_sq = reduce + (WARPS * 32 * tiles * 16) as u64;
+        let flag = sum_sq + MAX_TOKENS as u64 * 4;
+        SmemLayout { g, x, row_stride, zero, reduce, sum_sq, flag, bytes: flag + 16 }
+    }
+
+    /// f32 elements of the split-K workspace one launch needs:
+    /// `k_splits x row_tiles x tokens_cap x rows_per_cta` partial sums, then
+    /// `k_splits x row_tiles x tokens_cap` partial sums of squares.
+    pub const fn workspace_floats(k_splits: u32, row_tiles: u32, tiles: u32, warp_split: u32) -> u64 {
+        let tokens_cap = (tiles * TOKEN_TILE) as u64;
+        let tiles_total = k_splits as u64 * row_tiles as u64;
+        tiles_total * tokens_cap * rows_per_cta(warp_split) as u64 + tiles_total * tokens_cap
+    }
+}
+
+/// A tile shape of the tiled (prefill) kernels `fused_rmsnorm_qkv_tiled_*` and
+/// `gemm_tiled_*`: a CTA computes a `BM x BN` output tile, looping over K in `BK` slices
+/// staged through `STAGES` shared-memory buffers by `cp.async`.
+pub trait TileConfig {
+    /// Output rows (tokens) per CTA.
+    const BM: u32;
+    /// Output columns (W rows) per CTA.
+    const BN: u32;
+    /// K elements per stage: 64 bf16 = 128 bytes per tile row = 8 chunks of 16 bytes,
+    /// stored with the XOR swizzle `chunk ^ (row % 8)`.
+    const BK: u32 = 64;
+    /// Warps along M and along N; each warp owns a `BM/WARPS_M x BN/WARPS_N` sub-tile.
+    const WARPS_M: u32;
+    const WARPS_N: u32;
+    /// Shared-memory pipeline depth.
+    const STAGES: u32;
+    /// Suffix of the kernel names built with this shape.
+    const NAME: &'static str;
+
+    /// Threads per CTA.
+    const THREADS: u32 = Self::WARPS_M * Self::WARPS_N * 32;
+    /// m16 tiles per warp.
+    const MI: u32 = Self::BM / Self::WARPS_M / 16;
+    /// n8 tiles per warp.
+    const NI: u32 = Self::BN / Self::WARPS_N / 8;
+    /// Bytes of one stage: the x tile, the W tile, and the BK entries of g.
+    const STAGE_BYTES: u32 = (Self::BM + Self::BN) * Self::BK * 2 + Self::BK * 2;
+    /// Dynamic shared-memory bytes: the stages plus BM f32 of inv_rms.
+    const SMEM_BYTES: u32 = Self::STAGES * Self::STAGE_BYTES + Self::BM * 4;
+}
+
+/// 128 x 128 tiles, 8 warps (2 x 4, 64 x 32 each), 3 stages: for large M.
+pub struct Large;
+impl TileConfig for Large {
+    const BM: u32 = 128;
+    const BN: u32 = 128;
+    const WARPS_M: u32 = 2;
+    const WARPS_N: u32 = 4;
+    const STAGES: u32 = 3;
+    const NAME: &'static str = "large";
+}
+
+/// 64 x 64 tiles, 4 warps (2 x 2, 32 x 32 each), 4 stages: for medium M, where 128-wide
+/// tiles would leave most SMs idle.
+pub struct Small;
+impl TileConfig for Small {
+    const BM: u32 = 64;
+    const BN: u32 = 64;
+    const WARPS_M: u32 = 2;
+    const WARPS_N: u32 = 2;
+    const STAGES: u32 = 4;
+    const NAME: &'static str = "small";
+}
+
+const fn check_tile<C: TileConfig>() -> bool {
+    C::BK == 64
+        && C::BM % (16 * C::WARPS_M) == 0
+        && C::BN % (16 * C::WARPS_N) == 0 // NI even: B fragments come in ldmatrix.x4 pairs
+        && (C::BM * C::BK / 8) % C::THREADS == 0
+        && (C::BN * C::BK / 8) % C::THREADS == 0
+        && C::THREADS >= C::BK / 8
+        && C::STAGES >= 2
+}
+const _: () = assert!(check_tile::<Large>() && check_tile::<Small>());

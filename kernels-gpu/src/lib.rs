@@ -1,0 +1,34 @@
+//! nanofuse's GPU kernels, compiled to PTX by rustc's NVPTX backend (see the root
+//! `build.rs`), plus [`config`], the launch constants the host launchers share.
+//!
+//! On the host target only `config` is compiled. On `nvptx64-nvidia-cuda`:
+//! * [`ptx`]: the device-support layer, one wrapper per PTX instruction;
+//! * one kernel family per file: [`rms_norm`], [`qkv_decode`], [`qkv_tiled`];
+//! * device helpers shared by several kernels: `norm`, `qkv_out`.
+#![no_std]
+#![cfg_attr(target_arch = "nvptx64", feature(abi_gpu_kernel, asm_experimental_arch, stdarch_nvptx))]
+
+pub mod config;
+
+#[cfg(target_arch = "nvptx64")]
+pub mod ptx;
+
+#[cfg(target_arch = "nvptx64")]
+mod norm;
+#[cfg(target_arch = "nvptx64")]
+mod qkv_out;
+
+#[cfg(target_arch = "nvptx64")]
+pub mod qkv_decode;
+#[cfg(target_arch = "nvptx64")]
+pub mod qkv_tiled;
+#[cfg(target_arch = "nvptx64")]
+pub mod rms_norm;
+
+/// A panic in a kernel traps: the launch fails loudly instead of hanging or returning a
+/// silently wrong answer. (The tests check that the shipped PTX has no panic path.)
+#[cfg(target_arch = "nvptx64")]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    ptx::trap()
+}

@@ -1,0 +1,35 @@
+//! Number conversions: bf16x2 packing and the fast reciprocal square root.
+
+use core::arch::asm;
+
+/// `cvt.rn.bf16x2.f32 d, hi, lo;` — round two f32 to bf16 (nearest-even) and pack them,
+/// `lo` in the low half (the lower address in memory), `hi` in the high half.
+#[inline(always)]
+pub fn cvt_rn_bf16x2_f32(lo: f32, hi: f32) -> u32 {
+    let d: u32;
+    // SAFETY: register-only.
+    unsafe {
+        asm!("cvt.rn.bf16x2.f32 {d}, {hi}, {lo};",
+             d = out(reg32) d, hi = in(reg32) hi, lo = in(reg32) lo,
+             options(pure, nomem, nostack));
+    }
+    d
+}
+
+/// Unpack a bf16x2 into two f32 `(lo, hi)` (exact: a bf16 is the top half of an f32).
+#[inline(always)]
+pub fn unpack_bf16x2(v: u32) -> (f32, f32) {
+    (f32::from_bits(v << 16), f32::from_bits(v & 0xffff_0000))
+}
+
+/// `rsqrt.approx.f32 d, x;` — `1/sqrt(x)`, max relative error 2^-22.9.
+#[inline(always)]
+pub fn rsqrt_approx_f32(x: f32) -> f32 {
+    let d: f32;
+    // SAFETY: register-only.
+    unsafe {
+        asm!("rsqrt.approx.f32 {d}, {x};", d = out(reg32) d, x = in(reg32) x,
+             options(pure, nomem, nostack));
+    }
+    d
+}

@@ -1,0 +1,39 @@
+//! Asynchronous global-to-shared copies (`cp.async`, sm_80+), used by the multi-stage
+//! pipelines: issue copies for a stage, `commit_group`, and later `wait_group` until at
+//! most N groups are still in flight.
+
+use super::shared::SharedPtr;
+use core::arch::asm;
+
+/// `cp.async.cg.shared.global [dst], [src], 16, src_bytes;` — copy 16 bytes from global
+/// to shared memory, bypassing L1. Only the first `src_bytes` (0 or 16) are read; the
+/// rest of the 16 bytes are zero-filled, so `src_bytes = 0` writes 16 zero bytes without
+/// touching `src` (used for tiles that hang over the matrix edge).
+///
+/// # Safety
+/// `dst` is 16-byte aligned and inside the launch's shared memory; when `src_bytes > 0`,
+/// `src` is 16-byte aligned and points at that many readable bytes of global memory. The
+/// data may be read only after a matching [`cp_async_wait_group`] and a barrier.
+#[inline(always)]
+pub unsafe fn cp_async_cg_shared_global_16(dst: SharedPtr<u8>, src: *const u8, src_bytes: u32) {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        asm!("cp.async.cg.shared.global [{d}], [{s}], 16, {n};",
+             d = in(reg32) dst.addr(), s = in(reg64) src, n = in(reg32) src_bytes,
+             options(nostack));
+    }
+}
+
+/// `cp.async.commit_group;` — close the group of copies issued since the last commit.
+#[inline(always)]
+pub fn cp_async_commit_group() {
+    // SAFETY: no operands; committing an empty group is allowed.
+    unsafe { asm!("cp.async.commit_group;", options(nostack)) }
+}
+
+/// `cp.async.wait_group N;` — wait until at most `N` committed groups are pending.
+#[inline(always)]
+pub fn cp_async_wait_group<const N: u32>() {
+    // SAFETY: no operands.
+    unsafe { asm!("cp.async.wait_group {n};", n = const N, options(nostack)) }
+}

@@ -1,0 +1,64 @@
+//! 128-bit global-memory loads and stores. Pointers are generic addresses of global
+//! memory (what the host passes as kernel arguments).
+
+use core::arch::asm;
+
+/// `ld.global.nc.v4.u32 {a,b,c,d}, [p];` — 16 bytes through the read-only (non-coherent)
+/// path.
+///
+/// # Safety
+/// `p` is 16-byte aligned, points at 16 readable bytes of global memory, and nothing
+/// writes them during the kernel.
+#[inline(always)]
+pub unsafe fn ld_global_nc_v4_u32(p: *const [u32; 4]) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        asm!("ld.global.nc.v4.u32 {{{a}, {b}, {c}, {d}}}, [{p}];",
+             a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
+             p = in(reg64) p, options(pure, readonly, nostack));
+    }
+    [a, b, c, d]
+}
+
+/// `@p ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {a,b,c,d}, [ptr];` — a predicated
+/// 16-byte streaming load: it does not allocate in L1 (the data is used once) and asks L2
+/// to fetch the surrounding 256 bytes. Returns zeros when `pred` is false, in which case
+/// `ptr` is never dereferenced.
+///
+/// # Safety
+/// When `pred`, as for [`ld_global_nc_v4_u32`].
+#[inline(always)]
+pub unsafe fn ld_global_nc_stream_v4_u32(ptr: *const [u32; 4], pred: bool) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    // SAFETY: forwarded to the caller; the load only executes when `pred` is true.
+    unsafe {
+        asm!(
+            "{{",
+            ".reg .pred p;",
+            "setp.ne.u32 p, {pr}, 0;",
+            "mov.b32 {a}, 0; mov.b32 {b}, 0; mov.b32 {c}, 0; mov.b32 {d}, 0;",
+            "@p ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {{{a}, {b}, {c}, {d}}}, [{ptr}];",
+            "}}",
+            a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
+            ptr = in(reg64) ptr, pr = in(reg32) pred as u32,
+            options(pure, readonly, nostack),
+        );
+    }
+    [a, b, c, d]
+}
+
+/// `st.global.v4.u32 [p], {a,b,c,d};` — 16 bytes.
+///
+/// # Safety
+/// `p` is 16-byte aligned and points at 16 writable bytes of global memory.
+#[inline(always)]
+pub unsafe fn st_global_v4_u32(p: *mut [u32; 4], v: [u32; 4]) {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        asm!("st.global.v4.u32 [{p}], {{{a}, {b}, {c}, {d}}};",
+             p = in(reg64) p,
+             a = in(reg32) v[0], b = in(reg32) v[1], c = in(reg32) v[2], d = in(reg32) v[3],
+             options(nostack));
+    }
+}

@@ -1,0 +1,71 @@
+//! Thread, block and grid indices, and the CTA-wide barrier.
+//!
+//! The index functions wrap the `core::arch::nvptx` intrinsics (which LLVM knows the
+//! ranges of), i.e. `mov.u32 %r, %tid.x;` and friends.
+
+use core::arch::nvptx;
+
+/// `%tid.x`: this thread's index within its CTA.
+#[inline(always)]
+pub fn thread_idx_x() -> u32 {
+    // SAFETY: reading a special register has no preconditions.
+    unsafe { nvptx::_thread_idx_x() }
+}
+
+/// `%ctaid.x`: this CTA's index within the grid, dimension x.
+#[inline(always)]
+pub fn block_idx_x() -> u32 {
+    // SAFETY: reading a special register has no preconditions.
+    unsafe { nvptx::_block_idx_x() }
+}
+
+/// `%ctaid.y`: this CTA's index within the grid, dimension y.
+#[inline(always)]
+pub fn block_idx_y() -> u32 {
+    // SAFETY: reading a special register has no preconditions.
+    unsafe { nvptx::_block_idx_y() }
+}
+
+/// `%ntid.x`: threads per CTA, dimension x.
+#[inline(always)]
+pub fn block_dim_x() -> u32 {
+    // SAFETY: reading a special register has no preconditions.
+    unsafe { nvptx::_block_dim_x() }
+}
+
+/// `%nctaid.x`: CTAs in the grid, dimension x.
+#[inline(always)]
+pub fn grid_dim_x() -> u32 {
+    // SAFETY: reading a special register has no preconditions.
+    unsafe { nvptx::_grid_dim_x() }
+}
+
+/// `%nctaid.y`: CTAs in the grid, dimension y.
+#[inline(always)]
+pub fn grid_dim_y() -> u32 {
+    // SAFETY: reading a special register has no preconditions.
+    unsafe { nvptx::_grid_dim_y() }
+}
+
+/// Lane index within the warp (`%tid.x % 32`; all kernels use 1-D CTAs).
+#[inline(always)]
+pub fn lane_id() -> u32 {
+    thread_idx_x() % 32
+}
+
+/// Warp index within the CTA (`%tid.x / 32`).
+#[inline(always)]
+pub fn warp_id() -> u32 {
+    thread_idx_x() / 32
+}
+
+/// `bar.sync 0;` — wait until every thread of the CTA arrives; orders their shared and
+/// global memory accesses before the barrier against those after it.
+///
+/// # Safety
+/// Every thread of the CTA must reach the same barrier (no divergent call sites).
+#[inline(always)]
+pub unsafe fn sync_threads() {
+    // SAFETY: forwarded to the caller.
+    unsafe { nvptx::_syncthreads() }
+}

@@ -1,0 +1,456 @@
+//! # Fused RMSNorm + QKV projection, decode path (M <= 64)
+//!
+//! `q, k, v = split(rmsnorm(x) · Wᵀ)`; `gemm_decode_*` is the same kernel without the norm
+//! (`y = x · Wᵀ`, x already normalized), for the unfused baseline.
+//!
+//! # Parameters
+//! `x [M, K]`, `g [K]`, `W [N, K]` (PyTorch `Linear` layout, rows of Q then K then V,
+//! `N = Nq + 2 Nkv`), outputs `q [M, Nq]`, `k [M, Nkv]`, `v [M, Nkv]`; all row-major bf16,
+//! 16-byte aligned, `K % 8 == 0`. f32 accumulation. `M <= 16` (`_m16`) or `M <= 64`
+//! (`_m64`).
+//!
+//! # Formulation
+//! `out[t, n] = inv_rms[t] · Σ_k bf16(x[t, k] · g[k]) · W[n, k]`, with
+//! `inv_rms[t] = rsqrt(Σ_k x[t, k]² / K + eps)`: RMSNorm split around the GEMM, equal to
+//! `rmsnorm(x) · Wᵀ` up to rounding. The row reduction is only needed in the epilogue, so
+//! weight streaming never waits on it.
+//!
+//! # Why this shape
+//! At small M the op reads `2 N K` bytes of W and does `2 M N K` flops: a few flops per
+//! byte, so the floor is the weight read. Tensor cores keep the instruction count low; what
+//! decides speed is keeping enough W bytes in flight on every SM (16-byte coalesced loads,
+//! enough CTAs), reading each weight byte once, and hiding the launch.
+//!
+//! # Tiling
+//! * Grid `(k_splits, row_tiles)`: CTA `(s, r)` owns W rows `[r·R, r·R + R)` and the K range
+//!   `[s·k_chunk, (s+1)·k_chunk)`. `R = 16 · 8 / warp_split`.
+//! * The MMA (`m16n8k16`) is used swapped: its M is 16 W rows, its N is 8 tokens (a token
+//!   tile); `MT` token tiles per warp.
+//! * Each warp owns 16 W rows and part of the CTA's K steps (32 elements each): the
+//!   `warp_split` warps of a row group split the range and add their sums through shared
+//!   memory at the end.
+//! * Per K step, lane `(g, q) = (lane / 4, lane % 4)` loads 16 bytes of W row `g` and of
+//!   row `g + 8` at element `32 s + 8 q` (`ld.global.nc.L1::no_allocate.L2::256B.v4`,
+//!   straight into registers): the A fragments of two MMAs, because the k order inside a
+//!   step is permuted: MMA k-slot `2q + j` / `2q + 8 + j` holds element `8q + j` /
+//!   `8q + 2 + j` (first MMA) and `8q + 4 + j` / `8q + 6 + j` (second MMA).
+//! * The activations `bf16(x · g)` sit in shared memory with the same permutation (within
+//!   each 32-element block, the bf16 pair `4q + p` is stored at position `4p + q`), so one
+//!   `ldmatrix.x4` per token tile yields the B fragments of both MMAs. Rows of absent tokens
+//!   point at a 16-byte zero block.
+//! * W is loaded in batches of `UNROLL` steps, double-buffered in registers: the next
+//!   batch's loads are issued before the current batch's MMAs.
+//!
+//! # Prologue
+//! 1. Issue the first W batch (weights are never written by the previous kernel).
+//! 2. `griddepcontrol.launch_dependents` and `griddepcontrol.wait`: under programmatic
+//!    dependent launch the kernel starts while the previous one drains, streaming W; it
+//!    touches x and the outputs only after the wait.
+//! 3. `cp.async` every token row's slice of x and the slice of g into shared memory (all in
+//!    flight together), then each warp rewrites its tokens' 64-byte blocks in place as
+//!    permuted `bf16(x · g)` and sums `x²` (one warp per token, butterfly reduction).
+//!
+//! # Split-K across CTAs
+//! With `k_splits > 1`, each CTA writes its f32 partial tile and partial sums of squares to
+//! the workspace, fences, and bumps the row tile's counter; the CTA that arrives last adds
+//! the `k_splits` partials in a fixed order (bitwise deterministic), applies `inv_rms`,
+//! stores bf16, and resets the counter for the next launch.
+//!
+//! # Traffic (per call)
+//! W: `2 N K` bytes from DRAM, read once. x: `2 M K` bytes per row tile (L2). Outputs:
+//! `2 M N` bytes; workspace: `8 M N k_splits` bytes (L2).
+//!
+//! # Launch
+//! block `(256, 1, 1)`; grid `(ceil(K / k_chunk), ceil(N / R))`; dynamic shared memory
+//! `config::decode::smem_layout(MT, M, k_chunk).bytes`; optionally with programmatic
+//! stream serialization.
+
+use crate::config::VEC;
+use crate::config::decode::{
+    K_STEP, ROWS_PER_WARP, THREADS, TILES_LARGE, TILES_SMALL, TOKEN_TILE, UNROLL, WARPS, smem_layout,
+};
+use crate::norm::{inv_rms, normalize_bf16x8, sum_squares_bf16x8};
+use crate::ptx::cp_async::{cp_async_cg_shared_global_16, cp_async_commit_group, cp_async_wait_group};
+use crate::ptx::global::ld_global_nc_stream_v4_u32;
+use crate::ptx::mma::{ldmatrix_x4, mma_m16n8k16_bf16_f32};
+use crate::ptx::shared::{
+    SharedPtr, dynamic_shared_base, ld_shared_f32, ld_shared_v4_u32, st_shared_f32, st_shared_v4_u32,
+};
+use crate::ptx::sync::{
+    atom_global_add_u32, griddepcontrol_launch_dependents, griddepcontrol_wait, ld_global_cg_f32, membar_gl,
+    st_global_cg_f32,
+};
+use crate::ptx::thread::{
+    block_dim_x, block_idx_x, block_idx_y, grid_dim_x, grid_dim_y, lane_id, sync_threads, thread_idx_x, warp_id,
+};
+use crate::ptx::trap;
+use crate::ptx::warp::warp_sum_f32;
+use crate::qkv_out::QkvOut;
+
+/// The split-K workspace: partial sums, partial sums of squares, one counter per row tile.
+#[derive(Clone, Copy)]
+struct Workspace {
+    partial: *mut f32,
+    counters: *mut u32,
+}
+
+macro_rules! decode_entries {
+    ($tiles:expr, $fused:ident, $plain:ident) => {
+        /// Fused RMSNorm + QKV projection for small M. See the module documentation.
+        ///
+        /// # Safety
+        /// Pointers and sizes as in the module documentation; outputs do not overlap inputs;
+        /// `workspace` holds `config::decode::workspace_floats(..)` f32 and `counters` one
+        /// zeroed u32 per row tile (both unused when `k_splits == 1`); the launch has the
+        /// documented shape (a wrong block size, `warp_split`, `k_chunk` or M traps).
+        #[unsafe(no_mangle)]
+        pub unsafe extern "gpu-kernel" fn $fused(
+            x: *const u16,
+            g: *const u16,
+            w: *const u16,
+            q: *mut u16,
+            k_out: *mut u16,
+            v: *mut u16,
+            m: u32,
+            k: u32,
+            nq: u32,
+            nkv: u32,
+            eps: f32,
+            warp_split: u32,
+            k_chunk: u32,
+            workspace: *mut f32,
+            counters: *mut u32,
+        ) {
+            let out = QkvOut { q, k: k_out, v, nq, nkv };
+            let ws = Workspace { partial: workspace, counters };
+            // SAFETY: forwarded to the caller.
+            unsafe { decode::<{ $tiles as usize }, true>(x, g, w, out, m, k, eps, warp_split, k_chunk, ws) }
+        }
+
+        /// `y [M, N] = x · Wᵀ` for small M (x already normalized): the decode kernel
+        /// without the fused norm, for the unfused baseline that isolates what fusion buys.
+        ///
+        /// # Safety
+        /// As the fused kernel, with `y` in place of q/k/v.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "gpu-kernel" fn $plain(
+            x: *const u16,
+            w: *const u16,
+            y: *mut u16,
+            m: u32,
+            k: u32,
+            n: u32,
+            warp_split: u32,
+            k_chunk: u32,
+            workspace: *mut f32,
+            counters: *mut u32,
+        ) {
+            let null = core::ptr::null_mut();
+            let out = QkvOut { q: y, k: null, v: null, nq: n, nkv: 0 };
+            let ws = Workspace { partial: workspace, counters };
+            // SAFETY: forwarded to the caller.
+            unsafe {
+                decode::<{ $tiles as usize }, false>(x, core::ptr::null(), w, out, m, k, 0.0, warp_split, k_chunk, ws)
+            }
+        }
+    };
+}
+
+decode_entries!(TILES_SMALL, fused_rmsnorm_qkv_decode_m16, gemm_decode_m16);
+decode_entries!(TILES_LARGE, fused_rmsnorm_qkv_decode_m64, gemm_decode_m64);
+
+/// The 8 W registers of one K step: 16 bytes of row `g`, then 16 bytes of row `g + 8`.
+type WStep = [u32; 8];
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn decode<const MT: usize, const FUSE: bool>(
+    x: *const u16,
+    g: *const u16,
+    w: *const u16,
+    out: QkvOut,
+    m: u32,
+    k: u32,
+    eps: f32,
+    warp_split: u32,
+    k_chunk: u32,
+    ws: Workspace,
+) {
+    let split_ok = matches!(warp_split, 1 | 2 | 4 | 8);
+    let max_m = (MT as u32) * TOKEN_TILE;
+    if block_dim_x() != THREADS
+        || !split_ok
+        || k_chunk == 0
+        || k_chunk % K_STEP != 0
+        || m == 0
+        || m > max_m
+        || k % VEC != 0
+    {
+        trap();
+    }
+    let n = out.n();
+    let (tid, warp, lane) = (thread_idx_x(), warp_id(), lane_id());
+
+    // 1. Map the CTA to a K range and W rows, the warp to 16 rows and part of the range.
+    let (kslice, row_tile) = (block_idx_x(), block_idx_y());
+    let (k_splits, row_tiles) = (grid_dim_x(), grid_dim_y());
+    let k0 = kslice * k_chunk;
+    let k_len = if k0 + k_chunk < k { k_chunk } else { k.saturating_sub(k0) };
+    let steps = k_len.div_ceil(K_STEP);
+    // warp_split is a power of two (checked above): divide by shifting.
+    let split_log2 = warp_split.trailing_zeros();
+    let cta_rows = ROWS_PER_WARP * (WARPS >> split_log2); // = rows_per_cta(warp_split)
+    let row0 = row_tile * cta_rows + (warp >> split_log2) * ROWS_PER_WARP;
+    let part = warp & (warp_split - 1);
+    let per_part = (steps + warp_split - 1) >> split_log2;
+    let s_begin = if part * per_part < steps { part * per_part } else { steps };
+    let s_end = if s_begin + per_part < steps { s_begin + per_part } else { steps };
+
+    // This lane's two W rows, in 16-byte chunks from the CTA's K origin; rows past N and
+    // chunks past K load zeros.
+    let (gq, qq) = (lane / 4, lane % 4);
+    let chunks = k / VEC;
+    let c0 = k0 / VEC;
+    let (r_lo, r_hi) = (row0 + gq, row0 + gq + 8);
+    let wc = w as *const [u32; 4];
+    let lo_base = r_lo as usize * chunks as usize + c0 as usize + qq as usize;
+    let hi_base = r_hi as usize * chunks as usize + c0 as usize + qq as usize;
+    let load_batch = |s0: u32| -> [WStep; UNROLL] {
+        let mut batch = [[0u32; 8]; UNROLL];
+        for (u, step) in batch.iter_mut().enumerate() {
+            let s = s0 + u as u32;
+            let in_k = s < s_end && c0 + s * 4 + qq < chunks;
+            let off = s as usize * 4;
+            // SAFETY: a load executes only when its row is < N and its chunk is < K/8,
+            // i.e. inside W; otherwise the address is never dereferenced.
+            let (lo, hi) = unsafe {
+                (
+                    ld_global_nc_stream_v4_u32(wc.wrapping_add(lo_base + off), in_k && r_lo < n),
+                    ld_global_nc_stream_v4_u32(wc.wrapping_add(hi_base + off), in_k && r_hi < n),
+                )
+            };
+            *step = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]];
+        }
+        batch
+    };
+    let mut cur = load_batch(s_begin);
+
+    // 2. Let the next kernel launch; wait for the previous one before touching x or outputs.
+    griddepcontrol_launch_dependents();
+    griddepcontrol_wait();
+
+    // 3. Stage x (and g) for this K range, then rewrite as permuted bf16(x · g).
+    let smem = dynamic_shared_base();
+    let layout = smem_layout(MT as u32, m, k_chunk);
+    let gs = smem.byte_add(layout.g as u32);
+    let xs = smem.byte_add(layout.x as u32);
+    let stride = layout.row_stride as u32;
+    let zero = smem.byte_add(layout.zero as u32);
+    let sum_sq = smem.byte_add(layout.sum_sq as u32).cast::<f32>();
+    let flag = smem.byte_add(layout.flag as u32).cast::<f32>();
+    let row_chunks = steps * 4;
+    // SAFETY: shared offsets come from the layout the host sized the launch with; each copy
+    // reads global memory only inside x / g (else it zero-fills); uniform barriers.
+    unsafe {
+        for t in 0..m {
+            let mut c = tid;
+            while c < row_chunks {
+                let ok = c0 + c < chunks;
+                let src = (x as *const [u32; 4]).wrapping_add(t as usize * chunks as usize + (c0 + c) as usize);
+                cp_async_cg_shared_global_16(
+                    xs.byte_add(t * stride + c * 16),
+                    src as *const u8,
+                    if ok { 16 } else { 0 },
+                );
+                c += THREADS;
+            }
+        }
+        if FUSE {
+            let mut c = tid;
+            while c < row_chunks {
+                let ok = c0 + c < chunks;
+                let src = (g as *const [u32; 4]).wrapping_add((c0 + c) as usize);
+                cp_async_cg_shared_global_16(gs.byte_add(c * 16), src as *const u8, if ok { 16 } else { 0 });
+                c += THREADS;
+            }
+        }
+        cp_async_commit_group();
+        if tid == 0 {
+            st_shared_v4_u32(zero.cast(), [0; 4]);
+        }
+        cp_async_wait_group::<0>();
+        sync_threads();
+
+        // Warp w takes tokens w, w + 8, ...; lane l the 64-byte blocks l, l + 32, ...
+        let mut t = warp;
+        while t < m {
+            let row = xs.byte_add(t * stride);
+            let mut ss = 0.0f32;
+            let mut blk = lane;
+            while blk < steps {
+                let p = row.byte_add(blk * 64).cast::<[u32; 4]>();
+                let mut v = [[0u32; 4]; 4];
+                for (i, vi) in v.iter_mut().enumerate() {
+                    let xv = ld_shared_v4_u32(p.add(i as u32));
+                    ss += sum_squares_bf16x8(xv);
+                    *vi = if FUSE {
+                        normalize_bf16x8(
+                            xv,
+                            ld_shared_v4_u32(gs.byte_add(blk * 64).cast::<[u32; 4]>().add(i as u32)),
+                            1.0,
+                        )
+                    } else {
+                        xv
+                    };
+                }
+                // Transpose the 4x4 block of bf16 pairs: piece pp = pair pp of chunks 0..3.
+                for pp in 0..4 {
+                    st_shared_v4_u32(p.add(pp as u32), [v[0][pp], v[1][pp], v[2][pp], v[3][pp]]);
+                }
+                blk += 32;
+            }
+            let ss = warp_sum_f32(ss);
+            if lane == 0 {
+                st_shared_f32(sum_sq.add(t), ss);
+            }
+            t += WARPS;
+        }
+        sync_threads();
+    }
+
+    // 4. Main loop: per K step, two MMAs per token tile.
+    let (mat, mrow) = (lane / 8, lane % 8);
+    let mut tile_base = [0u32; MT];
+    let mut tile_advance = [0u32; MT];
+    for (t, (base, adv)) in tile_base.iter_mut().zip(tile_advance.iter_mut()).enumerate() {
+        let tok = t as u32 * TOKEN_TILE + mrow;
+        (*base, *adv) = if tok < m { (xs.byte_add(tok * stride + mat * 16).addr(), 64) } else { (zero.addr(), 0) };
+    }
+    let tiles_used = m.div_ceil(TOKEN_TILE);
+    let mut acc = [[0.0f32; 4]; MT];
+    let mut s = s_begin;
+    while s < s_end {
+        let next = load_batch(s + UNROLL as u32);
+        for (u, wv) in cur.iter().enumerate() {
+            let step = s + u as u32;
+            if step < s_end {
+                let a_k0 = [wv[0], wv[4], wv[1], wv[5]];
+                let a_k1 = [wv[2], wv[6], wv[3], wv[7]];
+                for t in 0..MT {
+                    if (t as u32) < tiles_used {
+                        // SAFETY: the address is a token row (inside the layout) or the
+                        // zero block.
+                        let b = unsafe { ldmatrix_x4(SharedPtr::from_addr(tile_base[t] + step * tile_advance[t])) };
+                        acc[t] = mma_m16n8k16_bf16_f32(a_k0, [b[0], b[1]], acc[t]);
+                        acc[t] = mma_m16n8k16_bf16_f32(a_k1, [b[2], b[3]], acc[t]);
+                    }
+                }
+            }
+        }
+        cur = next;
+        s += UNROLL as u32;
+    }
+
+    // 5. Add the partial sums of the warps of a row group.
+    // SAFETY: the reduction area holds 4 f32 per token tile per lane of every warp; the
+    // barrier is CTA-uniform (warp_split is a kernel argument).
+    unsafe {
+        if warp_split > 1 {
+            let red = smem.byte_add(layout.reduce as u32).cast::<[u32; 4]>();
+            let slot = red.add((warp * 32 + lane) * MT as u32);
+            for (t, a) in acc.iter().enumerate() {
+                st_shared_v4_u32(slot.add(t as u32), a.map(f32::to_bits));
+            }
+            sync_threads();
+            if part == 0 {
+                for p in 1..warp_split {
+                    let other = red.add(((warp + p) * 32 + lane) * MT as u32);
+                    for (t, a) in acc.iter_mut().enumerate() {
+                        let v = ld_shared_v4_u32(other.add(t as u32));
+                        for i in 0..4 {
+                            a[i] += f32::from_bits(v[i]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // 6. Epilogue. Fragment element i of token tile t: row g + 8(i / 2), token 8t + 2q + i % 2.
+    let elem = |t: usize, i: usize| (row0 + gq + (i as u32 / 2) * 8, t as u32 * TOKEN_TILE + 2 * qq + i as u32 % 2);
+    let scale = |ss: f32| if FUSE { inv_rms(ss, k, eps) } else { 1.0 };
+    if k_splits == 1 {
+        if part == 0 {
+            for (t, a) in acc.iter().enumerate() {
+                for (i, &value) in a.iter().enumerate() {
+                    let (row, tok) = elem(t, i);
+                    if row < n && tok < m {
+                        // SAFETY: row < N, tok < M; sum_sq[tok] was written for tok < m.
+                        unsafe { out.store(tok, row, value * scale(ld_shared_f32(sum_sq.add(tok)))) };
+                    }
+                }
+            }
+        }
+        return;
+    }
+
+    // Split-K across CTAs: publish this CTA's partials, the last CTA of the row tile adds
+    // them in K order.
+    let tokens_cap = MT as u32 * TOKEN_TILE;
+    let tile_floats = tokens_cap * cta_rows;
+    let partial_at = |ks: u32, tok: u32, row: u32| {
+        ((ks * row_tiles + row_tile) * tile_floats + tok * cta_rows + (row - row_tile * cta_rows)) as usize
+    };
+    let ss_base = (k_splits * row_tiles * tile_floats) as usize;
+    let ss_at = |ks: u32, tok: u32| ss_base + ((ks * row_tiles + row_tile) * tokens_cap + tok) as usize;
+    // SAFETY: workspace indices stay inside `workspace_floats(k_splits, row_tiles, MT,
+    // warp_split)`; counters has one entry per row tile; uniform barriers.
+    unsafe {
+        if part == 0 {
+            for (t, a) in acc.iter().enumerate() {
+                for (i, &value) in a.iter().enumerate() {
+                    let (row, tok) = elem(t, i);
+                    if row < n && tok < m {
+                        st_global_cg_f32(ws.partial.add(partial_at(kslice, tok, row)), value);
+                    }
+                }
+            }
+        }
+        if FUSE && tid < m {
+            st_global_cg_f32(ws.partial.add(ss_at(kslice, tid)), ld_shared_f32(sum_sq.add(tid)));
+        }
+        membar_gl();
+        sync_threads();
+        if tid == 0 {
+            let arrived = atom_global_add_u32(ws.counters.add(row_tile as usize), 1);
+            let last = arrived == k_splits - 1;
+            st_shared_f32(flag, if last { 1.0 } else { 0.0 });
+            if last {
+                // Reset for the next launch (all k_splits CTAs of this tile have arrived).
+                ws.counters.add(row_tile as usize).write(0);
+            }
+        }
+        sync_threads();
+        if ld_shared_f32(flag) == 0.0 {
+            return;
+        }
+        membar_gl();
+        if part == 0 {
+            for t in 0..MT {
+                for i in 0..4 {
+                    let (row, tok) = elem(t, i);
+                    if row < n && tok < m {
+                        let (mut total, mut ss) = (0.0f32, 0.0f32);
+                        for ks in 0..k_splits {
+                            total += ld_global_cg_f32(ws.partial.add(partial_at(ks, tok, row)));
+                            if FUSE {
+                                ss += ld_global_cg_f32(ws.partial.add(ss_at(ks, tok)));
+                            }
+                        }
+                        out.store(tok, row, total * scale(ss));
+                    }
+                }
+            }
+        }
+    }
+}

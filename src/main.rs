@@ -1,0 +1,346 @@
+//! `nanofuse`: benchmarks of the fused RMSNorm + QKV kernels against the unfused path.
+//!
+//! `nanofuse bench` is the main job (see README.md); `nanofuse tune` sweeps launch shapes;
+//! `nanofuse info` prints the device and build.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use nanofuse::bench::{BENCH_MS, MODELS, Measurement, Model, Variant, Workload, min_bytes};
+use nanofuse::chart;
+use nanofuse::plan::{self, DECODE_MAX_M, Tile};
+use nanofuse::timing::copy_bandwidth_gbs;
+use nanofuse::{FusedRmsNormQkv, Gpu, Tuning};
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(name = "nanofuse", version, about = "Fused RMSNorm + QKV projection kernels: benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Time the fused op, the unfused baselines and the public API over model shapes and
+    /// batch sizes; print a table, optionally write JSON and an SVG chart.
+    Bench(BenchArgs),
+    /// Sweep launch shapes (decode k_split, tiled tile size) per shape and M.
+    Tune(TuneArgs),
+    /// Print the device and the embedded kernels' architecture.
+    Info,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Shapes to run (comma-separated names, case-insensitive), default all four.
+    #[arg(long, value_delimiter = ',')]
+    shapes: Vec<String>,
+    /// Batch sizes (tokens), default 1,16,128,2048.
+    #[arg(long, value_delimiter = ',')]
+    m: Vec<usize>,
+    /// Fewer replays (20 instead of 100) for a fast look.
+    #[arg(long)]
+    quick: bool,
+    /// Write all measurements as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write an SVG chart of time vs M per shape, with the bandwidth floor.
+    #[arg(long)]
+    chart: Option<PathBuf>,
+    /// Seed of the random weights and inputs.
+    #[arg(long, default_value_t = 0x5eed)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct TuneArgs {
+    /// Shapes to run, default all four.
+    #[arg(long, value_delimiter = ',')]
+    shapes: Vec<String>,
+    /// Batch sizes, default 1,2,4,8,16,32,64,128,256.
+    #[arg(long, value_delimiter = ',')]
+    m: Vec<usize>,
+    /// Replays per measurement.
+    #[arg(long, default_value_t = 30)]
+    replays: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Bench(a) => bench(a),
+        Cmd::Tune(a) => tune(a),
+        Cmd::Info => open().map(|gpu| print_header(&gpu, None)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nanofuse: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type AppResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn open() -> AppResult<Arc<Gpu>> {
+    nanofuse::open(0).map_err(|e| format!("cannot open a GPU: {e}").into())
+}
+
+fn select_models(names: &[String]) -> AppResult<Vec<Model>> {
+    if names.is_empty() {
+        return Ok(MODELS.to_vec());
+    }
+    names
+        .iter()
+        .map(|n| {
+            MODELS.iter().find(|m| m.name.eq_ignore_ascii_case(n)).copied().ok_or_else(|| {
+                let known: Vec<_> = MODELS.iter().map(|m| m.name).collect();
+                format!("unknown shape {n:?}; known: {}", known.join(", ")).into()
+            })
+        })
+        .collect()
+}
+
+fn check_ms(ms: &[usize]) -> AppResult<()> {
+    if let Some(bad) = ms.iter().find(|&&m| m == 0 || m > 65_536) {
+        return Err(format!("--m {bad}: batch sizes must be in 1..=65536").into());
+    }
+    Ok(())
+}
+
+fn print_header(gpu: &Gpu, copy_gbs: Option<f64>) {
+    let i = gpu.info();
+    let (maj, min) = i.compute_capability;
+    println!(
+        "device: {} (sm_{maj}{min}, {} SMs, L2 {} MB, {:.0} GiB), driver {}.{}, SM clock {}",
+        i.name,
+        i.sm_count,
+        i.l2_bytes / 1_000_000,
+        i.total_mem as f64 / (1u64 << 30) as f64,
+        i.driver_version / 1000,
+        (i.driver_version % 1000) / 10,
+        i.sm_clock_mhz.map_or("n/a".to_string(), |c| format!("{c} MHz (max)")),
+    );
+    println!("kernels: PTX for {}", nanofuse::KERNELS_ARCH);
+    if let Some(bw) = copy_gbs {
+        println!("device-to-device copy bandwidth (read + write), measured now: {bw:.0} GB/s");
+    }
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    device: String,
+    compute_capability: (i32, i32),
+    driver_version: i32,
+    sm_count: u32,
+    l2_bytes: u64,
+    kernels_arch: &'a str,
+    unix_time: u64,
+    copy_bandwidth_gbs: f64,
+    method: &'a str,
+    measurements: &'a [Measurement],
+}
+
+const METHOD: &str = "each variant captured in one CUDA graph over a ring of distinct weight/input sets \
+    totalling more than 4x the L2 cache; time per op = replay time / ring length (CUDA events); median of the replays";
+
+fn bench(a: BenchArgs) -> AppResult<()> {
+    let models = select_models(&a.shapes)?;
+    let ms = if a.m.is_empty() { BENCH_MS.to_vec() } else { a.m.clone() };
+    check_ms(&ms)?;
+    let gpu = open()?;
+    let (warmup, replays) = if a.quick { (3, 20) } else { (10, 100) };
+    let copy_gbs = copy_bandwidth_gbs(&gpu, 1 << 30, 20)?;
+    print_header(&gpu, Some(copy_gbs));
+    println!("method: {METHOD}; {replays} replays");
+
+    let cells = (models.len() * ms.len() * Variant::ALL.len()) as u64;
+    let bar = ProgressBar::new(cells).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut results: Vec<Measurement> = Vec::new();
+    for model in &models {
+        bar.set_message(format!("{}: random weights", model.name));
+        let mut wl = Workload::new(&gpu, *model, a.seed)?;
+        for &m in &ms {
+            wl.set_m(m)?;
+            let fused_path = wl.fused_path();
+            let api_path = FusedRmsNormQkv::auto_path(m);
+            for v in Variant::ALL {
+                bar.set_message(format!("{} M={m} {}", model.name, v.label()));
+                let path = match v {
+                    Variant::Fused => format!("{fused_path:?}"),
+                    Variant::Api => format!("{api_path:?}"),
+                    _ => String::new(),
+                };
+                // The API runs the fused kernel where Auto picks it: same launch, same time.
+                let same_as_fused = v == Variant::Api && api_path == fused_path;
+                let st = if same_as_fused {
+                    results.iter().find(|r| r.model == model.name && r.m == m && r.variant == Variant::Fused).map(|r| {
+                        nanofuse::timing::Stats {
+                            median_us: r.median_us,
+                            min_us: r.min_us,
+                            max_us: r.max_us,
+                            samples: r.replays,
+                        }
+                    })
+                } else {
+                    None
+                };
+                let st = match st {
+                    Some(st) => st,
+                    None => wl.time(v, warmup, replays)?,
+                };
+                results.push(Measurement::new(model, m, v, path, wl.ring(), st));
+                bar.inc(1);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    print_table(&results, copy_gbs);
+
+    if let Some(path) = &a.json {
+        let i = gpu.info();
+        let report = Report {
+            device: i.name.clone(),
+            compute_capability: i.compute_capability,
+            driver_version: i.driver_version,
+            sm_count: i.sm_count,
+            l2_bytes: i.l2_bytes,
+            kernels_arch: nanofuse::KERNELS_ARCH,
+            unix_time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            copy_bandwidth_gbs: copy_gbs,
+            method: METHOD,
+            measurements: &results,
+        };
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &a.chart {
+        chart::write_svg(path, &results, copy_gbs, &gpu.info().name)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn print_table(results: &[Measurement], copy_gbs: f64) {
+    let get =
+        |model: &str, m: usize, v: Variant| results.iter().find(|r| r.model == model && r.m == m && r.variant == v);
+    println!();
+    println!(
+        "{:<13} {:>5} {:>9} {:>10} {:>10} {:>10} {:>9} {:>8} {:>8} {:>7} {:>8} {:>9}  api path",
+        "shape",
+        "M",
+        "fused µs",
+        "no-PDL µs",
+        "cuBLAS µs",
+        "ours µs",
+        "api µs",
+        "speedup",
+        "GB/s",
+        "% copy",
+        "TFLOP/s",
+        "floor µs"
+    );
+    let mut seen = Vec::new();
+    for r in results.iter().filter(|r| r.variant == Variant::Fused) {
+        if seen.contains(&(r.model.clone(), r.m)) {
+            continue;
+        }
+        seen.push((r.model.clone(), r.m));
+        let t = |v| get(&r.model, r.m, v).map_or(f64::NAN, |x| x.median_us);
+        let api = get(&r.model, r.m, Variant::Api);
+        let floor_us = r.bytes as f64 / (copy_gbs * 1e9) * 1e6;
+        println!(
+            "{:<13} {:>5} {:>9.2} {:>10.2} {:>10.2} {:>10.2} {:>9.2} {:>7.2}x {:>8.0} {:>6.1}% {:>8.1} {:>9.2}  {}",
+            r.model,
+            r.m,
+            r.median_us,
+            t(Variant::FusedNoPdl),
+            t(Variant::NormCublas),
+            t(Variant::NormNanofuse),
+            t(Variant::Api),
+            t(Variant::NormCublas) / r.median_us,
+            r.gbs,
+            100.0 * r.gbs / copy_gbs,
+            r.tflops,
+            floor_us,
+            api.map_or("", |a| a.path.as_str()),
+        );
+    }
+    println!("fused: the fused kernel (decode for M <= 64, else tiled), launched with programmatic dependent launch;");
+    println!(
+        "no-PDL: the same without it; cuBLAS: RMSNorm + cuBLAS GEMM (PyTorch's path); ours: RMSNorm + nanofuse GEMM;"
+    );
+    println!("api: FusedRmsNormQkv::forward_into (Path::Auto). speedup = cuBLAS / fused;");
+    println!("GB/s and TFLOP/s of the fused kernel (minimum bytes: W, g, x, outputs);");
+    println!("floor = minimum bytes / copy bandwidth.");
+}
+
+fn tune(a: TuneArgs) -> AppResult<()> {
+    let models = select_models(&a.shapes)?;
+    let ms = if a.m.is_empty() { vec![1, 4, 16, 32, 64, 128] } else { a.m.clone() };
+    check_ms(&ms)?;
+    let gpu = open()?;
+    let copy_gbs = copy_bandwidth_gbs(&gpu, 1 << 30, 20)?;
+    print_header(&gpu, Some(copy_gbs));
+    println!("{:<13} {:>5} {:<28} {:>9} {:>8} {:>7}", "shape", "M", "variant", "µs", "GB/s", "% copy");
+    let info = gpu.info().clone();
+    for model in &models {
+        let mut wl = Workload::new(&gpu, *model, 7)?;
+        let s = model.shape;
+        for &m in &ms {
+            wl.set_m(m)?;
+            let row = |label: String, wl: &mut Workload, v: Variant| -> AppResult<()> {
+                let st = wl.time(v, 5, a.replays)?;
+                let gbs = min_bytes(&s, m) as f64 / (st.median_us * 1e-6) / 1e9;
+                println!(
+                    "{:<13} {:>5} {:<28} {:>9.2} {:>8.0} {:>6.1}%",
+                    model.name,
+                    m,
+                    label,
+                    st.median_us,
+                    gbs,
+                    100.0 * gbs / copy_gbs
+                );
+                Ok(())
+            };
+            wl.set_tuning(Tuning::default());
+            row("unfused-cublas".into(), &mut wl, Variant::NormCublas)?;
+            if m > DECODE_MAX_M {
+                row("api (norm + cublas x3)".into(), &mut wl, Variant::Api)?;
+            } else {
+                let p = plan::decode_plan(m, s.hidden, s.n(), info.sm_count, info.max_smem_per_block, None)?;
+                let label = format!("decode plan ws={} ks={}", p.warp_split, p.k_splits());
+                row(label.clone(), &mut wl, Variant::FusedDecode)?;
+                row(format!("{label} no-pdl"), &mut wl, Variant::FusedNoPdl)?;
+                row("unfused-nanofuse".into(), &mut wl, Variant::NormNanofuse)?;
+                for warp_split in [1, 2, 4, 8] {
+                    for k_splits in [1, 2, 3, 4, 6, 8] {
+                        let shape = plan::DecodeShape { warp_split, k_splits };
+                        if plan::decode_plan(m, s.hidden, s.n(), info.sm_count, info.max_smem_per_block, Some(shape))
+                            .is_err()
+                        {
+                            continue;
+                        }
+                        wl.set_tuning(Tuning { decode: Some(shape), tile: None });
+                        row(format!("decode ws={warp_split} ks={k_splits}"), &mut wl, Variant::FusedDecode)?;
+                    }
+                }
+            }
+            if m > 16 {
+                for tile in [Tile::Small, Tile::Large] {
+                    wl.set_tuning(Tuning { decode: None, tile: Some(tile) });
+                    row(format!("tiled {tile:?}"), &mut wl, Variant::FusedTiled)?;
+                }
+            }
+            wl.set_tuning(Tuning::default());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Once};
+
+use nanofuse::{Error, Gpu};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+
+static SKIP_NOTE: Once = Once::new();
+
+/// The GPU, or `None` after printing one `skipped: ...` line (per test binary) when this
+/// machine has no CUDA driver or device. Any other failure to open the GPU panics: on a
+/// GPU host the tests must run.
+pub fn gpu() -> Option<Arc<Gpu>> {
+    match nanofuse::open(0) {
+        Ok(gpu) => Some(gpu),
+        Err(e @ (Error::NoDriver | Error::NoDevice { .. })) => {
+            SKIP_NOTE.call_once(|| skip_note(&format!("no CUDA device ({e})")));
+            None
+        }
+        Err(e) => panic!("opening the GPU failed: {e}"),
+    }
+}
+
+/// Prints `skipped: <why>` straight to stderr, past libtest's output capture, so the line
+/// shows in a plain `cargo test` run.
+pub fn skip_note(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped: {why}");
+}
+
+/// A fresh random generator; its seed is printed so a failure can be replayed with
+/// `NANOFUSE_TEST_SEED=<seed>`.
+pub fn rng(test: &str) -> SmallRng {
+    let seed =
+        std::env::var("NANOFUSE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random::<u64>);
+    println!("{test}: seed {seed}");
+    SmallRng::seed_from_u64(seed)
+}
+
+/// Rows to check against the CPU reference: all of them for small M, else the first two,
+/// the middle and the last two (the CPU reference of a 2048 x 10240 x 8192 product would
+/// take minutes). The other rows are still checked for being written (no NaN poison left).
+pub fn sample_rows(m: usize) -> Vec<usize> {
+    if m <= 17 {
+        (0..m).collect()
+    } else {
+        let mut r = vec![0, 1, m / 2, m - 2, m - 1];
+        r.dedup();
+        r
+    }
+}
+
+/// Gathers `rows` of a row-major `[m, width]` matrix.
+pub fn gather<T: Copy>(data: &[T], width: usize, rows: &[usize]) -> Vec<T> {
+    rows.iter().flat_map(|&r| data[r * width..(r + 1) * width].iter().copied()).collect()
+}

@@ -1,0 +1,199 @@
+//! The generated PTX, checked without a GPU:
+//! * always: its target, the entry points the host launches, no unresolved `.extern .func`,
+//!   and no panic path in any kernel;
+//! * when `ptxas` is installed (PyPI `nvidia-cuda-nvcc`; `.ci/run` installs it): it
+//!   assembles, and every kernel has 0 spill bytes and no stack frame (no local memory);
+//! * when `nvdisasm` is installed too (PyPI `nvidia-cuda-nvdisasm`): the GEMM kernels use
+//!   tensor cores (HMMA) fed by `ldmatrix` (LDSM), the decode kernels stream W with
+//!   16-byte loads, the tiled kernels with `cp.async` (LDGSTS), and no kernel touches
+//!   local memory (LDL/STL).
+//!
+//! Tools are looked up as `$NANOFUSE_PTXAS` / `$NANOFUSE_NVDISASM`, then on `PATH`, then in
+//! `.tools/` (where `.ci/run` puts them).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nanofuse::{KERNEL_NAMES, KERNELS_ARCH, KERNELS_PTX};
+
+/// Prints `skipped: <why>` past libtest's output capture.
+fn skip_note(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped: {why}");
+}
+
+/// The kernels whose inner loop must run on tensor cores.
+const MMA_KERNELS: [&str; 8] = [
+    "fused_rmsnorm_qkv_decode_m16",
+    "fused_rmsnorm_qkv_decode_m64",
+    "gemm_decode_m16",
+    "gemm_decode_m64",
+    "fused_rmsnorm_qkv_tiled_large",
+    "fused_rmsnorm_qkv_tiled_small",
+    "gemm_tiled_large",
+    "gemm_tiled_small",
+];
+
+#[test]
+fn ptx_targets_the_configured_arch() {
+    assert!(KERNELS_PTX.contains(&format!(".target {KERNELS_ARCH}")), "PTX lacks `.target {KERNELS_ARCH}`");
+    assert!(KERNELS_PTX.contains(".address_size 64"));
+}
+
+#[test]
+fn ptx_has_every_entry_the_host_launches() {
+    let entries: Vec<&str> = KERNELS_PTX
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(".visible .entry "))
+        .map(|l| l.trim_end_matches('('))
+        .collect();
+    for name in KERNEL_NAMES {
+        assert!(entries.contains(&name), "entry `{name}` missing; PTX has {entries:?}");
+    }
+    assert_eq!(entries.len(), KERNEL_NAMES.len(), "unexpected entries: {entries:?}");
+}
+
+#[test]
+fn ptx_is_self_contained() {
+    let externs: Vec<&str> = KERNELS_PTX.lines().filter(|l| l.contains(".extern .func")).collect();
+    assert!(externs.is_empty(), "unresolved external functions: {externs:?}");
+}
+
+#[test]
+fn ptx_has_no_panic_path() {
+    // A bounds check or overflow check the optimizer could not remove would show up as a
+    // call into core::panicking (which traps on the GPU). The kernels must have none.
+    let panics: Vec<&str> = KERNELS_PTX.lines().filter(|l| l.contains("panicking") || l.contains("panic_")).collect();
+    assert!(panics.is_empty(), "panic paths in the kernels: {:?}", &panics[..panics.len().min(5)]);
+}
+
+fn tool(name: &str) -> Option<PathBuf> {
+    let env = format!("NANOFUSE_{}", name.to_uppercase());
+    if let Some(p) = std::env::var_os(&env) {
+        return Some(PathBuf::from(p));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/nvidia/cu13/bin").join(name);
+    local.is_file().then_some(local)
+}
+
+/// Per-kernel resource report of `ptxas -v`.
+#[derive(Debug, Default)]
+struct Resources {
+    registers: u32,
+    stack_bytes: u32,
+    spill_store_bytes: u32,
+    spill_load_bytes: u32,
+}
+
+fn number_before(line: &str, unit: &str) -> Option<u32> {
+    let idx = line.find(unit)?;
+    line[..idx].split_whitespace().last()?.parse().ok()
+}
+
+fn assemble(ptxas: &Path) -> (PathBuf, BTreeMap<String, Resources>) {
+    let dir = std::env::temp_dir().join(format!("nanofuse-ptx-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ptx, cubin) = (dir.join("kernels.ptx"), dir.join("kernels.cubin"));
+    std::fs::write(&ptx, KERNELS_PTX).unwrap();
+    let arch = format!("-arch={KERNELS_ARCH}");
+    let out = Command::new(ptxas).args([arch.as_str(), "-v", "-o"]).arg(&cubin).arg(&ptx).output().expect("run ptxas");
+    let log = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ptxas failed:\n{log}");
+    let mut report: BTreeMap<String, Resources> = BTreeMap::new();
+    let mut current = String::new();
+    for line in log.lines() {
+        if let Some(rest) = line.split("Function properties for ").nth(1) {
+            current = rest.trim().to_string();
+        } else if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            current = rest.split('\'').next().unwrap_or("").to_string();
+        }
+        let r = report.entry(current.clone()).or_default();
+        if line.contains("stack frame") {
+            r.stack_bytes = number_before(line, "bytes stack frame").unwrap_or(u32::MAX);
+            r.spill_store_bytes = number_before(line, "bytes spill stores").unwrap_or(u32::MAX);
+            r.spill_load_bytes = number_before(line, "bytes spill loads").unwrap_or(u32::MAX);
+        }
+        if line.contains("Used") && line.contains("registers") {
+            r.registers = number_before(line, "registers").unwrap_or(0);
+        }
+    }
+    report.retain(|k, _| KERNEL_NAMES.contains(&k.as_str()));
+    (cubin, report)
+}
+
+#[test]
+fn ptxas_no_spills_no_stack_and_sass_uses_tensor_cores() {
+    let Some(ptxas) = tool("ptxas") else {
+        skip_note("ptxas not found (pip install nvidia-cuda-nvcc, or see .ci/run)");
+        return;
+    };
+    let (cubin, report) = assemble(&ptxas);
+    println!("{:<32} {:>5} {:>6} {:>7}", "kernel", "regs", "stack", "spills");
+    for (name, r) in &report {
+        println!("{name:<32} {:>5} {:>6} {:>7}", r.registers, r.stack_bytes, r.spill_store_bytes + r.spill_load_bytes);
+    }
+    for name in KERNEL_NAMES {
+        let r = report.get(name).unwrap_or_else(|| panic!("ptxas reported nothing for `{name}`"));
+        assert_eq!(r.spill_store_bytes + r.spill_load_bytes, 0, "`{name}` spills registers");
+        assert_eq!(r.stack_bytes, 0, "`{name}` has a stack frame (local memory)");
+    }
+
+    let Some(nvdisasm) = tool("nvdisasm") else {
+        skip_note("SASS checks, nvdisasm not found (pip install nvidia-cuda-nvdisasm)");
+        return;
+    };
+    let out = Command::new(nvdisasm).arg("-c").arg(&cubin).output().expect("run nvdisasm");
+    assert!(out.status.success(), "nvdisasm failed: {}", String::from_utf8_lossy(&out.stderr));
+    let sass = String::from_utf8_lossy(&out.stdout);
+    let mut counts: BTreeMap<String, BTreeMap<&str, usize>> = BTreeMap::new();
+    let mut current = String::new();
+    for line in sass.lines() {
+        if let Some(rest) = line.strip_prefix(".text.") {
+            current = rest.trim_end_matches(':').to_string();
+        }
+        let c = counts.entry(current.clone()).or_default();
+        for op in ["HMMA", "LDSM", "LDL", "STL", "LDGSTS"] {
+            if line.contains(op) {
+                *c.entry(op).or_default() += 1;
+            }
+        }
+        if line.contains("LDG.E") && line.contains(".128") {
+            *c.entry("LDG.128").or_default() += 1;
+        }
+    }
+    println!("{:<32} {:>5} {:>5} {:>7} {:>7} {:>7}", "kernel", "HMMA", "LDSM", "LDG.128", "LDGSTS", "LDL/STL");
+    for name in KERNEL_NAMES {
+        let c = counts.get(name).cloned().unwrap_or_default();
+        let n = |op: &str| c.get(op).copied().unwrap_or(0);
+        println!(
+            "{name:<32} {:>5} {:>5} {:>7} {:>7} {:>7}",
+            n("HMMA"),
+            n("LDSM"),
+            n("LDG.128"),
+            n("LDGSTS"),
+            n("LDL") + n("STL")
+        );
+        assert_eq!(n("LDL") + n("STL"), 0, "`{name}` uses local memory");
+        if MMA_KERNELS.contains(&name) {
+            assert!(n("HMMA") > 0 && n("LDSM") > 0, "`{name}` lacks HMMA or LDSM in SASS");
+        }
+        if name.contains("decode") || name == "rms_norm" {
+            assert!(n("LDG.128") > 0, "`{name}` lacks 16-byte global loads");
+        }
+        if name.contains("decode") {
+            assert!(n("LDGSTS") > 0, "`{name}` lacks cp.async staging of x");
+        }
+        if name.contains("tiled") {
+            assert!(n("LDGSTS") > 0, "`{name}` lacks cp.async (LDGSTS)");
+        }
+    }
+}
