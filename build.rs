@@ -5,7 +5,8 @@
 //! `nvptx64-nvidia-cuda` with `-Zbuild-std=core`, as a `staticlib` with fat LTO,
 //! `panic = "abort"` and one codegen unit, emitting assembly (`--emit=asm`), which for this
 //! target is PTX. The GPU architecture is `sm_90` unless `NANOFUSE_CUDA_ARCH` says
-//! otherwise (e.g. `NANOFUSE_CUDA_ARCH=sm_80`; the kernels need sm_80 or newer).
+//! otherwise (e.g. `NANOFUSE_CUDA_ARCH=sm_100`); the kernels use Hopper instructions
+//! (thread-block clusters, programmatic dependent launch), so they need sm_90 or newer.
 
 use std::env;
 use std::fs;
@@ -26,10 +27,16 @@ fn main() {
     println!("cargo:rerun-if-changed=rust-toolchain.toml");
 
     let arch = env::var(ARCH_ENV).unwrap_or_else(|_| DEFAULT_ARCH.to_string());
-    let arch_ok =
-        arch.strip_prefix("sm_").is_some_and(|v| v.len() >= 2 && v.chars().all(|c| c.is_ascii_alphanumeric()));
-    if !arch_ok {
-        fail(&format!("{ARCH_ENV}={arch:?} is not a GPU architecture such as sm_90 or sm_80"));
+    let number: Option<u32> = arch
+        .strip_prefix("sm_")
+        .filter(|v| v.chars().all(|c| c.is_ascii_alphanumeric()))
+        .and_then(|v| v.trim_end_matches(|c: char| c.is_ascii_alphabetic()).parse().ok());
+    match number {
+        None => fail(&format!("{ARCH_ENV}={arch:?} is not a GPU architecture such as sm_90 or sm_100")),
+        Some(n) if n < 90 => fail(&format!(
+            "{ARCH_ENV}={arch}: the kernels use sm_90 instructions (clusters, griddepcontrol); use sm_90 or newer"
+        )),
+        Some(_) => {}
     }
     println!("cargo:rustc-env=NANOFUSE_PTX_ARCH={arch}");
 
@@ -66,7 +73,13 @@ fn build_ptx(root: &Path, target_dir: &Path, arch: &str) -> String {
     // and with LLVM's default threshold the tiled epilogue stays rolled, which moves the
     // accumulators to local memory (a stack frame in the ptxas report; the tests check
     // that every kernel has none).
-    let flags = [format!("-Ctarget-cpu={arch}"), "-Cllvm-args=-unroll-threshold=2000".to_string()];
+    // PTX ISA 8.0 (CUDA 12.0 drivers and newer) for the sm_90 instructions the kernels use
+    // (cluster barriers with .release/.acquire, cp.async.bulk.prefetch).
+    let flags = [
+        format!("-Ctarget-cpu={arch}"),
+        "-Ctarget-feature=+ptx80".to_string(),
+        "-Cllvm-args=-unroll-threshold=2000".to_string(),
+    ];
     cmd.env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"));
     // The kernel profile, independent of the outer profile (which may be dev or test).
     for (key, value) in [

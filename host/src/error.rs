@@ -23,9 +23,9 @@ pub enum Error {
 
     /// The device is older than the architecture the embedded PTX was built for.
     #[error(
-        "device {device} is {found}, but the kernels were built for {built_for}; the kernels \
-         need sm_80 or newer: rebuild with NANOFUSE_CUDA_ARCH={found} (e.g. \
-         `NANOFUSE_CUDA_ARCH={found} cargo build --release`)"
+        "device {device} is {found}, but the kernels were built for {built_for} and need sm_90 \
+         (Hopper) or newer; on a newer GPU rebuild with NANOFUSE_CUDA_ARCH set to its \
+         architecture (e.g. `NANOFUSE_CUDA_ARCH=sm_100 cargo build --release`)"
     )]
     UnsupportedArch { device: String, found: String, built_for: String },
 
@@ -67,7 +67,10 @@ pub enum Error {
     Misaligned { arg: &'static str, addr: u64, align: u64 },
 
     /// A buffer belongs to another CUDA context or device than the op's.
-    #[error("`{arg}` lives on another CUDA context/device (ordinal {found}) than this op (ordinal {expected})")]
+    #[error(
+        "`{arg}` was allocated in another CUDA context (on device ordinal {found}) than the one this op \
+         runs in (on device ordinal {expected})"
+    )]
     WrongDevice { arg: &'static str, expected: usize, found: usize },
 
     /// Two buffers that must not overlap do.

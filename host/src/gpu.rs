@@ -11,7 +11,7 @@ use half::bf16;
 
 use crate::blas::Blas;
 use crate::error::{Error, Result};
-use crate::kernels::{Kernels, WorkspacePtrs};
+use crate::kernels::Kernels;
 
 /// What the launchers and benchmarks need to know about the device.
 #[derive(Clone, Debug)]
@@ -45,15 +45,6 @@ pub struct Gpu {
     info: DeviceInfo,
     blas: Mutex<Option<Arc<Blas>>>,
     pdl: AtomicBool,
-    workspace: Mutex<Option<DecodeWorkspace>>,
-}
-
-/// The decode kernels' split-K workspace, shared by every op on this stream (their launches
-/// are ordered on it, and a kernel touches the workspace only after waiting for the
-/// previous kernel).
-struct DecodeWorkspace {
-    partial: CudaSlice<f32>,
-    counters: CudaSlice<u32>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -105,7 +96,7 @@ impl Gpu {
         check_arch(&info, ptx_arch)?;
         let kernels = Kernels::load(&ctx, ptx, &info)?;
         let pdl = AtomicBool::new(info.compute_capability.0 >= 9);
-        Ok(Arc::new(Gpu { ctx, stream, kernels, info, blas: Mutex::new(None), pdl, workspace: Mutex::new(None) }))
+        Ok(Arc::new(Gpu { ctx, stream, kernels, info, blas: Mutex::new(None), pdl }))
     }
 
     /// Whether nanofuse's kernels are launched with programmatic dependent launch (PDL, sm_90
@@ -121,31 +112,6 @@ impl Gpu {
     /// sm_90, where `griddepcontrol` does not exist).
     pub fn set_pdl(&self, on: bool) {
         self.pdl.store(on && self.info.compute_capability.0 >= 9, Ordering::Relaxed);
-    }
-
-    /// Grows the decode workspace to at least `floats` f32 and `counters` counters (both
-    /// zeroed). Ops call this at construction, so nothing is allocated per call.
-    pub(crate) fn reserve_workspace(&self, floats: u64, counters: usize) -> Result<()> {
-        let mut slot = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
-        let enough = slot.as_ref().is_some_and(|w| w.partial.len() as u64 >= floats && w.counters.len() >= counters);
-        if !enough {
-            let (old_f, old_c) = slot.as_ref().map_or((0, 0), |w| (w.partial.len() as u64, w.counters.len()));
-            *slot = Some(DecodeWorkspace {
-                partial: self.alloc_zeros(floats.max(old_f).max(1) as usize)?,
-                counters: self.alloc_zeros(counters.max(old_c).max(1))?,
-            });
-        }
-        Ok(())
-    }
-
-    /// The decode workspace's addresses, after checking it holds `floats` and `counters`.
-    pub(crate) fn workspace(&self, floats: u64, counters: usize) -> Result<WorkspacePtrs> {
-        self.reserve_workspace(floats, counters)?;
-        let slot = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
-        let ws = slot.as_ref().ok_or(Error::Value { arg: "workspace", expected: "reserved", got: "none".into() })?;
-        let (partial, _s1) = ws.partial.device_ptr(&self.stream);
-        let (counters, _s2) = ws.counters.device_ptr(&self.stream);
-        Ok(WorkspacePtrs { partial, counters })
     }
 
     /// The device's properties.
@@ -240,7 +206,7 @@ pub(crate) fn check_buffer(arg: &'static str, ptr: u64, got: usize, len: usize, 
     if got != len {
         return Err(Error::Length { arg, expected: len, got });
     }
-    if ptr % BUFFER_ALIGN != 0 {
+    if !ptr.is_multiple_of(BUFFER_ALIGN) {
         return Err(Error::Misaligned { arg, addr: ptr, align: BUFFER_ALIGN });
     }
     Ok(BufRef { name: arg, ptr, bytes: (len * elem) as u64 })
@@ -300,4 +266,53 @@ pub(crate) fn check_arch(info: &DeviceInfo, ptx_arch: &str) -> Result<()> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(major: i32, minor: i32) -> DeviceInfo {
+        DeviceInfo {
+            name: "test GPU".into(),
+            compute_capability: (major, minor),
+            sm_count: 108,
+            l2_bytes: 40 << 20,
+            max_smem_per_block: 163 << 10,
+            total_mem: 80 << 30,
+            driver_version: 12080,
+            sm_clock_mhz: None,
+        }
+    }
+
+    #[test]
+    fn an_older_gpu_is_refused_with_the_arch_and_the_variable() {
+        let err = check_arch(&device(8, 0), "sm_90").unwrap_err();
+        assert!(
+            matches!(&err, Error::UnsupportedArch { found, built_for, .. } if found == "sm_80" && built_for == "sm_90")
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("sm_90") && msg.contains("NANOFUSE_CUDA_ARCH"), "{msg}");
+    }
+
+    #[test]
+    fn the_built_arch_and_newer_gpus_are_accepted() {
+        assert!(check_arch(&device(9, 0), "sm_90").is_ok());
+        assert!(check_arch(&device(10, 0), "sm_90").is_ok());
+        assert!(check_arch(&device(9, 0), "sm_90a").is_ok());
+        assert!(check_arch(&device(9, 0), "sm_100").is_err());
+        assert!(matches!(check_arch(&device(9, 0), "compute_90"), Err(Error::Module { .. })));
+    }
+
+    #[test]
+    fn buffers_are_checked_for_length_alignment_and_overlap() {
+        assert!(matches!(check_buffer("x", 256, 10, 12, 2), Err(Error::Length { arg: "x", expected: 12, got: 10 })));
+        assert!(matches!(check_buffer("x", 258, 12, 12, 2), Err(Error::Misaligned { arg: "x", .. })));
+        let a = check_buffer("a", 256, 8, 8, 2).unwrap();
+        let b = check_buffer("b", 256 + 16, 8, 8, 2).unwrap();
+        let c = check_buffer("c", 256 + 8, 8, 8, 2).unwrap_or(BufRef { name: "c", ptr: 264, bytes: 16 });
+        assert!(check_no_overlap(&[a], &[b]).is_ok());
+        assert!(matches!(check_no_overlap(&[a], &[c]), Err(Error::Overlap { a: "a", b: "c" })));
+        assert!(matches!(check_no_overlap(&[b, c], &[]), Err(Error::Overlap { .. })));
+    }
 }

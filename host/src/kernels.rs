@@ -14,12 +14,10 @@ use crate::gpu::DeviceInfo;
 use crate::plan::{DecodePlan, Tile, TiledPlan};
 
 /// Every kernel entry point the host launches, as named in the PTX.
-pub const KERNEL_NAMES: [&str; 9] = [
+pub const KERNEL_NAMES: [&str; 7] = [
     "rms_norm",
-    "fused_rmsnorm_qkv_decode_m16",
-    "fused_rmsnorm_qkv_decode_m64",
-    "gemm_decode_m16",
-    "gemm_decode_m64",
+    "fused_rmsnorm_qkv_decode",
+    "gemm_decode",
     "fused_rmsnorm_qkv_tiled_large",
     "fused_rmsnorm_qkv_tiled_small",
     "gemm_tiled_large",
@@ -29,8 +27,8 @@ pub const KERNEL_NAMES: [&str; 9] = [
 /// The kernels of one loaded module.
 pub(crate) struct Kernels {
     rms_norm: CudaFunction,
-    fused_decode: [CudaFunction; 2],
-    gemm_decode: [CudaFunction; 2],
+    fused_decode: CudaFunction,
+    gemm_decode: CudaFunction,
     fused_tiled_large: CudaFunction,
     fused_tiled_small: CudaFunction,
     gemm_tiled_large: CudaFunction,
@@ -47,17 +45,11 @@ pub(crate) struct QkvPtrs {
     pub nkv: u32,
 }
 
-/// Device addresses of the decode kernels' split-K workspace.
-#[derive(Clone, Copy)]
-pub(crate) struct WorkspacePtrs {
-    pub partial: u64,
-    pub counters: u64,
-}
-
-/// Grid, block and dynamic shared memory of a launch.
+/// Grid, block, cluster (along x; 1 = no cluster) and dynamic shared memory of a launch.
 struct Shape {
     grid: (u32, u32),
     block: u32,
+    cluster_x: u32,
     smem: u32,
 }
 
@@ -69,7 +61,8 @@ fn arg<T>(v: &T) -> *mut c_void {
 /// Launches `f` on `stream`. With `pdl`, the launch carries programmatic stream
 /// serialization: the kernel may start before the previous kernel in the stream has
 /// finished, and must execute `griddepcontrol.wait` before touching memory that kernel
-/// writes or reads (every nanofuse kernel does, before anything but weight reads).
+/// writes or reads (every nanofuse kernel does, before anything but weight reads). With
+/// `shape.cluster_x > 1`, CTAs form clusters of that many along x.
 ///
 /// # Safety
 /// `args` point at values matching the kernel's parameter list, alive for the call.
@@ -81,10 +74,21 @@ unsafe fn launch(
     args: &mut [*mut c_void],
 ) -> Result<()> {
     stream.context().bind_to_thread().map_err(Error::driver("cuCtxSetCurrent"))?;
-    // SAFETY: a plain C struct of integers and a union; zero is a valid bit pattern.
-    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-    attr.id = CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-    attr.value.programmaticStreamSerializationAllowed = 1;
+    // SAFETY: plain C structs of integers and a union; zero is a valid bit pattern.
+    let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
+    let mut n = 0;
+    if pdl {
+        attrs[n].id = CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attrs[n].value.programmaticStreamSerializationAllowed = 1;
+        n += 1;
+    }
+    if shape.cluster_x > 1 {
+        attrs[n].id = CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+        attrs[n].value.clusterDim.x = shape.cluster_x;
+        attrs[n].value.clusterDim.y = 1;
+        attrs[n].value.clusterDim.z = 1;
+        n += 1;
+    }
     let cfg = sys::CUlaunchConfig {
         gridDimX: shape.grid.0,
         gridDimY: shape.grid.1,
@@ -94,10 +98,10 @@ unsafe fn launch(
         blockDimZ: 1,
         sharedMemBytes: shape.smem,
         hStream: stream.cu_stream(),
-        attrs: &mut attr,
-        numAttrs: u32::from(pdl),
+        attrs: attrs.as_mut_ptr(),
+        numAttrs: n as u32,
     };
-    // SAFETY: the config and attribute outlive the call; `args` per the caller.
+    // SAFETY: the config and attributes outlive the call; `args` per the caller.
     unsafe { sys::cuLaunchKernelEx(&cfg, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()) }
         .result()
         .map_err(Error::driver("cuLaunchKernelEx"))
@@ -115,20 +119,19 @@ impl Kernels {
         };
         let k = Kernels {
             rms_norm: get(KERNEL_NAMES[0])?,
-            fused_decode: [get(KERNEL_NAMES[1])?, get(KERNEL_NAMES[2])?],
-            gemm_decode: [get(KERNEL_NAMES[3])?, get(KERNEL_NAMES[4])?],
-            fused_tiled_large: get(KERNEL_NAMES[5])?,
-            fused_tiled_small: get(KERNEL_NAMES[6])?,
-            gemm_tiled_large: get(KERNEL_NAMES[7])?,
-            gemm_tiled_small: get(KERNEL_NAMES[8])?,
+            fused_decode: get(KERNEL_NAMES[1])?,
+            gemm_decode: get(KERNEL_NAMES[2])?,
+            fused_tiled_large: get(KERNEL_NAMES[3])?,
+            fused_tiled_small: get(KERNEL_NAMES[4])?,
+            gemm_tiled_large: get(KERNEL_NAMES[5])?,
+            gemm_tiled_small: get(KERNEL_NAMES[6])?,
         };
         let raise = |f: &CudaFunction, bytes: u32| {
             f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
                 .map_err(Error::driver("cuFuncSetAttribute"))
         };
-        for f in k.fused_decode.iter().chain(&k.gemm_decode) {
-            raise(f, info.max_smem_per_block)?;
-        }
+        raise(&k.fused_decode, info.max_smem_per_block)?;
+        raise(&k.gemm_decode, info.max_smem_per_block)?;
         raise(&k.fused_tiled_large, config::Large::SMEM_BYTES)?;
         raise(&k.gemm_tiled_large, config::Large::SMEM_BYTES)?;
         raise(&k.fused_tiled_small, config::Small::SMEM_BYTES)?;
@@ -153,7 +156,7 @@ impl Kernels {
         k: u32,
         eps: f32,
     ) -> Result<()> {
-        let shape = Shape { grid: (rows, 1), block: rms_norm::THREADS, smem: rms_norm::SMEM_BYTES };
+        let shape = Shape { grid: (rows, 1), block: rms_norm::THREADS, cluster_x: 1, smem: rms_norm::SMEM_BYTES };
         let mut args = [arg(&x), arg(&g), arg(&y), arg(&rows), arg(&k), arg(&eps)];
         // SAFETY: the argument list matches `rms_norm`; buffers per the caller.
         unsafe { launch(stream, &self.rms_norm, shape, pdl, &mut args) }
@@ -165,16 +168,13 @@ impl Kernels {
     /// # Safety
     /// Buffers as in the kernel's documentation (x `[m, k]`, g `[k]`, W `[N, k]`, outputs
     /// `[m, width]`), 16-byte aligned, outputs disjoint from inputs; `plan` was made by
-    /// `plan::decode_plan` for these sizes and this device; when `plan.k_splits() > 1`,
-    /// `ws` holds `plan.workspace_floats` f32 and `plan.row_tiles()` zeroed counters not
-    /// used concurrently by another launch.
+    /// `plan::decode_plan` for these sizes and this device.
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn decode(
         &self,
         stream: &CudaStream,
         pdl: bool,
         plan: &DecodePlan,
-        ws: WorkspacePtrs,
         x: u64,
         g: Option<u64>,
         w: u64,
@@ -183,8 +183,8 @@ impl Kernels {
         k: u32,
         eps: f32,
     ) -> Result<()> {
-        let shape = Shape { grid: plan.grid, block: decode::THREADS, smem: plan.smem_bytes };
-        let variant = usize::from(plan.tiles != decode::TILES_SMALL);
+        let shape =
+            Shape { grid: plan.grid, block: decode::THREADS, cluster_x: plan.k_splits(), smem: plan.smem_bytes };
         let (split, chunk) = (plan.warp_split, plan.k_chunk);
         match g {
             Some(g) => {
@@ -202,27 +202,15 @@ impl Kernels {
                     arg(&eps),
                     arg(&split),
                     arg(&chunk),
-                    arg(&ws.partial),
-                    arg(&ws.counters),
                 ];
-                // SAFETY: the argument list matches `fused_rmsnorm_qkv_decode_*`; see above.
-                unsafe { launch(stream, &self.fused_decode[variant], shape, pdl, &mut args) }
+                // SAFETY: the argument list matches `fused_rmsnorm_qkv_decode`; see above.
+                unsafe { launch(stream, &self.fused_decode, shape, pdl, &mut args) }
             }
             None => {
-                let mut args = [
-                    arg(&x),
-                    arg(&w),
-                    arg(&out.q),
-                    arg(&m),
-                    arg(&k),
-                    arg(&out.nq),
-                    arg(&split),
-                    arg(&chunk),
-                    arg(&ws.partial),
-                    arg(&ws.counters),
-                ];
-                // SAFETY: the argument list matches `gemm_decode_*`; see above.
-                unsafe { launch(stream, &self.gemm_decode[variant], shape, pdl, &mut args) }
+                let mut args =
+                    [arg(&x), arg(&w), arg(&out.q), arg(&m), arg(&k), arg(&out.nq), arg(&split), arg(&chunk)];
+                // SAFETY: the argument list matches `gemm_decode`; see above.
+                unsafe { launch(stream, &self.gemm_decode, shape, pdl, &mut args) }
             }
         }
     }
@@ -245,7 +233,7 @@ impl Kernels {
         k: u32,
         eps: f32,
     ) -> Result<()> {
-        let shape = Shape { grid: plan.grid, block: plan.block, smem: plan.smem_bytes };
+        let shape = Shape { grid: plan.grid, block: plan.block, cluster_x: 1, smem: plan.smem_bytes };
         match g {
             Some(g) => {
                 let f = match plan.tile {

@@ -53,7 +53,7 @@ pub fn rms_norm(
 pub enum GemmImpl {
     /// nanofuse's tensor-core GEMM: the decode kernel for M <= 16, the tiled kernel above
     /// (the cores of the fused kernels, without the norm). The decode kernel's launch shape is
-    /// the planner's; M <= 64 uses the decode kernel.
+    /// the planner's; M <= 16 uses the decode kernel.
     Nanofuse,
     /// cuBLAS `cublasGemmEx`, bf16 with f32 compute (what PyTorch's `F.linear` calls).
     Cublas,
@@ -109,8 +109,7 @@ pub(crate) unsafe fn gemm_unchecked(
             GemmImpl::Cublas => gpu.blas()?.gemm_xwt(x, w, y, m, k, n, n),
             GemmImpl::Nanofuse if m <= DECODE_MAX_M => {
                 let p = plan::decode_plan(m, k, n, info.sm_count, info.max_smem_per_block, None)?;
-                let ws = gpu.workspace(p.workspace_floats, p.row_tiles() as usize)?;
-                gpu.kernels.decode(gpu.stream(), gpu.pdl(), &p, ws, x, None, w, out, m as u32, k as u32, 0.0)
+                gpu.kernels.decode(gpu.stream(), gpu.pdl(), &p, x, None, w, out, m as u32, k as u32, 0.0)
             }
             GemmImpl::Nanofuse => {
                 let p = plan::tiled_plan(m, k, n, info.sm_count, None)?;

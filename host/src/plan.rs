@@ -5,8 +5,10 @@ use nanofuse_kernels_gpu::config::{self, TileConfig, decode};
 
 use crate::error::{Error, Result};
 
-/// The largest M the decode kernels serve (8 token tiles of 8).
+/// The largest M the decode kernel serves (two token tiles of 8).
 pub const DECODE_MAX_M: usize = decode::MAX_TOKENS as usize;
+const DECODE_M_RANGE: &str = "1..=16 for the decode kernel";
+const _: () = assert!(DECODE_MAX_M == 16, "update DECODE_M_RANGE");
 
 /// Largest value of M, K or N the kernels' 32-bit index arithmetic accepts.
 pub const MAX_DIM: usize = i32::MAX as usize;
@@ -14,24 +16,17 @@ pub const MAX_DIM: usize = i32::MAX as usize;
 /// Largest grid y (CUDA's limit).
 const MAX_GRID_Y: u64 = 65_535;
 
-/// Most CTAs the K dimension is split over.
-pub const MAX_K_SPLITS: u32 = 8;
-
 /// How the decode kernels are launched for one problem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DecodePlan {
-    /// Token tiles of the kernel variant: 2 (M <= 16) or 8 (M <= 64).
-    pub tiles: u32,
     /// Warps that split one 16-row group's K range (1, 2, 4 or 8).
     pub warp_split: u32,
     /// K elements per CTA (a multiple of 32).
     pub k_chunk: u32,
-    /// Grid (k_splits, row_tiles).
+    /// Grid (k_splits, row_tiles); the k_splits CTAs of a row tile form a cluster.
     pub grid: (u32, u32),
     /// Dynamic shared-memory bytes.
     pub smem_bytes: u32,
-    /// f32 of split-K workspace the launch needs (0 when `k_splits == 1`).
-    pub workspace_floats: u64,
 }
 
 impl DecodePlan {
@@ -50,15 +45,9 @@ pub struct DecodeShape {
     pub k_splits: u32,
 }
 
-/// Shared memory per SM the planner assumes is available to CTAs (H100: 228 KiB).
-const SMEM_PER_SM: u64 = 228 * 1024;
-
-/// Plans the decode kernel for `x [m, k] · W [n, k]ᵀ`, `1 <= m <= 64`.
+/// Plans the decode kernel for `x [m, k] · W [n, k]ᵀ`, `1 <= m <= 16`.
 ///
-/// Without `force`, it scores every (warp_split, k_splits) that fits: W bytes plus the
-/// redundant x reads (each row tile reads all of x) plus the split-K workspace traffic,
-/// divided by how full the last wave of CTAs is (2 resident CTAs per SM where shared memory
-/// allows), and takes the cheapest.
+/// Without `force`, it applies the rules below, which were fitted to measured sweeps.
 pub fn decode_plan(
     m: usize,
     k: usize,
@@ -69,93 +58,74 @@ pub fn decode_plan(
 ) -> Result<DecodePlan> {
     check_dims(m, k, n)?;
     if m == 0 || m > DECODE_MAX_M {
-        return Err(Error::Dimension { arg: "M", expected: "1..=64 for the decode kernel", got: m });
+        return Err(Error::Dimension { arg: "M", expected: DECODE_M_RANGE, got: m });
     }
-    let tiles = if m <= (decode::TILES_SMALL * decode::TOKEN_TILE) as usize {
-        decode::TILES_SMALL
-    } else {
-        decode::TILES_LARGE
-    };
     let make = |warp_split: u32, k_splits: u32| -> Option<DecodePlan> {
         let k_chunk = (k.div_ceil(k_splits as usize).div_ceil(32) * 32) as u32;
         if (k_splits as usize - 1) * k_chunk as usize >= k {
             return None; // an empty K slice
         }
-        let smem = decode::smem_layout(tiles, m as u32, k_chunk).bytes;
+        let smem = decode::smem_layout(m as u32, k_chunk).bytes;
         let row_tiles = n.div_ceil(decode::rows_per_cta(warp_split) as usize) as u64;
         if smem > max_smem as u64 || row_tiles > MAX_GRID_Y {
             return None;
         }
-        let workspace_floats =
-            if k_splits > 1 { decode::workspace_floats(k_splits, row_tiles as u32, tiles, warp_split) } else { 0 };
-        Some(DecodePlan {
-            tiles,
-            warp_split,
-            k_chunk,
-            grid: (k_splits, row_tiles as u32),
-            smem_bytes: smem as u32,
-            workspace_floats,
-        })
+        Some(DecodePlan { warp_split, k_chunk, grid: (k_splits, row_tiles as u32), smem_bytes: smem as u32 })
     };
     if let Some(f) = force {
-        if !decode::WARP_SPLITS.contains(&f.warp_split) || f.k_splits == 0 || f.k_splits > MAX_K_SPLITS {
-            return Err(Error::Dimension {
+        if !decode::WARP_SPLITS.contains(&f.warp_split) || f.k_splits == 0 || f.k_splits > decode::MAX_K_SPLITS {
+            return Err(Error::Value {
                 arg: "decode shape",
-                expected: "warp_split in 1,2,4,8; k_splits in 1..=8",
-                got: f.k_splits as usize,
+                expected: "warp_split in 1, 2, 4, 8 and k_splits in 1..=8",
+                got: format!("warp_split {} k_splits {}", f.warp_split, f.k_splits),
             });
         }
         return make(f.warp_split, f.k_splits).ok_or(Error::TooLarge {
             arg: "K",
             got: k as u64,
-            limit: (f.k_splits as u64) * max_decode_k(max_smem, tiles, m) as u64,
-            why: "the forced decode shape does not fit (empty K slice or shared memory)",
+            limit: (f.k_splits as u64) * max_decode_k(max_smem, m) as u64,
+            why: "the forced decode shape leaves an empty K slice or does not fit in shared memory",
         });
     }
-    let cost = |p: &DecodePlan| {
-        let per_sm = (SMEM_PER_SM / p.smem_bytes.max(1) as u64).clamp(1, 2);
-        let slots = sm_count.max(1) as u64 * per_sm;
-        let ctas = p.k_splits() as u64 * p.row_tiles() as u64;
-        let fill = ctas as f64 / (ctas.div_ceil(slots) * slots) as f64;
-        let w_bytes = 2.0 * n as f64 * k as f64;
-        let x_bytes = p.row_tiles() as f64 * 2.0 * m as f64 * k as f64;
-        let ws_bytes = 8.0 * p.workspace_floats as f64;
-        (w_bytes + 0.3 * x_bytes + ws_bytes) / fill
-    };
-    let mut best: Option<(f64, DecodePlan)> = None;
-    for ws in decode::WARP_SPLITS {
-        for ks in 1..=MAX_K_SPLITS {
-            if let Some(p) = make(ws, ks) {
-                let c = cost(&p);
-                if best.is_none_or(|(bc, _)| c < bc) {
-                    best = Some((c, p));
-                }
-            }
-        }
+    // Rules fitted to the H100 sweeps of `nanofuse tune` (docs/RESULTS.md):
+    // * a cluster launch (k_splits > 1) costs about 1.4 µs per op, so K is split only
+    //   where it pays: M > 8 with K >= 2048 (fewer redundant x rows per CTA and less shared
+    //   memory per CTA), four ways;
+    // * for M <= 8, the most warps per row group (fewest rows per CTA) that keeps the grid
+    //   within two CTAs per SM, so every weight byte is requested in the first wave;
+    // * for M > 8: K >= 4096, 128 rows per CTA; 2048 <= K < 4096, 64 rows; else 32 rows
+    //   per CTA and no K split.
+    // Whatever the rule picks must fit (shared memory, grid); otherwise the next candidate.
+    let slots = 2 * sm_count.max(1) as usize;
+    let mut candidates: Vec<(u32, u32)> = Vec::new();
+    if m <= 8 {
+        let fits_wave = |ws: u32| n.div_ceil(decode::rows_per_cta(ws) as usize) <= slots;
+        let ws = [8, 4, 2, 1].into_iter().find(|&ws| fits_wave(ws)).unwrap_or(1);
+        candidates.push((ws, 1));
+    } else if k >= 4096 {
+        candidates.extend([(1, 4), (1, 8)]);
+    } else if k >= 2048 {
+        candidates.extend([(2, 4), (1, 4)]);
+    } else {
+        candidates.push((4, 1));
     }
-    best.map(|(_, p)| p).ok_or(Error::TooLarge {
+    // Fallbacks: larger K splits (less shared memory per CTA).
+    for ks in 1..=decode::MAX_K_SPLITS {
+        candidates.push((1, ks));
+    }
+    candidates.into_iter().find_map(|(ws, ks)| make(ws, ks)).ok_or(Error::TooLarge {
         arg: "K",
         got: k as u64,
-        limit: MAX_K_SPLITS as u64 * max_decode_k(max_smem, tiles, m) as u64,
+        limit: decode::MAX_K_SPLITS as u64 * max_decode_k(max_smem, m) as u64,
         why: "the decode kernel's K slices must fit in shared memory",
     })
 }
 
 /// Largest K slice one decode CTA can hold for `m` tokens.
-pub fn max_decode_k(max_smem: u32, tiles: u32, m: usize) -> usize {
-    let fixed = decode::smem_layout(tiles, m as u32, 0).bytes;
+pub fn max_decode_k(max_smem: u32, m: usize) -> usize {
+    let fixed = decode::smem_layout(m as u32, 0).bytes;
     // Per K element: 2 bytes of g and 2 per token row.
     ((max_smem as u64).saturating_sub(fixed) / (2 + 2 * m as u64)) as usize / 32 * 32
-}
-
-/// f32 of decode workspace enough for any plan of a problem with `n` W rows, and the
-/// number of row-tile counters.
-pub fn decode_workspace_bound(n: usize) -> (u64, usize) {
-    let row_tiles = n.div_ceil(decode::ROWS_PER_WARP as usize) as u64;
-    let rows_padded = (n as u64).div_ceil(128) * 128;
-    let tokens = decode::MAX_TOKENS as u64;
-    let floats = MAX_K_SPLITS as u64 * tokens * rows_padded + MAX_K_SPLITS as u64 * row_tiles * tokens;
-    (floats, row_tiles as usize)
 }
 
 /// The tiled kernels' tile shapes.
@@ -213,7 +183,7 @@ pub fn tiled_plan(m: usize, k: usize, n: usize, sm_count: u32, tile: Option<Tile
 
 /// M, K and N within the kernels' index range; K a positive multiple of 8; N positive.
 pub fn check_dims(m: usize, k: usize, n: usize) -> Result<()> {
-    if k == 0 || k % config::VEC as usize != 0 {
+    if k == 0 || !k.is_multiple_of(config::VEC as usize) {
         return Err(Error::Dimension { arg: "K", expected: "a positive multiple of 8", got: k });
     }
     if n == 0 {

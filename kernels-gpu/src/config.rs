@@ -18,8 +18,8 @@ pub mod rms_norm {
     pub const SMEM_BYTES: u32 = (THREADS / 32 + 1) * 4;
 }
 
-/// The decode (small-M, weight-streaming) kernels `fused_rmsnorm_qkv_decode_m{16,64}` and
-/// `gemm_decode_m{16,64}`.
+/// The decode (small-M, weight-streaming) kernels `fused_rmsnorm_qkv_decode` and
+/// `gemm_decode`.
 ///
 /// The MMA is used "swapped": W rows are the MMA's M (16 per warp tile) and tokens are its N
 /// (8 per token tile), so a single token wastes 7/8 of an MMA instead of 15/16.
@@ -37,11 +37,13 @@ pub mod decode {
     pub const UNROLL: usize = 4;
     /// Tokens per token tile (the n of `mma.m16n8k16`).
     pub const TOKEN_TILE: u32 = 8;
-    /// Token tiles of the two kernel sizes: up to 16 tokens, up to 64 tokens.
-    pub const TILES_SMALL: u32 = 2;
-    pub const TILES_LARGE: u32 = 8;
+    /// Token tiles per warp.
+    pub const TILES: u32 = 2;
     /// Most tokens the decode kernels take.
-    pub const MAX_TOKENS: u32 = TOKEN_TILE * TILES_LARGE;
+    pub const MAX_TOKENS: u32 = TOKEN_TILE * TILES;
+    /// Most CTAs along K (the cluster size of the split-K reduction; 8 is the portable
+    /// maximum).
+    pub const MAX_K_SPLITS: u32 = 8;
     /// Bytes of the all-zero 16-byte block that `ldmatrix` reads for absent tokens.
     pub const ZERO_BYTES: u32 = 16;
 
@@ -67,37 +69,25 @@ pub mod decode {
         pub row_stride: u64,
         /// 16 zero bytes that `ldmatrix` reads for absent tokens.
         pub zero: u64,
-        /// Split-K partial sums across the warps of a row group: 4 f32 per token tile per
-        /// lane of every warp.
+        /// Partial sums: 4 f32 per token tile per lane of every warp (for the reduction
+        /// across the warps of a row group, then across the CTAs of a cluster).
         pub reduce: u64,
         /// Per-token sum of squares of x over the CTA's K range (`MAX_TOKENS` f32).
         pub sum_sq: u64,
-        /// The split-K semaphore's "this CTA finishes the tile" flag (16 bytes).
-        pub flag: u64,
         pub bytes: u64,
     }
 
     /// The layout for a CTA holding `tokens` rows of a `k_chunk`-element K range (a
-    /// multiple of 32), with `tiles` token tiles of accumulators.
-    pub const fn smem_layout(tiles: u32, tokens: u32, k_chunk: u32) -> SmemLayout {
+    /// multiple of 32).
+    pub const fn smem_layout(tokens: u32, k_chunk: u32) -> SmemLayout {
         let g = 0;
         let x = g + k_chunk as u64 * 2;
         // 16 bytes of padding: the 8 rows an ldmatrix phase reads hit 8 bank groups.
         let row_stride = k_chunk as u64 * 2 + 16;
         let zero = x + row_stride * tokens as u64;
         let reduce = zero + ZERO_BYTES as u64;
-        let sum_sq = reduce + (WARPS * 32 * tiles * 16) as u64;
-        let flag = sum_sq + MAX_TOKENS as u64 * 4;
-        SmemLayout { g, x, row_stride, zero, reduce, sum_sq, flag, bytes: flag + 16 }
-    }
-
-    /// f32 elements of the split-K workspace one launch needs:
-    /// `k_splits x row_tiles x tokens_cap x rows_per_cta` partial sums, then
-    /// `k_splits x row_tiles x tokens_cap` partial sums of squares.
-    pub const fn workspace_floats(k_splits: u32, row_tiles: u32, tiles: u32, warp_split: u32) -> u64 {
-        let tokens_cap = (tiles * TOKEN_TILE) as u64;
-        let tiles_total = k_splits as u64 * row_tiles as u64;
-        tiles_total * tokens_cap * rows_per_cta(warp_split) as u64 + tiles_total * tokens_cap
+        let sum_sq = reduce + (WARPS * 32 * TILES * 16) as u64;
+        SmemLayout { g, x, row_stride, zero, reduce, sum_sq, bytes: sum_sq + MAX_TOKENS as u64 * 4 }
     }
 }
 

@@ -1,4 +1,4 @@
-//! # Fused RMSNorm + QKV projection, decode path (M <= 64)
+//! # Fused RMSNorm + QKV projection, decode path (M <= 16)
 //!
 //! `q, k, v = split(rmsnorm(x) · Wᵀ)`; `gemm_decode_*` is the same kernel without the norm
 //! (`y = x · Wᵀ`, x already normalized), for the unfused baseline.
@@ -6,8 +6,7 @@
 //! # Parameters
 //! `x [M, K]`, `g [K]`, `W [N, K]` (PyTorch `Linear` layout, rows of Q then K then V,
 //! `N = Nq + 2 Nkv`), outputs `q [M, Nq]`, `k [M, Nkv]`, `v [M, Nkv]`; all row-major bf16,
-//! 16-byte aligned, `K % 8 == 0`. f32 accumulation. `M <= 16` (`_m16`) or `M <= 64`
-//! (`_m64`).
+//! 16-byte aligned, `K % 8 == 0`. f32 accumulation. `1 <= M <= 16`.
 //!
 //! # Formulation
 //! `out[t, n] = inv_rms[t] · Σ_k bf16(x[t, k] · g[k]) · W[n, k]`, with
@@ -23,9 +22,10 @@
 //!
 //! # Tiling
 //! * Grid `(k_splits, row_tiles)`: CTA `(s, r)` owns W rows `[r·R, r·R + R)` and the K range
-//!   `[s·k_chunk, (s+1)·k_chunk)`. `R = 16 · 8 / warp_split`.
+//!   `[s·k_chunk, (s+1)·k_chunk)`. `R = 16 · 8 / warp_split`. The `k_splits` CTAs of a row
+//!   tile form one thread-block cluster.
 //! * The MMA (`m16n8k16`) is used swapped: its M is 16 W rows, its N is 8 tokens (a token
-//!   tile); `MT` token tiles per warp.
+//!   tile); two token tiles per warp.
 //! * Each warp owns 16 W rows and part of the CTA's K steps (32 elements each): the
 //!   `warp_split` warps of a row group split the range and add their sums through shared
 //!   memory at the end.
@@ -42,122 +42,103 @@
 //!   batch's loads are issued before the current batch's MMAs.
 //!
 //! # Prologue
-//! 1. Issue the first W batch (weights are never written by the previous kernel).
-//! 2. `griddepcontrol.launch_dependents` and `griddepcontrol.wait`: under programmatic
-//!    dependent launch the kernel starts while the previous one drains, streaming W; it
-//!    touches x and the outputs only after the wait.
-//! 3. `cp.async` every token row's slice of x and the slice of g into shared memory (all in
-//!    flight together), then each warp rewrites its tokens' 64-byte blocks in place as
-//!    permuted `bf16(x · g)` and sums `x²` (one warp per token, butterfly reduction).
+//! 1. Issue the first W batch and the `cp.async` copy of g (weights are never written by
+//!    the previous kernel). (Asking L2 to prefetch more of the W tile with
+//!    `cp.async.bulk.prefetch.L2` was measured slower on H100 and is not done.)
+//! 2. `griddepcontrol.launch_dependents`, then wait for g (a CTA barrier), then
+//!    `griddepcontrol.wait`: under programmatic dependent launch the kernel starts while the
+//!    previous one drains, streaming W and g; it touches x and the outputs only after the
+//!    wait.
+//! 3. Warp `w` `cp.async`s the slices of x of its tokens (`w`, `w + 8`) into shared memory,
+//!    waits for its own copies (a warp barrier only), rewrites them in place as permuted
+//!    `bf16(x · g)` in 64-byte blocks and sums `x²` (butterfly reduction); one CTA barrier
+//!    then publishes the rows to all warps.
 //!
 //! # Split-K across CTAs
-//! With `k_splits > 1`, each CTA writes its f32 partial tile and partial sums of squares to
-//! the workspace, fences, and bumps the row tile's counter; the CTA that arrives last adds
-//! the `k_splits` partials in a fixed order (bitwise deterministic), applies `inv_rms`,
-//! stores bf16, and resets the counter for the next launch.
+//! With `k_splits > 1`, the CTAs of a cluster each leave their partial tile and partial
+//! sums of squares in shared memory; after a cluster barrier, CTA `r` finishes every
+//! `k_splits`-th accumulator element, reading the partials of all CTAs through distributed
+//! shared memory (`mapa` + `ld.shared::cluster`) and adding them in rank order (bitwise
+//! deterministic); a second cluster barrier keeps every CTA's shared memory alive until all
+//! reads are done.
 //!
 //! # Traffic (per call)
 //! W: `2 N K` bytes from DRAM, read once. x: `2 M K` bytes per row tile (L2). Outputs:
-//! `2 M N` bytes; workspace: `8 M N k_splits` bytes (L2).
+//! `2 M N` bytes.
 //!
 //! # Launch
-//! block `(256, 1, 1)`; grid `(ceil(K / k_chunk), ceil(N / R))`; dynamic shared memory
-//! `config::decode::smem_layout(MT, M, k_chunk).bytes`; optionally with programmatic
-//! stream serialization.
+//! block `(256, 1, 1)`; grid `(ceil(K / k_chunk), ceil(N / R))`; cluster `(k_splits, 1, 1)`
+//! when `k_splits > 1`; dynamic shared memory `config::decode::smem_layout(M, k_chunk).bytes`;
+//! optionally with programmatic stream serialization.
 
 use crate::config::VEC;
 use crate::config::decode::{
-    K_STEP, ROWS_PER_WARP, THREADS, TILES_LARGE, TILES_SMALL, TOKEN_TILE, UNROLL, WARPS, smem_layout,
+    K_STEP, MAX_K_SPLITS, ROWS_PER_WARP, THREADS, TILES, TOKEN_TILE, UNROLL, WARPS, smem_layout,
 };
 use crate::norm::{inv_rms, normalize_bf16x8, sum_squares_bf16x8};
+use crate::ptx::cluster::{barrier_cluster_sync, cluster_ctarank, ld_shared_cluster_f32, mapa_shared_cluster};
 use crate::ptx::cp_async::{cp_async_cg_shared_global_16, cp_async_commit_group, cp_async_wait_group};
 use crate::ptx::global::ld_global_nc_stream_v4_u32;
 use crate::ptx::mma::{ldmatrix_x4, mma_m16n8k16_bf16_f32};
 use crate::ptx::shared::{
     SharedPtr, dynamic_shared_base, ld_shared_f32, ld_shared_v4_u32, st_shared_f32, st_shared_v4_u32,
 };
-use crate::ptx::sync::{
-    atom_global_add_u32, griddepcontrol_launch_dependents, griddepcontrol_wait, ld_global_cg_f32, membar_gl,
-    st_global_cg_f32,
-};
+use crate::ptx::sync::{griddepcontrol_launch_dependents, griddepcontrol_wait};
 use crate::ptx::thread::{
-    block_dim_x, block_idx_x, block_idx_y, grid_dim_x, grid_dim_y, lane_id, sync_threads, thread_idx_x, warp_id,
+    block_dim_x, block_idx_x, block_idx_y, grid_dim_x, lane_id, sync_threads, thread_idx_x, warp_id,
 };
 use crate::ptx::trap;
-use crate::ptx::warp::warp_sum_f32;
+use crate::ptx::warp::{bar_warp_sync, warp_sum_f32};
 use crate::qkv_out::QkvOut;
 
-/// The split-K workspace: partial sums, partial sums of squares, one counter per row tile.
-#[derive(Clone, Copy)]
-struct Workspace {
-    partial: *mut f32,
-    counters: *mut u32,
+/// Fused RMSNorm + QKV projection for small M. See the module documentation.
+///
+/// # Safety
+/// Pointers and sizes as in the module documentation; outputs do not overlap inputs; the
+/// launch has the documented shape (a wrong block size, `warp_split`, `k_chunk`, cluster or
+/// M traps).
+#[unsafe(no_mangle)]
+pub unsafe extern "gpu-kernel" fn fused_rmsnorm_qkv_decode(
+    x: *const u16,
+    g: *const u16,
+    w: *const u16,
+    q: *mut u16,
+    k_out: *mut u16,
+    v: *mut u16,
+    m: u32,
+    k: u32,
+    nq: u32,
+    nkv: u32,
+    eps: f32,
+    warp_split: u32,
+    k_chunk: u32,
+) {
+    let out = QkvOut { q, k: k_out, v, nq, nkv };
+    // SAFETY: forwarded to the caller.
+    unsafe { decode::<{ TILES as usize }, true>(x, g, w, out, m, k, eps, warp_split, k_chunk) }
 }
 
-macro_rules! decode_entries {
-    ($tiles:expr, $fused:ident, $plain:ident) => {
-        /// Fused RMSNorm + QKV projection for small M. See the module documentation.
-        ///
-        /// # Safety
-        /// Pointers and sizes as in the module documentation; outputs do not overlap inputs;
-        /// `workspace` holds `config::decode::workspace_floats(..)` f32 and `counters` one
-        /// zeroed u32 per row tile (both unused when `k_splits == 1`); the launch has the
-        /// documented shape (a wrong block size, `warp_split`, `k_chunk` or M traps).
-        #[unsafe(no_mangle)]
-        pub unsafe extern "gpu-kernel" fn $fused(
-            x: *const u16,
-            g: *const u16,
-            w: *const u16,
-            q: *mut u16,
-            k_out: *mut u16,
-            v: *mut u16,
-            m: u32,
-            k: u32,
-            nq: u32,
-            nkv: u32,
-            eps: f32,
-            warp_split: u32,
-            k_chunk: u32,
-            workspace: *mut f32,
-            counters: *mut u32,
-        ) {
-            let out = QkvOut { q, k: k_out, v, nq, nkv };
-            let ws = Workspace { partial: workspace, counters };
-            // SAFETY: forwarded to the caller.
-            unsafe { decode::<{ $tiles as usize }, true>(x, g, w, out, m, k, eps, warp_split, k_chunk, ws) }
-        }
-
-        /// `y [M, N] = x · Wᵀ` for small M (x already normalized): the decode kernel
-        /// without the fused norm, for the unfused baseline that isolates what fusion buys.
-        ///
-        /// # Safety
-        /// As the fused kernel, with `y` in place of q/k/v.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "gpu-kernel" fn $plain(
-            x: *const u16,
-            w: *const u16,
-            y: *mut u16,
-            m: u32,
-            k: u32,
-            n: u32,
-            warp_split: u32,
-            k_chunk: u32,
-            workspace: *mut f32,
-            counters: *mut u32,
-        ) {
-            let null = core::ptr::null_mut();
-            let out = QkvOut { q: y, k: null, v: null, nq: n, nkv: 0 };
-            let ws = Workspace { partial: workspace, counters };
-            // SAFETY: forwarded to the caller.
-            unsafe {
-                decode::<{ $tiles as usize }, false>(x, core::ptr::null(), w, out, m, k, 0.0, warp_split, k_chunk, ws)
-            }
-        }
-    };
+/// `y [M, N] = x · Wᵀ` for small M (x already normalized): the decode kernel without the
+/// fused norm, for the unfused baseline that isolates what fusion buys.
+///
+/// # Safety
+/// As [`fused_rmsnorm_qkv_decode`], with `y` in place of q/k/v.
+#[unsafe(no_mangle)]
+pub unsafe extern "gpu-kernel" fn gemm_decode(
+    x: *const u16,
+    w: *const u16,
+    y: *mut u16,
+    m: u32,
+    k: u32,
+    n: u32,
+    warp_split: u32,
+    k_chunk: u32,
+) {
+    let null = core::ptr::null_mut();
+    let out = QkvOut { q: y, k: null, v: null, nq: n, nkv: 0 };
+    // SAFETY: forwarded to the caller.
+    unsafe { decode::<{ TILES as usize }, false>(x, core::ptr::null(), w, out, m, k, 0.0, warp_split, k_chunk) }
 }
-
-decode_entries!(TILES_SMALL, fused_rmsnorm_qkv_decode_m16, gemm_decode_m16);
-decode_entries!(TILES_LARGE, fused_rmsnorm_qkv_decode_m64, gemm_decode_m64);
 
 /// The 8 W registers of one K step: 16 bytes of row `g`, then 16 bytes of row `g + 8`.
 type WStep = [u32; 8];
@@ -174,17 +155,19 @@ unsafe fn decode<const MT: usize, const FUSE: bool>(
     eps: f32,
     warp_split: u32,
     k_chunk: u32,
-    ws: Workspace,
 ) {
     let split_ok = matches!(warp_split, 1 | 2 | 4 | 8);
     let max_m = (MT as u32) * TOKEN_TILE;
+    let (kslice, row_tile, k_splits) = (block_idx_x(), block_idx_y(), grid_dim_x());
     if block_dim_x() != THREADS
         || !split_ok
         || k_chunk == 0
-        || k_chunk % K_STEP != 0
+        || !k_chunk.is_multiple_of(K_STEP)
         || m == 0
         || m > max_m
-        || k % VEC != 0
+        || !k.is_multiple_of(VEC)
+        || k_splits > MAX_K_SPLITS
+        || cluster_ctarank() != kslice
     {
         trap();
     }
@@ -192,8 +175,6 @@ unsafe fn decode<const MT: usize, const FUSE: bool>(
     let (tid, warp, lane) = (thread_idx_x(), warp_id(), lane_id());
 
     // 1. Map the CTA to a K range and W rows, the warp to 16 rows and part of the range.
-    let (kslice, row_tile) = (block_idx_x(), block_idx_y());
-    let (k_splits, row_tiles) = (grid_dim_x(), grid_dim_y());
     let k0 = kslice * k_chunk;
     let k_len = if k0 + k_chunk < k { k_chunk } else { k.saturating_sub(k0) };
     let steps = k_len.div_ceil(K_STEP);
@@ -234,37 +215,22 @@ unsafe fn decode<const MT: usize, const FUSE: bool>(
         batch
     };
     let mut cur = load_batch(s_begin);
-
-    // 2. Let the next kernel launch; wait for the previous one before touching x or outputs.
+    // Let the next kernel launch (it too streams weights first, then waits for this one).
     griddepcontrol_launch_dependents();
-    griddepcontrol_wait();
 
-    // 3. Stage x (and g) for this K range, then rewrite as permuted bf16(x · g).
     let smem = dynamic_shared_base();
-    let layout = smem_layout(MT as u32, m, k_chunk);
+    let layout = smem_layout(m, k_chunk);
     let gs = smem.byte_add(layout.g as u32);
     let xs = smem.byte_add(layout.x as u32);
     let stride = layout.row_stride as u32;
     let zero = smem.byte_add(layout.zero as u32);
     let sum_sq = smem.byte_add(layout.sum_sq as u32).cast::<f32>();
-    let flag = smem.byte_add(layout.flag as u32).cast::<f32>();
     let row_chunks = steps * 4;
-    // SAFETY: shared offsets come from the layout the host sized the launch with; each copy
-    // reads global memory only inside x / g (else it zero-fills); uniform barriers.
+    // g (weights: safe before the dependency wait) and the zero block, visible to all warps
+    // before the wait, off the critical path.
+    // SAFETY: reads g only inside it (else zero-fills); destinations are in the layout;
+    // uniform barrier.
     unsafe {
-        for t in 0..m {
-            let mut c = tid;
-            while c < row_chunks {
-                let ok = c0 + c < chunks;
-                let src = (x as *const [u32; 4]).wrapping_add(t as usize * chunks as usize + (c0 + c) as usize);
-                cp_async_cg_shared_global_16(
-                    xs.byte_add(t * stride + c * 16),
-                    src as *const u8,
-                    if ok { 16 } else { 0 },
-                );
-                c += THREADS;
-            }
-        }
         if FUSE {
             let mut c = tid;
             while c < row_chunks {
@@ -273,13 +239,42 @@ unsafe fn decode<const MT: usize, const FUSE: bool>(
                 cp_async_cg_shared_global_16(gs.byte_add(c * 16), src as *const u8, if ok { 16 } else { 0 });
                 c += THREADS;
             }
+            cp_async_commit_group();
         }
-        cp_async_commit_group();
         if tid == 0 {
             st_shared_v4_u32(zero.cast(), [0; 4]);
         }
         cp_async_wait_group::<0>();
         sync_threads();
+    }
+
+    // 2. Wait for the previous kernel before touching x or the outputs.
+    griddepcontrol_wait();
+
+    // 3. Each warp stages its own tokens' slices of x (tokens w, w + 8), then rewrites them
+    // with g as permuted bf16(x · g): only a warp barrier before the transform.
+    // SAFETY: each copy reads x only inside it (else zero-fills) into this warp's own rows;
+    // the warp barrier makes the lanes' copies visible to the whole warp; the CTA barrier
+    // after the transform is uniform.
+    unsafe {
+        let mut t = warp;
+        while t < m {
+            let mut c = lane;
+            while c < row_chunks {
+                let ok = c0 + c < chunks;
+                let src = (x as *const [u32; 4]).wrapping_add(t as usize * chunks as usize + (c0 + c) as usize);
+                cp_async_cg_shared_global_16(
+                    xs.byte_add(t * stride + c * 16),
+                    src as *const u8,
+                    if ok { 16 } else { 0 },
+                );
+                c += 32;
+            }
+            t += WARPS;
+        }
+        cp_async_commit_group();
+        cp_async_wait_group::<0>();
+        bar_warp_sync();
 
         // Warp w takes tokens w, w + 8, ...; lane l the 64-byte blocks l, l + 32, ...
         let mut t = warp;
@@ -304,6 +299,7 @@ unsafe fn decode<const MT: usize, const FUSE: bool>(
                     };
                 }
                 // Transpose the 4x4 block of bf16 pairs: piece pp = pair pp of chunks 0..3.
+                #[allow(clippy::needless_range_loop)] // pp indexes the inner arrays of all four
                 for pp in 0..4 {
                     st_shared_v4_u32(p.add(pp as u32), [v[0][pp], v[1][pp], v[2][pp], v[3][pp]]);
                 }
@@ -352,12 +348,12 @@ unsafe fn decode<const MT: usize, const FUSE: bool>(
     }
 
     // 5. Add the partial sums of the warps of a row group.
+    let red = smem.byte_add(layout.reduce as u32).cast::<[u32; 4]>();
+    let slot = red.add((warp * 32 + lane) * MT as u32);
     // SAFETY: the reduction area holds 4 f32 per token tile per lane of every warp; the
     // barrier is CTA-uniform (warp_split is a kernel argument).
     unsafe {
         if warp_split > 1 {
-            let red = smem.byte_add(layout.reduce as u32).cast::<[u32; 4]>();
-            let slot = red.add((warp * 32 + lane) * MT as u32);
             for (t, a) in acc.iter().enumerate() {
                 st_shared_v4_u32(slot.add(t as u32), a.map(f32::to_bits));
             }
@@ -377,13 +373,13 @@ unsafe fn decode<const MT: usize, const FUSE: bool>(
     }
 
     // 6. Epilogue. Fragment element i of token tile t: row g + 8(i / 2), token 8t + 2q + i % 2.
-    let elem = |t: usize, i: usize| (row0 + gq + (i as u32 / 2) * 8, t as u32 * TOKEN_TILE + 2 * qq + i as u32 % 2);
+    let elem = |t: u32, i: u32| (row0 + gq + (i / 2) * 8, t * TOKEN_TILE + 2 * qq + i % 2);
     let scale = |ss: f32| if FUSE { inv_rms(ss, k, eps) } else { 1.0 };
     if k_splits == 1 {
         if part == 0 {
             for (t, a) in acc.iter().enumerate() {
                 for (i, &value) in a.iter().enumerate() {
-                    let (row, tok) = elem(t, i);
+                    let (row, tok) = elem(t as u32, i as u32);
                     if row < n && tok < m {
                         // SAFETY: row < N, tok < M; sum_sq[tok] was written for tok < m.
                         unsafe { out.store(tok, row, value * scale(ld_shared_f32(sum_sq.add(tok)))) };
@@ -394,63 +390,38 @@ unsafe fn decode<const MT: usize, const FUSE: bool>(
         return;
     }
 
-    // Split-K across CTAs: publish this CTA's partials, the last CTA of the row tile adds
-    // them in K order.
-    let tokens_cap = MT as u32 * TOKEN_TILE;
-    let tile_floats = tokens_cap * cta_rows;
-    let partial_at = |ks: u32, tok: u32, row: u32| {
-        ((ks * row_tiles + row_tile) * tile_floats + tok * cta_rows + (row - row_tile * cta_rows)) as usize
-    };
-    let ss_base = (k_splits * row_tiles * tile_floats) as usize;
-    let ss_at = |ks: u32, tok: u32| ss_base + ((ks * row_tiles + row_tile) * tokens_cap + tok) as usize;
-    // SAFETY: workspace indices stay inside `workspace_floats(k_splits, row_tiles, MT,
-    // warp_split)`; counters has one entry per row tile; uniform barriers.
+    // Split-K across the CTAs of the cluster: each leaves its partials in shared memory
+    // (part-0 warps in their own reduction slots), then CTA r finishes accumulator elements
+    // r, r + k_splits, ... of every lane, adding all CTAs' partials in rank order.
+    // SAFETY: every thread of every CTA of the cluster reaches both cluster barriers; remote
+    // addresses come from `mapa` of addresses inside the layout; the second barrier keeps
+    // each CTA's shared memory alive until all remote reads are done.
     unsafe {
         if part == 0 {
+            // Only this warp's own slot: the warp reduction above read the other parts'.
             for (t, a) in acc.iter().enumerate() {
-                for (i, &value) in a.iter().enumerate() {
-                    let (row, tok) = elem(t, i);
-                    if row < n && tok < m {
-                        st_global_cg_f32(ws.partial.add(partial_at(kslice, tok, row)), value);
-                    }
-                }
+                st_shared_v4_u32(slot.add(t as u32), a.map(f32::to_bits));
             }
         }
-        if FUSE && tid < m {
-            st_global_cg_f32(ws.partial.add(ss_at(kslice, tid)), ld_shared_f32(sum_sq.add(tid)));
-        }
-        membar_gl();
-        sync_threads();
-        if tid == 0 {
-            let arrived = atom_global_add_u32(ws.counters.add(row_tile as usize), 1);
-            let last = arrived == k_splits - 1;
-            st_shared_f32(flag, if last { 1.0 } else { 0.0 });
-            if last {
-                // Reset for the next launch (all k_splits CTAs of this tile have arrived).
-                ws.counters.add(row_tile as usize).write(0);
-            }
-        }
-        sync_threads();
-        if ld_shared_f32(flag) == 0.0 {
-            return;
-        }
-        membar_gl();
+        barrier_cluster_sync();
         if part == 0 {
-            for t in 0..MT {
-                for i in 0..4 {
-                    let (row, tok) = elem(t, i);
-                    if row < n && tok < m {
-                        let (mut total, mut ss) = (0.0f32, 0.0f32);
-                        for ks in 0..k_splits {
-                            total += ld_global_cg_f32(ws.partial.add(partial_at(ks, tok, row)));
-                            if FUSE {
-                                ss += ld_global_cg_f32(ws.partial.add(ss_at(ks, tok)));
-                            }
+            let slot_f32 = slot.cast::<f32>();
+            let mut j = kslice;
+            while j < MT as u32 * 4 {
+                let (row, tok) = elem(j / 4, j % 4);
+                if row < n && tok < m {
+                    let (mut total, mut ss) = (0.0f32, 0.0f32);
+                    for rank in 0..k_splits {
+                        total += ld_shared_cluster_f32(mapa_shared_cluster(slot_f32.add(j), rank));
+                        if FUSE {
+                            ss += ld_shared_cluster_f32(mapa_shared_cluster(sum_sq.add(tok), rank));
                         }
-                        out.store(tok, row, total * scale(ss));
                     }
+                    out.store(tok, row, total * scale(ss));
                 }
+                j += k_splits;
             }
         }
+        barrier_cluster_sync();
     }
 }

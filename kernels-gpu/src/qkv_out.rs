@@ -57,7 +57,7 @@ impl QkvOut {
         let offset = token as usize * width as usize + c as usize;
         // SAFETY: forwarded to the caller; both columns are checked against the tensor.
         unsafe {
-            if c + 1 < width && offset % 2 == 0 {
+            if c + 1 < width && offset.is_multiple_of(2) {
                 (base.add(offset) as *mut u32).write(cvt_rn_bf16x2_f32(lo, hi));
             } else {
                 self.store(token, col, lo);

@@ -138,10 +138,10 @@ unsafe fn tiled<C: TileConfig, const MI: usize, const NI: usize, const FUSE: boo
     eps: f32,
 ) {
     const {
-        assert!(MI == C::MI as usize && NI == C::NI as usize && NI % 2 == 0);
+        assert!(MI == C::MI as usize && NI == C::NI as usize && NI.is_multiple_of(2));
         assert!((C::BM * 8 / C::THREADS) as usize <= MAX_SLOTS && C::BK == 64);
     }
-    if block_dim_x() != C::THREADS || k % VEC != 0 {
+    if block_dim_x() != C::THREADS || !k.is_multiple_of(VEC) {
         trap();
     }
     // Under programmatic dependent launch: let the next kernel launch, and wait for the

@@ -39,7 +39,7 @@ const WARPS: u32 = THREADS / 32;
 /// has the shape above (a wrong block size traps).
 #[unsafe(no_mangle)]
 pub unsafe extern "gpu-kernel" fn rms_norm(x: *const u16, g: *const u16, y: *mut u16, rows: u32, k: u32, eps: f32) {
-    if block_dim_x() != THREADS || k % VEC != 0 {
+    if block_dim_x() != THREADS || !k.is_multiple_of(VEC) {
         trap();
     }
     // Under programmatic dependent launch, x may still be being written by the previous

@@ -36,8 +36,9 @@ impl<T> SharedPtr<T> {
     pub fn addr(self) -> u32 {
         self.addr
     }
-    /// Offset by `n` elements of `T`.
+    /// Offset by `n` elements of `T` (like `<*const T>::add`).
     #[inline(always)]
+    #[allow(clippy::should_implement_trait)]
     pub fn add(self, n: u32) -> Self {
         self.byte_add(n * core::mem::size_of::<T>() as u32)
     }

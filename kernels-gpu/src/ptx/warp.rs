@@ -37,6 +37,14 @@ pub fn shfl_sync_down_f32(v: f32, delta: u32) -> f32 {
     d
 }
 
+/// `bar.warp.sync 0xffffffff;` — wait until all 32 lanes arrive; orders their shared-memory
+/// accesses (`__syncwarp()`).
+#[inline(always)]
+pub fn bar_warp_sync() {
+    // SAFETY: no operands; every caller is warp-uniform.
+    unsafe { asm!("bar.warp.sync 0xffffffff;", options(nostack)) }
+}
+
 /// Sum of `v` over the warp, returned to every lane (five butterfly shuffles).
 #[inline(always)]
 pub fn warp_sum_f32(mut v: f32) -> f32 {
