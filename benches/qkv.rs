@@ -20,8 +20,8 @@ fn main() {
         }
     };
     let mut c = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
         .sample_size(20)
         .configure_from_args();
     for model in MODELS {

@@ -50,6 +50,9 @@ pub enum Variant {
     Api,
     /// As `Fused`, launched without programmatic dependent launch (what PDL contributes).
     FusedNoPdl,
+    /// The packed public API (`forward_packed_into`, `Path::Auto`): one `[M, N]` output like
+    /// baseline (a), falling back to exactly baseline (a) where the fused kernel loses.
+    ApiPacked,
     /// The fused decode kernel whatever M is (launch-shape sweeps).
     FusedDecode,
     /// The fused tiled kernel whatever M is (launch-shape sweeps).
@@ -58,8 +61,14 @@ pub enum Variant {
 
 impl Variant {
     /// The variants of the standard sweep.
-    pub const ALL: [Variant; 5] =
-        [Variant::Fused, Variant::FusedNoPdl, Variant::NormCublas, Variant::NormNanofuse, Variant::Api];
+    pub const ALL: [Variant; 6] = [
+        Variant::Fused,
+        Variant::FusedNoPdl,
+        Variant::NormCublas,
+        Variant::NormNanofuse,
+        Variant::Api,
+        Variant::ApiPacked,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -68,6 +77,7 @@ impl Variant {
             Variant::NormNanofuse => "unfused-nanofuse",
             Variant::Api => "api",
             Variant::FusedNoPdl => "fused-no-pdl",
+            Variant::ApiPacked => "api-packed",
             Variant::FusedDecode => "fused-decode",
             Variant::FusedTiled => "fused-tiled",
         }
@@ -174,6 +184,11 @@ impl Workload {
         if self.m <= crate::plan::DECODE_MAX_M { Path::FusedDecode } else { Path::FusedTiled }
     }
 
+    /// The paths `Path::Auto` takes at the current M: (separate outputs, packed).
+    pub fn auto_paths(&self) -> (Path, Path) {
+        (self.ops[0].auto_path(self.m), self.ops[0].auto_packed_path(self.m))
+    }
+
     /// The GPU the ring lives on.
     pub fn gpu(&self) -> &Arc<Gpu> {
         &self.gpu
@@ -190,6 +205,7 @@ impl Workload {
             Variant::FusedDecode => op.forward_into_with(Path::FusedDecode, &b.x, m, &mut b.q, &mut b.k, &mut b.v),
             Variant::FusedTiled => op.forward_into_with(Path::FusedTiled, &b.x, m, &mut b.q, &mut b.k, &mut b.v),
             Variant::Api => op.forward_into(&b.x, m, &mut b.q, &mut b.k, &mut b.v),
+            Variant::ApiPacked => op.forward_packed_into(&b.x, m, &mut b.y),
             Variant::NormCublas => op.baseline_into(Baseline::NormCublas, &b.x, m, &mut b.xn, &mut b.y),
             Variant::NormNanofuse => op.baseline_into(Baseline::NormNanofuse, &b.x, m, &mut b.xn, &mut b.y),
         }

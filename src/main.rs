@@ -13,7 +13,7 @@ use nanofuse::bench::{BENCH_MS, MODELS, Measurement, Model, Variant, Workload, m
 use nanofuse::chart;
 use nanofuse::plan::{self, DECODE_MAX_M, Tile};
 use nanofuse::timing::copy_bandwidth_gbs;
-use nanofuse::{FusedRmsNormQkv, Gpu, Tuning};
+use nanofuse::{Gpu, Tuning};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -61,12 +61,18 @@ struct TuneArgs {
     /// Shapes to run, default all four.
     #[arg(long, value_delimiter = ',')]
     shapes: Vec<String>,
+    /// An extra shape `K,NQ,NKV` (e.g. a tiny one, to measure per-op overhead).
+    #[arg(long, value_delimiter = ',', num_args = 3)]
+    custom: Vec<usize>,
     /// Batch sizes, default 1,2,4,8,16,32,64,128,256.
     #[arg(long, value_delimiter = ',')]
     m: Vec<usize>,
     /// Replays per measurement.
     #[arg(long, default_value_t = 30)]
     replays: usize,
+    /// K splits to sweep for the decode kernel (empty: planner choice only).
+    #[arg(long, value_delimiter = ',')]
+    k_splits: Vec<u32>,
 }
 
 fn main() -> ExitCode {
@@ -170,12 +176,13 @@ fn bench(a: BenchArgs) -> AppResult<()> {
         for &m in &ms {
             wl.set_m(m)?;
             let fused_path = wl.fused_path();
-            let api_path = FusedRmsNormQkv::auto_path(m);
+            let (api_path, packed_path) = wl.auto_paths();
             for v in Variant::ALL {
                 bar.set_message(format!("{} M={m} {}", model.name, v.label()));
                 let path = match v {
                     Variant::Fused => format!("{fused_path:?}"),
                     Variant::Api => format!("{api_path:?}"),
+                    Variant::ApiPacked => format!("{packed_path:?}"),
                     _ => String::new(),
                 };
                 // The API runs the fused kernel where Auto picks it: same launch, same time.
@@ -233,7 +240,7 @@ fn print_table(results: &[Measurement], copy_gbs: f64) {
         |model: &str, m: usize, v: Variant| results.iter().find(|r| r.model == model && r.m == m && r.variant == v);
     println!();
     println!(
-        "{:<13} {:>5} {:>9} {:>10} {:>10} {:>10} {:>9} {:>8} {:>8} {:>7} {:>8} {:>9}  api path",
+        "{:<13} {:>5} {:>9} {:>10} {:>10} {:>10} {:>9} {:>10} {:>8} {:>8} {:>7} {:>8} {:>9}  api path (packed)",
         "shape",
         "M",
         "fused µs",
@@ -241,6 +248,7 @@ fn print_table(results: &[Measurement], copy_gbs: f64) {
         "cuBLAS µs",
         "ours µs",
         "api µs",
+        "packed µs",
         "speedup",
         "GB/s",
         "% copy",
@@ -254,10 +262,10 @@ fn print_table(results: &[Measurement], copy_gbs: f64) {
         }
         seen.push((r.model.clone(), r.m));
         let t = |v| get(&r.model, r.m, v).map_or(f64::NAN, |x| x.median_us);
-        let api = get(&r.model, r.m, Variant::Api);
+        let path = |v| get(&r.model, r.m, v).map_or("", |x: &Measurement| x.path.as_str());
         let floor_us = r.bytes as f64 / (copy_gbs * 1e9) * 1e6;
         println!(
-            "{:<13} {:>5} {:>9.2} {:>10.2} {:>10.2} {:>10.2} {:>9.2} {:>7.2}x {:>8.0} {:>6.1}% {:>8.1} {:>9.2}  {}",
+            "{:<13} {:>5} {:>9.2} {:>10.2} {:>10.2} {:>10.2} {:>9.2} {:>10.2} {:>7.2}x {:>8.0} {:>6.1}% {:>8.1} {:>9.2}  {} ({})",
             r.model,
             r.m,
             r.median_us,
@@ -265,31 +273,40 @@ fn print_table(results: &[Measurement], copy_gbs: f64) {
             t(Variant::NormCublas),
             t(Variant::NormNanofuse),
             t(Variant::Api),
+            t(Variant::ApiPacked),
             t(Variant::NormCublas) / r.median_us,
             r.gbs,
             100.0 * r.gbs / copy_gbs,
             r.tflops,
             floor_us,
-            api.map_or("", |a| a.path.as_str()),
+            path(Variant::Api),
+            path(Variant::ApiPacked),
         );
     }
-    println!("fused: the fused kernel (decode for M <= 64, else tiled), launched with programmatic dependent launch;");
+    println!("fused: the fused kernel (decode for M <= 16, else tiled), launched with programmatic dependent launch;");
     println!(
         "no-PDL: the same without it; cuBLAS: RMSNorm + cuBLAS GEMM (PyTorch's path); ours: RMSNorm + nanofuse GEMM;"
     );
-    println!("api: FusedRmsNormQkv::forward_into (Path::Auto). speedup = cuBLAS / fused;");
+    println!("api: FusedRmsNormQkv::forward_into (separate q, k, v; Path::Auto); packed: forward_packed_into");
+    println!("(one [M, N] output like cuBLAS's; Path::Auto). speedup = cuBLAS / fused;");
     println!("GB/s and TFLOP/s of the fused kernel (minimum bytes: W, g, x, outputs);");
     println!("floor = minimum bytes / copy bandwidth.");
 }
 
 fn tune(a: TuneArgs) -> AppResult<()> {
-    let models = select_models(&a.shapes)?;
-    let ms = if a.m.is_empty() { vec![1, 4, 16, 32, 64, 128] } else { a.m.clone() };
+    let mut models = if a.shapes.is_empty() && !a.custom.is_empty() { Vec::new() } else { select_models(&a.shapes)? };
+    if let [k, nq, nkv] = a.custom[..] {
+        let name: &'static str = Box::leak(format!("custom-{k}x{nq}x{nkv}").into_boxed_str());
+        let shape = nanofuse::QkvShape::new(k, nq, nkv, 1e-5);
+        shape.validate()?;
+        models.push(Model { name, shape });
+    }
+    let ms = if a.m.is_empty() { vec![1, 16] } else { a.m.clone() };
     check_ms(&ms)?;
     let gpu = open()?;
     let copy_gbs = copy_bandwidth_gbs(&gpu, 1 << 30, 20)?;
     print_header(&gpu, Some(copy_gbs));
-    println!("{:<13} {:>5} {:<28} {:>9} {:>8} {:>7}", "shape", "M", "variant", "µs", "GB/s", "% copy");
+    println!("{:<13} {:>5} {:<34} {:>9} {:>8} {:>7}", "shape", "M", "variant", "µs", "GB/s", "% copy");
     let info = gpu.info().clone();
     for model in &models {
         let mut wl = Workload::new(&gpu, *model, 7)?;
@@ -300,7 +317,7 @@ fn tune(a: TuneArgs) -> AppResult<()> {
                 let st = wl.time(v, 5, a.replays)?;
                 let gbs = min_bytes(&s, m) as f64 / (st.median_us * 1e-6) / 1e9;
                 println!(
-                    "{:<13} {:>5} {:<28} {:>9.2} {:>8.0} {:>6.1}%",
+                    "{:<13} {:>5} {:<34} {:>9.2} {:>8.0} {:>6.1}%",
                     model.name,
                     m,
                     label,
@@ -314,29 +331,28 @@ fn tune(a: TuneArgs) -> AppResult<()> {
             row("unfused-cublas".into(), &mut wl, Variant::NormCublas)?;
             if m > DECODE_MAX_M {
                 row("api (norm + cublas x3)".into(), &mut wl, Variant::Api)?;
-            } else {
-                let p = plan::decode_plan(m, s.hidden, s.n(), info.sm_count, info.max_smem_per_block, None)?;
-                let label = format!("decode plan ws={} ks={}", p.warp_split, p.k_splits());
-                row(label.clone(), &mut wl, Variant::FusedDecode)?;
-                row(format!("{label} no-pdl"), &mut wl, Variant::FusedNoPdl)?;
-                row("unfused-nanofuse".into(), &mut wl, Variant::NormNanofuse)?;
-                for warp_split in [1, 2, 4, 8] {
-                    for k_splits in [1, 2, 3, 4, 6, 8] {
-                        let shape = plan::DecodeShape { warp_split, k_splits };
-                        if plan::decode_plan(m, s.hidden, s.n(), info.sm_count, info.max_smem_per_block, Some(shape))
-                            .is_err()
-                        {
-                            continue;
-                        }
-                        wl.set_tuning(Tuning { decode: Some(shape), tile: None });
-                        row(format!("decode ws={warp_split} ks={k_splits}"), &mut wl, Variant::FusedDecode)?;
-                    }
-                }
-            }
-            if m > 16 {
                 for tile in [Tile::Small, Tile::Large] {
                     wl.set_tuning(Tuning { decode: None, tile: Some(tile) });
                     row(format!("tiled {tile:?}"), &mut wl, Variant::FusedTiled)?;
+                }
+                continue;
+            }
+            let p = plan::decode_plan(m, s.hidden, s.n(), info.sm_count, info.max_smem_per_block, None)?;
+            let label = format!("plan ws={} ks={}", p.warp_split, p.k_splits());
+            row(label.clone(), &mut wl, Variant::FusedDecode)?;
+            row(format!("{label} (again)"), &mut wl, Variant::FusedDecode)?;
+            row(format!("{label} no-pdl"), &mut wl, Variant::FusedNoPdl)?;
+            row("unfused-nanofuse".into(), &mut wl, Variant::NormNanofuse)?;
+            for warp_split in [1, 2, 4, 8] {
+                for k_splits in a.k_splits.iter().copied() {
+                    let shape = plan::DecodeShape { warp_split, k_splits };
+                    let forced =
+                        plan::decode_plan(m, s.hidden, s.n(), info.sm_count, info.max_smem_per_block, Some(shape));
+                    if forced.is_err() {
+                        continue;
+                    }
+                    wl.set_tuning(Tuning { decode: Some(shape), tile: None });
+                    row(format!("ws={warp_split} ks={k_splits}"), &mut wl, Variant::FusedDecode)?;
                 }
             }
             wl.set_tuning(Tuning::default());

@@ -27,4 +27,4 @@ pub use error::{Error, Result};
 pub use gpu::{BUFFER_ALIGN, DeviceInfo, Gpu, arch_number, device_count, driver_present};
 pub use half::bf16;
 pub use kernels::KERNEL_NAMES;
-pub use qkv::{AUTO_FUSED_MAX_M, Baseline, FusedRmsNormQkv, Path, Qkv, QkvShape, Tuning};
+pub use qkv::{Baseline, FusedRmsNormQkv, Path, Qkv, QkvShape, Tuning, auto_fused_max_m, auto_packed_fused_max_m};

@@ -12,9 +12,29 @@ use crate::kernels::QkvPtrs;
 use crate::ops::{self, GemmImpl, check_eps};
 use crate::plan::{self, DECODE_MAX_M, DecodeShape, MAX_DIM, Tile, checked_len};
 
-/// Largest M for which [`Path::Auto`] runs the fused decode kernel; above it the op runs
-/// RMSNorm + cuBLAS, which wins there (see docs/RESULTS.md for the measurements).
-pub const AUTO_FUSED_MAX_M: usize = DECODE_MAX_M;
+/// Largest M for which [`Path::Auto`] of the packed forms runs the fused decode kernel, for
+/// hidden size `k`; above it they run RMSNorm + one cuBLAS GEMM, which is exactly the
+/// unfused baseline, so the packed API is not slower than it.
+///
+/// The fused decode kernel's time grows with M (every CTA stages the M rows of x it needs)
+/// while cuBLAS's stays flat. On H100 (docs/RESULTS.md, M in 1, 2, 4, 8, 16) the largest M
+/// where it was faster: 8 for K = 1024, 4 for K = 2048, 2 for K = 4096 and K = 8192.
+pub fn auto_packed_fused_max_m(k: usize) -> usize {
+    match k {
+        0..=1024 => 8,
+        1025..=2048 => 4,
+        _ => 2,
+    }
+}
+
+/// Largest M for which [`Path::Auto`] runs the fused decode kernel into separate q, k, v,
+/// for hidden size `k`. The alternative there is RMSNorm + three cuBLAS GEMMs (no single
+/// cuBLAS call writes three tensors), which the fused kernel beats up to M = 16 for
+/// K <= 4096 (measured); for larger K (70B: three GEMMs win from M = 4) the packed
+/// crossover applies.
+pub fn auto_fused_max_m(k: usize) -> usize {
+    if k <= 4096 { DECODE_MAX_M } else { auto_packed_fused_max_m(k) }
+}
 
 /// The shape of one fused RMSNorm + QKV projection.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -57,8 +77,11 @@ impl QkvShape {
                 why: "32-bit index arithmetic",
             });
         }
-        plan::check_dims(0, self.hidden, n)?;
-        checked_len("(q_dim + 2 kv_dim) * hidden", n, self.hidden)?;
+        plan::check_dims(0, self.hidden, n).map_err(|e| match e {
+            Error::Dimension { arg: "K", expected, got } => Error::Dimension { arg: "hidden", expected, got },
+            Error::TooLarge { arg: "K", got, limit, why } => Error::TooLarge { arg: "hidden", got, limit, why },
+            other => other,
+        })?;
         check_eps(self.eps)
     }
 }
@@ -66,10 +89,10 @@ impl QkvShape {
 /// How [`FusedRmsNormQkv`] computes its result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
-    /// Pick by M: the fused decode kernel up to [`AUTO_FUSED_MAX_M`], RMSNorm + cuBLAS
-    /// above.
+    /// Pick by M and K: the fused decode kernel up to [`auto_fused_max_m`] (packed forms:
+    /// [`auto_packed_fused_max_m`]), RMSNorm + cuBLAS above.
     Auto,
-    /// The fused weight-streaming kernel (M <= 64).
+    /// The fused weight-streaming kernel (M <= 16).
     FusedDecode,
     /// The fused tiled tensor-core kernel.
     FusedTiled,
@@ -112,7 +135,7 @@ pub struct Qkv {
 /// and capture it in a CUDA graph.
 ///
 /// Formulations, all bf16 in and out with f32 accumulation:
-/// * fused paths (decode, M <= 64, and tiled): `inv_rms · Σ_k bf16(x · g) · W`, the norm
+/// * fused paths (decode, M <= 16, and tiled): `inv_rms · Σ_k bf16(x · g) · W`, the norm
 ///   split around the GEMM: `bf16(x · g)` is formed in shared memory, the row's sum of
 ///   squares alongside, and `inv_rms` scales the accumulators in the epilogue. Equal to
 ///   `rmsnorm(x) · Wᵀ` up to rounding, and weight streaming never waits on the row
@@ -120,8 +143,9 @@ pub struct Qkv {
 /// * fallback: the RMSNorm kernel, `bf16((x · inv_rms) · g)` (the rounding point of
 ///   PyTorch's fused `rms_norm`), then cuBLAS.
 ///
-/// The public path never loses to the unfused baseline by design: [`Path::Auto`] picks
-/// the fused kernels only for the M where they were measured faster (docs/RESULTS.md).
+/// [`Path::Auto`] picks the fused kernel only for the M where it was measured faster than
+/// the unfused path (docs/RESULTS.md); the packed forms then fall back to exactly the
+/// unfused baseline (RMSNorm + one cuBLAS GEMM).
 pub struct FusedRmsNormQkv {
     gpu: Arc<Gpu>,
     shape: QkvShape,
@@ -151,8 +175,6 @@ impl FusedRmsNormQkv {
         shape.validate()?;
         gpu.input("g", &g, shape.hidden)?;
         gpu.input("w", &w, shape.n() * shape.hidden)?;
-        let (floats, counters) = plan::decode_workspace_bound(shape.n());
-        gpu.reserve_workspace(floats, counters)?;
         Ok(FusedRmsNormQkv { gpu: gpu.clone(), shape, g, w, tuning: Tuning::default(), scratch: Mutex::new(None) })
     }
 
@@ -171,9 +193,14 @@ impl FusedRmsNormQkv {
         self.tuning = tuning;
     }
 
-    /// The path [`Path::Auto`] takes for `m` tokens.
-    pub fn auto_path(m: usize) -> Path {
-        if m <= AUTO_FUSED_MAX_M { Path::FusedDecode } else { Path::NormCublas }
+    /// The path [`Path::Auto`] of [`FusedRmsNormQkv::forward_into`] takes for `m` tokens.
+    pub fn auto_path(&self, m: usize) -> Path {
+        if m <= auto_fused_max_m(self.shape.hidden) { Path::FusedDecode } else { Path::NormCublas }
+    }
+
+    /// The path [`Path::Auto`] of [`FusedRmsNormQkv::forward_packed_into`] takes.
+    pub fn auto_packed_path(&self, m: usize) -> Path {
+        if m <= auto_packed_fused_max_m(self.shape.hidden) { Path::FusedDecode } else { Path::NormCublas }
     }
 
     /// Allocates the fallback path's scratch for up to `max_m` tokens now (for example
@@ -187,17 +214,32 @@ impl FusedRmsNormQkv {
         Ok(())
     }
 
-    /// Allocates q, k, v and runs [`Path::Auto`].
+    /// Allocates q, k, v and runs [`Path::Auto`]. `m` must be at least 1 (use
+    /// [`FusedRmsNormQkv::forward_into`], where `m == 0` is a no-op, to skip empty batches).
     pub fn forward(&self, x: &impl DevicePtr<bf16>, m: usize) -> Result<Qkv> {
-        let (nq, nkv) = (self.shape.q_dim, self.shape.kv_dim);
-        let mut out = Qkv {
-            q: self.gpu.alloc_zeros(checked_len("m * q_dim", m, nq)?.max(1))?,
-            k: self.gpu.alloc_zeros(checked_len("m * kv_dim", m, nkv)?.max(1))?,
-            v: self.gpu.alloc_zeros((m * nkv).max(1))?,
-        };
+        let s = self.shape;
         if m == 0 {
-            return Ok(out);
+            return Err(Error::Dimension {
+                arg: "m",
+                expected: "at least 1 for forward (forward_into accepts 0)",
+                got: 0,
+            });
         }
+        if m > MAX_DIM {
+            return Err(Error::TooLarge {
+                arg: "m",
+                got: m as u64,
+                limit: MAX_DIM as u64,
+                why: "32-bit index arithmetic",
+            });
+        }
+        // Check x before allocating anything.
+        self.gpu.input("x", x, checked_len("m * hidden", m, s.hidden)?)?;
+        let mut out = Qkv {
+            q: self.gpu.alloc_zeros(m * s.q_dim)?,
+            k: self.gpu.alloc_zeros(m * s.kv_dim)?,
+            v: self.gpu.alloc_zeros(m * s.kv_dim)?,
+        };
         self.forward_into(x, m, &mut out.q, &mut out.k, &mut out.v)?;
         Ok(out)
     }
@@ -244,7 +286,7 @@ impl FusedRmsNormQkv {
             return Ok(());
         }
         let out = QkvPtrs { q: qb.ptr, k: kb.ptr, v: vb.ptr, nq: s.q_dim as u32, nkv: s.kv_dim as u32 };
-        let path = if path == Path::Auto { Self::auto_path(m) } else { path };
+        let path = if path == Path::Auto { self.auto_path(m) } else { path };
         // SAFETY (all arms): every buffer was checked for length, alignment, context and
         // overlap above; the dims were validated at construction and m < 2^31.
         unsafe {
@@ -252,6 +294,75 @@ impl FusedRmsNormQkv {
                 Path::Auto | Path::FusedDecode => self.launch_decode(Some(self.g_ptr()), xb.ptr, out, m),
                 Path::FusedTiled => self.launch_tiled(Some(self.g_ptr()), xb.ptr, out, m),
                 Path::NormCublas => self.norm_cublas_split(xb.ptr, out, m),
+            }
+        }
+    }
+
+    /// Runs [`Path::Auto`] into one `y [m, q_dim + 2 kv_dim]` buffer: row `t` holds q, then
+    /// k, then v (column ranges, like PyTorch's `split` views of `F.linear`'s output).
+    pub fn forward_packed_into(
+        &self,
+        x: &impl DevicePtr<bf16>,
+        m: usize,
+        y: &mut impl DevicePtrMut<bf16>,
+    ) -> Result<()> {
+        self.forward_packed_into_with(Path::Auto, x, m, y)
+    }
+
+    /// As [`FusedRmsNormQkv::forward_packed_into`], on a chosen path ([`Path::Auto`]: the
+    /// fused decode kernel up to [`auto_packed_fused_max_m`], else RMSNorm + one cuBLAS GEMM).
+    pub fn forward_packed_into_with(
+        &self,
+        path: Path,
+        x: &impl DevicePtr<bf16>,
+        m: usize,
+        y: &mut impl DevicePtrMut<bf16>,
+    ) -> Result<()> {
+        let s = self.shape;
+        if m > MAX_DIM {
+            return Err(Error::TooLarge {
+                arg: "m",
+                got: m as u64,
+                limit: MAX_DIM as u64,
+                why: "32-bit index arithmetic",
+            });
+        }
+        let gpu = &self.gpu;
+        let xb = gpu.input("x", x, checked_len("m * hidden", m, s.hidden)?)?;
+        let yb = gpu.output("y", y, checked_len("m * n", m, s.n())?)?;
+        let (gb, wb) = self.weight_refs();
+        check_no_overlap(&[yb], &[xb, gb, wb])?;
+        if m == 0 {
+            return Ok(());
+        }
+        let out = QkvPtrs { q: yb.ptr, k: 0, v: 0, nq: s.n() as u32, nkv: 0 };
+        let path = if path == Path::Auto { self.auto_packed_path(m) } else { path };
+        // SAFETY (all arms): buffers checked above; dims validated at construction.
+        unsafe {
+            match path {
+                Path::Auto | Path::FusedDecode => self.launch_decode(Some(gb.ptr), xb.ptr, out, m),
+                Path::FusedTiled => self.launch_tiled(Some(gb.ptr), xb.ptr, out, m),
+                Path::NormCublas => {
+                    self.reserve(m)?;
+                    let slot = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+                    let scratch = slot.as_ref().ok_or(Error::Value {
+                        arg: "scratch",
+                        expected: "reserved",
+                        got: "none".into(),
+                    })?;
+                    let xn = self.stream_ptr(scratch, "scratch").ptr;
+                    gpu.kernels.rms_norm(
+                        gpu.stream(),
+                        gpu.pdl(),
+                        xb.ptr,
+                        gb.ptr,
+                        xn,
+                        m as u32,
+                        s.hidden as u32,
+                        s.eps,
+                    )?;
+                    ops::gemm_unchecked(gpu, GemmImpl::Cublas, xn, wb.ptr, yb.ptr, m, s.hidden, s.n())
+                }
             }
         }
     }
@@ -320,11 +431,9 @@ impl FusedRmsNormQkv {
         let (s, info) = (self.shape, self.gpu.info());
         let p = plan::decode_plan(m, s.hidden, s.n(), info.sm_count, info.max_smem_per_block, self.tuning.decode)?;
         let w = self.weight_refs().1.ptr;
-        let ws = self.gpu.workspace(p.workspace_floats, p.row_tiles() as usize)?;
         let gpu = &self.gpu;
-        // SAFETY: forwarded to the caller; the plan was made for these sizes; the workspace
-        // is used by one launch at a time (stream order).
-        unsafe { gpu.kernels.decode(gpu.stream(), gpu.pdl(), &p, ws, x, g, w, out, m as u32, s.hidden as u32, s.eps) }
+        // SAFETY: forwarded to the caller; the plan was made for these sizes.
+        unsafe { gpu.kernels.decode(gpu.stream(), gpu.pdl(), &p, x, g, w, out, m as u32, s.hidden as u32, s.eps) }
     }
 
     /// # Safety

@@ -52,7 +52,8 @@ pub fn qkv_rows(x: &[bf16], g: &[bf16], w: &[bf16], k: usize, n: usize, eps: f32
     matmul_rows(&xn, w, k, n)
 }
 
-/// Rows of `y = x · Wᵀ` for x already in f32 (no norm), as [`qkv_rows`].
+/// Rows of `y = x · Wᵀ` for bf16 x used as is (no norm; x is widened to f32 exactly), dot
+/// products in f64, as [`qkv_rows`].
 pub fn gemm_rows(x: &[bf16], w: &[bf16], k: usize, n: usize, rows: &[usize]) -> Vec<f32> {
     let xr: Vec<Vec<f32>> = rows.iter().map(|&r| x[r * k..(r + 1) * k].iter().map(|v| v.to_f32()).collect()).collect();
     matmul_rows(&xr, w, k, n)
@@ -172,7 +173,8 @@ pub fn compare(got: &[bf16], want: &[f32], atol: f64, rtol: f64) -> Comparison {
     Comparison { rel_frobenius: rel, max_abs_err: max_abs, mismatches, first_mismatch: first, non_finite }
 }
 
-/// Root mean square of a reference (to scale absolute tolerances).
+/// Root mean square of a reference (to scale absolute tolerances). NaN if `v` holds a NaN
+/// or an infinity: scale tolerances by the finite elements in that case.
 pub fn rms(v: &[f32]) -> f64 {
     (v.iter().map(|&x| x as f64 * x as f64).sum::<f64>() / v.len().max(1) as f64).sqrt()
 }

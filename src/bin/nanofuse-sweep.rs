@@ -1,0 +1,375 @@
+//! `nanofuse-sweep`: every kernel the host launches, once per case, over a sweep of shapes
+//! with tails, each result checked against the CPU reference. It is the program
+//! `scripts/sanitize.sh` runs under compute-sanitizer, so it stays small: about 5 s on an
+//! H100 (under 1 s of it GPU work), under a minute under each sanitizer tool.
+//!
+//! Per shape (K, Nq, Nkv) and M, with random weights and x, outputs poisoned with NaN first:
+//! * `forward_into_with` on `FusedDecode` (M <= `DECODE_MAX_M`), `FusedTiled`, `NormCublas`
+//!   and `Auto`, against `reference::qkv_rows`;
+//! * `baseline_into` for `NormCublas` and `NormNanofuse`, against the same rows;
+//! * `ops::rms_norm` against `reference::rms_norm_f32` (every row);
+//! * `ops::gemm` with nanofuse's GEMM and with cuBLAS, against `reference::gemm_rows`.
+//!
+//! Launch shapes are the default planner's (no `Tuning`). M in {1, 3, 17, 100} runs the
+//! decode kernels at one token, a few, and past 16 tokens, and the tiled kernels, whose
+//! planner picks the small tiles at these M; one more M on the model shape (the smallest
+//! with as many 128 x 128 output tiles as the GPU has SMs, plus a row tail) makes it pick
+//! the large tiles too, so every entry point in `KERNEL_NAMES` runs.
+//!
+//! Exit status: 0 when every case passed, 1 on any mismatch, unwritten element or CUDA
+//! error, 2 when this machine has no CUDA driver or device.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Parser;
+use nanofuse::bench::{random_bf16, random_weights};
+use nanofuse::ops::{self, GemmImpl};
+use nanofuse::plan::DECODE_MAX_M;
+use nanofuse::reference::{self, compare, rms};
+use nanofuse::{Baseline, Error, FusedRmsNormQkv, Gpu, KERNEL_NAMES, Path, QkvShape, bf16};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+
+/// The shapes of the sweep: (name, K, Nq, Nkv).
+const SHAPES: [(&str, usize, usize, usize); 3] = [
+    // K = 1000 and N = 341 are multiples of no tile size; the q/k and k/v boundaries fall
+    // inside MMA tiles.
+    ("tails", 1000, 203, 69),
+    ("small", 264, 40, 24),
+    // Qwen3-0.6B's attention input.
+    ("model", 1024, 2048, 1024),
+];
+
+/// Batch sizes: one token, a few, one past 16 (a token-tile tail), past the decode kernels'
+/// `DECODE_MAX_M` altogether.
+const MS: [usize; 4] = [1, 3, 17, 100];
+
+const EPS: f32 = 1e-5;
+
+/// Rows of the large tiled kernels' tiles (`plan::Tile::Large`); see `large_tile_m`.
+const LARGE_TILE_ROWS: usize = 128;
+
+/// Bounds of the projection (as in `tests/gpu_qkv.rs`): every element within
+/// `0.02·rms(ref) + 0.02·|ref|`, relative Frobenius error at most 4e-3.
+const ELEMENT_TOL: f64 = 0.02;
+const MAX_REL_FROBENIUS: f64 = 4e-3;
+
+/// Bounds of RMSNorm (as in `tests/gpu_rms_norm.rs`): one bf16 ulp per element, 2e-3 overall.
+const NORM_RTOL: f64 = 1.0 / 128.0;
+const NORM_ATOL: f64 = 1e-6;
+const NORM_MAX_REL_FROBENIUS: f64 = 2e-3;
+
+#[derive(Parser)]
+#[command(
+    name = "nanofuse-sweep",
+    about = "Runs every nanofuse kernel once per case over a shape sweep with tails and checks it against the \
+             CPU reference (the program scripts/sanitize.sh runs under compute-sanitizer)"
+)]
+struct Args {
+    /// Seed of the random weights and inputs.
+    #[arg(long, default_value_t = 0x5eed)]
+    seed: u64,
+    /// Launch without programmatic dependent launch (PDL is on by default on sm_90+).
+    #[arg(long)]
+    no_pdl: bool,
+    /// Print the kernel entry points the host launches, one a line, and exit (needs no GPU).
+    #[arg(long)]
+    list_kernels: bool,
+}
+
+/// Why a case failed.
+enum CaseError {
+    /// A nanofuse or CUDA call returned an error.
+    Api(Error),
+    /// The result is wrong or incomplete.
+    Mismatch(String),
+}
+
+impl From<Error> for CaseError {
+    fn from(e: Error) -> Self {
+        CaseError::Api(e)
+    }
+}
+
+impl std::fmt::Display for CaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CaseError::Api(e) => write!(f, "error: {e}"),
+            CaseError::Mismatch(m) => write!(f, "mismatch: {m}"),
+        }
+    }
+}
+
+type CaseResult = Result<String, CaseError>;
+
+/// Pass/fail counts; stops the sweep after a driver error (the context is unusable then).
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+    driver_error: bool,
+}
+
+impl Tally {
+    fn record(&mut self, label: &str, result: CaseResult) {
+        match result {
+            Ok(detail) => {
+                self.passed += 1;
+                println!("ok   {label}: {detail}");
+            }
+            Err(e) => {
+                self.failed += 1;
+                self.driver_error |= matches!(e, CaseError::Api(Error::Driver { .. }));
+                println!("FAIL {label}: {e}");
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.list_kernels {
+        for name in KERNEL_NAMES {
+            println!("{name}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    println!("nanofuse-sweep: seed {}", args.seed);
+    let gpu = match nanofuse::open(0) {
+        Ok(gpu) => gpu,
+        Err(e @ (Error::NoDriver | Error::NoDevice { .. })) => {
+            eprintln!("nanofuse-sweep: no GPU to run on: {e}");
+            eprintln!("nanofuse-sweep: run it on a GPU host (see scripts/sanitize.sh); nothing was checked");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("nanofuse-sweep: opening the GPU failed: {e}");
+            println!("sweep: 0 passed, 1 failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.no_pdl {
+        gpu.set_pdl(false);
+    }
+    let info = gpu.info();
+    println!(
+        "device: {} (sm_{}{}, {} SMs), kernels built for {}, PDL {}",
+        info.name,
+        info.compute_capability.0,
+        info.compute_capability.1,
+        info.sm_count,
+        nanofuse::KERNELS_ARCH,
+        if gpu.pdl() { "on" } else { "off" }
+    );
+
+    let start = Instant::now();
+    let mut tally = Tally::default();
+    let mut rng = SmallRng::seed_from_u64(args.seed);
+    'sweep: for (name, k, nq, nkv) in SHAPES {
+        let shape = QkvShape::new(k, nq, nkv, EPS);
+        let (g, w) = random_weights(&mut rng, &shape);
+        let op = match FusedRmsNormQkv::new(&gpu, shape, &g, &w) {
+            Ok(op) => op,
+            Err(e) => {
+                tally.record(&format!("{name} setup"), Err(e.into()));
+                if tally.driver_error {
+                    break 'sweep;
+                }
+                continue;
+            }
+        };
+        let mut ms = MS.to_vec();
+        if name == "model" {
+            ms.push(large_tile_m(shape.n(), info.sm_count));
+        }
+        println!("== {name}: K={k} Nq={nq} Nkv={nkv} (N={}), eps {EPS:e}, M in {ms:?}", shape.n());
+        for m in ms {
+            let x = random_bf16(&mut rng, m * k, -3.0, 3.0);
+            let s = Sweep::new(&gpu, &op, &g, &w, x, m);
+            for (case, run) in s.cases() {
+                tally.record(&format!("{name:<5} M={m:<3} {case:<19}"), run(&s));
+                if tally.driver_error {
+                    break 'sweep;
+                }
+            }
+        }
+    }
+    if tally.driver_error {
+        println!("aborted: a CUDA driver error leaves the context unusable; the remaining cases did not run");
+    } else if let Err(e) = gpu.synchronize() {
+        tally.record("final synchronize", Err(e.into()));
+    }
+    drop(gpu); // free everything before exit, so a leak check sees a clean context
+    println!("finished in {:.1} s", start.elapsed().as_secs_f64());
+    println!("sweep: {} passed, {} failed", tally.passed, tally.failed);
+    if tally.failed == 0 && !tally.driver_error { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// The smallest M > 128 with at least as many 128 x 128 output tiles as the GPU has SMs,
+/// where the tiled planner switches to the large tiles (513 on an H100 for N = 4096); it
+/// is one row past a multiple of 128, so the last row tile is a tail.
+fn large_tile_m(n: usize, sm_count: u32) -> usize {
+    let col_tiles = n.div_ceil(LARGE_TILE_ROWS);
+    let row_tiles = (sm_count as usize).div_ceil(col_tiles).max(2);
+    LARGE_TILE_ROWS * (row_tiles - 1) + 1
+}
+
+/// One (shape, M) point: the op, its host-side weights, x on both sides and the references.
+struct Sweep<'a> {
+    gpu: &'a Arc<Gpu>,
+    op: &'a FusedRmsNormQkv,
+    g: &'a [bf16],
+    w: &'a [bf16],
+    x: Vec<bf16>,
+    m: usize,
+    /// Rows compared with the reference (all rows are checked for being written).
+    rows: Vec<usize>,
+    /// `rmsnorm(x) · Wᵀ` at `rows`, `[rows.len(), N]`.
+    want_qkv: Vec<f32>,
+    /// `x · Wᵀ` at `rows`, `[rows.len(), N]`.
+    want_gemm: Vec<f32>,
+}
+
+type Case<'a> = (&'static str, fn(&Sweep<'a>) -> CaseResult);
+
+impl<'a> Sweep<'a> {
+    fn new(gpu: &'a Arc<Gpu>, op: &'a FusedRmsNormQkv, g: &'a [bf16], w: &'a [bf16], x: Vec<bf16>, m: usize) -> Self {
+        let s = *op.shape();
+        let rows = sample_rows(m);
+        let want_qkv = reference::qkv_rows(&x, g, w, s.hidden, s.n(), s.eps, &rows);
+        let want_gemm = reference::gemm_rows(&x, w, s.hidden, s.n(), &rows);
+        Sweep { gpu, op, g, w, x, m, rows, want_qkv, want_gemm }
+    }
+
+    /// The cases that apply at this M.
+    fn cases(&self) -> Vec<Case<'a>> {
+        let mut cases: Vec<Case<'a>> = Vec::new();
+        if self.m <= DECODE_MAX_M {
+            cases.push(("fused-decode", |s| s.forward(Path::FusedDecode)));
+        }
+        let rest: [Case<'a>; 8] = [
+            ("fused-tiled", |s| s.forward(Path::FusedTiled)),
+            ("norm+cublas (split)", |s| s.forward(Path::NormCublas)),
+            ("auto", |s| s.forward(Path::Auto)),
+            ("baseline cublas", |s| s.baseline(Baseline::NormCublas)),
+            ("baseline nanofuse", |s| s.baseline(Baseline::NormNanofuse)),
+            ("ops::rms_norm", Sweep::rms_norm),
+            ("ops::gemm nanofuse", |s| s.gemm(GemmImpl::Nanofuse)),
+            ("ops::gemm cublas", |s| s.gemm(GemmImpl::Cublas)),
+        ];
+        cases.extend(rest);
+        cases
+    }
+
+    /// Checks a `[m, N]` projection result against `want` at the sampled rows: every
+    /// element within `0.02·rms(ref) + 0.02·|ref|`, relative Frobenius error <= 4e-3.
+    fn check_projection(&self, y: &[bf16], want: &[f32]) -> CaseResult {
+        let atol = ELEMENT_TOL * rms(want);
+        check(y, self.shape().n(), &self.rows, want, atol, ELEMENT_TOL, MAX_REL_FROBENIUS)
+    }
+
+    fn shape(&self) -> QkvShape {
+        *self.op.shape()
+    }
+
+    /// A new device buffer of `len` bf16, filled with NaN.
+    fn poisoned(&self, len: usize) -> Result<nanofuse::cudarc::driver::CudaSlice<bf16>, Error> {
+        let mut buf = self.gpu.alloc_zeros::<bf16>(len)?;
+        self.gpu.fill_nan(&mut buf)?;
+        Ok(buf)
+    }
+
+    fn forward(&self, path: Path) -> CaseResult {
+        let (s, m, gpu) = (self.shape(), self.m, self.gpu);
+        let dx = gpu.upload(&self.x)?;
+        let mut q = self.poisoned(m * s.q_dim)?;
+        let mut k = self.poisoned(m * s.kv_dim)?;
+        let mut v = self.poisoned(m * s.kv_dim)?;
+        self.op.forward_into_with(path, &dx, m, &mut q, &mut k, &mut v)?;
+        let (q, k, v) = (gpu.download(&q)?, gpu.download(&k)?, gpu.download(&v)?);
+        let y = concat_qkv(&q, &k, &v, m, &s);
+        self.check_projection(&y, &self.want_qkv)
+    }
+
+    fn baseline(&self, which: Baseline) -> CaseResult {
+        let (s, m, gpu) = (self.shape(), self.m, self.gpu);
+        let dx = gpu.upload(&self.x)?;
+        let mut xn = self.poisoned(m * s.hidden)?;
+        let mut y = self.poisoned(m * s.n())?;
+        self.op.baseline_into(which, &dx, m, &mut xn, &mut y)?;
+        let y = gpu.download(&y)?;
+        self.check_projection(&y, &self.want_qkv)
+    }
+
+    fn rms_norm(&self) -> CaseResult {
+        let (s, m, gpu) = (self.shape(), self.m, self.gpu);
+        let (dx, dg) = (gpu.upload(&self.x)?, gpu.upload(self.g)?);
+        let mut y = self.poisoned(m * s.hidden)?;
+        ops::rms_norm(gpu, &dx, &dg, &mut y, m, s.hidden, s.eps)?;
+        let y = gpu.download(&y)?;
+        let want = reference::rms_norm_f32(&self.x, self.g, m, s.hidden, s.eps);
+        let all: Vec<usize> = (0..m).collect();
+        check(&y, s.hidden, &all, &want, NORM_ATOL, NORM_RTOL, NORM_MAX_REL_FROBENIUS)
+    }
+
+    fn gemm(&self, which: GemmImpl) -> CaseResult {
+        let (s, m, gpu) = (self.shape(), self.m, self.gpu);
+        let (dx, dw) = (gpu.upload(&self.x)?, gpu.upload(self.w)?);
+        let mut y = self.poisoned(m * s.n())?;
+        ops::gemm(gpu, which, &dx, &dw, &mut y, m, s.hidden, s.n())?;
+        let y = gpu.download(&y)?;
+        self.check_projection(&y, &self.want_gemm)
+    }
+}
+
+/// Checks that every element of `got [m, width]` was written (no NaN poison or other
+/// non-finite value left), then compares `rows` of it with `want` (`[rows.len(), width]`):
+/// each element within `atol + rtol·|ref|`, the whole within `max_rel_frobenius`.
+fn check(
+    got: &[bf16],
+    width: usize,
+    rows: &[usize],
+    want: &[f32],
+    atol: f64,
+    rtol: f64,
+    max_rel_frobenius: f64,
+) -> CaseResult {
+    let bad = got.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        let first = got.iter().position(|v| !v.is_finite()).unwrap_or(0);
+        return Err(CaseError::Mismatch(format!(
+            "{bad} of {} output elements not finite (unwritten NaN poison?), first at row {} col {}",
+            got.len(),
+            first / width,
+            first % width
+        )));
+    }
+    let sampled: Vec<bf16> = rows.iter().flat_map(|&r| got[r * width..(r + 1) * width].iter().copied()).collect();
+    let c = compare(&sampled, want, atol, rtol);
+    if c.passes(max_rel_frobenius) { Ok(c.to_string()) } else { Err(CaseError::Mismatch(c.to_string())) }
+}
+
+/// Rows compared with the reference: all of them up to 17, else the first two, the middle
+/// and the last two (the others are still checked for being written).
+fn sample_rows(m: usize) -> Vec<usize> {
+    if m <= 17 {
+        (0..m).collect()
+    } else {
+        let mut r = vec![0, 1, m / 2, m - 2, m - 1];
+        r.dedup();
+        r
+    }
+}
+
+/// q, k, v side by side as `[m, N]` (the layout of the baselines' y).
+fn concat_qkv(q: &[bf16], k: &[bf16], v: &[bf16], m: usize, s: &QkvShape) -> Vec<bf16> {
+    let mut y = Vec::with_capacity(m * s.n());
+    for r in 0..m {
+        y.extend_from_slice(&q[r * s.q_dim..(r + 1) * s.q_dim]);
+        y.extend_from_slice(&k[r * s.kv_dim..(r + 1) * s.kv_dim]);
+        y.extend_from_slice(&v[r * s.kv_dim..(r + 1) * s.kv_dim]);
+    }
+    y
+}
