@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use half::bf16;
 
+use crate::blas::Blas;
 use crate::error::{Error, Result};
 use crate::gpu::{BufRef, Gpu, check_no_overlap};
 use crate::kernels::QkvPtrs;
@@ -118,6 +119,14 @@ pub struct Tuning {
     pub tile: Option<Tile>,
 }
 
+/// `m` within the kernels' 32-bit index range.
+fn check_m(m: usize) -> Result<()> {
+    if m > MAX_DIM {
+        return Err(Error::TooLarge { arg: "m", got: m as u64, limit: MAX_DIM as u64, why: "32-bit index arithmetic" });
+    }
+    Ok(())
+}
+
 /// q, k, v as three separate device tensors.
 pub struct Qkv {
     /// `[M, q_dim]`
@@ -225,14 +234,7 @@ impl FusedRmsNormQkv {
                 got: 0,
             });
         }
-        if m > MAX_DIM {
-            return Err(Error::TooLarge {
-                arg: "m",
-                got: m as u64,
-                limit: MAX_DIM as u64,
-                why: "32-bit index arithmetic",
-            });
-        }
+        check_m(m)?;
         // Check x before allocating anything.
         self.gpu.input("x", x, checked_len("m * hidden", m, s.hidden)?)?;
         let mut out = Qkv {
@@ -268,14 +270,7 @@ impl FusedRmsNormQkv {
         v: &mut impl DevicePtrMut<bf16>,
     ) -> Result<()> {
         let s = self.shape;
-        if m > MAX_DIM {
-            return Err(Error::TooLarge {
-                arg: "m",
-                got: m as u64,
-                limit: MAX_DIM as u64,
-                why: "32-bit index arithmetic",
-            });
-        }
+        check_m(m)?;
         let gpu = &self.gpu;
         let xb = gpu.input("x", x, checked_len("m * hidden", m, s.hidden)?)?;
         let qb = gpu.output("q", q, checked_len("m * q_dim", m, s.q_dim)?)?;
@@ -319,14 +314,7 @@ impl FusedRmsNormQkv {
         y: &mut impl DevicePtrMut<bf16>,
     ) -> Result<()> {
         let s = self.shape;
-        if m > MAX_DIM {
-            return Err(Error::TooLarge {
-                arg: "m",
-                got: m as u64,
-                limit: MAX_DIM as u64,
-                why: "32-bit index arithmetic",
-            });
-        }
+        check_m(m)?;
         let gpu = &self.gpu;
         let xb = gpu.input("x", x, checked_len("m * hidden", m, s.hidden)?)?;
         let yb = gpu.output("y", y, checked_len("m * n", m, s.n())?)?;
@@ -342,27 +330,9 @@ impl FusedRmsNormQkv {
             match path {
                 Path::Auto | Path::FusedDecode => self.launch_decode(Some(gb.ptr), xb.ptr, out, m),
                 Path::FusedTiled => self.launch_tiled(Some(gb.ptr), xb.ptr, out, m),
-                Path::NormCublas => {
-                    self.reserve(m)?;
-                    let slot = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
-                    let scratch = slot.as_ref().ok_or(Error::Value {
-                        arg: "scratch",
-                        expected: "reserved",
-                        got: "none".into(),
-                    })?;
-                    let xn = self.stream_ptr(scratch, "scratch").ptr;
-                    gpu.kernels.rms_norm(
-                        gpu.stream(),
-                        gpu.pdl(),
-                        xb.ptr,
-                        gb.ptr,
-                        xn,
-                        m as u32,
-                        s.hidden as u32,
-                        s.eps,
-                    )?;
-                    ops::gemm_unchecked(gpu, GemmImpl::Cublas, xn, wb.ptr, yb.ptr, m, s.hidden, s.n())
-                }
+                Path::NormCublas => self.with_normalized(xb.ptr, m, |xn, blas| {
+                    blas.gemm_xwt(xn, wb.ptr, yb.ptr, m, s.hidden, s.n(), s.n())
+                }),
             }
         }
     }
@@ -465,20 +435,36 @@ impl FusedRmsNormQkv {
     /// As [`FusedRmsNormQkv::launch_decode`].
     unsafe fn norm_cublas_split(&self, x: u64, out: QkvPtrs, m: usize) -> Result<()> {
         let s = self.shape;
+        let w = self.weight_refs().1.ptr;
+        let row_bytes = (s.hidden * 2) as u64;
+        // SAFETY: W rows [0, nq) are Q, [nq, nq + nkv) K, the rest V; each output is
+        // [m, width] with ldy = width; x per the caller.
+        unsafe {
+            self.with_normalized(x, m, |xn, blas| {
+                blas.gemm_xwt(xn, w, out.q, m, s.hidden, s.q_dim, s.q_dim)?;
+                blas.gemm_xwt(xn, w + s.q_dim as u64 * row_bytes, out.k, m, s.hidden, s.kv_dim, s.kv_dim)?;
+                let v_rows = (s.q_dim + s.kv_dim) as u64;
+                blas.gemm_xwt(xn, w + v_rows * row_bytes, out.v, m, s.hidden, s.kv_dim, s.kv_dim)
+            })
+        }
+    }
+
+    /// Runs the RMSNorm kernel on `x [m, hidden]` into the op's scratch buffer (grown to
+    /// `m` rows if needed), then `then(scratch address, cuBLAS)` while the scratch is held.
+    ///
+    /// # Safety
+    /// `x` is a checked device buffer of `m · hidden` bf16 on this op's context; `m >= 1`.
+    unsafe fn with_normalized(&self, x: u64, m: usize, then: impl FnOnce(u64, &Blas) -> Result<()>) -> Result<()> {
+        let (s, gpu) = (self.shape, &self.gpu);
         self.reserve(m)?;
         let slot = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         let scratch = slot.as_ref().ok_or(Error::Value { arg: "scratch", expected: "reserved", got: "none".into() })?;
         let xn = self.stream_ptr(scratch, "scratch").ptr;
-        let (g, w) = (self.weight_refs().0.ptr, self.weight_refs().1.ptr);
-        let blas = self.gpu.blas()?;
-        let (k, row_bytes) = (s.hidden, (s.hidden * 2) as u64);
-        // SAFETY: the scratch holds >= m·k elements; W rows [0, nq) are Q, [nq, nq+nkv) K,
-        // the rest V; each output is [m, width] with ldy = width.
+        let blas = gpu.blas()?;
+        // SAFETY: the scratch holds >= m · hidden elements (reserved above); x per the caller.
         unsafe {
-            self.gpu.kernels.rms_norm(self.gpu.stream(), self.gpu.pdl(), x, g, xn, m as u32, k as u32, s.eps)?;
-            blas.gemm_xwt(xn, w, out.q, m, k, s.q_dim, s.q_dim)?;
-            blas.gemm_xwt(xn, w + s.q_dim as u64 * row_bytes, out.k, m, k, s.kv_dim, s.kv_dim)?;
-            blas.gemm_xwt(xn, w + (s.q_dim + s.kv_dim) as u64 * row_bytes, out.v, m, k, s.kv_dim, s.kv_dim)
-        }
+            gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), x, self.g_ptr(), xn, m as u32, s.hidden as u32, s.eps)?
+        };
+        then(xn, &blas)
     }
 }
