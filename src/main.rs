@@ -30,6 +30,8 @@ enum Cmd {
     Bench(BenchArgs),
     /// Sweep launch shapes (decode k_split, tiled tile size) per shape and M.
     Tune(TuneArgs),
+    /// Time the standalone RMSNorm kernel (rows 1 and 2048, hidden 1024 and 4096), cold data.
+    Rmsnorm,
     /// Print the device and the embedded kernels' architecture.
     Info,
 }
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Bench(a) => bench(a),
         Cmd::Tune(a) => tune(a),
+        Cmd::Rmsnorm => rmsnorm(),
         Cmd::Info => open().map(|gpu| print_header(&gpu, None)),
     };
     match result {
@@ -356,6 +359,60 @@ fn tune(a: TuneArgs) -> AppResult<()> {
                 }
             }
             wl.set_tuning(Tuning::default());
+        }
+    }
+    Ok(())
+}
+
+/// The RMSNorm kernel alone: relative error against the CPU reference and bandwidth over a
+/// ring of distinct x/g/y sets larger than 4x L2 (bytes = x and g read, y written).
+fn rmsnorm() -> AppResult<()> {
+    use nanofuse::bench::random_bf16;
+    use nanofuse::reference;
+    use nanofuse::timing::{RingGraph, ring_len};
+    use rand::SeedableRng;
+
+    let gpu = open()?;
+    let copy_gbs = copy_bandwidth_gbs(&gpu, 1 << 30, 20)?;
+    print_header(&gpu, Some(copy_gbs));
+    println!(
+        "{:>6} {:>6} {:>6} {:>14} {:>9} {:>8} {:>7}",
+        "rows", "hidden", "ring", "rel. Frobenius", "µs", "GB/s", "% copy"
+    );
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+    for (rows, k) in [(1, 1024), (1, 4096), (2048, 1024), (2048, 4096)] {
+        let bytes = 2 * (2 * rows * k + k) as u64;
+        let ring = ring_len(gpu.info().l2_bytes, bytes, 4);
+        let mut sets = Vec::with_capacity(ring);
+        let (mut x0, mut g0) = (Vec::new(), Vec::new());
+        for i in 0..ring {
+            let x = random_bf16(&mut rng, rows * k, -2.0, 2.0);
+            let g = random_bf16(&mut rng, k, 0.5, 1.5);
+            if i == 0 {
+                (x0, g0) = (x.clone(), g.clone());
+            }
+            sets.push((gpu.upload(&x)?, gpu.upload(&g)?, gpu.alloc_zeros::<nanofuse::bf16>(rows * k)?));
+        }
+        let (x, g, y) = &mut sets[0];
+        gpu.fill_nan(y)?;
+        nanofuse::ops::rms_norm(&gpu, x, g, y, rows, k, 1e-6)?;
+        let got = gpu.download(y)?;
+        let cmp = reference::compare(&got, &reference::rms_norm_f32(&x0, &g0, rows, k, 1e-6), 1e-6, 1.0 / 128.0);
+        let graph = RingGraph::capture(&gpu, ring, |i| {
+            let (x, g, y) = &mut sets[i];
+            nanofuse::ops::rms_norm(&gpu, x, g, y, rows, k, 1e-6)
+        })?;
+        let st = graph.time(10, 100)?;
+        let gbs = bytes as f64 / (st.median_us * 1e-6) / 1e9;
+        println!(
+            "{rows:>6} {k:>6} {ring:>6} {:>14.3e} {:>9.2} {:>8.0} {:>6.1}%",
+            cmp.rel_frobenius,
+            st.median_us,
+            gbs,
+            100.0 * gbs / copy_gbs
+        );
+        if !cmp.passes(2e-3) {
+            return Err(format!("rms_norm rows {rows} hidden {k}: {cmp}").into());
         }
     }
     Ok(())
