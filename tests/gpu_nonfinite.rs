@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use nanofuse::bench::{random_bf16, random_weights};
 use nanofuse::plan::DECODE_MAX_M;
-use nanofuse::reference::{self, compare};
+use nanofuse::reference::{self, compare, concat_qkv};
 use nanofuse::{Baseline, FusedRmsNormQkv, Gpu, Path, QkvShape, bf16};
 use rand::RngExt;
 use rand::rngs::SmallRng;
@@ -32,17 +32,6 @@ const PATHS: [Path; 4] = [Path::FusedDecode, Path::FusedTiled, Path::NormCublas,
 const MAX_REL_FROBENIUS: f64 = 4e-3;
 const ELEMENT_TOL: f64 = 0.02;
 const SENTINEL: f32 = 1e30;
-
-/// q, k, v side by side as `[m, n]`.
-fn concat_qkv(q: &[bf16], k: &[bf16], v: &[bf16], m: usize, s: &QkvShape) -> Vec<bf16> {
-    let mut y = Vec::with_capacity(m * s.n());
-    for r in 0..m {
-        y.extend_from_slice(&q[r * s.q_dim..(r + 1) * s.q_dim]);
-        y.extend_from_slice(&k[r * s.kv_dim..(r + 1) * s.kv_dim]);
-        y.extend_from_slice(&v[r * s.kv_dim..(r + 1) * s.kv_dim]);
-    }
-    y
-}
 
 /// `[m, n]` outputs of every path and baseline for `x`, labelled.
 fn run_all(gpu: &Arc<Gpu>, op: &FusedRmsNormQkv, x: &[bf16], m: usize) -> Vec<(String, Vec<bf16>)> {

@@ -16,24 +16,13 @@ mod common;
 use common::{gather, sample_rows};
 use nanofuse::bench::{random_bf16, random_weights};
 use nanofuse::plan::{DECODE_MAX_M, DecodeShape};
-use nanofuse::reference::{self, Comparison, compare, rms};
+use nanofuse::reference::{self, Comparison, compare, concat_qkv, rms};
 use nanofuse::{Baseline, Error, FusedRmsNormQkv, Path, QkvShape, Tuning, bf16};
 
 const MS: [usize; 9] = [1, 2, 3, 7, 16, 17, 64, 100, 2048];
 const PATHS: [Path; 4] = [Path::FusedDecode, Path::FusedTiled, Path::NormCublas, Path::Auto];
 const MAX_REL_FROBENIUS: f64 = 4e-3;
 const ELEMENT_TOL: f64 = 0.02;
-
-/// q, k, v side by side as `[m, n]` (the layout of the baselines' y).
-fn concat_qkv(q: &[bf16], k: &[bf16], v: &[bf16], m: usize, s: &QkvShape) -> Vec<bf16> {
-    let mut y = Vec::with_capacity(m * s.n());
-    for r in 0..m {
-        y.extend_from_slice(&q[r * s.q_dim..(r + 1) * s.q_dim]);
-        y.extend_from_slice(&k[r * s.kv_dim..(r + 1) * s.kv_dim]);
-        y.extend_from_slice(&v[r * s.kv_dim..(r + 1) * s.kv_dim]);
-    }
-    y
-}
 
 fn check(got_all: &[bf16], m: usize, n: usize, want_rows: &[f32], rows: &[usize]) -> Result<Comparison, String> {
     let unwritten = got_all.iter().filter(|v| v.is_nan()).count();

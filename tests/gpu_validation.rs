@@ -26,7 +26,7 @@ use nanofuse::bench::{random_bf16, random_weights};
 use nanofuse::cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr};
 use nanofuse::ops::{self, GemmImpl};
 use nanofuse::plan::{DECODE_MAX_M, MAX_DIM};
-use nanofuse::reference::{self, compare, rms};
+use nanofuse::reference::{self, compare, concat_qkv, rms};
 use nanofuse::{BUFFER_ALIGN, Baseline, Error, FusedRmsNormQkv, Gpu, Path, QkvShape, Result, bf16};
 use rand::RngExt;
 
@@ -567,17 +567,6 @@ fn bad_ordinals_and_modules_are_typed_errors() {
         Err(Error::Module { .. }) => {}
         other => panic!("garbage PTX: {:?}", other.err()),
     }
-}
-
-/// q, k, v side by side as `[m, n]` (the layout of the baselines' y).
-fn concat_qkv(q: &[bf16], k: &[bf16], v: &[bf16], m: usize, s: &QkvShape) -> Vec<bf16> {
-    let mut y = Vec::with_capacity(m * s.n());
-    for r in 0..m {
-        y.extend_from_slice(&q[r * s.q_dim..(r + 1) * s.q_dim]);
-        y.extend_from_slice(&k[r * s.kv_dim..(r + 1) * s.kv_dim]);
-        y.extend_from_slice(&v[r * s.kv_dim..(r + 1) * s.kv_dim]);
-    }
-    y
 }
 
 /// Random shapes within the supported space, every path twice and both baselines, against

@@ -8,6 +8,8 @@
 
 use half::bf16;
 
+use crate::QkvShape;
+
 /// `bf16((x · inv_rms) · g)` per row, `inv_rms = 1 / sqrt(mean(x²) + eps)`, in f32.
 pub fn rms_norm(x: &[bf16], g: &[bf16], rows: usize, k: usize, eps: f32) -> Vec<bf16> {
     rms_norm_f32(x, g, rows, k, eps).into_iter().map(bf16::from_f32).collect()
@@ -96,6 +98,18 @@ fn matmul_rows(xr: &[Vec<f32>], w: &[bf16], k: usize, n: usize) -> Vec<f32> {
             }
         }
     });
+    y
+}
+
+/// q `[m, q_dim]`, k and v `[m, kv_dim]` side by side as `[m, q_dim + 2 kv_dim]`: the
+/// layout of the packed outputs, the baselines' y and the references.
+pub fn concat_qkv(q: &[bf16], k: &[bf16], v: &[bf16], m: usize, s: &QkvShape) -> Vec<bf16> {
+    let mut y = Vec::with_capacity(m * s.n());
+    for r in 0..m {
+        y.extend_from_slice(&q[r * s.q_dim..(r + 1) * s.q_dim]);
+        y.extend_from_slice(&k[r * s.kv_dim..(r + 1) * s.kv_dim]);
+        y.extend_from_slice(&v[r * s.kv_dim..(r + 1) * s.kv_dim]);
+    }
     y
 }
 

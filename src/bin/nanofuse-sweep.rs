@@ -27,7 +27,7 @@ use clap::Parser;
 use nanofuse::bench::{random_bf16, random_weights};
 use nanofuse::ops::{self, GemmImpl};
 use nanofuse::plan::DECODE_MAX_M;
-use nanofuse::reference::{self, compare, rms};
+use nanofuse::reference::{self, compare, concat_qkv, rms};
 use nanofuse::{Baseline, Error, FusedRmsNormQkv, Gpu, KERNEL_NAMES, Path, QkvShape, bf16};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -361,15 +361,4 @@ fn sample_rows(m: usize) -> Vec<usize> {
         r.dedup();
         r
     }
-}
-
-/// q, k, v side by side as `[m, N]` (the layout of the baselines' y).
-fn concat_qkv(q: &[bf16], k: &[bf16], v: &[bf16], m: usize, s: &QkvShape) -> Vec<bf16> {
-    let mut y = Vec::with_capacity(m * s.n());
-    for r in 0..m {
-        y.extend_from_slice(&q[r * s.q_dim..(r + 1) * s.q_dim]);
-        y.extend_from_slice(&k[r * s.kv_dim..(r + 1) * s.kv_dim]);
-        y.extend_from_slice(&v[r * s.kv_dim..(r + 1) * s.kv_dim]);
-    }
-    y
 }
