@@ -1,5 +1,4 @@
-//! Grid-level ordering: programmatic dependent launch (PDL), memory fences and the
-//! atomics of the split-K semaphore.
+//! Grid-level ordering: programmatic dependent launch (PDL).
 
 use core::arch::asm;
 
@@ -20,52 +19,4 @@ pub fn griddepcontrol_launch_dependents() {
 pub fn griddepcontrol_wait() {
     // SAFETY: no operands; acts as a memory barrier for the compiler (no `nomem`).
     unsafe { asm!("griddepcontrol.wait;", options(nostack)) }
-}
-
-/// `membar.gl;` — order this thread's memory accesses before and after it at GPU scope
-/// (`__threadfence()`).
-#[inline(always)]
-pub fn membar_gl() {
-    // SAFETY: no operands.
-    unsafe { asm!("membar.gl;", options(nostack)) }
-}
-
-/// `atom.global.add.u32 old, [p], v;` — atomically add `v` to `*p`; returns the old value.
-///
-/// # Safety
-/// `p` is 4-byte aligned and points at writable global memory.
-#[inline(always)]
-pub unsafe fn atom_global_add_u32(p: *mut u32, v: u32) -> u32 {
-    let old: u32;
-    // SAFETY: forwarded to the caller.
-    unsafe {
-        asm!("atom.global.add.u32 {o}, [{p}], {v};", o = out(reg32) old, p = in(reg64) p, v = in(reg32) v,
-             options(nostack));
-    }
-    old
-}
-
-/// `ld.global.cg.f32 d, [p];` — a load cached in L2 only (not L1), for data other CTAs
-/// of this grid wrote (after the fence of the split-K semaphore).
-///
-/// # Safety
-/// `p` is 4-byte aligned and points at readable global memory.
-#[inline(always)]
-pub unsafe fn ld_global_cg_f32(p: *const f32) -> f32 {
-    let d: f32;
-    // SAFETY: forwarded to the caller.
-    unsafe {
-        asm!("ld.global.cg.f32 {d}, [{p}];", d = out(reg32) d, p = in(reg64) p, options(readonly, nostack));
-    }
-    d
-}
-
-/// `st.global.cg.f32 [p], v;` — a store cached in L2 only (the split-K partial sums).
-///
-/// # Safety
-/// `p` is 4-byte aligned and points at writable global memory.
-#[inline(always)]
-pub unsafe fn st_global_cg_f32(p: *mut f32, v: f32) {
-    // SAFETY: forwarded to the caller.
-    unsafe { asm!("st.global.cg.f32 [{p}], {v};", p = in(reg64) p, v = in(reg32) v, options(nostack)) }
 }
