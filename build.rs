@@ -13,6 +13,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+// The launch constants shared by the kernels and the host (target-independent code).
+#[allow(dead_code)]
+#[path = "kernels-gpu/src/config.rs"]
+mod config;
+
 const ARCH_ENV: &str = "NANOFUSE_CUDA_ARCH";
 const DEFAULT_ARCH: &str = "sm_90";
 const TARGET: &str = "nvptx64-nvidia-cuda";
@@ -40,8 +45,22 @@ fn main() {
     }
     println!("cargo:rustc-env=NANOFUSE_PTX_ARCH={arch}");
 
-    let ptx = build_ptx(&root, &out_dir.join("kernels-target"), &arch);
+    let ptx = add_launch_bounds(build_ptx(&root, &out_dir.join("kernels-target"), &arch));
     fs::write(out_dir.join("kernels.ptx"), ptx).expect("write kernels.ptx");
+}
+
+/// Inserts `config::LAUNCH_BOUNDS` into the PTX: the performance directives go between an
+/// entry's parameter list and its body.
+fn add_launch_bounds(mut ptx: String) -> String {
+    for (name, threads, min_ctas) in config::LAUNCH_BOUNDS {
+        let head = format!(".entry {name}(");
+        let Some(start) = ptx.find(&head) else { fail(&format!("kernel `{name}` of LAUNCH_BOUNDS is not in the PTX")) };
+        let Some(close) = ptx[start..].find("\n)\n").map(|i| start + i + 3) else {
+            fail(&format!("unexpected PTX after `{head}`"))
+        };
+        ptx.insert_str(close, &format!(".maxntid {threads}, 1, 1\n.minnctapersm {min_ctas}\n"));
+    }
+    ptx
 }
 
 /// Runs the inner cargo and returns the PTX text.

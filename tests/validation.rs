@@ -341,3 +341,17 @@ fn arch_number_parses_sm_names_only() {
     // The embedded PTX's architecture parses (else opening any device fails).
     assert!(arch_number(nanofuse::KERNELS_ARCH).is_some(), "KERNELS_ARCH = {:?}", nanofuse::KERNELS_ARCH);
 }
+
+#[test]
+fn decode_plan_for_the_model_shapes_at_one_token() {
+    // (K, N) -> warp split and early W requests, on a 132-SM device. Qwen3-0.6B: 4 warps per row group give 128
+    // CTAs (one per SM) whose warps hold 8 steps each, all requested before the dependency
+    // wait; the larger shapes do not fit that way and keep two CTAs per SM.
+    for (k, n, ws, early) in
+        [(1024, 4096, 4, true), (2048, 3072, 8, false), (4096, 6144, 4, false), (8192, 10240, 2, false)]
+    {
+        let p = plan::decode_plan(1, k, n, SMS, SMEM, None).unwrap();
+        assert_eq!((p.warp_split, p.k_splits(), p.early), (ws, 1, early), "K = {k}, N = {n}: {p:?}");
+        assert!(p.row_tiles() as u64 <= 2 * SMS as u64, "K = {k}, N = {n}: {p:?}");
+    }
+}

@@ -14,7 +14,7 @@ use crate::gpu::DeviceInfo;
 use crate::plan::{DecodePlan, Tile, TiledPlan};
 
 /// Every kernel entry point the host launches, as named in the PTX.
-pub const KERNEL_NAMES: [&str; 7] = [
+pub const KERNEL_NAMES: [&str; 9] = [
     "rms_norm",
     "fused_rmsnorm_qkv_decode",
     "gemm_decode",
@@ -22,6 +22,8 @@ pub const KERNEL_NAMES: [&str; 7] = [
     "fused_rmsnorm_qkv_tiled_small",
     "gemm_tiled_large",
     "gemm_tiled_small",
+    "fused_rmsnorm_qkv_decode_early",
+    "gemm_decode_early",
 ];
 
 /// The kernels of one loaded module.
@@ -29,6 +31,8 @@ pub(crate) struct Kernels {
     rms_norm: CudaFunction,
     fused_decode: CudaFunction,
     gemm_decode: CudaFunction,
+    fused_decode_early: CudaFunction,
+    gemm_decode_early: CudaFunction,
     fused_tiled_large: CudaFunction,
     fused_tiled_small: CudaFunction,
     gemm_tiled_large: CudaFunction,
@@ -125,13 +129,16 @@ impl Kernels {
             fused_tiled_small: get(KERNEL_NAMES[4])?,
             gemm_tiled_large: get(KERNEL_NAMES[5])?,
             gemm_tiled_small: get(KERNEL_NAMES[6])?,
+            fused_decode_early: get(KERNEL_NAMES[7])?,
+            gemm_decode_early: get(KERNEL_NAMES[8])?,
         };
         let raise = |f: &CudaFunction, bytes: u32| {
             f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
                 .map_err(Error::driver("cuFuncSetAttribute"))
         };
-        raise(&k.fused_decode, info.max_smem_per_block)?;
-        raise(&k.gemm_decode, info.max_smem_per_block)?;
+        for f in [&k.fused_decode, &k.gemm_decode, &k.fused_decode_early, &k.gemm_decode_early] {
+            raise(f, info.max_smem_per_block)?;
+        }
         raise(&k.fused_tiled_large, config::Large::SMEM_BYTES)?;
         raise(&k.gemm_tiled_large, config::Large::SMEM_BYTES)?;
         raise(&k.fused_tiled_small, config::Small::SMEM_BYTES)?;
@@ -204,13 +211,17 @@ impl Kernels {
                     arg(&chunk),
                 ];
                 // SAFETY: the argument list matches `fused_rmsnorm_qkv_decode`; see above.
-                unsafe { launch(stream, &self.fused_decode, shape, pdl, &mut args) }
+                let f = if plan.early { &self.fused_decode_early } else { &self.fused_decode };
+                // SAFETY: both kernels take the same arguments.
+                unsafe { launch(stream, f, shape, pdl, &mut args) }
             }
             None => {
                 let mut args =
                     [arg(&x), arg(&w), arg(&out.q), arg(&m), arg(&k), arg(&out.nq), arg(&split), arg(&chunk)];
                 // SAFETY: the argument list matches `gemm_decode`; see above.
-                unsafe { launch(stream, &self.gemm_decode, shape, pdl, &mut args) }
+                let f = if plan.early { &self.gemm_decode_early } else { &self.gemm_decode };
+                // SAFETY: both kernels take the same arguments.
+                unsafe { launch(stream, f, shape, pdl, &mut args) }
             }
         }
     }

@@ -10,6 +10,16 @@ pub const VEC: u32 = 8;
 /// Name of the kernels' dynamic shared-memory symbol (`.extern .shared`).
 pub const SMEM_SYMBOL: &str = "NANOFUSE_SMEM";
 
+/// Launch bounds the build adds to kernels' PTX entries (`.maxntid THREADS, 1, 1` and
+/// `.minnctapersm MIN_CTAS`, CUDA's `__launch_bounds__`, which rustc does not emit): ptxas
+/// then keeps each kernel's registers low enough for `MIN_CTAS` CTAs per SM.
+pub const LAUNCH_BOUNDS: [(&str, u32, u32); 4] = [
+    ("fused_rmsnorm_qkv_decode", decode::THREADS, decode::MIN_CTAS_PER_SM),
+    ("fused_rmsnorm_qkv_decode_early", decode::THREADS, decode::MIN_CTAS_PER_SM),
+    ("gemm_decode", decode::THREADS, decode::MIN_CTAS_PER_SM),
+    ("gemm_decode_early", decode::THREADS, decode::MIN_CTAS_PER_SM),
+];
+
 /// The standalone RMSNorm kernel (`rms_norm`): one CTA per row.
 pub mod rms_norm {
     /// Threads per CTA; each thread owns every 256th 16-byte chunk of the row.
@@ -28,12 +38,17 @@ pub mod decode {
     pub const WARPS: u32 = 8;
     /// Threads per CTA.
     pub const THREADS: u32 = WARPS * 32;
+    /// CTAs that must fit on one SM (registers at most 65536 / (2 · 256) = 128 per thread):
+    /// the planner counts on two per SM, to request every weight byte in the first wave or
+    /// to let the next launch's CTAs start beside this launch's.
+    pub const MIN_CTAS_PER_SM: u32 = 2;
     /// W rows per warp tile (the m of `mma.m16n8k16`).
     pub const ROWS_PER_WARP: u32 = 16;
     /// K elements per step: each lane loads 16 bytes of two W rows, which feed two MMAs.
     pub const K_STEP: u32 = 32;
-    /// Steps loaded per batch; two batches live in registers (double buffer), so a warp
-    /// keeps `UNROLL * 1 KiB` of W in flight while it multiplies the previous batch.
+    /// Steps loaded per batch. Two batches live in registers (double buffer): both are
+    /// requested before the dependency wait, and then the batch after next is requested as
+    /// each batch is multiplied, so a warp keeps up to `2 * UNROLL` KiB of W in flight.
     pub const UNROLL: usize = 4;
     /// Tokens per token tile (the n of `mma.m16n8k16`).
     pub const TOKEN_TILE: u32 = 8;

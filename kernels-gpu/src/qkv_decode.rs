@@ -1,7 +1,9 @@
 //! # Fused RMSNorm + QKV projection, decode path (M <= 16)
 //!
-//! `q, k, v = split(rmsnorm(x) · Wᵀ)`; `gemm_decode_*` is the same kernel without the norm
-//! (`y = x · Wᵀ`, x already normalized), for the unfused baseline.
+//! `q, k, v = split(rmsnorm(x) · Wᵀ)`; `gemm_decode` is the same kernel without the norm
+//! (`y = x · Wᵀ`, x already normalized), for the unfused baseline. Each comes in two
+//! entries from one generic body: the plain one requests one W batch per warp before the
+//! dependency wait, `*_early` requests two (see Prologue); the planner picks.
 //!
 //! # Parameters
 //! `x [M, K]`, `g [K]`, `W [N, K]` (PyTorch `Linear` layout, rows of Q then K then V,
@@ -38,21 +40,24 @@
 //!   each 32-element block, the bf16 pair `4q + p` is stored at position `4p + q`), so one
 //!   `ldmatrix.x4` per token tile yields the B fragments of both MMAs. Rows of absent tokens
 //!   point at a 16-byte zero block.
-//! * W is loaded in batches of `UNROLL` steps, double-buffered in registers: the next
-//!   batch's loads are issued before the current batch's MMAs.
+//! * W is loaded in batches of `UNROLL` steps, double-buffered in registers: the first two
+//!   batches are requested in the prologue, and each later batch as the batch two before it
+//!   is multiplied.
 //!
 //! # Prologue
-//! 1. Issue the first W batch and the `cp.async` copy of g (weights are never written by
-//!    the previous kernel). (Asking L2 to prefetch more of the W tile with
-//!    `cp.async.bulk.prefetch.L2` was measured slower on H100 and is not done.)
-//! 2. `griddepcontrol.launch_dependents`, then wait for g (a CTA barrier), then
-//!    `griddepcontrol.wait`: under programmatic dependent launch the kernel starts while the
-//!    previous one drains, streaming W and g; it touches x and the outputs only after the
-//!    wait.
-//! 3. Warp `w` `cp.async`s the slices of x of its tokens (`w`, `w + 8`) into shared memory,
-//!    waits for its own copies (a warp barrier only), rewrites them in place as permuted
-//!    `bf16(x · g)` in 64-byte blocks and sums `x²` (butterfly reduction); one CTA barrier
-//!    then publishes the rows to all warps.
+//! 1. Issue the first two W batches (up to 8 KiB per warp, 64 KiB per CTA) and the
+//!    `cp.async` copy of g: weights are never written by the previous kernel. (Asking L2 to
+//!    prefetch more of the W tile with `cp.async.bulk.prefetch.L2` was measured slower on
+//!    H100 and is not done.)
+//! 2. `griddepcontrol.launch_dependents`, then `griddepcontrol.wait`: under programmatic
+//!    dependent launch the kernel starts while the previous one drains, streaming W and g;
+//!    it touches x and the outputs only after the wait. When the grid has at most one CTA
+//!    per SM (two fit), the next launch's CTAs start beside this one's and request their
+//!    weights while this one finishes; that overlap is what the planner aims for.
+//! 3. Warp `w` `cp.async`s the slices of x of its tokens (`w`, `w + 8`) into shared memory;
+//!    after its copies of g and x land, a CTA barrier publishes them; the warp rewrites its
+//!    rows in place as permuted `bf16(x · g)` in 64-byte blocks and sums `x²` (butterfly
+//!    reduction); a second CTA barrier publishes the rows to all warps.
 //!
 //! # Split-K across CTAs
 //! With `k_splits > 1`, the CTAs of a cluster each leave their partial tile and partial
@@ -69,7 +74,8 @@
 //! # Launch
 //! block `(256, 1, 1)`; grid `(ceil(K / k_chunk), ceil(N / R))`; cluster `(k_splits, 1, 1)`
 //! when `k_splits > 1`; dynamic shared memory `config::decode::smem_layout(M, k_chunk).bytes`;
-//! optionally with programmatic stream serialization.
+//! optionally with programmatic stream serialization. The build adds launch bounds
+//! (`config::LAUNCH_BOUNDS`: 256 threads, 2 CTAs per SM), which cap ptxas at 128 registers.
 
 use crate::config::VEC;
 use crate::config::decode::{
@@ -88,7 +94,7 @@ use crate::ptx::thread::{
     block_dim_x, block_idx_x, block_idx_y, grid_dim_x, lane_id, sync_threads, thread_idx_x, warp_id,
 };
 use crate::ptx::trap;
-use crate::ptx::warp::{bar_warp_sync, warp_sum_f32};
+use crate::ptx::warp::warp_sum_f32;
 use crate::qkv_out::QkvOut;
 
 /// Fused RMSNorm + QKV projection for small M. See the module documentation.
@@ -115,7 +121,33 @@ pub unsafe extern "gpu-kernel" fn fused_rmsnorm_qkv_decode(
 ) {
     let out = QkvOut { q, k: k_out, v, nq, nkv };
     // SAFETY: forwarded to the caller.
-    unsafe { decode::<{ TILES as usize }, true>(x, g, w, out, m, k, eps, warp_split, k_chunk) }
+    unsafe { decode::<{ TILES as usize }, true, false>(x, g, w, out, m, k, eps, warp_split, k_chunk) }
+}
+
+/// [`fused_rmsnorm_qkv_decode`] requesting its first two W batches before the dependency
+/// wait (for grids of at most one CTA per SM; see the module documentation).
+///
+/// # Safety
+/// As [`fused_rmsnorm_qkv_decode`].
+#[unsafe(no_mangle)]
+pub unsafe extern "gpu-kernel" fn fused_rmsnorm_qkv_decode_early(
+    x: *const u16,
+    g: *const u16,
+    w: *const u16,
+    q: *mut u16,
+    k_out: *mut u16,
+    v: *mut u16,
+    m: u32,
+    k: u32,
+    nq: u32,
+    nkv: u32,
+    eps: f32,
+    warp_split: u32,
+    k_chunk: u32,
+) {
+    let out = QkvOut { q, k: k_out, v, nq, nkv };
+    // SAFETY: forwarded to the caller.
+    unsafe { decode::<{ TILES as usize }, true, true>(x, g, w, out, m, k, eps, warp_split, k_chunk) }
 }
 
 /// `y [M, N] = x · Wᵀ` for small M (x already normalized): the decode kernel without the
@@ -134,10 +166,47 @@ pub unsafe extern "gpu-kernel" fn gemm_decode(
     warp_split: u32,
     k_chunk: u32,
 ) {
+    // SAFETY: forwarded to the caller.
+    unsafe { gemm::<false>(x, w, y, m, k, n, warp_split, k_chunk) }
+}
+
+/// [`gemm_decode`] requesting its first two W batches before the dependency wait.
+///
+/// # Safety
+/// As [`gemm_decode`].
+#[unsafe(no_mangle)]
+pub unsafe extern "gpu-kernel" fn gemm_decode_early(
+    x: *const u16,
+    w: *const u16,
+    y: *mut u16,
+    m: u32,
+    k: u32,
+    n: u32,
+    warp_split: u32,
+    k_chunk: u32,
+) {
+    // SAFETY: forwarded to the caller.
+    unsafe { gemm::<true>(x, w, y, m, k, n, warp_split, k_chunk) }
+}
+
+/// The plain GEMM form of [`decode`]: y in place of q, no g, no norm.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm<const EARLY: bool>(
+    x: *const u16,
+    w: *const u16,
+    y: *mut u16,
+    m: u32,
+    k: u32,
+    n: u32,
+    warp_split: u32,
+    k_chunk: u32,
+) {
     let null = core::ptr::null_mut();
     let out = QkvOut { q: y, k: null, v: null, nq: n, nkv: 0 };
+    let g = core::ptr::null();
     // SAFETY: forwarded to the caller.
-    unsafe { decode::<{ TILES as usize }, false>(x, core::ptr::null(), w, out, m, k, 0.0, warp_split, k_chunk) }
+    unsafe { decode::<{ TILES as usize }, false, EARLY>(x, g, w, out, m, k, 0.0, warp_split, k_chunk) }
 }
 
 /// The 8 W registers of one K step: 16 bytes of row `g`, then 16 bytes of row `g + 8`.
@@ -145,7 +214,7 @@ type WStep = [u32; 8];
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn decode<const MT: usize, const FUSE: bool>(
+unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
     x: *const u16,
     g: *const u16,
     w: *const u16,
@@ -215,6 +284,7 @@ unsafe fn decode<const MT: usize, const FUSE: bool>(
         batch
     };
     let mut cur = load_batch(s_begin);
+    let mut next = if EARLY { load_batch(s_begin + UNROLL as u32) } else { [[0u32; 8]; UNROLL] };
     // Let the next kernel launch (it too streams weights first, then waits for this one).
     griddepcontrol_launch_dependents();
 
@@ -226,10 +296,9 @@ unsafe fn decode<const MT: usize, const FUSE: bool>(
     let zero = smem.byte_add(layout.zero as u32);
     let sum_sq = smem.byte_add(layout.sum_sq as u32).cast::<f32>();
     let row_chunks = steps * 4;
-    // g (weights: safe before the dependency wait) and the zero block, visible to all warps
-    // before the wait, off the critical path.
-    // SAFETY: reads g only inside it (else zero-fills); destinations are in the layout;
-    // uniform barrier.
+    // g (weights: safe to request before the dependency wait) and the zero block. Nothing
+    // waits for g here: its latency overlaps the wait and x's (one barrier after both).
+    // SAFETY: reads g only inside it (else zero-fills); destinations are in the layout.
     unsafe {
         if FUSE {
             let mut c = tid;
@@ -244,18 +313,16 @@ unsafe fn decode<const MT: usize, const FUSE: bool>(
         if tid == 0 {
             st_shared_v4_u32(zero.cast(), [0; 4]);
         }
-        cp_async_wait_group::<0>();
-        sync_threads();
     }
 
     // 2. Wait for the previous kernel before touching x or the outputs.
     griddepcontrol_wait();
 
     // 3. Each warp stages its own tokens' slices of x (tokens w, w + 8), then rewrites them
-    // with g as permuted bf16(x · g): only a warp barrier before the transform.
+    // with g as permuted bf16(x · g).
     // SAFETY: each copy reads x only inside it (else zero-fills) into this warp's own rows;
-    // the warp barrier makes the lanes' copies visible to the whole warp; the CTA barrier
-    // after the transform is uniform.
+    // after `wait_group 0` (this thread's g and x copies) a CTA barrier makes every
+    // thread's copies visible; both CTA barriers are uniform.
     unsafe {
         let mut t = warp;
         while t < m {
@@ -274,7 +341,7 @@ unsafe fn decode<const MT: usize, const FUSE: bool>(
         }
         cp_async_commit_group();
         cp_async_wait_group::<0>();
-        bar_warp_sync();
+        sync_threads();
 
         // Warp w takes tokens w, w + 8, ...; lane l the 64-byte blocks l, l + 32, ...
         let mut t = warp;
@@ -326,7 +393,9 @@ unsafe fn decode<const MT: usize, const FUSE: bool>(
     let mut acc = [[0.0f32; 4]; MT];
     let mut s = s_begin;
     while s < s_end {
-        let next = load_batch(s + UNROLL as u32);
+        if !EARLY {
+            next = load_batch(s + UNROLL as u32);
+        }
         for (u, wv) in cur.iter().enumerate() {
             let step = s + u as u32;
             if step < s_end {
@@ -344,6 +413,9 @@ unsafe fn decode<const MT: usize, const FUSE: bool>(
             }
         }
         cur = next;
+        if EARLY {
+            next = load_batch(s + 2 * UNROLL as u32);
+        }
         s += UNROLL as u32;
     }
 
@@ -355,16 +427,20 @@ unsafe fn decode<const MT: usize, const FUSE: bool>(
     unsafe {
         if warp_split > 1 {
             for (t, a) in acc.iter().enumerate() {
-                st_shared_v4_u32(slot.add(t as u32), a.map(f32::to_bits));
+                if (t as u32) < tiles_used {
+                    st_shared_v4_u32(slot.add(t as u32), a.map(f32::to_bits));
+                }
             }
             sync_threads();
             if part == 0 {
                 for p in 1..warp_split {
                     let other = red.add(((warp + p) * 32 + lane) * MT as u32);
                     for (t, a) in acc.iter_mut().enumerate() {
-                        let v = ld_shared_v4_u32(other.add(t as u32));
-                        for i in 0..4 {
-                            a[i] += f32::from_bits(v[i]);
+                        if (t as u32) < tiles_used {
+                            let v = ld_shared_v4_u32(other.add(t as u32));
+                            for i in 0..4 {
+                                a[i] += f32::from_bits(v[i]);
+                            }
                         }
                     }
                 }
@@ -378,11 +454,16 @@ unsafe fn decode<const MT: usize, const FUSE: bool>(
     if k_splits == 1 {
         if part == 0 {
             for (t, a) in acc.iter().enumerate() {
+                // The lane's two tokens of the tile (elements i and i + 2 share one).
+                let tok0 = t as u32 * TOKEN_TILE + 2 * qq;
+                // SAFETY: sum_sq[tok] was written for tok < m.
+                let sc = [tok0, tok0 + 1]
+                    .map(|tok| if tok < m { scale(unsafe { ld_shared_f32(sum_sq.add(tok)) }) } else { 0.0 });
                 for (i, &value) in a.iter().enumerate() {
                     let (row, tok) = elem(t as u32, i as u32);
                     if row < n && tok < m {
-                        // SAFETY: row < N, tok < M; sum_sq[tok] was written for tok < m.
-                        unsafe { out.store(tok, row, value * scale(ld_shared_f32(sum_sq.add(tok)))) };
+                        // SAFETY: row < N, tok < M.
+                        unsafe { out.store(tok, row, value * sc[i % 2]) };
                     }
                 }
             }
