@@ -33,13 +33,16 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
 /// The shapes of the sweep: (name, K, Nq, Nkv).
-const SHAPES: [(&str, usize, usize, usize); 3] = [
+const SHAPES: [(&str, usize, usize, usize); 4] = [
     // K = 1000 and N = 341 are multiples of no tile size; the q/k and k/v boundaries fall
     // inside MMA tiles.
     ("tails", 1000, 203, 69),
     ("small", 264, 40, 24),
-    // Qwen3-0.6B's attention input.
+    // Qwen3-0.6B's attention input (the decode kernels' `_early` entries at M <= 8).
     ("model", 1024, 2048, 1024),
+    // K long enough that the decode kernels request one W batch before the wait (the
+    // entries without `_early`).
+    ("long-k", 4096, 512, 128),
 ];
 
 /// Batch sizes: one token, a few, one past 16 (a token-tile tail), past the decode kernels'
