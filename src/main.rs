@@ -75,6 +75,9 @@ struct TuneArgs {
     /// K splits to sweep for the decode kernel (empty: planner choice only).
     #[arg(long, value_delimiter = ',')]
     k_splits: Vec<u32>,
+    /// Also sweep each decode shape with the `*_early` entries forced on and off.
+    #[arg(long)]
+    early: bool,
 }
 
 fn main() -> ExitCode {
@@ -341,21 +344,23 @@ fn tune(a: TuneArgs) -> AppResult<()> {
                 continue;
             }
             let p = plan::decode_plan(m, s.hidden, s.n(), info.sm_count, info.max_smem_per_block, None)?;
-            let label = format!("plan ws={} ks={}", p.warp_split, p.k_splits());
+            let label = format!("plan ws={} ks={} early={}", p.warp_split, p.k_splits(), p.early);
             row(label.clone(), &mut wl, Variant::FusedDecode)?;
             row(format!("{label} (again)"), &mut wl, Variant::FusedDecode)?;
             row(format!("{label} no-pdl"), &mut wl, Variant::FusedNoPdl)?;
             row("unfused-nanofuse".into(), &mut wl, Variant::NormNanofuse)?;
             for warp_split in [1, 2, 4, 8] {
                 for k_splits in a.k_splits.iter().copied() {
-                    let shape = plan::DecodeShape { warp_split, k_splits };
-                    let forced =
-                        plan::decode_plan(m, s.hidden, s.n(), info.sm_count, info.max_smem_per_block, Some(shape));
-                    if forced.is_err() {
-                        continue;
+                    let earlies: &[Option<bool>] = if a.early { &[Some(false), Some(true)] } else { &[None] };
+                    for &early in earlies {
+                        let shape = plan::DecodeShape { warp_split, k_splits, early };
+                        let forced =
+                            plan::decode_plan(m, s.hidden, s.n(), info.sm_count, info.max_smem_per_block, Some(shape));
+                        let Ok(forced) = forced else { continue };
+                        wl.set_tuning(Tuning { decode: Some(shape), tile: None });
+                        let label = format!("ws={warp_split} ks={k_splits} early={}", forced.early);
+                        row(label, &mut wl, Variant::FusedDecode)?;
                     }
-                    wl.set_tuning(Tuning { decode: Some(shape), tile: None });
-                    row(format!("ws={warp_split} ks={k_splits}"), &mut wl, Variant::FusedDecode)?;
                 }
             }
             wl.set_tuning(Tuning::default());

@@ -164,7 +164,9 @@ fn check_decode_shapes(name: &str, shape: QkvShape) {
         let dx = gpu.upload(&x).unwrap();
         for warp_split in [1, 2, 4, 8] {
             for k_splits in [1, 2, 3, 5, 8] {
-                op.set_tuning(Tuning { decode: Some(DecodeShape { warp_split, k_splits }), tile: None });
+                // Alternate the entry (early or not) with the shape, so both run on every test shape.
+                let early = Some((warp_split + k_splits) % 2 == 0);
+                op.set_tuning(Tuning { decode: Some(DecodeShape { warp_split, k_splits, early }), tile: None });
                 let mut runs = Vec::new();
                 for _ in 0..2 {
                     let mut q = gpu.alloc_zeros::<bf16>(m * shape.q_dim).unwrap();

@@ -48,6 +48,8 @@ impl DecodePlan {
 pub struct DecodeShape {
     pub warp_split: u32,
     pub k_splits: u32,
+    /// Force the `*_early` entries on or off; `None`: the planner's rule.
+    pub early: Option<bool>,
 }
 
 /// Plans the decode kernel for `x [m, k] · W [n, k]ᵀ`, `1 <= m <= 16`.
@@ -94,12 +96,14 @@ pub fn decode_plan(
                 got: format!("warp_split {} k_splits {}", f.warp_split, f.k_splits),
             });
         }
-        return make(f.warp_split, f.k_splits).ok_or(Error::TooLarge {
-            arg: "K",
-            got: k as u64,
-            limit: (f.k_splits as u64) * max_decode_k(max_smem, m) as u64,
-            why: "the forced decode shape leaves an empty K slice or does not fit in shared memory",
-        });
+        return make(f.warp_split, f.k_splits).map(|p| DecodePlan { early: f.early.unwrap_or(p.early), ..p }).ok_or(
+            Error::TooLarge {
+                arg: "K",
+                got: k as u64,
+                limit: (f.k_splits as u64) * max_decode_k(max_smem, m) as u64,
+                why: "the forced decode shape leaves an empty K slice or does not fit in shared memory",
+            },
+        );
     }
     // Rules fitted to the H100 sweeps of `nanofuse tune` (docs/RESULTS.md):
     // * a cluster launch (k_splits > 1) costs about 1.4 µs per op, so K is split only
