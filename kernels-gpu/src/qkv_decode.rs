@@ -97,116 +97,84 @@ use crate::ptx::trap;
 use crate::ptx::warp::warp_sum_f32;
 use crate::qkv_out::QkvOut;
 
-/// Fused RMSNorm + QKV projection for small M. See the module documentation.
-///
-/// # Safety
-/// Pointers and sizes as in the module documentation; outputs do not overlap inputs; the
-/// launch has the documented shape (a wrong block size, `warp_split`, `k_chunk`, cluster or
-/// M traps).
-#[unsafe(no_mangle)]
-pub unsafe extern "gpu-kernel" fn fused_rmsnorm_qkv_decode(
-    x: *const u16,
-    g: *const u16,
-    w: *const u16,
-    q: *mut u16,
-    k_out: *mut u16,
-    v: *mut u16,
-    m: u32,
-    k: u32,
-    nq: u32,
-    nkv: u32,
-    eps: f32,
-    warp_split: u32,
-    k_chunk: u32,
-) {
-    let out = QkvOut { q, k: k_out, v, nq, nkv };
-    // SAFETY: forwarded to the caller.
-    unsafe { decode::<{ TILES as usize }, true, false>(x, g, w, out, m, k, eps, warp_split, k_chunk) }
+/// Defines a fused decode entry point; `EARLY` selects how many W batches each warp
+/// requests before the dependency wait (see the module documentation).
+macro_rules! fused_decode_entry {
+    ($(#[$doc:meta])* $name:ident, early = $early:literal) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// Pointers and sizes as in the module documentation; outputs do not overlap inputs;
+        /// the launch has the documented shape (a wrong block size, `warp_split`, `k_chunk`,
+        /// cluster or M traps).
+        #[unsafe(no_mangle)]
+        pub unsafe extern "gpu-kernel" fn $name(
+            x: *const u16,
+            g: *const u16,
+            w: *const u16,
+            q: *mut u16,
+            k_out: *mut u16,
+            v: *mut u16,
+            m: u32,
+            k: u32,
+            nq: u32,
+            nkv: u32,
+            eps: f32,
+            warp_split: u32,
+            k_chunk: u32,
+        ) {
+            let out = QkvOut { q, k: k_out, v, nq, nkv };
+            // SAFETY: forwarded to the caller.
+            unsafe { decode::<{ TILES as usize }, true, $early>(x, g, w, out, m, k, eps, warp_split, k_chunk) }
+        }
+    };
 }
 
-/// [`fused_rmsnorm_qkv_decode`] requesting its first two W batches before the dependency
-/// wait (for grids of at most one CTA per SM; see the module documentation).
-///
-/// # Safety
-/// As [`fused_rmsnorm_qkv_decode`].
-#[unsafe(no_mangle)]
-pub unsafe extern "gpu-kernel" fn fused_rmsnorm_qkv_decode_early(
-    x: *const u16,
-    g: *const u16,
-    w: *const u16,
-    q: *mut u16,
-    k_out: *mut u16,
-    v: *mut u16,
-    m: u32,
-    k: u32,
-    nq: u32,
-    nkv: u32,
-    eps: f32,
-    warp_split: u32,
-    k_chunk: u32,
-) {
-    let out = QkvOut { q, k: k_out, v, nq, nkv };
-    // SAFETY: forwarded to the caller.
-    unsafe { decode::<{ TILES as usize }, true, true>(x, g, w, out, m, k, eps, warp_split, k_chunk) }
+/// Defines a plain decode GEMM entry point (`y [M, N] = x · Wᵀ`, y in place of q, no norm).
+macro_rules! gemm_decode_entry {
+    ($(#[$doc:meta])* $name:ident, early = $early:literal) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// As the fused entries, with `y` in place of q/k/v.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "gpu-kernel" fn $name(
+            x: *const u16,
+            w: *const u16,
+            y: *mut u16,
+            m: u32,
+            k: u32,
+            n: u32,
+            warp_split: u32,
+            k_chunk: u32,
+        ) {
+            let null = core::ptr::null_mut();
+            let out = QkvOut { q: y, k: null, v: null, nq: n, nkv: 0 };
+            let g = core::ptr::null();
+            // SAFETY: forwarded to the caller.
+            unsafe { decode::<{ TILES as usize }, false, $early>(x, g, w, out, m, k, 0.0, warp_split, k_chunk) }
+        }
+    };
 }
 
-/// `y [M, N] = x · Wᵀ` for small M (x already normalized): the decode kernel without the
-/// fused norm, for the unfused baseline that isolates what fusion buys.
-///
-/// # Safety
-/// As [`fused_rmsnorm_qkv_decode`], with `y` in place of q/k/v.
-#[unsafe(no_mangle)]
-pub unsafe extern "gpu-kernel" fn gemm_decode(
-    x: *const u16,
-    w: *const u16,
-    y: *mut u16,
-    m: u32,
-    k: u32,
-    n: u32,
-    warp_split: u32,
-    k_chunk: u32,
-) {
-    // SAFETY: forwarded to the caller.
-    unsafe { gemm::<false>(x, w, y, m, k, n, warp_split, k_chunk) }
+fused_decode_entry! {
+    /// Fused RMSNorm + QKV projection for small M, one W batch per warp requested before the
+    /// dependency wait. See the module documentation.
+    fused_rmsnorm_qkv_decode, early = false
 }
-
-/// [`gemm_decode`] requesting its first two W batches before the dependency wait.
-///
-/// # Safety
-/// As [`gemm_decode`].
-#[unsafe(no_mangle)]
-pub unsafe extern "gpu-kernel" fn gemm_decode_early(
-    x: *const u16,
-    w: *const u16,
-    y: *mut u16,
-    m: u32,
-    k: u32,
-    n: u32,
-    warp_split: u32,
-    k_chunk: u32,
-) {
-    // SAFETY: forwarded to the caller.
-    unsafe { gemm::<true>(x, w, y, m, k, n, warp_split, k_chunk) }
+fused_decode_entry! {
+    /// `fused_rmsnorm_qkv_decode` requesting its first two W batches before the dependency
+    /// wait (for grids of at most one CTA per SM).
+    fused_rmsnorm_qkv_decode_early, early = true
 }
-
-/// The plain GEMM form of [`decode`]: y in place of q, no g, no norm.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm<const EARLY: bool>(
-    x: *const u16,
-    w: *const u16,
-    y: *mut u16,
-    m: u32,
-    k: u32,
-    n: u32,
-    warp_split: u32,
-    k_chunk: u32,
-) {
-    let null = core::ptr::null_mut();
-    let out = QkvOut { q: y, k: null, v: null, nq: n, nkv: 0 };
-    let g = core::ptr::null();
-    // SAFETY: forwarded to the caller.
-    unsafe { decode::<{ TILES as usize }, false, EARLY>(x, g, w, out, m, k, 0.0, warp_split, k_chunk) }
+gemm_decode_entry! {
+    /// `y [M, N] = x · Wᵀ` for small M (x already normalized): the decode kernel without the
+    /// fused norm, for the unfused baseline that isolates what fusion buys.
+    gemm_decode, early = false
+}
+gemm_decode_entry! {
+    /// `gemm_decode` requesting its first two W batches before the dependency wait.
+    gemm_decode_early, early = true
 }
 
 /// The 8 W registers of one K step: 16 bytes of row `g`, then 16 bytes of row `g + 8`.
