@@ -14,7 +14,7 @@ use rand::{Rng, RngExt, SeedableRng};
 use serde::Serialize;
 
 use crate::timing::{RingGraph, Stats, ring_len};
-use crate::{Baseline, FusedRmsNormQkv, Gpu, Path, QkvShape, Result, Tuning, bf16};
+use crate::{Baseline, FusedRmsNormQkv, Gpu, Path, QkvShape, Result, Tuning, UnfusedRmsNormQkv, bf16};
 
 /// A model's attention-input shape.
 #[derive(Clone, Copy, Debug)]
@@ -118,10 +118,13 @@ struct Buffers {
 }
 
 /// A ring of ops with distinct random weights for one model, and their buffers for one M.
+/// Each entry holds the fused op (g folded into its copy of W) and the unfused baselines on
+/// the same weights as given.
 pub struct Workload {
     gpu: Arc<Gpu>,
     pub model: Model,
     ops: Vec<FusedRmsNormQkv>,
+    baselines: Vec<UnfusedRmsNormQkv>,
     bufs: Vec<Buffers>,
     m: usize,
     rng: SmallRng,
@@ -134,12 +137,13 @@ impl Workload {
         let mut rng = SmallRng::seed_from_u64(seed);
         let wbytes = 2 * (model.shape.n() * model.shape.hidden) as u64;
         let ring = ring_len(gpu.info().l2_bytes, wbytes, RING_L2_FACTOR);
-        let mut ops = Vec::with_capacity(ring);
+        let (mut ops, mut baselines) = (Vec::with_capacity(ring), Vec::with_capacity(ring));
         for _ in 0..ring {
             let (g, w) = random_weights(&mut rng, &model.shape);
             ops.push(FusedRmsNormQkv::new(gpu, model.shape, &g, &w)?);
+            baselines.push(UnfusedRmsNormQkv::new(gpu, model.shape, &g, &w)?);
         }
-        Ok(Workload { gpu: gpu.clone(), model, ops, bufs: Vec::new(), m: 0, rng })
+        Ok(Workload { gpu: gpu.clone(), model, ops, baselines, bufs: Vec::new(), m: 0, rng })
     }
 
     /// Entries in the ring.
@@ -172,9 +176,12 @@ impl Workload {
         Ok(())
     }
 
-    /// Sets launch-shape overrides on every op.
+    /// Sets launch-shape overrides on every op (and baseline (b)'s GEMM).
     pub fn set_tuning(&mut self, tuning: Tuning) {
         for op in &mut self.ops {
+            op.set_tuning(tuning);
+        }
+        for op in &mut self.baselines {
             op.set_tuning(tuning);
         }
     }
@@ -196,7 +203,7 @@ impl Workload {
 
     /// Enqueues `variant` for ring entry `i`.
     pub fn enqueue(&mut self, variant: Variant, i: usize) -> Result<()> {
-        let (op, b, m) = (&self.ops[i], &mut self.bufs[i], self.m);
+        let (op, base, b, m) = (&self.ops[i], &self.baselines[i], &mut self.bufs[i], self.m);
         match variant {
             Variant::Fused | Variant::FusedNoPdl => {
                 let path = if m <= crate::plan::DECODE_MAX_M { Path::FusedDecode } else { Path::FusedTiled };
@@ -206,8 +213,8 @@ impl Workload {
             Variant::FusedTiled => op.forward_into_with(Path::FusedTiled, &b.x, m, &mut b.q, &mut b.k, &mut b.v),
             Variant::Api => op.forward_into(&b.x, m, &mut b.q, &mut b.k, &mut b.v),
             Variant::ApiPacked => op.forward_packed_into(&b.x, m, &mut b.y),
-            Variant::NormCublas => op.baseline_into(Baseline::NormCublas, &b.x, m, &mut b.xn, &mut b.y),
-            Variant::NormNanofuse => op.baseline_into(Baseline::NormNanofuse, &b.x, m, &mut b.xn, &mut b.y),
+            Variant::NormCublas => base.forward_into(Baseline::NormCublas, &b.x, m, &mut b.xn, &mut b.y),
+            Variant::NormNanofuse => base.forward_into(Baseline::NormNanofuse, &b.x, m, &mut b.xn, &mut b.y),
         }
     }
 

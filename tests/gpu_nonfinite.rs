@@ -22,7 +22,7 @@ use std::sync::Arc;
 use nanofuse::bench::{random_bf16, random_weights};
 use nanofuse::plan::DECODE_MAX_M;
 use nanofuse::reference::{self, compare, concat_qkv};
-use nanofuse::{Baseline, FusedRmsNormQkv, Gpu, Path, QkvShape, bf16};
+use nanofuse::{Baseline, FusedRmsNormQkv, Gpu, Path, QkvShape, UnfusedRmsNormQkv, bf16};
 use rand::RngExt;
 use rand::rngs::SmallRng;
 
@@ -34,7 +34,12 @@ const ELEMENT_TOL: f64 = 0.02;
 const SENTINEL: f32 = 1e30;
 
 /// `[m, n]` outputs of every path and baseline for `x`, labelled.
-fn run_all(gpu: &Arc<Gpu>, op: &FusedRmsNormQkv, x: &[bf16], m: usize) -> Vec<(String, Vec<bf16>)> {
+fn run_all(
+    gpu: &Arc<Gpu>,
+    (op, base): &(FusedRmsNormQkv, UnfusedRmsNormQkv),
+    x: &[bf16],
+    m: usize,
+) -> Vec<(String, Vec<bf16>)> {
     let s = *op.shape();
     let filled = |len: usize| gpu.upload(&vec![bf16::from_f32(SENTINEL); len]).unwrap();
     let dx = gpu.upload(x).unwrap();
@@ -50,7 +55,7 @@ fn run_all(gpu: &Arc<Gpu>, op: &FusedRmsNormQkv, x: &[bf16], m: usize) -> Vec<(S
     }
     for which in [Baseline::NormCublas, Baseline::NormNanofuse] {
         let (mut xn, mut y) = (filled(m * s.hidden), filled(m * s.n()));
-        op.baseline_into(which, &dx, m, &mut xn, &mut y).unwrap_or_else(|e| panic!("{which:?} M={m}: {e}"));
+        base.forward_into(which, &dx, m, &mut xn, &mut y).unwrap_or_else(|e| panic!("{which:?} M={m}: {e}"));
         out.push((format!("baseline {which:?}"), gpu.download(&y).unwrap()));
     }
     out
@@ -107,7 +112,7 @@ fn poisoned_token(test: &str, bad: f32) {
     let mut rng = common::rng(test);
     let (k, n) = (SHAPE.hidden, SHAPE.n());
     let (g, w) = random_weights(&mut rng, &SHAPE);
-    let op = FusedRmsNormQkv::new(&gpu, SHAPE, &g, &w).unwrap();
+    let op = (FusedRmsNormQkv::new(&gpu, SHAPE, &g, &w).unwrap(), UnfusedRmsNormQkv::new(&gpu, SHAPE, &g, &w).unwrap());
     let mut failures = Vec::new();
     for m in MS {
         let mut x = random_bf16(&mut rng, m * k, -3.0, 3.0);
@@ -158,7 +163,7 @@ fn inf_in_w_makes_its_column_infinite() {
     for &c in &cols {
         w[c * k + rng.random_range(0..k)] = bf16::INFINITY;
     }
-    let op = FusedRmsNormQkv::new(&gpu, SHAPE, &g, &w).unwrap();
+    let op = (FusedRmsNormQkv::new(&gpu, SHAPE, &g, &w).unwrap(), UnfusedRmsNormQkv::new(&gpu, SHAPE, &g, &w).unwrap());
     let mut failures = Vec::new();
     for m in MS {
         let x = nonzero_x(&mut rng, m * k);

@@ -17,7 +17,7 @@ use common::{gather, sample_rows};
 use nanofuse::bench::{random_bf16, random_weights};
 use nanofuse::plan::{DECODE_MAX_M, DecodeShape};
 use nanofuse::reference::{self, Comparison, compare, concat_qkv, rms};
-use nanofuse::{Baseline, Error, FusedRmsNormQkv, Path, QkvShape, Tuning, bf16};
+use nanofuse::{Baseline, Error, FusedRmsNormQkv, Path, QkvShape, Tuning, UnfusedRmsNormQkv, bf16};
 
 const MS: [usize; 9] = [1, 2, 3, 7, 16, 17, 64, 100, 2048];
 const PATHS: [Path; 4] = [Path::FusedDecode, Path::FusedTiled, Path::NormCublas, Path::Auto];
@@ -40,6 +40,7 @@ fn check_shape(name: &str, shape: QkvShape) {
     let (k, n) = (shape.hidden, shape.n());
     let (g, w) = random_weights(&mut rng, &shape);
     let op = FusedRmsNormQkv::new(&gpu, shape, &g, &w).unwrap();
+    let base = UnfusedRmsNormQkv::new(&gpu, shape, &g, &w).unwrap();
     let mut failures = Vec::new();
 
     for &m in &MS {
@@ -98,13 +99,13 @@ fn check_shape(name: &str, shape: QkvShape) {
             }
         }
 
-        // The unfused baselines, with the op's weights.
+        // The unfused baselines, on the same weights.
         let mut baseline_a = None;
         for which in [Baseline::NormCublas, Baseline::NormNanofuse] {
             let mut xn = gpu.alloc_zeros::<bf16>(m * k).unwrap();
             let mut y = gpu.alloc_zeros::<bf16>(m * n).unwrap();
             gpu.fill_nan(&mut y).unwrap();
-            op.baseline_into(which, &dx, m, &mut xn, &mut y).unwrap();
+            base.forward_into(which, &dx, m, &mut xn, &mut y).unwrap();
             let y = gpu.download(&y).unwrap();
             match check(&y, m, n, &want, &rows) {
                 Ok(c) => println!("{name} M={m:<4} baseline {which:?}: {c}"),
@@ -209,4 +210,24 @@ fn decode_shapes_tails() {
 #[test]
 fn decode_shapes_llama_3_8b() {
     check_decode_shapes("decode shapes, Llama-3-8B", QkvShape::new(4096, 4096, 1024, 1e-5));
+}
+
+/// The gain folded into the weight at construction is `bf16(W · g)` per element, bitwise
+/// (one rounding of an exact f32 product), including a K that is not a multiple of 256.
+#[test]
+fn folded_weight_is_bf16_of_w_times_g() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = common::rng("folded_weight_is_bf16_of_w_times_g");
+    for shape in [QkvShape::new(1000, 203, 69, 1e-5), QkvShape::new(2048, 2048, 512, 1e-5)] {
+        let (k, n) = (shape.hidden, shape.n());
+        let (g, w) = random_weights(&mut rng, &shape);
+        let op = FusedRmsNormQkv::new(&gpu, shape, &g, &w).unwrap();
+        let got = gpu.download(op.folded_weight()).unwrap();
+        assert_eq!(got.len(), n * k);
+        let bad =
+            (0..n * k).filter(|&i| got[i].to_bits() != bf16::from_f32(w[i].to_f32() * g[i % k].to_f32()).to_bits());
+        let bad: Vec<usize> = bad.take(5).collect();
+        assert!(bad.is_empty(), "K={k} N={n}: folded weight differs at {bad:?}");
+        println!("K={k} N={n}: folded weight bitwise equal to bf16(W · g)");
+    }
 }

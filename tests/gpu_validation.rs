@@ -27,7 +27,7 @@ use nanofuse::cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, Cud
 use nanofuse::ops::{self, GemmImpl};
 use nanofuse::plan::{DECODE_MAX_M, MAX_DIM};
 use nanofuse::reference::{self, compare, concat_qkv, rms};
-use nanofuse::{BUFFER_ALIGN, Baseline, Error, FusedRmsNormQkv, Gpu, Path, QkvShape, Result, bf16};
+use nanofuse::{BUFFER_ALIGN, Baseline, Error, FusedRmsNormQkv, Gpu, Path, QkvShape, Result, UnfusedRmsNormQkv, bf16};
 use rand::RngExt;
 
 /// A small op for the error tests: K = 64, N = 24 + 2·8 = 40, M = 3.
@@ -37,10 +37,11 @@ const PATHS: [Path; 4] = [Path::FusedDecode, Path::FusedTiled, Path::NormCublas,
 const MAX_REL_FROBENIUS: f64 = 4e-3;
 const ELEMENT_TOL: f64 = 0.02;
 
-fn small_op(gpu: &Arc<Gpu>) -> FusedRmsNormQkv {
+/// The fused op and the unfused baselines on one set of random weights.
+fn small_ops(gpu: &Arc<Gpu>) -> (FusedRmsNormQkv, UnfusedRmsNormQkv) {
     let mut rng = common::rng("small op");
     let (g, w) = random_weights(&mut rng, &SHAPE);
-    FusedRmsNormQkv::new(gpu, SHAPE, &g, &w).unwrap()
+    (FusedRmsNormQkv::new(gpu, SHAPE, &g, &w).unwrap(), UnfusedRmsNormQkv::new(gpu, SHAPE, &g, &w).unwrap())
 }
 
 /// Poisoned (NaN) device buffers of these lengths.
@@ -101,7 +102,7 @@ struct Case<'a> {
 }
 
 /// Every entry point that takes activation or output buffers, with the small shape.
-fn cases<'a>(gpu: &'a Gpu, op: &'a FusedRmsNormQkv) -> Vec<Case<'a>> {
+fn cases<'a>(gpu: &'a Gpu, op: &'a FusedRmsNormQkv, base: &'a UnfusedRmsNormQkv) -> Vec<Case<'a>> {
     let (k, n, nq, nkv) = (SHAPE.hidden, SHAPE.n(), SHAPE.q_dim, SHAPE.kv_dim);
     let qkv_args = vec![per_token("x", k), per_token("q", nq), per_token("k", nkv), per_token("v", nkv)];
     let mut cases: Vec<Case<'a>> = vec![
@@ -134,12 +135,12 @@ fn cases<'a>(gpu: &'a Gpu, op: &'a FusedRmsNormQkv) -> Vec<Case<'a>> {
     }
     for which in [Baseline::NormCublas, Baseline::NormNanofuse] {
         cases.push(Case {
-            name: format!("baseline_into({which:?})"),
+            name: format!("UnfusedRmsNormQkv::forward_into({which:?})"),
             args: vec![per_token("x", k), per_token("xn", k), per_token("y", n)],
             inputs: 1,
             call: Box::new(move |m, i, o| {
                 let [xn, y] = o else { unreachable!() };
-                op.baseline_into(which, &i[0], m, xn, y)
+                base.forward_into(which, &i[0], m, xn, y)
             }),
         });
     }
@@ -202,14 +203,14 @@ fn names(e: &Error, arg: &str) -> bool {
 /// failures.
 fn check_all(faults: &[Fault], check: impl Fn(&str, usize, Fault, &Result<()>) -> Option<String>) {
     let Some(gpu) = common::gpu() else { return };
-    let op = small_op(&gpu);
+    let (op, base) = small_ops(&gpu);
     let foreign = faults.contains(&Fault::Foreign).then(|| {
         let ctx = CudaContext::new_non_primary(0, 0).expect("creating a second CUDA context");
         ctx.new_stream().expect("a stream on the second context")
     });
     let mut failures = Vec::new();
     let mut runs = 0;
-    for case in cases(&gpu, &op) {
+    for case in cases(&gpu, &op, &base) {
         if let Err(e) = run_case(&gpu, None, &case, usize::MAX, Fault::None) {
             failures.push(format!("{}: fails with correct buffers: {e}", case.name));
             continue;
@@ -343,6 +344,7 @@ fn another_current_context_does_not_misdirect_work() {
     let (k, n, nq, nkv) = (SHAPE.hidden, SHAPE.n(), SHAPE.q_dim, SHAPE.kv_dim);
     let (g, w) = random_weights(&mut rng, &SHAPE);
     let op = FusedRmsNormQkv::new(&gpu, SHAPE, &g, &w).unwrap();
+    let base = UnfusedRmsNormQkv::new(&gpu, SHAPE, &g, &w).unwrap();
     let x = random_bf16(&mut rng, M * k, -3.0, 3.0);
     let rows: Vec<usize> = (0..M).collect();
     let want_qkv = reference::qkv_rows(&x, &g, &w, k, n, SHAPE.eps, &rows);
@@ -375,7 +377,7 @@ fn another_current_context_does_not_misdirect_work() {
     for which in [Baseline::NormCublas, Baseline::NormNanofuse] {
         let [mut xn, mut y] = poisoned(&gpu, &[M * k, M * n]).try_into().unwrap();
         bind_other();
-        let got = op.baseline_into(which, &dx, M, &mut xn, &mut y).map(|()| gpu.download(&y).unwrap());
+        let got = base.forward_into(which, &dx, M, &mut xn, &mut y).map(|()| gpu.download(&y).unwrap());
         check(format!("baseline {which:?}"), got, &want_qkv, qkv_atol, ELEMENT_TOL);
     }
     for which in [GemmImpl::Nanofuse, GemmImpl::Cublas] {
@@ -397,7 +399,7 @@ fn another_current_context_does_not_misdirect_work() {
 #[test]
 fn overlapping_buffers_are_overlap_errors() {
     let Some(gpu) = common::gpu() else { return };
-    let op = small_op(&gpu);
+    let (op, base) = small_ops(&gpu);
     let (k, nq, nkv) = (SHAPE.hidden, SHAPE.q_dim, SHAPE.kv_dim);
     let stream = gpu.stream();
     let x = gpu.alloc_zeros::<bf16>(M * k).unwrap();
@@ -421,6 +423,11 @@ fn overlapping_buffers_are_overlap_errors() {
     let mut k_on_q = alias(&q, M * nkv);
     let r = op.forward_into(&x, M, &mut q, &mut *k_on_q, &mut v);
     assert!(matches!(r, Err(Error::Overlap { a: "q", b: "k" })), "k over q: {r:?}");
+    // A baseline's y over x (M·N < M·K).
+    let mut xn = gpu.alloc_zeros::<bf16>(M * k).unwrap();
+    let mut y_on_x = alias(&x, M * SHAPE.n());
+    let r = base.forward_into(Baseline::NormCublas, &x, M, &mut xn, &mut *y_on_x);
+    assert!(matches!(r, Err(Error::Overlap { a: "y", b: "x" })), "baseline, y over x: {r:?}");
     // ops::rms_norm writing over its input.
     let g = gpu.alloc_zeros::<bf16>(k).unwrap();
     let mut y_on_x = alias(&x, M * k);
@@ -436,10 +443,10 @@ fn overlapping_buffers_are_overlap_errors() {
 #[test]
 fn m_zero_is_a_no_op() {
     let Some(gpu) = common::gpu() else { return };
-    let op = small_op(&gpu);
+    let (op, base) = small_ops(&gpu);
     let sentinel = bf16::from_f32(-77.0);
     let mut failures = Vec::new();
-    for case in cases(&gpu, &op) {
+    for case in cases(&gpu, &op, &base) {
         let mut bufs: Vec<CudaSlice<bf16>> =
             case.args.iter().map(|a| gpu.upload(&vec![sentinel; a.len(M)]).unwrap()).collect();
         let (ins, outs) = bufs.split_at_mut(case.inputs);
@@ -487,7 +494,7 @@ fn is_too_large_m(args: &'static [&'static str]) -> impl Fn(&Error) -> bool {
 #[test]
 fn bad_dimensions_are_dimension_or_too_large_errors() {
     let Some(gpu) = common::gpu() else { return };
-    let op = small_op(&gpu);
+    let (op, base) = small_ops(&gpu);
     let (k, n) = (SHAPE.hidden, SHAPE.n());
     let x = gpu.alloc_zeros::<bf16>(M * k).unwrap();
     let w = gpu.alloc_zeros::<bf16>(n * k).unwrap();
@@ -524,7 +531,7 @@ fn bad_dimensions_are_dimension_or_too_large_errors() {
         let r = op.forward_into_with(path, &x, MAX_DIM + 1, &mut q, &mut kk, &mut v);
         expect(&format!("{path:?} M > MAX_DIM"), r, &too_large(&["M", "m"]));
     }
-    let r = op.baseline_into(Baseline::NormCublas, &x, MAX_DIM + 1, &mut xn, &mut y);
+    let r = base.forward_into(Baseline::NormCublas, &x, MAX_DIM + 1, &mut xn, &mut y);
     expect("baseline M > MAX_DIM", r, &too_large(&["M", "m"]));
     let m = DECODE_MAX_M + 1;
     let x2 = gpu.alloc_zeros::<bf16>(m * k).unwrap();
@@ -597,6 +604,7 @@ fn random_shapes_match_the_reference_on_every_path() {
         let name = format!("case {case}: M={m} K={k} Nq={nq} Nkv={nkv} eps={eps}");
         let (g, w) = random_weights(&mut rng, &shape);
         let op = FusedRmsNormQkv::new(&gpu, shape, &g, &w).unwrap();
+        let base = UnfusedRmsNormQkv::new(&gpu, shape, &g, &w).unwrap();
         let x = random_bf16(&mut rng, m * k, -3.0, 3.0);
         let rows: Vec<usize> = (0..m).collect();
         let want = reference::qkv_rows(&x, &g, &w, k, n, eps, &rows);
@@ -647,7 +655,7 @@ fn random_shapes_match_the_reference_on_every_path() {
             let mut xn = gpu.alloc_zeros::<bf16>(m * k).unwrap();
             let mut y = gpu.alloc_zeros::<bf16>(m * n).unwrap();
             gpu.fill_nan(&mut y).unwrap();
-            match op.baseline_into(which, &dx, m, &mut xn, &mut y) {
+            match base.forward_into(which, &dx, m, &mut xn, &mut y) {
                 Ok(()) => check(&format!("baseline {which:?}"), &gpu.download(&y).unwrap(), &mut failures),
                 Err(e) => failures.push(format!("{name} baseline {which:?}: {e}")),
             }

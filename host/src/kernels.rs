@@ -7,14 +7,14 @@ use std::sync::Arc;
 use cudarc::driver::sys::{self, CUfunction_attribute, CUlaunchAttributeID};
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
 use cudarc::nvrtc::Ptx;
-use nanofuse_kernels_gpu::config::{self, TileConfig, decode, rms_norm};
+use nanofuse_kernels_gpu::config::{self, TileConfig, decode, fold_gain, rms_norm};
 
 use crate::error::{Error, Result};
 use crate::gpu::DeviceInfo;
 use crate::plan::{DecodePlan, Tile, TiledPlan};
 
 /// Every kernel entry point the host launches, as named in the PTX.
-pub const KERNEL_NAMES: [&str; 9] = [
+pub const KERNEL_NAMES: [&str; 10] = [
     "rms_norm",
     "fused_rmsnorm_qkv_decode",
     "gemm_decode",
@@ -24,6 +24,7 @@ pub const KERNEL_NAMES: [&str; 9] = [
     "gemm_tiled_small",
     "fused_rmsnorm_qkv_decode_early",
     "gemm_decode_early",
+    "fold_gain",
 ];
 
 /// The kernels of one loaded module.
@@ -37,6 +38,7 @@ pub(crate) struct Kernels {
     fused_tiled_small: CudaFunction,
     gemm_tiled_large: CudaFunction,
     gemm_tiled_small: CudaFunction,
+    fold_gain: CudaFunction,
 }
 
 /// Output pointers and widths of a fused launch.
@@ -131,6 +133,7 @@ impl Kernels {
             gemm_tiled_small: get(KERNEL_NAMES[6])?,
             fused_decode_early: get(KERNEL_NAMES[7])?,
             gemm_decode_early: get(KERNEL_NAMES[8])?,
+            fold_gain: get(KERNEL_NAMES[9])?,
         };
         let raise = |f: &CudaFunction, bytes: u32| {
             f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
@@ -169,11 +172,24 @@ impl Kernels {
         unsafe { launch(stream, &self.rms_norm, shape, pdl, &mut args) }
     }
 
-    /// The decode kernel, fused (`Some(g)`, q/k/v outputs) or plain (`None`, y in `out.q`
-    /// with `out.nq = N`, `out.nkv = 0`).
+    /// `W [n, k] <- bf16(W · diag(g))` in place (no PDL: run once, at construction).
     ///
     /// # Safety
-    /// Buffers as in the kernel's documentation (x `[m, k]`, g `[k]`, W `[N, k]`, outputs
+    /// `w` and `g` are 16-byte aligned device buffers of `n·k` and `k` bf16 on this
+    /// context, not overlapping; `k % 8 == 0`; `1 <= n < 2^31`.
+    pub(crate) unsafe fn fold_gain(&self, stream: &CudaStream, w: u64, g: u64, n: u32, k: u32) -> Result<()> {
+        let grid = n.clamp(1, fold_gain::MAX_CTAS);
+        let shape = Shape { grid: (grid, 1), block: fold_gain::THREADS, cluster_x: 1, smem: 0 };
+        let mut args = [arg(&w), arg(&g), arg(&n), arg(&k)];
+        // SAFETY: the argument list matches `fold_gain`; buffers per the caller.
+        unsafe { launch(stream, &self.fold_gain, shape, false, &mut args) }
+    }
+
+    /// The decode kernel, fused (`fused`: W with g folded in, q/k/v outputs) or plain (y in
+    /// `out.q` with `out.nq = N`, `out.nkv = 0`).
+    ///
+    /// # Safety
+    /// Buffers as in the kernel's documentation (x `[m, k]`, W `[N, k]`, outputs
     /// `[m, width]`), 16-byte aligned, outputs disjoint from inputs; `plan` was made by
     /// `plan::decode_plan` for these sizes and this device.
     #[allow(clippy::too_many_arguments)]
@@ -183,7 +199,7 @@ impl Kernels {
         pdl: bool,
         plan: &DecodePlan,
         x: u64,
-        g: Option<u64>,
+        fused: bool,
         w: u64,
         out: QkvPtrs,
         m: u32,
@@ -193,40 +209,36 @@ impl Kernels {
         let shape =
             Shape { grid: plan.grid, block: decode::THREADS, cluster_x: plan.k_splits(), smem: plan.smem_bytes };
         let (split, chunk) = (plan.warp_split, plan.k_chunk);
-        match g {
-            Some(g) => {
-                let mut args = [
-                    arg(&x),
-                    arg(&g),
-                    arg(&w),
-                    arg(&out.q),
-                    arg(&out.k),
-                    arg(&out.v),
-                    arg(&m),
-                    arg(&k),
-                    arg(&out.nq),
-                    arg(&out.nkv),
-                    arg(&eps),
-                    arg(&split),
-                    arg(&chunk),
-                ];
-                // SAFETY: the argument list matches `fused_rmsnorm_qkv_decode`; see above.
-                let f = if plan.early { &self.fused_decode_early } else { &self.fused_decode };
-                // SAFETY: both kernels take the same arguments.
-                unsafe { launch(stream, f, shape, pdl, &mut args) }
-            }
-            None => {
-                let mut args =
-                    [arg(&x), arg(&w), arg(&out.q), arg(&m), arg(&k), arg(&out.nq), arg(&split), arg(&chunk)];
-                // SAFETY: the argument list matches `gemm_decode`; see above.
-                let f = if plan.early { &self.gemm_decode_early } else { &self.gemm_decode };
-                // SAFETY: both kernels take the same arguments.
-                unsafe { launch(stream, f, shape, pdl, &mut args) }
-            }
+        if fused {
+            let mut args = [
+                arg(&x),
+                arg(&w),
+                arg(&out.q),
+                arg(&out.k),
+                arg(&out.v),
+                arg(&m),
+                arg(&k),
+                arg(&out.nq),
+                arg(&out.nkv),
+                arg(&eps),
+                arg(&split),
+                arg(&chunk),
+            ];
+            let f = if plan.early { &self.fused_decode_early } else { &self.fused_decode };
+            // SAFETY: the argument list matches `fused_rmsnorm_qkv_decode` (and `_early`,
+            // which takes the same); buffers per the caller.
+            unsafe { launch(stream, f, shape, pdl, &mut args) }
+        } else {
+            let mut args = [arg(&x), arg(&w), arg(&out.q), arg(&m), arg(&k), arg(&out.nq), arg(&split), arg(&chunk)];
+            let f = if plan.early { &self.gemm_decode_early } else { &self.gemm_decode };
+            // SAFETY: the argument list matches `gemm_decode` (and `_early`); buffers per the
+            // caller.
+            unsafe { launch(stream, f, shape, pdl, &mut args) }
         }
     }
 
-    /// The tiled kernel, fused or plain as for [`Kernels::decode`].
+    /// The tiled kernel, fused (`Some(g)`, q/k/v outputs) or plain (`None`, y in `out.q`
+    /// with `out.nq = N`, `out.nkv = 0`).
     ///
     /// # Safety
     /// As [`Kernels::decode`], with `plan` from `plan::tiled_plan`.

@@ -27,4 +27,7 @@ pub use error::{Error, Result};
 pub use gpu::{BUFFER_ALIGN, DeviceInfo, Gpu, arch_number, device_count, driver_present};
 pub use half::bf16;
 pub use kernels::KERNEL_NAMES;
-pub use qkv::{Baseline, FusedRmsNormQkv, Path, Qkv, QkvShape, Tuning, auto_fused_max_m, auto_packed_fused_max_m};
+pub use qkv::{
+    Baseline, FusedRmsNormQkv, Path, Qkv, QkvShape, Tuning, UnfusedRmsNormQkv, auto_fused_max_m,
+    auto_packed_fused_max_m,
+};

@@ -109,7 +109,7 @@ pub(crate) unsafe fn gemm_unchecked(
             GemmImpl::Cublas => gpu.blas()?.gemm_xwt(x, w, y, m, k, n, n),
             GemmImpl::Nanofuse if m <= DECODE_MAX_M => {
                 let p = plan::decode_plan(m, k, n, info.sm_count, info.max_smem_per_block, None)?;
-                gpu.kernels.decode(gpu.stream(), gpu.pdl(), &p, x, None, w, out, m as u32, k as u32, 0.0)
+                gpu.kernels.decode(gpu.stream(), gpu.pdl(), &p, x, false, w, out, m as u32, k as u32, 0.0)
             }
             GemmImpl::Nanofuse => {
                 let p = plan::tiled_plan(m, k, n, info.sm_count, None)?;

@@ -14,24 +14,24 @@ use crate::ops::{self, GemmImpl, check_eps};
 use crate::plan::{self, DECODE_MAX_M, DecodeShape, MAX_DIM, Tile, checked_len};
 
 /// Largest M for which [`Path::Auto`] of the packed forms runs the fused decode kernel, for
-/// hidden size `k`; above it they run RMSNorm + one cuBLAS GEMM, which is exactly the
+/// hidden size `k`; above it they run RMSNorm + one cuBLAS GEMM, the same kernels as the
 /// unfused baseline, so the packed API is not slower than it.
 ///
 /// The fused decode kernel's time grows with M (every CTA stages the M rows of x it needs)
 /// while cuBLAS's stays flat. On H100 (docs/RESULTS.md, M in 1, 2, 4, 8, 16) the largest M
-/// where it was faster: 8 for K = 1024, 4 for K = 2048, 2 for K = 4096 and K = 8192.
+/// where it was faster: 16 for K = 1024, 8 for K = 2048, 4 for K = 4096 and K = 8192.
 pub fn auto_packed_fused_max_m(k: usize) -> usize {
     match k {
-        0..=1024 => 8,
-        1025..=2048 => 4,
-        _ => 2,
+        0..=1024 => 16,
+        1025..=2048 => 8,
+        _ => 4,
     }
 }
 
 /// Largest M for which [`Path::Auto`] runs the fused decode kernel into separate q, k, v,
 /// for hidden size `k`. The alternative there is RMSNorm + three cuBLAS GEMMs (no single
 /// cuBLAS call writes three tensors), which the fused kernel beats up to M = 16 for
-/// K <= 4096 (measured); for larger K (70B: three GEMMs win from M = 4) the packed
+/// K <= 4096 (measured); for larger K (70B: three GEMMs win from M = 8) the packed
 /// crossover applies.
 pub fn auto_fused_max_m(k: usize) -> usize {
     if k <= 4096 { DECODE_MAX_M } else { auto_packed_fused_max_m(k) }
@@ -143,48 +143,66 @@ pub struct Qkv {
 /// unless [`FusedRmsNormQkv::reserve`] was called), so an engine can call it every token
 /// and capture it in a CUDA graph.
 ///
-/// Formulations, all bf16 in and out with f32 accumulation:
-/// * fused paths (decode, M <= 16, and tiled): `inv_rms · Σ_k bf16(x · g) · W`, the norm
-///   split around the GEMM: `bf16(x · g)` is formed in shared memory, the row's sum of
-///   squares alongside, and `inv_rms` scales the accumulators in the epilogue. Equal to
-///   `rmsnorm(x) · Wᵀ` up to rounding, and weight streaming never waits on the row
-///   reduction;
-/// * fallback: the RMSNorm kernel, `bf16((x · inv_rms) · g)` (the rounding point of
-///   PyTorch's fused `rms_norm`), then cuBLAS.
+/// At construction the RMSNorm gain is folded into the weight, `W' = bf16(W · diag(g))`
+/// (one rounding per element, on the device), and the op keeps only `W'`: then
+/// `rmsnorm(x) · Wᵀ = inv_rms · x · W'ᵀ` up to rounding, and no path multiplies by g per
+/// call. Formulations, all bf16 in and out with f32 accumulation:
+/// * fused decode (M <= 16): `inv_rms · Σ_k x · W'`: raw x is staged in shared memory and
+///   its sum of squares is reduced alongside; `inv_rms` scales the accumulators in the
+///   epilogue, so weight streaming never waits for the norm;
+/// * fused tiled: `inv_rms · Σ_k bf16(x · 1) · W'` (the tiled kernel with a unit gain);
+/// * fallback: the RMSNorm kernel with a unit gain, `bf16(x · inv_rms)`, then cuBLAS
+///   with `W'`: the same kernels and bytes as baseline (a), on the folded weight.
 ///
 /// [`Path::Auto`] picks the fused kernel only for the M where it was measured faster than
-/// the unfused path (docs/RESULTS.md); the packed forms then fall back to exactly the
-/// unfused baseline (RMSNorm + one cuBLAS GEMM).
+/// the unfused path (docs/RESULTS.md). The unfused baselines, which need the weights as
+/// given, are [`UnfusedRmsNormQkv`].
 pub struct FusedRmsNormQkv {
     gpu: Arc<Gpu>,
     shape: QkvShape,
-    g: CudaSlice<bf16>,
+    /// `bf16(W · diag(g))`.
     w: CudaSlice<bf16>,
+    /// `[hidden]` ones: the gain of the tiled kernel and of the fallback's RMSNorm.
+    ones: CudaSlice<bf16>,
     tuning: Tuning,
     scratch: Mutex<Option<CudaSlice<bf16>>>,
 }
 
+/// Checks and uploads `g [hidden]` and `w [n, hidden]`.
+fn upload_weights(gpu: &Gpu, shape: &QkvShape, g: &[bf16], w: &[bf16]) -> Result<(CudaSlice<bf16>, CudaSlice<bf16>)> {
+    shape.validate()?;
+    if g.len() != shape.hidden {
+        return Err(Error::Length { arg: "g", expected: shape.hidden, got: g.len() });
+    }
+    let wlen = shape.n() * shape.hidden;
+    if w.len() != wlen {
+        return Err(Error::Length { arg: "w", expected: wlen, got: w.len() });
+    }
+    Ok((gpu.upload(g)?, gpu.upload(w)?))
+}
+
 impl FusedRmsNormQkv {
-    /// Uploads `g [hidden]` and `w [q_dim + 2 kv_dim, hidden]` (rows of Q, then K, then V).
+    /// Uploads `g [hidden]` and `w [q_dim + 2 kv_dim, hidden]` (rows of Q, then K, then V)
+    /// and folds g into the weight.
     pub fn new(gpu: &Arc<Gpu>, shape: QkvShape, g: &[bf16], w: &[bf16]) -> Result<Self> {
-        shape.validate()?;
-        if g.len() != shape.hidden {
-            return Err(Error::Length { arg: "g", expected: shape.hidden, got: g.len() });
-        }
-        let wlen = shape.n() * shape.hidden;
-        if w.len() != wlen {
-            return Err(Error::Length { arg: "w", expected: wlen, got: w.len() });
-        }
-        let (g, w) = (gpu.upload(g)?, gpu.upload(w)?);
+        let (g, w) = upload_weights(gpu, &shape, g, w)?;
         Self::from_device(gpu, shape, g, w)
     }
 
-    /// Takes weights already on the device.
-    pub fn from_device(gpu: &Arc<Gpu>, shape: QkvShape, g: CudaSlice<bf16>, w: CudaSlice<bf16>) -> Result<Self> {
+    /// Takes weights already on the device: `w` is consumed and overwritten in place with
+    /// `bf16(W · diag(g))`; `g` is released.
+    pub fn from_device(gpu: &Arc<Gpu>, shape: QkvShape, g: CudaSlice<bf16>, mut w: CudaSlice<bf16>) -> Result<Self> {
         shape.validate()?;
-        gpu.input("g", &g, shape.hidden)?;
-        gpu.input("w", &w, shape.n() * shape.hidden)?;
-        Ok(FusedRmsNormQkv { gpu: gpu.clone(), shape, g, w, tuning: Tuning::default(), scratch: Mutex::new(None) })
+        let gb = gpu.input("g", &g, shape.hidden)?;
+        let wb = gpu.output("w", &mut w, shape.n() * shape.hidden)?;
+        // SAFETY: both buffers were checked for length, alignment and context; two owned
+        // allocations do not overlap; the dims were validated (k % 8 == 0, n < 2^31).
+        unsafe { gpu.kernels.fold_gain(gpu.stream(), wb.ptr, gb.ptr, shape.n() as u32, shape.hidden as u32)? };
+        let ones = gpu.upload(&vec![bf16::ONE; shape.hidden])?;
+        // Release g only after the fold has run.
+        gpu.stream().synchronize().map_err(Error::driver("cuStreamSynchronize"))?;
+        drop(g);
+        Ok(FusedRmsNormQkv { gpu: gpu.clone(), shape, w, ones, tuning: Tuning::default(), scratch: Mutex::new(None) })
     }
 
     /// The op's shape.
@@ -195,6 +213,11 @@ impl FusedRmsNormQkv {
     /// The device the op runs on.
     pub fn gpu(&self) -> &Arc<Gpu> {
         &self.gpu
+    }
+
+    /// The weight the op streams: `bf16(W · diag(g))`, `[q_dim + 2 kv_dim, hidden]`.
+    pub fn folded_weight(&self) -> &CudaSlice<bf16> {
+        &self.w
     }
 
     /// Overrides launch shapes (for benchmark sweeps).
@@ -276,7 +299,8 @@ impl FusedRmsNormQkv {
         let qb = gpu.output("q", q, checked_len("m * q_dim", m, s.q_dim)?)?;
         let kb = gpu.output("k", k, checked_len("m * kv_dim", m, s.kv_dim)?)?;
         let vb = gpu.output("v", v, m * s.kv_dim)?;
-        check_no_overlap(&[qb, kb, vb], &[xb, self.weight_refs().0, self.weight_refs().1])?;
+        let (ones, w) = self.weight_refs();
+        check_no_overlap(&[qb, kb, vb], &[xb, ones, w])?;
         if m == 0 {
             return Ok(());
         }
@@ -286,8 +310,8 @@ impl FusedRmsNormQkv {
         // overlap above; the dims were validated at construction and m < 2^31.
         unsafe {
             match path {
-                Path::Auto | Path::FusedDecode => self.launch_decode(Some(self.g_ptr()), xb.ptr, out, m),
-                Path::FusedTiled => self.launch_tiled(Some(self.g_ptr()), xb.ptr, out, m),
+                Path::Auto | Path::FusedDecode => launch_decode(gpu, &s, &self.tuning, true, w.ptr, xb.ptr, out, m),
+                Path::FusedTiled => launch_tiled(gpu, &s, &self.tuning, Some(ones.ptr), w.ptr, xb.ptr, out, m),
                 Path::NormCublas => self.norm_cublas_split(xb.ptr, out, m),
             }
         }
@@ -318,8 +342,8 @@ impl FusedRmsNormQkv {
         let gpu = &self.gpu;
         let xb = gpu.input("x", x, checked_len("m * hidden", m, s.hidden)?)?;
         let yb = gpu.output("y", y, checked_len("m * n", m, s.n())?)?;
-        let (gb, wb) = self.weight_refs();
-        check_no_overlap(&[yb], &[xb, gb, wb])?;
+        let (ones, w) = self.weight_refs();
+        check_no_overlap(&[yb], &[xb, ones, w])?;
         if m == 0 {
             return Ok(());
         }
@@ -328,111 +352,23 @@ impl FusedRmsNormQkv {
         // SAFETY (all arms): buffers checked above; dims validated at construction.
         unsafe {
             match path {
-                Path::Auto | Path::FusedDecode => self.launch_decode(Some(gb.ptr), xb.ptr, out, m),
-                Path::FusedTiled => self.launch_tiled(Some(gb.ptr), xb.ptr, out, m),
-                Path::NormCublas => self.with_normalized(xb.ptr, m, |xn, blas| {
-                    blas.gemm_xwt(xn, wb.ptr, yb.ptr, m, s.hidden, s.n(), s.n())
-                }),
+                Path::Auto | Path::FusedDecode => launch_decode(gpu, &s, &self.tuning, true, w.ptr, xb.ptr, out, m),
+                Path::FusedTiled => launch_tiled(gpu, &s, &self.tuning, Some(ones.ptr), w.ptr, xb.ptr, out, m),
+                Path::NormCublas => self
+                    .with_normalized(xb.ptr, m, |xn, blas| blas.gemm_xwt(xn, w.ptr, yb.ptr, m, s.hidden, s.n(), s.n())),
             }
         }
     }
 
-    /// Runs an unfused baseline with this op's weights: RMSNorm into the caller's scratch
-    /// `xn [m, hidden]`, then a GEMM into `y [m, q_dim + 2 kv_dim]` (q, k, v side by side,
-    /// as PyTorch's `F.linear` on the fused weight returns them).
-    pub fn baseline_into(
-        &self,
-        which: Baseline,
-        x: &impl DevicePtr<bf16>,
-        m: usize,
-        xn: &mut impl DevicePtrMut<bf16>,
-        y: &mut impl DevicePtrMut<bf16>,
-    ) -> Result<()> {
-        let s = self.shape;
-        let gpu = &self.gpu;
-        plan::check_dims(m, s.hidden, s.n())?;
-        let xb = gpu.input("x", x, checked_len("m * hidden", m, s.hidden)?)?;
-        let xnb = gpu.output("xn", xn, m * s.hidden)?;
-        let yb = gpu.output("y", y, checked_len("m * n", m, s.n())?)?;
-        let (gb, wb) = self.weight_refs();
-        check_no_overlap(&[xnb, yb], &[xb, gb, wb])?;
-        if m == 0 {
-            return Ok(());
-        }
-        // SAFETY: buffers checked above.
-        unsafe {
-            gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), xb.ptr, gb.ptr, xnb.ptr, m as u32, s.hidden as u32, s.eps)?;
-            match which {
-                Baseline::NormCublas => {
-                    ops::gemm_unchecked(gpu, GemmImpl::Cublas, xnb.ptr, wb.ptr, yb.ptr, m, s.hidden, s.n())
-                }
-                Baseline::NormNanofuse => {
-                    // The fused kernels' cores with this op's launch shapes, so the pair
-                    // differs only by the fusion.
-                    let out = QkvPtrs { q: yb.ptr, k: 0, v: 0, nq: s.n() as u32, nkv: 0 };
-                    if m <= DECODE_MAX_M {
-                        self.launch_decode(None, xnb.ptr, out, m)
-                    } else {
-                        self.launch_tiled(None, xnb.ptr, out, m)
-                    }
-                }
-            }
-        }
-    }
-
-    fn g_ptr(&self) -> u64 {
-        self.weight_refs().0.ptr
-    }
-
+    /// The unit gain and the folded weight, as checked references.
     fn weight_refs(&self) -> (BufRef, BufRef) {
-        let s = self.stream_ptr(&self.g, "g");
-        let w = self.stream_ptr(&self.w, "w");
-        (s, w)
-    }
-
-    fn stream_ptr(&self, buf: &CudaSlice<bf16>, name: &'static str) -> BufRef {
-        let (ptr, _sync) = buf.device_ptr(self.gpu.stream());
-        BufRef { name, ptr, bytes: (buf.len() * 2) as u64 }
-    }
-
-    /// # Safety
-    /// `x [m, hidden]` and the outputs are checked device buffers; `m >= 1`.
-    unsafe fn launch_decode(&self, g: Option<u64>, x: u64, out: QkvPtrs, m: usize) -> Result<()> {
-        let (s, info) = (self.shape, self.gpu.info());
-        let p = plan::decode_plan(m, s.hidden, s.n(), info.sm_count, info.max_smem_per_block, self.tuning.decode)?;
-        let w = self.weight_refs().1.ptr;
-        let gpu = &self.gpu;
-        // SAFETY: forwarded to the caller; the plan was made for these sizes.
-        unsafe { gpu.kernels.decode(gpu.stream(), gpu.pdl(), &p, x, g, w, out, m as u32, s.hidden as u32, s.eps) }
-    }
-
-    /// # Safety
-    /// As [`FusedRmsNormQkv::launch_decode`].
-    unsafe fn launch_tiled(&self, g: Option<u64>, x: u64, out: QkvPtrs, m: usize) -> Result<()> {
-        let (s, info) = (self.shape, self.gpu.info());
-        let p = plan::tiled_plan(m, s.hidden, s.n(), info.sm_count, self.tuning.tile)?;
-        let w = self.weight_refs().1.ptr;
-        // SAFETY: forwarded to the caller; the plan was made for these sizes.
-        unsafe {
-            self.gpu.kernels.tiled(
-                self.gpu.stream(),
-                self.gpu.pdl(),
-                &p,
-                x,
-                g,
-                w,
-                out,
-                m as u32,
-                s.hidden as u32,
-                s.eps,
-            )
-        }
+        (stream_ref(&self.gpu, &self.ones, "g"), stream_ref(&self.gpu, &self.w, "w"))
     }
 
     /// RMSNorm into the scratch buffer, then one cuBLAS GEMM per output tensor.
     ///
     /// # Safety
-    /// As [`FusedRmsNormQkv::launch_decode`].
+    /// `x [m, hidden]` and the outputs are checked device buffers; `m >= 1`.
     unsafe fn norm_cublas_split(&self, x: u64, out: QkvPtrs, m: usize) -> Result<()> {
         let s = self.shape;
         let w = self.weight_refs().1.ptr;
@@ -449,8 +385,9 @@ impl FusedRmsNormQkv {
         }
     }
 
-    /// Runs the RMSNorm kernel on `x [m, hidden]` into the op's scratch buffer (grown to
-    /// `m` rows if needed), then `then(scratch address, cuBLAS)` while the scratch is held.
+    /// Runs the RMSNorm kernel (unit gain: g is in W) on `x [m, hidden]` into the op's
+    /// scratch buffer (grown to `m` rows if needed), then `then(scratch address, cuBLAS)`
+    /// while the scratch is held.
     ///
     /// # Safety
     /// `x` is a checked device buffer of `m · hidden` bf16 on this op's context; `m >= 1`.
@@ -459,12 +396,131 @@ impl FusedRmsNormQkv {
         self.reserve(m)?;
         let slot = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         let scratch = slot.as_ref().ok_or(Error::Value { arg: "scratch", expected: "reserved", got: "none".into() })?;
-        let xn = self.stream_ptr(scratch, "scratch").ptr;
+        let xn = stream_ref(gpu, scratch, "scratch").ptr;
+        let ones = self.weight_refs().0.ptr;
         let blas = gpu.blas()?;
         // SAFETY: the scratch holds >= m · hidden elements (reserved above); x per the caller.
-        unsafe {
-            gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), x, self.g_ptr(), xn, m as u32, s.hidden as u32, s.eps)?
-        };
+        unsafe { gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), x, ones, xn, m as u32, s.hidden as u32, s.eps)? };
         then(xn, &blas)
     }
+}
+
+/// The unfused baselines on the weights as given (g not folded): RMSNorm into a scratch
+/// `xn [m, hidden]`, then a GEMM into `y [m, q_dim + 2 kv_dim]` (q, k, v side by side, as
+/// PyTorch's `F.linear` on the fused weight returns them). The honest comparison for
+/// [`FusedRmsNormQkv`]: (a) is what PyTorch runs.
+pub struct UnfusedRmsNormQkv {
+    gpu: Arc<Gpu>,
+    shape: QkvShape,
+    g: CudaSlice<bf16>,
+    w: CudaSlice<bf16>,
+    tuning: Tuning,
+}
+
+impl UnfusedRmsNormQkv {
+    /// Uploads `g [hidden]` and `w [q_dim + 2 kv_dim, hidden]`.
+    pub fn new(gpu: &Arc<Gpu>, shape: QkvShape, g: &[bf16], w: &[bf16]) -> Result<Self> {
+        let (g, w) = upload_weights(gpu, &shape, g, w)?;
+        Ok(UnfusedRmsNormQkv { gpu: gpu.clone(), shape, g, w, tuning: Tuning::default() })
+    }
+
+    /// The baselines' shape.
+    pub fn shape(&self) -> &QkvShape {
+        &self.shape
+    }
+
+    /// Overrides launch shapes of baseline (b)'s GEMM (to pair it with a tuned fused op).
+    pub fn set_tuning(&mut self, tuning: Tuning) {
+        self.tuning = tuning;
+    }
+
+    /// Runs one baseline: RMSNorm of `x [m, hidden]` into the caller's scratch
+    /// `xn [m, hidden]`, then the GEMM into `y [m, q_dim + 2 kv_dim]`.
+    pub fn forward_into(
+        &self,
+        which: Baseline,
+        x: &impl DevicePtr<bf16>,
+        m: usize,
+        xn: &mut impl DevicePtrMut<bf16>,
+        y: &mut impl DevicePtrMut<bf16>,
+    ) -> Result<()> {
+        let s = self.shape;
+        let gpu = &self.gpu;
+        plan::check_dims(m, s.hidden, s.n())?;
+        let xb = gpu.input("x", x, checked_len("m * hidden", m, s.hidden)?)?;
+        let xnb = gpu.output("xn", xn, m * s.hidden)?;
+        let yb = gpu.output("y", y, checked_len("m * n", m, s.n())?)?;
+        let (gb, wb) = (stream_ref(gpu, &self.g, "g"), stream_ref(gpu, &self.w, "w"));
+        check_no_overlap(&[xnb, yb], &[xb, gb, wb])?;
+        if m == 0 {
+            return Ok(());
+        }
+        // SAFETY: buffers checked above.
+        unsafe {
+            gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), xb.ptr, gb.ptr, xnb.ptr, m as u32, s.hidden as u32, s.eps)?;
+            match which {
+                Baseline::NormCublas => {
+                    ops::gemm_unchecked(gpu, GemmImpl::Cublas, xnb.ptr, wb.ptr, yb.ptr, m, s.hidden, s.n())
+                }
+                Baseline::NormNanofuse => {
+                    // The fused kernels' cores with the same launch shapes, so the pair
+                    // differs only by the fusion.
+                    let out = QkvPtrs { q: yb.ptr, k: 0, v: 0, nq: s.n() as u32, nkv: 0 };
+                    if m <= DECODE_MAX_M {
+                        launch_decode(gpu, &s, &self.tuning, false, wb.ptr, xnb.ptr, out, m)
+                    } else {
+                        launch_tiled(gpu, &s, &self.tuning, None, wb.ptr, xnb.ptr, out, m)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A device buffer's address on the op's stream, as a checked reference.
+fn stream_ref(gpu: &Gpu, buf: &CudaSlice<bf16>, name: &'static str) -> BufRef {
+    let (ptr, _sync) = buf.device_ptr(gpu.stream());
+    BufRef { name, ptr, bytes: (buf.len() * 2) as u64 }
+}
+
+/// The decode kernel, fused (`w` with g folded in) or plain, with the planner's or the
+/// tuned launch shape.
+///
+/// # Safety
+/// `x [m, hidden]`, `w [n, hidden]` and the outputs are checked device buffers; `m >= 1`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn launch_decode(
+    gpu: &Gpu,
+    s: &QkvShape,
+    tuning: &Tuning,
+    fused: bool,
+    w: u64,
+    x: u64,
+    out: QkvPtrs,
+    m: usize,
+) -> Result<()> {
+    let info = gpu.info();
+    let p = plan::decode_plan(m, s.hidden, s.n(), info.sm_count, info.max_smem_per_block, tuning.decode)?;
+    // SAFETY: forwarded to the caller; the plan was made for these sizes.
+    unsafe { gpu.kernels.decode(gpu.stream(), gpu.pdl(), &p, x, fused, w, out, m as u32, s.hidden as u32, s.eps) }
+}
+
+/// The tiled kernel, fused (`Some(g)`) or plain.
+///
+/// # Safety
+/// As [`launch_decode`], and `g [hidden]` a checked device buffer.
+#[allow(clippy::too_many_arguments)]
+unsafe fn launch_tiled(
+    gpu: &Gpu,
+    s: &QkvShape,
+    tuning: &Tuning,
+    g: Option<u64>,
+    w: u64,
+    x: u64,
+    out: QkvPtrs,
+    m: usize,
+) -> Result<()> {
+    let p = plan::tiled_plan(m, s.hidden, s.n(), gpu.info().sm_count, tuning.tile)?;
+    // SAFETY: forwarded to the caller; the plan was made for these sizes.
+    unsafe { gpu.kernels.tiled(gpu.stream(), gpu.pdl(), &p, x, g, w, out, m as u32, s.hidden as u32, s.eps) }
 }

@@ -28,6 +28,14 @@ pub mod rms_norm {
     pub const SMEM_BYTES: u32 = (THREADS / 32 + 1) * 4;
 }
 
+/// `fold_gain` (`W <- bf16(W · diag(g))`, once per fused op): CTAs stride over rows.
+pub mod fold_gain {
+    /// Threads per CTA; each thread owns every 256th 16-byte chunk of a row.
+    pub const THREADS: u32 = 256;
+    /// Most CTAs of a launch.
+    pub const MAX_CTAS: u32 = 1024;
+}
+
 /// The decode (small-M, weight-streaming) kernels `fused_rmsnorm_qkv_decode` and
 /// `gemm_decode`.
 ///
@@ -59,8 +67,6 @@ pub mod decode {
     /// Most CTAs along K (the cluster size of the split-K reduction; 8 is the portable
     /// maximum).
     pub const MAX_K_SPLITS: u32 = 8;
-    /// Bytes of the all-zero 16-byte block that `ldmatrix` reads for absent tokens.
-    pub const ZERO_BYTES: u32 = 16;
 
     /// The `warp_split` values the kernel accepts: warps of a CTA that share one 16-row
     /// group and split the CTA's K range. The CTA then covers `16 * WARPS / warp_split` W
@@ -74,12 +80,13 @@ pub mod decode {
         ROWS_PER_WARP * (WARPS / warp_split)
     }
 
+    /// Bytes of the all-zero 16-byte block that `ldmatrix` reads for absent tokens.
+    pub const ZERO_BYTES: u32 = 16;
+
     /// Byte offsets of the decode kernels' dynamic shared memory. Every offset is 16-byte
     /// aligned.
     pub struct SmemLayout {
-        /// g for the CTA's K range (`k_chunk` bf16).
-        pub g: u64,
-        /// `tokens` rows of `bf16(x · g)` for the CTA's K range, `row_stride` bytes apart.
+        /// `tokens` rows of x (k-permuted) for the CTA's K range, `row_stride` bytes apart.
         pub x: u64,
         pub row_stride: u64,
         /// 16 zero bytes that `ldmatrix` reads for absent tokens.
@@ -87,7 +94,8 @@ pub mod decode {
         /// Partial sums: 4 f32 per token tile per lane of every warp (for the reduction
         /// across the warps of a row group, then across the CTAs of a cluster).
         pub reduce: u64,
-        /// Per-token sum of squares of x over the CTA's K range (`MAX_TOKENS` f32).
+        /// Per-token sum of squares of x over the CTA's K range (`MAX_TOKENS` f32), also
+        /// read by the other CTAs of a cluster.
         pub sum_sq: u64,
         pub bytes: u64,
     }
@@ -95,14 +103,13 @@ pub mod decode {
     /// The layout for a CTA holding `tokens` rows of a `k_chunk`-element K range (a
     /// multiple of 32).
     pub const fn smem_layout(tokens: u32, k_chunk: u32) -> SmemLayout {
-        let g = 0;
-        let x = g + k_chunk as u64 * 2;
+        let x = 0;
         // 16 bytes of padding: the 8 rows an ldmatrix phase reads hit 8 bank groups.
         let row_stride = k_chunk as u64 * 2 + 16;
         let zero = x + row_stride * tokens as u64;
         let reduce = zero + ZERO_BYTES as u64;
         let sum_sq = reduce + (WARPS * 32 * TILES * 16) as u64;
-        SmemLayout { g, x, row_stride, zero, reduce, sum_sq, bytes: sum_sq + MAX_TOKENS as u64 * 4 }
+        SmemLayout { x, row_stride, zero, reduce, sum_sq, bytes: sum_sq + MAX_TOKENS as u64 * 4 }
     }
 }
 

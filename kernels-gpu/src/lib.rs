@@ -3,7 +3,7 @@
 //!
 //! On the host target only `config` is compiled. On `nvptx64-nvidia-cuda`:
 //! * [`ptx`]: the device-support layer, one wrapper per PTX instruction;
-//! * one kernel family per file: [`rms_norm`], [`qkv_decode`], [`qkv_tiled`];
+//! * one kernel family per file: [`rms_norm`], [`qkv_decode`], [`qkv_tiled`], [`fold_gain`];
 //! * device helpers shared by several kernels: `norm`, `qkv_out`.
 #![no_std]
 #![cfg_attr(target_arch = "nvptx64", feature(abi_gpu_kernel, asm_experimental_arch, stdarch_nvptx))]
@@ -18,6 +18,8 @@ mod norm;
 #[cfg(target_arch = "nvptx64")]
 mod qkv_out;
 
+#[cfg(target_arch = "nvptx64")]
+pub mod fold_gain;
 #[cfg(target_arch = "nvptx64")]
 pub mod qkv_decode;
 #[cfg(target_arch = "nvptx64")]

@@ -1,20 +1,22 @@
 //! # Fused RMSNorm + QKV projection, decode path (M <= 16)
 //!
-//! `q, k, v = split(rmsnorm(x) · Wᵀ)`; `gemm_decode` is the same kernel without the norm
-//! (`y = x · Wᵀ`, x already normalized), for the unfused baseline. Each comes in two
-//! entries from one generic body: the plain one requests one W batch per warp before the
-//! dependency wait, `*_early` requests two (see Prologue); the planner picks.
+//! `q, k, v = split(rmsnorm(x) · Wᵀ)`, with RMSNorm's gain g folded into the weight once,
+//! when the op is built (`fold_gain`: `W' = bf16(W · diag(g))`); `gemm_decode` is the same
+//! kernel without the norm (`y = x · Wᵀ`, x already normalized), for the unfused baseline.
+//! Each comes in two entries from one generic body: the plain one requests one W batch per
+//! warp before the dependency wait, `*_early` requests two (see Prologue); the planner picks.
 //!
 //! # Parameters
-//! `x [M, K]`, `g [K]`, `W [N, K]` (PyTorch `Linear` layout, rows of Q then K then V,
+//! `x [M, K]`, `W' [N, K]` (PyTorch `Linear` layout, rows of Q then K then V,
 //! `N = Nq + 2 Nkv`), outputs `q [M, Nq]`, `k [M, Nkv]`, `v [M, Nkv]`; all row-major bf16,
 //! 16-byte aligned, `K % 8 == 0`. f32 accumulation. `1 <= M <= 16`.
 //!
 //! # Formulation
-//! `out[t, n] = inv_rms[t] · Σ_k bf16(x[t, k] · g[k]) · W[n, k]`, with
+//! `out[t, n] = inv_rms[t] · Σ_k x[t, k] · W'[n, k]`, with
 //! `inv_rms[t] = rsqrt(Σ_k x[t, k]² / K + eps)`: RMSNorm split around the GEMM, equal to
-//! `rmsnorm(x) · Wᵀ` up to rounding. The row reduction is only needed in the epilogue, so
-//! weight streaming never waits on it.
+//! `rmsnorm(x) · Wᵀ` up to rounding (one rounding of `W · g` per weight instead of one of
+//! the normalized activation). The row reduction is only needed in the epilogue, so weight
+//! streaming never waits on it, and nothing is multiplied by g per call.
 //!
 //! # Why this shape
 //! At small M the op reads `2 N K` bytes of W and does `2 M N K` flops: a few flops per
@@ -36,28 +38,28 @@
 //!   straight into registers): the A fragments of two MMAs, because the k order inside a
 //!   step is permuted: MMA k-slot `2q + j` / `2q + 8 + j` holds element `8q + j` /
 //!   `8q + 2 + j` (first MMA) and `8q + 4 + j` / `8q + 6 + j` (second MMA).
-//! * The activations `bf16(x · g)` sit in shared memory with the same permutation (within
-//!   each 32-element block, the bf16 pair `4q + p` is stored at position `4p + q`), so one
-//!   `ldmatrix.x4` per token tile yields the B fragments of both MMAs. Rows of absent tokens
-//!   point at a 16-byte zero block.
+//! * x sits in shared memory with the same permutation (within each 32-element block, the
+//!   bf16 pair `4q + p` is stored at position `4p + q`), so one `ldmatrix.x4` per token tile
+//!   yields the B fragments of both MMAs. Rows of absent tokens point at a 16-byte zero
+//!   block.
 //! * W is loaded in batches of `UNROLL` steps, double-buffered in registers: the first two
 //!   batches are requested in the prologue, and each later batch as the batch two before it
 //!   is multiplied.
 //!
 //! # Prologue
-//! 1. Issue the first two W batches (up to 8 KiB per warp, 64 KiB per CTA) and the
-//!    `cp.async` copy of g: weights are never written by the previous kernel. (Asking L2 to
-//!    prefetch more of the W tile with `cp.async.bulk.prefetch.L2` was measured slower on
-//!    H100 and is not done.)
+//! 1. Issue the first W batch (or two: `*_early`; up to 8 KiB per warp, 64 KiB per CTA):
+//!    weights are never written by the previous kernel. (Asking L2 to prefetch more of the
+//!    W tile with `cp.async.bulk.prefetch.L2` was measured slower on H100 and is not done.)
 //! 2. `griddepcontrol.launch_dependents`, then `griddepcontrol.wait`: under programmatic
-//!    dependent launch the kernel starts while the previous one drains, streaming W and g;
-//!    it touches x and the outputs only after the wait. When the grid has at most one CTA
-//!    per SM (two fit), the next launch's CTAs start beside this one's and request their
-//!    weights while this one finishes; that overlap is what the planner aims for.
-//! 3. Warp `w` `cp.async`s the slices of x of its tokens (`w`, `w + 8`) into shared memory;
-//!    after its copies of g and x land, a CTA barrier publishes them; the warp rewrites its
-//!    rows in place as permuted `bf16(x · g)` in 64-byte blocks and sums `x²` (butterfly
-//!    reduction); a second CTA barrier publishes the rows to all warps.
+//!    dependent launch the kernel starts while the previous one drains, streaming W; it
+//!    touches x and the outputs only after the wait. When the grid has at most one CTA per
+//!    SM (two fit), the next launch's CTAs start beside this one's and request their weights
+//!    while this one finishes; that overlap is what the planner aims for.
+//! 3. Warp `w` `cp.async`s the rows of its tokens (`w`, `w + 8`) for the CTA's K range into
+//!    shared memory (512 contiguous bytes per instruction), waits for them (no CTA barrier:
+//!    a warp barrier makes them visible to its lanes), rewrites them in place in the
+//!    permuted order, one 64-byte block per lane at a time, and sums `x²` (butterfly
+//!    reduction); one CTA barrier publishes the rows and the sums to all warps.
 //!
 //! # Split-K across CTAs
 //! With `k_splits > 1`, the CTAs of a cluster each leave their partial tile and partial
@@ -81,7 +83,7 @@ use crate::config::VEC;
 use crate::config::decode::{
     K_STEP, MAX_K_SPLITS, ROWS_PER_WARP, THREADS, TILES, TOKEN_TILE, UNROLL, WARPS, smem_layout,
 };
-use crate::norm::{inv_rms, normalize_bf16x8, sum_squares_bf16x8};
+use crate::norm::{inv_rms, sum_squares_bf16x8};
 use crate::ptx::cluster::{barrier_cluster_sync, cluster_ctarank, ld_shared_cluster_f32, mapa_shared_cluster};
 use crate::ptx::cp_async::{cp_async_cg_shared_global_16, cp_async_commit_group, cp_async_wait_group};
 use crate::ptx::global::ld_global_nc_stream_v4_u32;
@@ -94,7 +96,7 @@ use crate::ptx::thread::{
     block_dim_x, block_idx_x, block_idx_y, grid_dim_x, lane_id, sync_threads, thread_idx_x, warp_id,
 };
 use crate::ptx::trap;
-use crate::ptx::warp::warp_sum_f32;
+use crate::ptx::warp::{bar_warp_sync, warp_sum_f32};
 use crate::qkv_out::QkvOut;
 
 /// Defines a fused decode entry point; `EARLY` selects how many W batches each warp
@@ -110,7 +112,6 @@ macro_rules! fused_decode_entry {
         #[unsafe(no_mangle)]
         pub unsafe extern "gpu-kernel" fn $name(
             x: *const u16,
-            g: *const u16,
             w: *const u16,
             q: *mut u16,
             k_out: *mut u16,
@@ -125,7 +126,7 @@ macro_rules! fused_decode_entry {
         ) {
             let out = QkvOut { q, k: k_out, v, nq, nkv };
             // SAFETY: forwarded to the caller.
-            unsafe { decode::<{ TILES as usize }, true, $early>(x, g, w, out, m, k, eps, warp_split, k_chunk) }
+            unsafe { decode::<{ TILES as usize }, true, $early>(x, w, out, m, k, eps, warp_split, k_chunk) }
         }
     };
 }
@@ -150,9 +151,8 @@ macro_rules! gemm_decode_entry {
         ) {
             let null = core::ptr::null_mut();
             let out = QkvOut { q: y, k: null, v: null, nq: n, nkv: 0 };
-            let g = core::ptr::null();
             // SAFETY: forwarded to the caller.
-            unsafe { decode::<{ TILES as usize }, false, $early>(x, g, w, out, m, k, 0.0, warp_split, k_chunk) }
+            unsafe { decode::<{ TILES as usize }, false, $early>(x, w, out, m, k, 0.0, warp_split, k_chunk) }
         }
     };
 }
@@ -184,7 +184,6 @@ type WStep = [u32; 8];
 #[allow(clippy::too_many_arguments)]
 unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
     x: *const u16,
-    g: *const u16,
     w: *const u16,
     out: QkvOut,
     m: u32,
@@ -258,39 +257,25 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
 
     let smem = dynamic_shared_base();
     let layout = smem_layout(m, k_chunk);
-    let gs = smem.byte_add(layout.g as u32);
     let xs = smem.byte_add(layout.x as u32);
     let stride = layout.row_stride as u32;
     let zero = smem.byte_add(layout.zero as u32);
     let sum_sq = smem.byte_add(layout.sum_sq as u32).cast::<f32>();
     let row_chunks = steps * 4;
-    // g (weights: safe to request before the dependency wait) and the zero block. Nothing
-    // waits for g here: its latency overlaps the wait and x's (one barrier after both).
-    // SAFETY: reads g only inside it (else zero-fills); destinations are in the layout.
-    unsafe {
-        if FUSE {
-            let mut c = tid;
-            while c < row_chunks {
-                let ok = c0 + c < chunks;
-                let src = (g as *const [u32; 4]).wrapping_add((c0 + c) as usize);
-                cp_async_cg_shared_global_16(gs.byte_add(c * 16), src as *const u8, if ok { 16 } else { 0 });
-                c += THREADS;
-            }
-            cp_async_commit_group();
-        }
-        if tid == 0 {
-            st_shared_v4_u32(zero.cast(), [0; 4]);
-        }
+    if tid == 0 {
+        // SAFETY: the zero block is inside the layout.
+        unsafe { st_shared_v4_u32(zero.cast(), [0; 4]) };
     }
 
     // 2. Wait for the previous kernel before touching x or the outputs.
     griddepcontrol_wait();
 
-    // 3. Each warp stages its own tokens' slices of x (tokens w, w + 8), then rewrites them
-    // with g as permuted bf16(x · g).
+    // 3. Stage x: warp w takes tokens w, w + 8 (Prologue, step 3). The plain GEMM sums the
+    // squares too (unused, a few instructions per block: skipping them turned ptxas's
+    // register allocation of `gemm_decode_early` into spills).
     // SAFETY: each copy reads x only inside it (else zero-fills) into this warp's own rows;
-    // after `wait_group 0` (this thread's g and x copies) a CTA barrier makes every
-    // thread's copies visible; both CTA barriers are uniform.
+    // after `wait_group 0` and the warp barrier the warp's copies are visible to all its
+    // lanes; a lane rewrites only its own blocks; the CTA barrier is uniform.
     unsafe {
         let mut t = warp;
         while t < m {
@@ -309,9 +294,8 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
         }
         cp_async_commit_group();
         cp_async_wait_group::<0>();
-        sync_threads();
-
-        // Warp w takes tokens w, w + 8, ...; lane l the 64-byte blocks l, l + 32, ...
+        // The warp's copies are visible to all its lanes after this.
+        bar_warp_sync();
         let mut t = warp;
         while t < m {
             let row = xs.byte_add(t * stride);
@@ -321,19 +305,10 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
                 let p = row.byte_add(blk * 64).cast::<[u32; 4]>();
                 let mut v = [[0u32; 4]; 4];
                 for (i, vi) in v.iter_mut().enumerate() {
-                    let xv = ld_shared_v4_u32(p.add(i as u32));
-                    ss += sum_squares_bf16x8(xv);
-                    *vi = if FUSE {
-                        normalize_bf16x8(
-                            xv,
-                            ld_shared_v4_u32(gs.byte_add(blk * 64).cast::<[u32; 4]>().add(i as u32)),
-                            1.0,
-                        )
-                    } else {
-                        xv
-                    };
+                    *vi = ld_shared_v4_u32(p.add(i as u32));
+                    ss += sum_squares_bf16x8(*vi);
                 }
-                // Transpose the 4x4 block of bf16 pairs: piece pp = pair pp of chunks 0..3.
+                // Piece pp of the block = pair pp of chunks 0..3.
                 #[allow(clippy::needless_range_loop)] // pp indexes the inner arrays of all four
                 for pp in 0..4 {
                     st_shared_v4_u32(p.add(pp as u32), [v[0][pp], v[1][pp], v[2][pp], v[3][pp]]);
@@ -349,7 +324,9 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
         sync_threads();
     }
 
-    // 4. Main loop: per K step, two MMAs per token tile.
+    // 4. Main loop: per K step, two MMAs per token tile. Lane l of `ldmatrix.x4` gives the
+    // address of row l % 8 (token 8t + l % 8) of matrix l / 8 (piece l / 8 of the step's
+    // block); absent tokens read the zero block.
     let (mat, mrow) = (lane / 8, lane % 8);
     let mut tile_base = [0u32; MT];
     let mut tile_advance = [0u32; MT];
@@ -424,6 +401,7 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
             for (t, a) in acc.iter().enumerate() {
                 // The lane's two tokens of the tile (elements i and i + 2 share one).
                 let tok0 = t as u32 * TOKEN_TILE + 2 * qq;
+                // SAFETY: sum_sq[tok] was written for tok < m.
                 // SAFETY: sum_sq[tok] was written for tok < m.
                 let sc = [tok0, tok0 + 1]
                     .map(|tok| if tok < m { scale(unsafe { ld_shared_f32(sum_sq.add(tok)) }) } else { 0.0 });

@@ -6,7 +6,7 @@
 //! Per shape (K, Nq, Nkv) and M, with random weights and x, outputs poisoned with NaN first:
 //! * `forward_into_with` on `FusedDecode` (M <= `DECODE_MAX_M`), `FusedTiled`, `NormCublas`
 //!   and `Auto`, against `reference::qkv_rows`;
-//! * `baseline_into` for `NormCublas` and `NormNanofuse`, against the same rows;
+//! * `UnfusedRmsNormQkv::forward_into` for `NormCublas` and `NormNanofuse`, against the same rows;
 //! * `ops::rms_norm` against `reference::rms_norm_f32` (every row);
 //! * `ops::gemm` with nanofuse's GEMM and with cuBLAS, against `reference::gemm_rows`.
 //!
@@ -28,7 +28,7 @@ use nanofuse::bench::{random_bf16, random_weights};
 use nanofuse::ops::{self, GemmImpl};
 use nanofuse::plan::DECODE_MAX_M;
 use nanofuse::reference::{self, compare, concat_qkv, rms};
-use nanofuse::{Baseline, Error, FusedRmsNormQkv, Gpu, KERNEL_NAMES, Path, QkvShape, bf16};
+use nanofuse::{Baseline, Error, FusedRmsNormQkv, Gpu, KERNEL_NAMES, Path, QkvShape, UnfusedRmsNormQkv, bf16};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
@@ -173,8 +173,10 @@ fn main() -> ExitCode {
     'sweep: for (name, k, nq, nkv) in SHAPES {
         let shape = QkvShape::new(k, nq, nkv, EPS);
         let (g, w) = random_weights(&mut rng, &shape);
-        let op = match FusedRmsNormQkv::new(&gpu, shape, &g, &w) {
-            Ok(op) => op,
+        let built = FusedRmsNormQkv::new(&gpu, shape, &g, &w)
+            .and_then(|op| Ok((op, UnfusedRmsNormQkv::new(&gpu, shape, &g, &w)?)));
+        let (op, base) = match built {
+            Ok(ops) => ops,
             Err(e) => {
                 tally.record(&format!("{name} setup"), Err(e.into()));
                 if tally.driver_error {
@@ -190,7 +192,7 @@ fn main() -> ExitCode {
         println!("== {name}: K={k} Nq={nq} Nkv={nkv} (N={}), eps {EPS:e}, M in {ms:?}", shape.n());
         for m in ms {
             let x = random_bf16(&mut rng, m * k, -3.0, 3.0);
-            let s = Sweep::new(&gpu, &op, &g, &w, x, m);
+            let s = Sweep::new(&gpu, &op, &base, &g, &w, x, m);
             for (case, run) in s.cases() {
                 tally.record(&format!("{name:<5} M={m:<3} {case:<19}"), run(&s));
                 if tally.driver_error {
@@ -223,6 +225,7 @@ fn large_tile_m(n: usize, sm_count: u32) -> usize {
 struct Sweep<'a> {
     gpu: &'a Arc<Gpu>,
     op: &'a FusedRmsNormQkv,
+    base: &'a UnfusedRmsNormQkv,
     g: &'a [bf16],
     w: &'a [bf16],
     x: Vec<bf16>,
@@ -238,12 +241,20 @@ struct Sweep<'a> {
 type Case<'a> = (&'static str, fn(&Sweep<'a>) -> CaseResult);
 
 impl<'a> Sweep<'a> {
-    fn new(gpu: &'a Arc<Gpu>, op: &'a FusedRmsNormQkv, g: &'a [bf16], w: &'a [bf16], x: Vec<bf16>, m: usize) -> Self {
+    fn new(
+        gpu: &'a Arc<Gpu>,
+        op: &'a FusedRmsNormQkv,
+        base: &'a UnfusedRmsNormQkv,
+        g: &'a [bf16],
+        w: &'a [bf16],
+        x: Vec<bf16>,
+        m: usize,
+    ) -> Self {
         let s = *op.shape();
         let rows = sample_rows(m);
         let want_qkv = reference::qkv_rows(&x, g, w, s.hidden, s.n(), s.eps, &rows);
         let want_gemm = reference::gemm_rows(&x, w, s.hidden, s.n(), &rows);
-        Sweep { gpu, op, g, w, x, m, rows, want_qkv, want_gemm }
+        Sweep { gpu, op, base, g, w, x, m, rows, want_qkv, want_gemm }
     }
 
     /// The cases that apply at this M.
@@ -301,7 +312,7 @@ impl<'a> Sweep<'a> {
         let dx = gpu.upload(&self.x)?;
         let mut xn = self.poisoned(m * s.hidden)?;
         let mut y = self.poisoned(m * s.n())?;
-        self.op.baseline_into(which, &dx, m, &mut xn, &mut y)?;
+        self.base.forward_into(which, &dx, m, &mut xn, &mut y)?;
         let y = gpu.download(&y)?;
         self.check_projection(&y, &self.want_qkv)
     }

@@ -21,6 +21,23 @@ pub unsafe fn ld_global_nc_v4_u32(p: *const [u32; 4]) -> [u32; 4] {
     [a, b, c, d]
 }
 
+/// `ld.global.cg.v4.u32 {a,b,c,d}, [p];` — 16 bytes cached in L2 only (not L1), for data
+/// this kernel also writes.
+///
+/// # Safety
+/// `p` is 16-byte aligned and points at 16 readable bytes of global memory.
+#[inline(always)]
+pub unsafe fn ld_global_cg_v4_u32(p: *const [u32; 4]) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    // SAFETY: forwarded to the caller. Not `pure`: the kernel may write the same address.
+    unsafe {
+        asm!("ld.global.cg.v4.u32 {{{a}, {b}, {c}, {d}}}, [{p}];",
+             a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
+             p = in(reg64) p, options(readonly, nostack));
+    }
+    [a, b, c, d]
+}
+
 /// `@p ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {a,b,c,d}, [ptr];` — a predicated
 /// 16-byte streaming load: it does not allocate in L1 (the data is used once) and asks L2
 /// to fetch the surrounding 256 bytes. Returns zeros when `pred` is false, in which case
