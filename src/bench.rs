@@ -57,6 +57,8 @@ pub enum Variant {
     FusedDecode,
     /// The fused tiled kernel whatever M is (launch-shape sweeps).
     FusedTiled,
+    /// The separate-output fallback (`Path::NormCublas`) whatever M is (crossover sweeps).
+    Fallback,
 }
 
 impl Variant {
@@ -80,6 +82,7 @@ impl Variant {
             Variant::ApiPacked => "api-packed",
             Variant::FusedDecode => "fused-decode",
             Variant::FusedTiled => "fused-tiled",
+            Variant::Fallback => "fallback",
         }
     }
 }
@@ -212,6 +215,7 @@ impl Workload {
             Variant::FusedDecode => op.forward_into_with(Path::FusedDecode, &b.x, m, &mut b.q, &mut b.k, &mut b.v),
             Variant::FusedTiled => op.forward_into_with(Path::FusedTiled, &b.x, m, &mut b.q, &mut b.k, &mut b.v),
             Variant::Api => op.forward_into(&b.x, m, &mut b.q, &mut b.k, &mut b.v),
+            Variant::Fallback => op.forward_into_with(Path::NormCublas, &b.x, m, &mut b.q, &mut b.k, &mut b.v),
             Variant::ApiPacked => op.forward_packed_into(&b.x, m, &mut b.y),
             Variant::NormCublas => base.forward_into(Baseline::NormCublas, &b.x, m, &mut b.xn, &mut b.y),
             Variant::NormNanofuse => base.forward_into(Baseline::NormNanofuse, &b.x, m, &mut b.xn, &mut b.y),

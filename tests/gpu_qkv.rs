@@ -39,9 +39,15 @@ fn check_shape(name: &str, shape: QkvShape) {
     let mut rng = common::rng(name);
     let (k, n) = (shape.hidden, shape.n());
     let (g, w) = random_weights(&mut rng, &shape);
-    let op = FusedRmsNormQkv::new(&gpu, shape, &g, &w).unwrap();
+    let mut op = FusedRmsNormQkv::new(&gpu, shape, &g, &w).unwrap();
     let base = UnfusedRmsNormQkv::new(&gpu, shape, &g, &w).unwrap();
     let mut failures = Vec::new();
+    // Every path; the separate-output fallback both ways (one GEMM + split_qkv, three GEMMs).
+    let variants = PATHS.iter().flat_map(|&p| {
+        let splits: &[Option<bool>] = if p == Path::NormCublas { &[Some(true), Some(false)] } else { &[None] };
+        splits.iter().map(move |&s| (p, s))
+    });
+    let variants: Vec<(Path, Option<bool>)> = variants.collect();
 
     for &m in &MS {
         let x = random_bf16(&mut rng, m * k, -3.0, 3.0);
@@ -51,7 +57,13 @@ fn check_shape(name: &str, shape: QkvShape) {
 
         // Every path of the op, twice (determinism).
         let mut fused_outputs = Vec::new();
-        for path in PATHS {
+        for &(path, split) in &variants {
+            op.set_tuning(Tuning { split, ..Tuning::default() });
+            let label = match split {
+                Some(true) => format!("{path:?} (one GEMM + split)"),
+                Some(false) => format!("{path:?} (three GEMMs)"),
+                None => format!("{path:?}"),
+            };
             let mut runs = Vec::new();
             for _ in 0..2 {
                 let mut q = gpu.alloc_zeros::<bf16>(m * shape.q_dim).unwrap();
@@ -73,11 +85,11 @@ fn check_shape(name: &str, shape: QkvShape) {
                 continue;
             }
             match check(&runs[0], m, n, &want, &rows) {
-                Ok(c) => println!("{name} M={m:<4} {path:?}: {c}"),
-                Err(e) => failures.push(format!("M={m} {path:?}: {e}")),
+                Ok(c) => println!("{name} M={m:<4} {label}: {c}"),
+                Err(e) => failures.push(format!("M={m} {label}: {e}")),
             }
             if runs[0].iter().zip(&runs[1]).any(|(a, b)| a.to_bits() != b.to_bits()) {
-                failures.push(format!("M={m} {path:?}: two runs differ bitwise"));
+                failures.push(format!("M={m} {label}: two runs differ bitwise"));
             }
             if matches!(path, Path::FusedDecode | Path::FusedTiled) {
                 fused_outputs.push((path, runs.swap_remove(0)));
@@ -85,6 +97,7 @@ fn check_shape(name: &str, shape: QkvShape) {
         }
 
         // The packed forms: one [M, N] output.
+        op.set_tuning(Tuning::default());
         for path in PATHS {
             if path == Path::FusedDecode && m > DECODE_MAX_M {
                 continue;
@@ -167,7 +180,10 @@ fn check_decode_shapes(name: &str, shape: QkvShape) {
             for k_splits in [1, 2, 3, 5, 8] {
                 // Alternate the entry (early or not) with the shape, so both run on every test shape.
                 let early = Some((warp_split + k_splits) % 2 == 0);
-                op.set_tuning(Tuning { decode: Some(DecodeShape { warp_split, k_splits, early }), tile: None });
+                op.set_tuning(Tuning {
+                    decode: Some(DecodeShape { warp_split, k_splits, early }),
+                    ..Tuning::default()
+                });
                 let mut runs = Vec::new();
                 for _ in 0..2 {
                     let mut q = gpu.alloc_zeros::<bf16>(m * shape.q_dim).unwrap();

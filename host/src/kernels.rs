@@ -7,14 +7,14 @@ use std::sync::Arc;
 use cudarc::driver::sys::{self, CUfunction_attribute, CUlaunchAttributeID};
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
 use cudarc::nvrtc::Ptx;
-use nanofuse_kernels_gpu::config::{self, TileConfig, decode, fold_gain, rms_norm};
+use nanofuse_kernels_gpu::config::{self, TileConfig, decode, fold_gain, rms_norm, split_qkv};
 
 use crate::error::{Error, Result};
 use crate::gpu::DeviceInfo;
 use crate::plan::{DecodePlan, Tile, TiledPlan};
 
 /// Every kernel entry point the host launches, as named in the PTX.
-pub const KERNEL_NAMES: [&str; 10] = [
+pub const KERNEL_NAMES: [&str; 11] = [
     "rms_norm",
     "fused_rmsnorm_qkv_decode",
     "gemm_decode",
@@ -25,6 +25,7 @@ pub const KERNEL_NAMES: [&str; 10] = [
     "fused_rmsnorm_qkv_decode_early",
     "gemm_decode_early",
     "fold_gain",
+    "split_qkv",
 ];
 
 /// The kernels of one loaded module.
@@ -39,6 +40,7 @@ pub(crate) struct Kernels {
     gemm_tiled_large: CudaFunction,
     gemm_tiled_small: CudaFunction,
     fold_gain: CudaFunction,
+    split_qkv: CudaFunction,
 }
 
 /// Output pointers and widths of a fused launch.
@@ -134,6 +136,7 @@ impl Kernels {
             fused_decode_early: get(KERNEL_NAMES[7])?,
             gemm_decode_early: get(KERNEL_NAMES[8])?,
             fold_gain: get(KERNEL_NAMES[9])?,
+            split_qkv: get(KERNEL_NAMES[10])?,
         };
         let raise = |f: &CudaFunction, bytes: u32| {
             f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
@@ -183,6 +186,19 @@ impl Kernels {
         let mut args = [arg(&w), arg(&g), arg(&n), arg(&k)];
         // SAFETY: the argument list matches `fold_gain`; buffers per the caller.
         unsafe { launch(stream, &self.fold_gain, shape, false, &mut args) }
+    }
+
+    /// Copies the packed `y [m, out.nq + 2 out.nkv]` into `out`'s q, k, v.
+    ///
+    /// # Safety
+    /// `y` and the outputs are 16-byte aligned device buffers on this context of `m` rows
+    /// each, the outputs disjoint from `y`; `1 <= m < 2^31`.
+    pub(crate) unsafe fn split_qkv(&self, stream: &CudaStream, pdl: bool, y: u64, out: QkvPtrs, m: u32) -> Result<()> {
+        let grid = m.clamp(1, split_qkv::MAX_CTAS);
+        let shape = Shape { grid: (grid, 1), block: split_qkv::THREADS, cluster_x: 1, smem: 0 };
+        let mut args = [arg(&y), arg(&out.q), arg(&out.k), arg(&out.v), arg(&m), arg(&out.nq), arg(&out.nkv)];
+        // SAFETY: the argument list matches `split_qkv`; buffers per the caller.
+        unsafe { launch(stream, &self.split_qkv, shape, pdl, &mut args) }
     }
 
     /// The decode kernel, fused (`fused`: W with g folded in, q/k/v outputs) or plain (y in

@@ -29,5 +29,5 @@ pub use half::bf16;
 pub use kernels::KERNEL_NAMES;
 pub use qkv::{
     Baseline, FusedRmsNormQkv, Path, Qkv, QkvShape, Tuning, UnfusedRmsNormQkv, auto_fused_max_m,
-    auto_packed_fused_max_m,
+    auto_packed_fused_max_m, auto_split_max_m,
 };

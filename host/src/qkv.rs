@@ -29,12 +29,32 @@ pub fn auto_packed_fused_max_m(k: usize) -> usize {
 }
 
 /// Largest M for which [`Path::Auto`] runs the fused decode kernel into separate q, k, v,
-/// for hidden size `k`. The alternative there is RMSNorm + three cuBLAS GEMMs (no single
-/// cuBLAS call writes three tensors), which the fused kernel beats up to M = 16 for
-/// K <= 4096 (measured); for larger K (70B: three GEMMs win from M = 8) the packed
-/// crossover applies.
+/// for hidden size `k`. The alternative there is RMSNorm + one cuBLAS GEMM + the
+/// `split_qkv` copy (no single cuBLAS call writes three tensors), about 1 µs slower than
+/// the packed fallback at these M. On H100 (docs/RESULTS.md, M in 1, 2, 4, 8, 16) the
+/// largest M where the fused kernel was faster: 16 for K = 1024 and K = 2048, 8 for
+/// K = 4096, 4 for K = 8192.
 pub fn auto_fused_max_m(k: usize) -> usize {
-    if k <= 4096 { DECODE_MAX_M } else { auto_packed_fused_max_m(k) }
+    match k {
+        0..=2048 => DECODE_MAX_M,
+        2049..=4096 => 8,
+        _ => 4,
+    }
+}
+
+/// Largest `M · N` for which the separate-output fallback splits one GEMM (see
+/// [`auto_split_max_m`]).
+pub const SPLIT_MAX_ELEMENTS: usize = 6 << 20;
+
+/// Largest M for which the separate-output fallback ([`Path::NormCublas`] into q, k, v)
+/// runs one cuBLAS GEMM into a packed `[M, N]` scratch and copies it out with the
+/// `split_qkv` kernel; above it, three GEMMs write q, k and v directly. The split costs a
+/// launch and `4 M N` bytes of copying, each extra GEMM a launch and its tail. Measured on
+/// H100 (docs/RESULTS.md, M in 32, 128, 512, 2048): the split was faster up to
+/// `M · N = 6.3 M` elements (Llama-3.2-1B at M = 2048, Llama-3-70B at M = 512) and three
+/// GEMMs from `8.4 M` (Qwen3-0.6B at M = 2048).
+pub fn auto_split_max_m(n: usize) -> usize {
+    SPLIT_MAX_ELEMENTS / n.max(1)
 }
 
 /// The shape of one fused RMSNorm + QKV projection.
@@ -97,8 +117,9 @@ pub enum Path {
     FusedDecode,
     /// The fused tiled tensor-core kernel.
     FusedTiled,
-    /// Unfused: the RMSNorm kernel into a scratch buffer, then three cuBLAS GEMMs writing
-    /// q, k and v directly.
+    /// Unfused: the RMSNorm kernel into a scratch buffer, then cuBLAS. Packed output: one
+    /// GEMM. Separate q, k, v: one GEMM into a packed scratch and the `split_qkv` copy
+    /// kernel up to [`auto_split_max_m`], else three GEMMs writing q, k and v directly.
     NormCublas,
 }
 
@@ -117,6 +138,9 @@ pub enum Baseline {
 pub struct Tuning {
     pub decode: Option<DecodeShape>,
     pub tile: Option<Tile>,
+    /// The separate-output fallback: `Some(true)` one GEMM + `split_qkv`, `Some(false)`
+    /// three GEMMs.
+    pub split: Option<bool>,
 }
 
 /// `m` within the kernels' 32-bit index range.
@@ -152,7 +176,9 @@ pub struct Qkv {
 ///   epilogue, so weight streaming never waits for the norm;
 /// * fused tiled: `inv_rms · Σ_k bf16(x · 1) · W'` (the tiled kernel with a unit gain);
 /// * fallback: the RMSNorm kernel with a unit gain, `bf16(x · inv_rms)`, then cuBLAS
-///   with `W'`: the same kernels and bytes as baseline (a), on the folded weight.
+///   with `W'`: for the packed output the same kernels and bytes as baseline (a), on the
+///   folded weight; for separate q, k, v one more kernel (`split_qkv`, copying the packed
+///   product out) up to [`auto_split_max_m`], else three GEMMs.
 ///
 /// [`Path::Auto`] picks the fused kernel only for the M where it was measured faster than
 /// the unfused path (docs/RESULTS.md). The unfused baselines, which need the weights as
@@ -235,10 +261,21 @@ impl FusedRmsNormQkv {
         if m <= auto_packed_fused_max_m(self.shape.hidden) { Path::FusedDecode } else { Path::NormCublas }
     }
 
+    /// Scratch elements the fallback needs at `m` (the tuned split choice aside): the
+    /// normalized `xn [m, hidden]`, then the packed `y [m, n]` where the separate-output
+    /// fallback splits one GEMM.
+    fn scratch_len(&self, m: usize) -> Result<usize> {
+        let s = self.shape;
+        let split = self.tuning.split.unwrap_or(m <= auto_split_max_m(s.n()));
+        let width = if split { s.hidden + s.n() } else { s.hidden };
+        checked_len("m * (hidden + n)", m, width)
+    }
+
     /// Allocates the fallback path's scratch for up to `max_m` tokens now (for example
     /// before capturing a CUDA graph, where allocation is not allowed).
     pub fn reserve(&self, max_m: usize) -> Result<()> {
-        let len = checked_len("max_m * hidden", max_m, self.shape.hidden)?;
+        let split_m = max_m.min(auto_split_max_m(self.shape.n()));
+        let len = self.scratch_len(max_m)?.max(self.scratch_len(split_m)?);
         let mut slot = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         if slot.as_ref().is_none_or(|s| s.len() < len) {
             *slot = Some(self.gpu.alloc_zeros(len.max(1))?);
@@ -365,7 +402,9 @@ impl FusedRmsNormQkv {
         (stream_ref(&self.gpu, &self.ones, "g"), stream_ref(&self.gpu, &self.w, "w"))
     }
 
-    /// RMSNorm into the scratch buffer, then one cuBLAS GEMM per output tensor.
+    /// RMSNorm into the scratch buffer, then either one cuBLAS GEMM into the scratch's
+    /// packed `y [m, n]` and `split_qkv`, or one cuBLAS GEMM per output tensor
+    /// ([`auto_split_max_m`]).
     ///
     /// # Safety
     /// `x [m, hidden]` and the outputs are checked device buffers; `m >= 1`.
@@ -373,6 +412,19 @@ impl FusedRmsNormQkv {
         let s = self.shape;
         let w = self.weight_refs().1.ptr;
         let row_bytes = (s.hidden * 2) as u64;
+        let gpu = &self.gpu;
+        if self.tuning.split.unwrap_or(m <= auto_split_max_m(s.n())) {
+            // SAFETY: the scratch holds xn [m, hidden] and then y [m, n] (`reserve` sized it
+            // with `scratch_len`); y starts 16-byte aligned (hidden % 8 == 0); the scratch
+            // is the op's private allocation, so disjoint from x and the outputs.
+            return unsafe {
+                self.with_normalized(x, m, |xn, blas| {
+                    let y = xn + (m * s.hidden * 2) as u64;
+                    blas.gemm_xwt(xn, w, y, m, s.hidden, s.n(), s.n())?;
+                    gpu.kernels.split_qkv(gpu.stream(), gpu.pdl(), y, out, m as u32)
+                })
+            };
+        }
         // SAFETY: W rows [0, nq) are Q, [nq, nq + nkv) K, the rest V; each output is
         // [m, width] with ldy = width; x per the caller.
         unsafe {

@@ -36,6 +36,15 @@ pub mod fold_gain {
     pub const MAX_CTAS: u32 = 1024;
 }
 
+/// `split_qkv` (packed `y [M, N]` into q, k, v, in the separate-output fallback): CTAs
+/// stride over rows.
+pub mod split_qkv {
+    /// Threads per CTA; each thread owns every 256th 16-byte chunk (or element) of a row.
+    pub const THREADS: u32 = 256;
+    /// Most CTAs of a launch.
+    pub const MAX_CTAS: u32 = 1024;
+}
+
 /// The decode (small-M, weight-streaming) kernels `fused_rmsnorm_qkv_decode` and
 /// `gemm_decode`.
 ///

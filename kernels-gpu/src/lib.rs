@@ -3,7 +3,8 @@
 //!
 //! On the host target only `config` is compiled. On `nvptx64-nvidia-cuda`:
 //! * [`ptx`]: the device-support layer, one wrapper per PTX instruction;
-//! * one kernel family per file: [`rms_norm`], [`qkv_decode`], [`qkv_tiled`], [`fold_gain`];
+//! * one kernel family per file: [`rms_norm`], [`qkv_decode`], [`qkv_tiled`], [`fold_gain`],
+//!   [`split_qkv`];
 //! * device helpers shared by several kernels: `norm`, `qkv_out`.
 #![no_std]
 #![cfg_attr(target_arch = "nvptx64", feature(abi_gpu_kernel, asm_experimental_arch, stdarch_nvptx))]
@@ -26,6 +27,8 @@ pub mod qkv_decode;
 pub mod qkv_tiled;
 #[cfg(target_arch = "nvptx64")]
 pub mod rms_norm;
+#[cfg(target_arch = "nvptx64")]
+pub mod split_qkv;
 
 /// A panic in a kernel traps: the launch fails loudly instead of hanging or returning a
 /// silently wrong answer. (The tests check that the shipped PTX has no panic path.)

@@ -34,16 +34,26 @@ impl QkvOut {
         }
     }
 
+    /// The address of `[token, col]` in the tensor that column `col` belongs to.
+    ///
+    /// # Safety
+    /// `col < self.n()`, `token` is below the M the tensors were allocated for.
+    #[inline(always)]
+    pub unsafe fn element(&self, token: u32, col: u32) -> *mut u16 {
+        let (base, width, c) = self.locate(col);
+        // SAFETY: forwarded to the caller; the offset is computed in 64 bits.
+        unsafe { base.add(token as usize * width as usize + c as usize) }
+    }
+
     /// Round `value` to bf16 and store it at `[token, col]`.
     ///
     /// # Safety
     /// `col < self.n()`, `token` is below the M the tensors were allocated for.
     #[inline(always)]
     pub unsafe fn store(&self, token: u32, col: u32, value: f32) {
-        let (base, width, c) = self.locate(col);
         let bits = cvt_rn_bf16x2_f32(value, 0.0) as u16;
-        // SAFETY: forwarded to the caller; the offset is computed in 64 bits.
-        unsafe { base.add(token as usize * width as usize + c as usize).write(bits) }
+        // SAFETY: forwarded to the caller.
+        unsafe { self.element(token, col).write(bits) }
     }
 
     /// Store `[token, col]` and `[token, col + 1]`, skipping columns `>= n`: one 4-byte
