@@ -17,13 +17,14 @@ use crate::plan::{self, DECODE_MAX_M, DecodeShape, MAX_DIM, Tile, checked_len};
 /// hidden size `k`; above it they run RMSNorm + one cuBLAS GEMM, the same kernels as the
 /// unfused baseline, so the packed API is not slower than it.
 ///
-/// The fused decode kernel's time grows with M (every CTA stages the M rows of x it needs)
-/// while cuBLAS's stays flat. On H100 (docs/RESULTS.md, M in 1, 2, 4, 8, 16) the largest M
-/// where it was faster: 16 for K = 1024, 8 for K = 2048, 4 for K = 4096 and K = 8192.
+/// The fused decode kernel's time grows with M (every CTA stages the M rows of x it needs
+/// and the MMA work doubles past 8 tokens) while cuBLAS's stays flat. On H100
+/// (docs/RESULTS.md, M in 1, 2, 4, 8, 16) the largest M where it was faster: 16 for
+/// K = 1024, 8 for K = 2048 and K = 4096, 4 for K = 8192.
 pub fn auto_packed_fused_max_m(k: usize) -> usize {
     match k {
         0..=1024 => 16,
-        1025..=2048 => 8,
+        1025..=4096 => 8,
         _ => 4,
     }
 }

@@ -39,7 +39,8 @@
 //!   step is permuted: MMA k-slot `2q + j` / `2q + 8 + j` holds element `8q + j` /
 //!   `8q + 2 + j` (first MMA) and `8q + 4 + j` / `8q + 6 + j` (second MMA).
 //! * x sits in shared memory with the same permutation (within each 32-element block, the
-//!   bf16 pair `4q + p` is stored at position `4p + q`), so one `ldmatrix.x4` per token tile
+//!   bf16 pair `4q + p` is stored at position `4p + q`; the staging copies write it there
+//!   directly), so one `ldmatrix.x4` per token tile
 //!   yields the B fragments of both MMAs. Rows of absent tokens point at a 16-byte zero
 //!   block.
 //! * W is loaded in batches of `UNROLL` steps, double-buffered in registers: the first two
@@ -55,11 +56,14 @@
 //!    touches x and the outputs only after the wait. When the grid has at most one CTA per
 //!    SM (two fit), the next launch's CTAs start beside this one's and request their weights
 //!    while this one finishes; that overlap is what the planner aims for.
-//! 3. Warp `w` `cp.async`s the rows of its tokens (`w`, `w + 8`) for the CTA's K range into
-//!    shared memory (512 contiguous bytes per instruction), waits for them (no CTA barrier:
-//!    a warp barrier makes them visible to its lanes), rewrites them in place in the
-//!    permuted order, one 64-byte block per lane at a time, and sums `x²` (butterfly
-//!    reduction); one CTA barrier publishes the rows and the sums to all warps.
+//! 3. Warp `w` copies the rows of its tokens (`w`, `w + 8`) for the CTA's K range into
+//!    shared memory with 4-byte `cp.async`s that scatter each bf16 pair straight to its
+//!    permuted position (32 lanes read 128 contiguous bytes and fill two whole blocks), so
+//!    no pass rewrites them; it waits for its copies (no CTA barrier: a warp barrier makes
+//!    them visible to its lanes) and sums `x²` one block per lane (butterfly reduction);
+//!    one CTA barrier publishes the rows and the sums to all warps. (Copying 16-byte chunks
+//!    and permuting them in place, the previous version, cost 0.3-6 µs more at M = 2-16,
+//!    and 0.2 µs less at M = 1 on some shapes: docs/RESULTS.md.)
 //!
 //! # Split-K across CTAs
 //! With `k_splits > 1`, the CTAs of a cluster each leave their partial tile and partial
@@ -85,7 +89,7 @@ use crate::config::decode::{
 };
 use crate::norm::{inv_rms, sum_squares_bf16x8};
 use crate::ptx::cluster::{barrier_cluster_sync, cluster_ctarank, ld_shared_cluster_f32, mapa_shared_cluster};
-use crate::ptx::cp_async::{cp_async_cg_shared_global_16, cp_async_commit_group, cp_async_wait_group};
+use crate::ptx::cp_async::{cp_async_ca_shared_global_4, cp_async_commit_group, cp_async_wait_group};
 use crate::ptx::global::ld_global_nc_stream_v4_u32;
 use crate::ptx::mma::{ldmatrix_x4, mma_m16n8k16_bf16_f32};
 use crate::ptx::shared::{
@@ -261,7 +265,6 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
     let stride = layout.row_stride as u32;
     let zero = smem.byte_add(layout.zero as u32);
     let sum_sq = smem.byte_add(layout.sum_sq as u32).cast::<f32>();
-    let row_chunks = steps * 4;
     if tid == 0 {
         // SAFETY: the zero block is inside the layout.
         unsafe { st_shared_v4_u32(zero.cast(), [0; 4]) };
@@ -275,20 +278,23 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
     // register allocation of `gemm_decode_early` into spills).
     // SAFETY: each copy reads x only inside it (else zero-fills) into this warp's own rows;
     // after `wait_group 0` and the warp barrier the warp's copies are visible to all its
-    // lanes; a lane rewrites only its own blocks; the CTA barrier is uniform.
+    // lanes; the CTA barrier is uniform.
     unsafe {
+        // Word g of the row (bf16 pair 4q + p of 32-element block g / 16, q = chunk
+        // (g / 4) % 4, p = g % 4) lands at pair 4p + q of its block: the k order the W
+        // fragments use. The 32 lanes copy 128 contiguous global bytes into two whole
+        // blocks.
+        let row_words = steps * 16;
         let mut t = warp;
         while t < m {
-            let mut c = lane;
-            while c < row_chunks {
-                let ok = c0 + c < chunks;
-                let src = (x as *const [u32; 4]).wrapping_add(t as usize * chunks as usize + (c0 + c) as usize);
-                cp_async_cg_shared_global_16(
-                    xs.byte_add(t * stride + c * 16),
-                    src as *const u8,
-                    if ok { 16 } else { 0 },
-                );
-                c += 32;
+            let row = xs.byte_add(t * stride);
+            let src_row = (x as *const u32).wrapping_add((t as usize * chunks as usize + c0 as usize) * 4);
+            let mut g = lane;
+            while g < row_words {
+                let ok = c0 + (g >> 2) < chunks;
+                let dst = row.byte_add((g >> 4) * 64 + (g & 3) * 16 + ((g >> 2) & 3) * 4);
+                cp_async_ca_shared_global_4(dst, src_row.wrapping_add(g as usize) as *const u8, if ok { 4 } else { 0 });
+                g += 32;
             }
             t += WARPS;
         }
@@ -296,6 +302,9 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
         cp_async_wait_group::<0>();
         // The warp's copies are visible to all its lanes after this.
         bar_warp_sync();
+        // Sum of squares: one block per lane at a time, its pieces read in a lane-rotated
+        // order so that the 8 lanes of a shared-memory phase hit 8 bank groups.
+        let rot = (lane >> 1) & 3;
         let mut t = warp;
         while t < m {
             let row = xs.byte_add(t * stride);
@@ -303,15 +312,8 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
             let mut blk = lane;
             while blk < steps {
                 let p = row.byte_add(blk * 64).cast::<[u32; 4]>();
-                let mut v = [[0u32; 4]; 4];
-                for (i, vi) in v.iter_mut().enumerate() {
-                    *vi = ld_shared_v4_u32(p.add(i as u32));
-                    ss += sum_squares_bf16x8(*vi);
-                }
-                // Piece pp of the block = pair pp of chunks 0..3.
-                #[allow(clippy::needless_range_loop)] // pp indexes the inner arrays of all four
-                for pp in 0..4 {
-                    st_shared_v4_u32(p.add(pp as u32), [v[0][pp], v[1][pp], v[2][pp], v[3][pp]]);
+                for i in 0..4 {
+                    ss += sum_squares_bf16x8(ld_shared_v4_u32(p.add((i + rot) & 3)));
                 }
                 blk += 32;
             }
@@ -401,7 +403,6 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
             for (t, a) in acc.iter().enumerate() {
                 // The lane's two tokens of the tile (elements i and i + 2 share one).
                 let tok0 = t as u32 * TOKEN_TILE + 2 * qq;
-                // SAFETY: sum_sq[tok] was written for tok < m.
                 // SAFETY: sum_sq[tok] was written for tok < m.
                 let sc = [tok0, tok0 + 1]
                     .map(|tok| if tok < m { scale(unsafe { ld_shared_f32(sum_sq.add(tok)) }) } else { 0.0 });
