@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use nanofuse::bench::{BENCH_MS, MODELS, Measurement, Model, Variant, Workload, min_bytes};
 use nanofuse::chart;
 use nanofuse::plan::{self, DECODE_MAX_M, Tile};
-use nanofuse::timing::copy_bandwidth_gbs;
+use nanofuse::timing::{RingGraph, copy_bandwidth_gbs};
 use nanofuse::{Gpu, Tuning};
 use serde::Serialize;
 
@@ -159,7 +159,11 @@ struct Report<'a> {
 }
 
 const METHOD: &str = "each variant captured in one CUDA graph over a ring of distinct weight/input sets \
-    totalling more than 4x the L2 cache; time per op = replay time / ring length (CUDA events); median of the replays";
+    totalling more than 4x the L2 cache; time per op = replay time / ring length (CUDA events); median of the replays; \
+    the variants of one shape and M are timed interleaved, in 10 rounds of replays/10 replays each";
+
+/// Rounds over which `bench` interleaves the variants of one shape and M.
+const ROUNDS: usize = 10;
 
 fn bench(a: BenchArgs) -> AppResult<()> {
     let models = select_models(&a.shapes)?;
@@ -183,33 +187,25 @@ fn bench(a: BenchArgs) -> AppResult<()> {
             wl.set_m(m)?;
             let fused_path = wl.fused_path();
             let (api_path, packed_path) = wl.auto_paths();
+            // The API runs the fused kernel where Auto picks it: same launch, same time.
+            let timed: Vec<Variant> =
+                Variant::ALL.into_iter().filter(|&v| !(v == Variant::Api && api_path == fused_path)).collect();
+            bar.set_message(format!("{} M={m}: capturing", model.name));
+            let graphs = timed.iter().map(|&v| wl.capture(v)).collect::<Result<Vec<_>, _>>()?;
+            bar.set_message(format!("{} M={m}: timing {} variants interleaved", model.name, graphs.len()));
+            let stats = RingGraph::time_interleaved(&graphs, warmup, replays, ROUNDS)?;
+            drop(graphs);
             for v in Variant::ALL {
-                bar.set_message(format!("{} M={m} {}", model.name, v.label()));
                 let path = match v {
                     Variant::Fused => format!("{fused_path:?}"),
                     Variant::Api => format!("{api_path:?}"),
                     Variant::ApiPacked => format!("{packed_path:?}"),
                     _ => String::new(),
                 };
-                // The API runs the fused kernel where Auto picks it: same launch, same time.
-                let same_as_fused = v == Variant::Api && api_path == fused_path;
-                let st = if same_as_fused {
-                    results.iter().find(|r| r.model == model.name && r.m == m && r.variant == Variant::Fused).map(|r| {
-                        nanofuse::timing::Stats {
-                            median_us: r.median_us,
-                            min_us: r.min_us,
-                            max_us: r.max_us,
-                            samples: r.replays,
-                        }
-                    })
-                } else {
-                    None
-                };
-                let st = match st {
-                    Some(st) => st,
-                    None => wl.time(v, warmup, replays)?,
-                };
-                results.push(Measurement::new(model, m, v, path, wl.ring(), st));
+                // An untimed Api shares Fused's time.
+                let same = if timed.contains(&v) { v } else { Variant::Fused };
+                let i = timed.iter().position(|&t| t == same).ok_or("variant not timed")?;
+                results.push(Measurement::new(model, m, v, path, wl.ring(), stats[i]));
                 bar.inc(1);
             }
         }

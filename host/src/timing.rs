@@ -115,6 +115,35 @@ impl RingGraph {
         Stats::of(per_op).ok_or(Error::Value { arg: "replays", expected: ">= 1", got: "0".into() })
     }
 
+    /// Times several graphs against each other: each is replayed `warmup` times untimed,
+    /// then `rounds` rounds replay every graph in turn, `replays / rounds` timed replays
+    /// each (at least one), so slow drifts of the GPU's state (clocks under its power
+    /// limit, temperature) fall on all of them alike instead of on whichever ran last.
+    /// Returns each graph's time per ring entry over all its replays.
+    pub fn time_interleaved(graphs: &[RingGraph], warmup: usize, replays: usize, rounds: usize) -> Result<Vec<Stats>> {
+        let rounds = rounds.clamp(1, replays.max(1));
+        let per_round = replays.div_ceil(rounds);
+        for g in graphs {
+            for _ in 0..warmup {
+                g.launch()?;
+            }
+        }
+        let mut samples: Vec<Vec<f64>> = graphs.iter().map(|_| Vec::with_capacity(per_round * rounds)).collect();
+        for _ in 0..rounds {
+            for (g, out) in graphs.iter().zip(samples.iter_mut()) {
+                g.gpu.synchronize()?;
+                for _ in 0..per_round {
+                    let ms = g.timer.time_ms(&g.gpu, || g.launch())?;
+                    out.push(ms * 1000.0 / g.ring as f64);
+                }
+            }
+        }
+        samples
+            .into_iter()
+            .map(|s| Stats::of(s).ok_or(Error::Value { arg: "replays", expected: ">= 1", got: "0".into() }))
+            .collect()
+    }
+
     /// One replay, not timed (criterion's `iter_custom` times batches of these itself).
     pub fn launch(&self) -> Result<()> {
         self.graph.launch().map_err(Error::driver("cuGraphLaunch"))
