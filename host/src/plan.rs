@@ -24,9 +24,9 @@ pub struct DecodePlan {
     /// K elements per CTA (a multiple of 32).
     pub k_chunk: u32,
     /// Whether each warp requests its first two W batches (not one) before waiting for the
-    /// previous kernel (the `*_early` kernels): when the grid has at most one CTA per SM and
-    /// that covers the warp's K part, so the next launch's CTAs start beside these and the
-    /// ops overlap. One batch is measured faster otherwise.
+    /// previous kernel (the `*_early` kernels): when that is all of the warp's K part, so
+    /// every weight byte of the CTA is requested before the wait. One batch was measured
+    /// faster otherwise (Llama-3-70B, M = 1: 63.9 against 65.5 µs).
     pub early: bool,
     /// Grid (k_splits, row_tiles); the k_splits CTAs of a row tile form a cluster.
     pub grid: (u32, u32),
@@ -67,13 +67,10 @@ pub fn decode_plan(
     if m == 0 || m > DECODE_MAX_M {
         return Err(Error::Dimension { arg: "M", expected: DECODE_M_RANGE, got: m });
     }
-    // At most one CTA per SM, and each warp's K part within the two batches the prologue
-    // can request: then all of W is requested before the dependency wait and the next
-    // launch's CTAs fit beside these (two per SM), so consecutive launches overlap.
-    let overlaps = |warp_split: u32, k_splits: u32, k_chunk: u32, row_tiles: u64| {
-        let steps_per_warp = (k_chunk / decode::K_STEP).div_ceil(warp_split);
-        row_tiles * k_splits as u64 <= sm_count.max(1) as u64 && steps_per_warp <= 2 * decode::UNROLL as u32
-    };
+    // Each warp's K part within the two W batches the prologue can request: then the
+    // `*_early` entries request all of the warp's W before the dependency wait.
+    let fits_prologue =
+        |warp_split: u32, k_chunk: u32| (k_chunk / decode::K_STEP).div_ceil(warp_split) <= 2 * decode::UNROLL as u32;
     let make = |warp_split: u32, k_splits: u32| -> Option<DecodePlan> {
         let k_chunk = (k.div_ceil(k_splits as usize).div_ceil(32) * 32) as u32;
         if (k_splits as usize - 1) * k_chunk as usize >= k {
@@ -84,7 +81,7 @@ pub fn decode_plan(
         if smem > max_smem as u64 || row_tiles > MAX_GRID_Y {
             return None;
         }
-        let early = overlaps(warp_split, k_splits, k_chunk, row_tiles);
+        let early = fits_prologue(warp_split, k_chunk);
         let grid = (k_splits, row_tiles as u32);
         Some(DecodePlan { warp_split, k_chunk, early, grid, smem_bytes: smem as u32 })
     };
@@ -106,38 +103,41 @@ pub fn decode_plan(
         );
     }
     // Rules fitted to the H100 sweeps of `nanofuse tune` (docs/RESULTS.md):
-    // * a cluster launch (k_splits > 1) costs about 1.4 µs per op, so K is split only
-    //   where it pays: M > 8 with K >= 2048 (fewer redundant x rows per CTA and less shared
-    //   memory per CTA), four ways;
-    // * for M <= 8, if some warp split gives at most one CTA per SM and leaves each warp at
-    //   most the two W batches the prologue requests, the most warps per row group among
-    //   those: every weight byte is requested before the dependency wait and the next
-    //   launch's CTAs fit beside this one's, so consecutive ops overlap (Qwen3-0.6B: 4.3 µs
-    //   against 5.3 µs at two CTAs per SM);
-    // * otherwise, for M <= 8, the most warps per row group (fewest rows per CTA) that keeps
-    //   the grid within two CTAs per SM, so every weight byte is requested in the first wave;
-    // * for M > 8: K >= 4096, 128 rows per CTA; 2048 <= K < 4096, 64 rows; else 32 rows
-    //   per CTA and no K split.
+    // * K splits: the fewest (1, 2, 4, 8) that let two CTAs share an SM's shared memory
+    //   (each holds its M rows of x for its K range), because the grid is sized for two
+    //   CTAs per SM and consecutive launches overlap through the second slot. A cluster
+    //   launch costs about 1.4 µs per op, so K is not split otherwise. (Llama-3-70B, M = 8:
+    //   one split, 140 KB per CTA, 77.6 µs; two splits, 74 KB, 65.6 µs.)
+    // * warps per row group: if some split gives at most one CTA per SM and leaves each
+    //   warp at most the two W batches the prologue requests, the most warps per row group
+    //   among those: every weight byte is requested before the dependency wait and the
+    //   next launch's CTAs fit beside this one's, so consecutive ops overlap (Qwen3-0.6B:
+    //   4.3 µs against 5.3 µs at two CTAs per SM); otherwise the most warps per row group
+    //   (fewest rows per CTA) that keeps the grid within two CTAs per SM, so every weight
+    //   byte is requested in the first wave; otherwise one.
+    // * the `*_early` entries wherever each warp's K part fits the two prologue batches
+    //   (`fits_prologue`; Llama-3.2-1B M = 1: 6.27 against 6.34 µs, M = 16: 8.52 against
+    //   8.71 µs).
     // Whatever the rule picks must fit (shared memory, grid); otherwise the next candidate.
-    let slots = 2 * sm_count.max(1) as usize;
-    let mut candidates: Vec<(u32, u32)> = Vec::new();
-    if m <= 8 {
-        let ctas = |ws: u32| n.div_ceil(decode::rows_per_cta(ws) as usize);
-        let k_whole = (k.div_ceil(32) * 32) as u32;
-        let fits_wave = |ws: u32| ctas(ws) <= slots;
-        let ws = [8, 4, 2, 1]
-            .into_iter()
-            .find(|&ws| overlaps(ws, 1, k_whole, ctas(ws) as u64))
-            .or_else(|| [8, 4, 2, 1].into_iter().find(|&ws| fits_wave(ws)))
-            .unwrap_or(1);
-        candidates.push((ws, 1));
-    } else if k >= 4096 {
-        candidates.extend([(1, 4), (1, 8)]);
-    } else if k >= 2048 {
-        candidates.extend([(2, 4), (1, 4)]);
-    } else {
-        candidates.push((4, 1));
-    }
+    let sm_count = sm_count.max(1) as usize;
+    // Shared memory per SM is the per-CTA opt-in maximum plus the 1 KiB the driver
+    // reserves per CTA (H100: 227 + 1 KiB); two CTAs each pay the reservation.
+    let half_sm_smem = (max_smem as u64).saturating_sub(1024) / 2;
+    let k_splits = [1u32, 2, 4, 8]
+        .into_iter()
+        .find(|&ks| {
+            let k_chunk = (k.div_ceil(ks as usize).div_ceil(32) * 32) as u32;
+            decode::smem_layout(m as u32, k_chunk).bytes <= half_sm_smem
+        })
+        .unwrap_or(decode::MAX_K_SPLITS);
+    let ctas = |ws: u32| n.div_ceil(decode::rows_per_cta(ws) as usize) * k_splits as usize;
+    let k_chunk = (k.div_ceil(k_splits as usize).div_ceil(32) * 32) as u32;
+    let ws = [8, 4, 2, 1]
+        .into_iter()
+        .find(|&ws| ctas(ws) <= sm_count && fits_prologue(ws, k_chunk))
+        .or_else(|| [8, 4, 2, 1].into_iter().find(|&ws| ctas(ws) <= 2 * sm_count))
+        .unwrap_or(1);
+    let mut candidates: Vec<(u32, u32)> = vec![(ws, k_splits)];
     // Fallbacks: larger K splits (less shared memory per CTA).
     for ks in 1..=decode::MAX_K_SPLITS {
         candidates.push((1, ks));

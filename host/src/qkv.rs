@@ -20,27 +20,18 @@ use crate::plan::{self, DECODE_MAX_M, DecodeShape, MAX_DIM, Tile, checked_len};
 /// The fused decode kernel's time grows with M (every CTA stages the M rows of x it needs
 /// and the MMA work doubles past 8 tokens) while cuBLAS's stays flat. On H100
 /// (docs/RESULTS.md, M in 1, 2, 4, 8, 16) the largest M where it was faster: 16 for
-/// K = 1024, 8 for K = 2048 and K = 4096, 4 for K = 8192.
+/// K = 1024 and K = 2048, 8 for K = 4096 (M = 16 within 1%) and K = 8192.
 pub fn auto_packed_fused_max_m(k: usize) -> usize {
-    match k {
-        0..=1024 => 16,
-        1025..=4096 => 8,
-        _ => 4,
-    }
+    if k <= 2048 { DECODE_MAX_M } else { 8 }
 }
 
 /// Largest M for which [`Path::Auto`] runs the fused decode kernel into separate q, k, v,
 /// for hidden size `k`. The alternative there is RMSNorm + one cuBLAS GEMM + the
-/// `split_qkv` copy (no single cuBLAS call writes three tensors), about 1 µs slower than
-/// the packed fallback at these M. On H100 (docs/RESULTS.md, M in 1, 2, 4, 8, 16) the
-/// largest M where the fused kernel was faster: 16 for K = 1024 and K = 2048, 8 for
-/// K = 4096, 4 for K = 8192.
+/// `split_qkv` copy (no single cuBLAS call writes three tensors), 1-2 µs slower than the
+/// packed fallback at these M. On H100 (docs/RESULTS.md, M in 1, 2, 4, 8, 16) the largest
+/// M where the fused kernel was faster: 16 for K <= 4096, 8 for K = 8192.
 pub fn auto_fused_max_m(k: usize) -> usize {
-    match k {
-        0..=2048 => DECODE_MAX_M,
-        2049..=4096 => 8,
-        _ => 4,
-    }
+    if k <= 4096 { DECODE_MAX_M } else { 8 }
 }
 
 /// Largest `M · N` for which the separate-output fallback splits one GEMM (see
