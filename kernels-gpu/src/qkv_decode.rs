@@ -285,15 +285,21 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
         // fragments use. The 32 lanes copy 128 contiguous global bytes into two whole
         // blocks.
         let row_words = steps * 16;
+        // Lane l's first word is word l; each pass of the warp moves on 32 words: 128 bytes
+        // in global memory, two blocks (128 bytes) in shared memory, 8 chunks.
+        let lane_dst = (lane >> 4) * 64 + (lane & 3) * 16 + ((lane >> 2) & 3) * 4;
         let mut t = warp;
         while t < m {
-            let row = xs.byte_add(t * stride);
-            let src_row = (x as *const u32).wrapping_add((t as usize * chunks as usize + c0 as usize) * 4);
+            let mut dst = xs.byte_add(t * stride + lane_dst);
+            let mut src =
+                (x as *const u32).wrapping_add((t as usize * chunks as usize + c0 as usize) * 4 + lane as usize);
+            let mut chunk = c0 + (lane >> 2);
             let mut g = lane;
             while g < row_words {
-                let ok = c0 + (g >> 2) < chunks;
-                let dst = row.byte_add((g >> 4) * 64 + (g & 3) * 16 + ((g >> 2) & 3) * 4);
-                cp_async_ca_shared_global_4(dst, src_row.wrapping_add(g as usize) as *const u8, if ok { 4 } else { 0 });
+                cp_async_ca_shared_global_4(dst, src as *const u8, if chunk < chunks { 4 } else { 0 });
+                dst = dst.byte_add(128);
+                src = src.wrapping_add(32);
+                chunk += 8;
                 g += 32;
             }
             t += WARPS;
