@@ -1,6 +1,7 @@
 //! `cargo bench`: fused RMSNorm + QKV vs the unfused baselines, per model shape and M.
 //!
-//! Same method as `nanofuse bench`: each variant is captured in one CUDA graph over a ring
+//! The rings and graphs of `nanofuse bench` (which also interleaves the variants; criterion
+//! times one variant at a time): each variant is captured in one CUDA graph over a ring
 //! of distinct weight sets larger than 4x L2 (weights stream from DRAM as in a decode
 //! step); criterion's `iter_custom` times whole replays with CUDA events and reports the
 //! time per op. Throughput is the op's minimum bytes (W, g, x, outputs), so criterion

@@ -160,7 +160,7 @@ struct Report<'a> {
 
 const METHOD: &str = "each variant captured in one CUDA graph over a ring of distinct weight/input sets \
     totalling more than 4x the L2 cache; time per op = replay time / ring length (CUDA events); median of the replays; \
-    the variants of one shape and M are timed interleaved, in 10 rounds of replays/10 replays each";
+    the variants of one shape and M are timed interleaved, in 10 rounds of ceil(replays/10) replays each";
 
 /// Rounds over which `bench` interleaves the variants of one shape and M.
 const ROUNDS: usize = 10;

@@ -275,8 +275,14 @@ fn decode_plan_picks_the_measured_shapes_on_h100() {
         for &m in ms {
             let p = plan::decode_plan(m, k, n, SMS, SMEM, None).unwrap();
             assert_eq!((p.warp_split, p.k_splits(), p.early), (ws, ks, early), "K = {k}, N = {n}, M = {m}: {p:?}");
-            // At most two CTAs per SM (one wave), and two fit an SM's shared memory.
-            assert!(p.k_splits() * p.row_tiles() <= 2 * SMS || ws == 1, "K = {k}, M = {m}: {p:?}");
+            // At most two CTAs per SM (one wave), except Llama-3-70B at M = 16, where even
+            // one warp per row group needs 80 row tiles x 4 K splits = 320 CTAs.
+            let ctas = p.k_splits() * p.row_tiles();
+            if (k, m) == (8192, 16) {
+                assert_eq!(ctas, 320, "{p:?}");
+            } else {
+                assert!(ctas <= 2 * SMS, "K = {k}, M = {m}: {p:?}");
+            }
             assert!(2 * (p.smem_bytes + 1024) <= SMEM + 1024, "K = {k}, M = {m}: {} bytes", p.smem_bytes);
         }
     }

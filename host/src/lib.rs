@@ -28,6 +28,6 @@ pub use gpu::{BUFFER_ALIGN, DeviceInfo, Gpu, arch_number, device_count, driver_p
 pub use half::bf16;
 pub use kernels::KERNEL_NAMES;
 pub use qkv::{
-    Baseline, FusedRmsNormQkv, Path, Qkv, QkvShape, Tuning, UnfusedRmsNormQkv, auto_fused_max_m,
+    Baseline, FusedRmsNormQkv, Path, Qkv, QkvShape, SPLIT_MAX_ELEMENTS, Tuning, UnfusedRmsNormQkv, auto_fused_max_m,
     auto_packed_fused_max_m, auto_split_max_m,
 };

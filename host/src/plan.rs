@@ -107,7 +107,7 @@ pub fn decode_plan(
     //   (each holds its M rows of x for its K range), because the grid is sized for two
     //   CTAs per SM and consecutive launches overlap through the second slot. A cluster
     //   launch costs about 1.4 µs per op, so K is not split otherwise. (Llama-3-70B, M = 8:
-    //   one split, 140 KB per CTA, 77.6 µs; two splits, 74 KB, 65.6 µs.)
+    //   one split, 140 KB per CTA, 77.6 µs; two splits, 74 KB, 65.5 µs.)
     // * warps per row group: if some split gives at most one CTA per SM and leaves each
     //   warp at most the two W batches the prologue requests, the most warps per row group
     //   among those: every weight byte is requested before the dependency wait and the
@@ -153,8 +153,8 @@ pub fn decode_plan(
 /// Largest K slice one decode CTA can hold for `m` tokens.
 pub fn max_decode_k(max_smem: u32, m: usize) -> usize {
     let fixed = decode::smem_layout(m as u32, 0).bytes;
-    // Per K element: 2 bytes of g and 2 per token row.
-    ((max_smem as u64).saturating_sub(fixed) / (2 + 2 * m as u64)) as usize / 32 * 32
+    // Per K element: 2 bytes per token row.
+    ((max_smem as u64).saturating_sub(fixed) / (2 * m.max(1) as u64)) as usize / 32 * 32
 }
 
 /// The tiled kernels' tile shapes.

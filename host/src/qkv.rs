@@ -131,7 +131,7 @@ pub struct Tuning {
     pub decode: Option<DecodeShape>,
     pub tile: Option<Tile>,
     /// The separate-output fallback: `Some(true)` one GEMM + `split_qkv`, `Some(false)`
-    /// three GEMMs.
+    /// three GEMMs; `None` splits up to [`auto_split_max_m`].
     pub split: Option<bool>,
 }
 
@@ -238,7 +238,8 @@ impl FusedRmsNormQkv {
         &self.w
     }
 
-    /// Overrides launch shapes (for benchmark sweeps).
+    /// Overrides launch shapes (for benchmark sweeps). Forcing `split` on can enlarge the
+    /// fallback's scratch: call [`FusedRmsNormQkv::reserve`] again before capturing a graph.
     pub fn set_tuning(&mut self, tuning: Tuning) {
         self.tuning = tuning;
     }
@@ -259,8 +260,11 @@ impl FusedRmsNormQkv {
     fn scratch_len(&self, m: usize) -> Result<usize> {
         let s = self.shape;
         let split = self.tuning.split.unwrap_or(m <= auto_split_max_m(s.n()));
-        let width = if split { s.hidden + s.n() } else { s.hidden };
-        checked_len("m * (hidden + n)", m, width)
+        if split {
+            checked_len("m * (hidden + n)", m, s.hidden + s.n())
+        } else {
+            checked_len("m * hidden", m, s.hidden)
+        }
     }
 
     /// Allocates the fallback path's scratch for up to `max_m` tokens now (for example

@@ -116,8 +116,8 @@ impl RingGraph {
     }
 
     /// Times several graphs against each other: each is replayed `warmup` times untimed,
-    /// then `rounds` rounds replay every graph in turn, `replays / rounds` timed replays
-    /// each (at least one), so slow drifts of the GPU's state (clocks under its power
+    /// then `rounds` rounds replay every graph in turn, `ceil(replays / rounds)` timed
+    /// replays each (so at least `replays` in all), so slow drifts of the GPU's state (clocks under its power
     /// limit, temperature) fall on all of them alike instead of on whichever ran last.
     /// Returns each graph's time per ring entry over all its replays.
     pub fn time_interleaved(graphs: &[RingGraph], warmup: usize, replays: usize, rounds: usize) -> Result<Vec<Stats>> {

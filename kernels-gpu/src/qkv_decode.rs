@@ -168,7 +168,7 @@ fused_decode_entry! {
 }
 fused_decode_entry! {
     /// `fused_rmsnorm_qkv_decode` requesting its first two W batches before the dependency
-    /// wait (for grids of at most one CTA per SM).
+    /// wait (the planner's choice when that is all of each warp's K part).
     fused_rmsnorm_qkv_decode_early, early = true
 }
 gemm_decode_entry! {

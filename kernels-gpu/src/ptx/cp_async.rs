@@ -1,6 +1,6 @@
 //! Asynchronous global-to-shared copies (`cp.async`, sm_80+), used by the multi-stage
-//! pipelines: issue copies for a stage, `commit_group`, and later `wait_group` until at
-//! most N groups are still in flight.
+//! pipelines and the decode kernel's x staging: issue copies, `commit_group`, and later
+//! `wait_group` until at most N groups are still in flight.
 
 use super::shared::SharedPtr;
 use core::arch::asm;
