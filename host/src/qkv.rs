@@ -254,13 +254,16 @@ impl FusedRmsNormQkv {
         if m <= auto_packed_fused_max_m(self.shape.hidden) { Path::FusedDecode } else { Path::NormCublas }
     }
 
-    /// Scratch elements the fallback needs at `m` (the tuned split choice aside): the
-    /// normalized `xn [m, hidden]`, then the packed `y [m, n]` where the separate-output
-    /// fallback splits one GEMM.
+    /// Whether the separate-output fallback splits one GEMM at `m` (else three GEMMs).
+    fn splits(&self, m: usize) -> bool {
+        self.tuning.split.unwrap_or(m <= auto_split_max_m(self.shape.n()))
+    }
+
+    /// Scratch elements the fallback needs at `m`: the normalized `xn [m, hidden]`, then the
+    /// packed `y [m, n]` where the separate-output fallback splits one GEMM.
     fn scratch_len(&self, m: usize) -> Result<usize> {
         let s = self.shape;
-        let split = self.tuning.split.unwrap_or(m <= auto_split_max_m(s.n()));
-        if split {
+        if self.splits(m) {
             checked_len("m * (hidden + n)", m, s.hidden + s.n())
         } else {
             checked_len("m * hidden", m, s.hidden)
@@ -409,7 +412,7 @@ impl FusedRmsNormQkv {
         let w = self.weight_refs().1.ptr;
         let row_bytes = (s.hidden * 2) as u64;
         let gpu = &self.gpu;
-        if self.tuning.split.unwrap_or(m <= auto_split_max_m(s.n())) {
+        if self.splits(m) {
             // SAFETY: the scratch holds xn [m, hidden] and then y [m, n] (`reserve` sized it
             // with `scratch_len`); y starts 16-byte aligned (hidden % 8 == 0); the scratch
             // is the op's private allocation, so disjoint from x and the outputs.
