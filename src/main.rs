@@ -295,10 +295,6 @@ fn print_table(results: &[Measurement], copy_gbs: f64) {
     println!("floor = minimum bytes / copy bandwidth.");
 }
 
-/// The separate-output fallback's two forms, as `tune` labels them.
-const FALLBACKS: [(&str, bool); 2] =
-    [("fallback (norm + cublas + split)", true), ("fallback (norm + cublas x3)", false)];
-
 fn tune(a: TuneArgs) -> AppResult<()> {
     let mut models = if a.shapes.is_empty() && !a.custom.is_empty() { Vec::new() } else { select_models(&a.shapes)? };
     if let [k, nq, nkv] = a.custom[..] {
@@ -335,12 +331,12 @@ fn tune(a: TuneArgs) -> AppResult<()> {
             };
             wl.set_tuning(Tuning::default());
             row("unfused-cublas".into(), &mut wl, Variant::NormCublas)?;
+            row("api-packed (auto)".into(), &mut wl, Variant::ApiPacked)?;
+            for (label, split) in [("fallback (norm + cublas + split)", true), ("fallback (norm + cublas x3)", false)] {
+                wl.set_tuning(Tuning { split: Some(split), ..Tuning::default() });
+                row(label.into(), &mut wl, Variant::Fallback)?;
+            }
             if m > DECODE_MAX_M {
-                row("api-packed (norm + cublas)".into(), &mut wl, Variant::ApiPacked)?;
-                for (label, split) in FALLBACKS {
-                    wl.set_tuning(Tuning { split: Some(split), ..Tuning::default() });
-                    row(label.into(), &mut wl, Variant::Fallback)?;
-                }
                 for tile in [Tile::Small, Tile::Large] {
                     wl.set_tuning(Tuning { tile: Some(tile), ..Tuning::default() });
                     row(format!("tiled {tile:?}"), &mut wl, Variant::FusedTiled)?;
@@ -349,18 +345,13 @@ fn tune(a: TuneArgs) -> AppResult<()> {
                 row("unfused-cublas (again)".into(), &mut wl, Variant::NormCublas)?;
                 continue;
             }
+            wl.set_tuning(Tuning::default());
             let p = plan::decode_plan(m, s.hidden, s.n(), info.sm_count, info.max_smem_per_block, None)?;
             let label = format!("plan ws={} ks={} early={}", p.warp_split, p.k_splits(), p.early);
             row(label.clone(), &mut wl, Variant::FusedDecode)?;
             row(format!("{label} (again)"), &mut wl, Variant::FusedDecode)?;
             row(format!("{label} no-pdl"), &mut wl, Variant::FusedNoPdl)?;
             row("unfused-nanofuse".into(), &mut wl, Variant::NormNanofuse)?;
-            row("api-packed (auto)".into(), &mut wl, Variant::ApiPacked)?;
-            for (label, split) in FALLBACKS {
-                wl.set_tuning(Tuning { split: Some(split), ..Tuning::default() });
-                row(label.into(), &mut wl, Variant::Fallback)?;
-            }
-            wl.set_tuning(Tuning::default());
             for warp_split in [1, 2, 4, 8] {
                 for k_splits in a.k_splits.iter().copied() {
                     let earlies: &[Option<bool>] = if a.early { &[Some(false), Some(true)] } else { &[None] };
