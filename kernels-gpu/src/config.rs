@@ -89,22 +89,20 @@ pub mod decode {
         ROWS_PER_WARP * (WARPS / warp_split)
     }
 
-    /// Bytes of the all-zero 16-byte block that `ldmatrix` reads for absent tokens.
-    pub const ZERO_BYTES: u32 = 16;
-
     /// Byte offsets of the decode kernels' dynamic shared memory. Every offset is 16-byte
     /// aligned.
     pub struct SmemLayout {
         /// `tokens` rows of x (k-permuted) for the CTA's K range, `row_stride` bytes apart.
         pub x: u64,
         pub row_stride: u64,
-        /// 16 zero bytes that `ldmatrix` reads for absent tokens.
-        pub zero: u64,
         /// Partial sums: 4 f32 per token tile per lane of every warp (for the reduction
         /// across the warps of a row group, then across the CTAs of a cluster).
         pub reduce: u64,
-        /// Per-token sum of squares of x over the CTA's K range (`MAX_TOKENS` f32), also
-        /// read by the other CTAs of a cluster.
+        /// Per-warp, per-token sums of squares of x over the warp's K part (`MAX_TOKENS` f32
+        /// per warp), added across the warps of a row group.
+        pub ss_part: u64,
+        /// Per-token sum of squares of x over the CTA's K range (`MAX_TOKENS` f32), read by
+        /// the other CTAs of a cluster.
         pub sum_sq: u64,
         pub bytes: u64,
     }
@@ -115,10 +113,10 @@ pub mod decode {
         let x = 0;
         // 16 bytes of padding: the 8 rows an ldmatrix phase reads hit 8 bank groups.
         let row_stride = k_chunk as u64 * 2 + 16;
-        let zero = x + row_stride * tokens as u64;
-        let reduce = zero + ZERO_BYTES as u64;
-        let sum_sq = reduce + (WARPS * 32 * TILES * 16) as u64;
-        SmemLayout { x, row_stride, zero, reduce, sum_sq, bytes: sum_sq + MAX_TOKENS as u64 * 4 }
+        let reduce = x + row_stride * tokens as u64;
+        let ss_part = reduce + (WARPS * 32 * TILES * 16) as u64;
+        let sum_sq = ss_part + (WARPS * MAX_TOKENS * 4) as u64;
+        SmemLayout { x, row_stride, reduce, ss_part, sum_sq, bytes: sum_sq + MAX_TOKENS as u64 * 4 }
     }
 }
 

@@ -40,9 +40,9 @@
 //!   `8q + 2 + j` (first MMA) and `8q + 4 + j` / `8q + 6 + j` (second MMA).
 //! * x sits in shared memory with the same permutation (within each 32-element block, the
 //!   bf16 pair `4q + p` is stored at position `4p + q`; the staging copies write it there
-//!   directly), so one `ldmatrix.x4` per token tile
-//!   yields the B fragments of both MMAs. Rows of absent tokens point at a 16-byte zero
-//!   block.
+//!   directly), so one `ldmatrix.x4` per token tile yields the B fragments of both MMAs.
+//!   Rows of absent tokens in a used token tile point at token 0's row: their result
+//!   columns are never stored.
 //! * W is loaded in batches of `UNROLL` steps, double-buffered in registers: the first two
 //!   batches are requested in the prologue, and each later batch as the batch two before it
 //!   is multiplied.
@@ -56,14 +56,20 @@
 //!    touches x and the outputs only after the wait. When the grid has at most one CTA per
 //!    SM (two fit), the next launch's CTAs start beside this one's and request their weights
 //!    while this one finishes; that overlap is what the planner aims for.
-//! 3. Warp `w` copies the rows of its tokens (`w`, `w + 8`) for the CTA's K range into
-//!    shared memory with 4-byte `cp.async`s that scatter each bf16 pair straight to its
-//!    permuted position (32 lanes read 128 contiguous bytes and fill two whole blocks), so
-//!    no pass rewrites them; it waits for its copies (no CTA barrier: a warp barrier makes
-//!    them visible to its lanes) and sums `x²` one block per lane (butterfly reduction);
-//!    one CTA barrier publishes the rows and the sums to all warps. (Copying 16-byte chunks
-//!    and permuting them in place, the previous version, cost 0.3-6 µs more at M = 2-16,
-//!    and 0.2 µs less at M = 1 on some shapes: docs/RESULTS.md.)
+//! 3. Copy the rows of x for the CTA's K range into shared memory with 4-byte `cp.async`s
+//!    that scatter each bf16 pair straight to its permuted position (32 lanes read 128
+//!    contiguous bytes and fill two whole blocks), so no pass rewrites them. Warp `w` copies
+//!    the rows of tokens `w` and `w + 8`; in the plain entries at M = 1 (M = 2) all 8 (4)
+//!    warps share a row, taking its 128-byte pieces in turn (measured 0.4-1.4 µs faster on
+//!    Llama-3-8B and Llama-3-70B; no gain on the `_early` shapes, slower there at M = 4).
+//!    One CTA barrier publishes the rows.
+//! 4. Sums of squares of x (the norm): the plain entries take them from the B fragments
+//!    inside the main loop (each lane sees 8 of a token's 32 values per step; no latency
+//!    added, the four lanes of a token and the warps of a row group are added after the
+//!    loop). The `_early` entries (at most 2 · UNROLL steps per warp) hold both W batches
+//!    in registers through the loop, where the extra state made ptxas spill, so there each
+//!    warp sums its own rows before the CTA barrier (one block per lane, butterfly
+//!    reduction).
 //!
 //! # Split-K across CTAs
 //! With `k_splits > 1`, the CTAs of a cluster each leave their partial tile and partial
@@ -85,7 +91,7 @@
 
 use crate::config::VEC;
 use crate::config::decode::{
-    K_STEP, MAX_K_SPLITS, ROWS_PER_WARP, THREADS, TILES, TOKEN_TILE, UNROLL, WARPS, smem_layout,
+    K_STEP, MAX_K_SPLITS, MAX_TOKENS, ROWS_PER_WARP, THREADS, TILES, TOKEN_TILE, UNROLL, WARPS, smem_layout,
 };
 use crate::norm::{inv_rms, sum_squares_bf16x8};
 use crate::ptx::cluster::{barrier_cluster_sync, cluster_ctarank, ld_shared_cluster_f32, mapa_shared_cluster};
@@ -96,11 +102,9 @@ use crate::ptx::shared::{
     SharedPtr, dynamic_shared_base, ld_shared_f32, ld_shared_v4_u32, st_shared_f32, st_shared_v4_u32,
 };
 use crate::ptx::sync::{griddepcontrol_launch_dependents, griddepcontrol_wait};
-use crate::ptx::thread::{
-    block_dim_x, block_idx_x, block_idx_y, grid_dim_x, lane_id, sync_threads, thread_idx_x, warp_id,
-};
+use crate::ptx::thread::{block_dim_x, block_idx_x, block_idx_y, grid_dim_x, lane_id, sync_threads, warp_id};
 use crate::ptx::trap;
-use crate::ptx::warp::{bar_warp_sync, warp_sum_f32};
+use crate::ptx::warp::{bar_warp_sync, shfl_sync_bfly_f32, shfl_sync_idx_f32, warp_sum_f32};
 use crate::qkv_out::QkvOut;
 
 /// Defines a fused decode entry point; `EARLY` selects how many W batches each warp
@@ -212,7 +216,7 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
         trap();
     }
     let n = out.n();
-    let (tid, warp, lane) = (thread_idx_x(), warp_id(), lane_id());
+    let (warp, lane) = (warp_id(), lane_id());
 
     // 1. Map the CTA to a K range and W rows, the warp to 16 rows and part of the range.
     let k0 = kslice * k_chunk;
@@ -263,87 +267,72 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
     let layout = smem_layout(m, k_chunk);
     let xs = smem.byte_add(layout.x as u32);
     let stride = layout.row_stride as u32;
-    let zero = smem.byte_add(layout.zero as u32);
     let sum_sq = smem.byte_add(layout.sum_sq as u32).cast::<f32>();
-    if tid == 0 {
-        // SAFETY: the zero block is inside the layout.
-        unsafe { st_shared_v4_u32(zero.cast(), [0; 4]) };
-    }
 
     // 2. Wait for the previous kernel before touching x or the outputs.
     griddepcontrol_wait();
 
-    // 3. Stage x: warp w takes tokens w, w + 8 (Prologue, step 3). The plain GEMM sums the
-    // squares too (unused, a few instructions per block: skipping them turned ptxas's
-    // register allocation of `gemm_decode_early` into spills).
-    // SAFETY: each copy reads x only inside it (else zero-fills) into this warp's own rows;
-    // after `wait_group 0` and the warp barrier the warp's copies are visible to all its
-    // lanes; the CTA barrier is uniform.
+    // 3. Stage x (Prologue, step 3): each token row is copied by one warp, or, in the plain
+    // entries at M <= 2, by 8 / M warps; the `_early` entries also sum its squares (step 4).
+    // One CTA barrier publishes the rows and the sums.
+    // SAFETY: each copy reads x only inside it (else zero-fills) into its token's row (a
+    // piece starting before `row_words` lies inside the row: the row holds `k_chunk / 32`
+    // blocks); after `wait_group 0` and the warp barrier a warp's copies are visible to all
+    // its lanes; the CTA barrier is uniform.
     unsafe {
-        // Word g of the row (bf16 pair 4q + p of 32-element block g / 16, q = chunk
-        // (g / 4) % 4, p = g % 4) lands at pair 4p + q of its block: the k order the W
-        // fragments use. The 32 lanes copy 128 contiguous global bytes into two whole
-        // blocks.
-        let row_words = steps * 16;
-        // Lane l's first word is word l; each pass of the warp moves on 32 words: 128 bytes
-        // in global memory, two blocks (128 bytes) in shared memory, 8 chunks.
-        let lane_dst = (lane >> 4) * 64 + (lane & 3) * 16 + ((lane >> 2) & 3) * 4;
-        let mut t = warp;
-        while t < m {
-            let mut dst = xs.byte_add(t * stride + lane_dst);
-            let mut src =
-                (x as *const u32).wrapping_add((t as usize * chunks as usize + c0 as usize) * 4 + lane as usize);
-            let mut chunk = c0 + (lane >> 2);
-            let mut g = lane;
-            while g < row_words {
-                cp_async_ca_shared_global_4(dst, src as *const u8, if chunk < chunks { 4 } else { 0 });
-                dst = dst.byte_add(128);
-                src = src.wrapping_add(32);
-                chunk += 8;
-                g += 32;
-            }
-            t += WARPS;
+        let rows = StagedRows { x, xs, stride, m, chunks, c0, steps };
+        match m {
+            1 if !EARLY => rows.copy::<3>(warp, lane),
+            2 if !EARLY => rows.copy::<2>(warp, lane),
+            _ => rows.copy::<0>(warp, lane),
         }
         cp_async_commit_group();
         cp_async_wait_group::<0>();
-        // The warp's copies are visible to all its lanes after this.
-        bar_warp_sync();
-        // Sum of squares: one block per lane at a time, its pieces read in a lane-rotated
-        // order so that the 8 lanes of a shared-memory phase hit 8 bank groups.
-        let rot = (lane >> 1) & 3;
-        let mut t = warp;
-        while t < m {
-            let row = xs.byte_add(t * stride);
-            let mut ss = 0.0f32;
-            let mut blk = lane;
-            while blk < steps {
-                let p = row.byte_add(blk * 64).cast::<[u32; 4]>();
-                for i in 0..4 {
-                    ss += sum_squares_bf16x8(ld_shared_v4_u32(p.add((i + rot) & 3)));
+        if FUSE && EARLY {
+            // Each warp sums the squares of the (whole) rows it copied: one block per lane
+            // at a time, its pieces read in a lane-rotated order so that the 8 lanes of a
+            // shared-memory phase hit 8 bank groups.
+            bar_warp_sync();
+            let rot = (lane >> 1) & 3;
+            let mut t = warp;
+            while t < m {
+                let row = xs.byte_add(t * stride);
+                let mut ss = 0.0f32;
+                let mut blk = lane;
+                while blk < steps {
+                    let p = row.byte_add(blk * 64).cast::<[u32; 4]>();
+                    for i in 0..4 {
+                        ss += sum_squares_bf16x8(ld_shared_v4_u32(p.add((i + rot) & 3)));
+                    }
+                    blk += 32;
                 }
-                blk += 32;
+                let ss = warp_sum_f32(ss);
+                if lane == 0 {
+                    st_shared_f32(sum_sq.add(t), ss);
+                }
+                t += WARPS;
             }
-            let ss = warp_sum_f32(ss);
-            if lane == 0 {
-                st_shared_f32(sum_sq.add(t), ss);
-            }
-            t += WARPS;
         }
         sync_threads();
     }
 
     // 4. Main loop: per K step, two MMAs per token tile. Lane l of `ldmatrix.x4` gives the
     // address of row l % 8 (token 8t + l % 8) of matrix l / 8 (piece l / 8 of the step's
-    // block); absent tokens read the zero block.
+    // block). Absent tokens of a used tile read token 0's row: their columns of the MMA
+    // result (and their sums of squares) are never stored.
     let (mat, mrow) = (lane / 8, lane % 8);
-    let mut tile_base = [0u32; MT];
-    let mut tile_advance = [0u32; MT];
-    for (t, (base, adv)) in tile_base.iter_mut().zip(tile_advance.iter_mut()).enumerate() {
+    let tile_base = core::array::from_fn::<u32, MT, _>(|t| {
         let tok = t as u32 * TOKEN_TILE + mrow;
-        (*base, *adv) = if tok < m { (xs.byte_add(tok * stride + mat * 16).addr(), 64) } else { (zero.addr(), 0) };
-    }
+        let row = if tok < m { tok } else { 0 };
+        xs.byte_add(row * stride + mat * 16).addr()
+    });
     let tiles_used = m.div_ceil(TOKEN_TILE);
     let mut acc = [[0.0f32; 4]; MT];
+    // The plain entries take the sums of squares over the warp's K part from the B
+    // fragments (Prologue, step 4): lane (g, q) sees 8 of the 32 values of token 8t + g in
+    // every step.
+    let ss_in_loop = FUSE && !EARLY;
+    let mut ss = [0.0f32; MT];
     let mut s = s_begin;
     while s < s_end {
         if !EARLY {
@@ -356,11 +345,13 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
                 let a_k1 = [wv[2], wv[6], wv[3], wv[7]];
                 for t in 0..MT {
                     if (t as u32) < tiles_used {
-                        // SAFETY: the address is a token row (inside the layout) or the
-                        // zero block.
-                        let b = unsafe { ldmatrix_x4(SharedPtr::from_addr(tile_base[t] + step * tile_advance[t])) };
+                        // SAFETY: the address is inside a staged token row.
+                        let b = unsafe { ldmatrix_x4(SharedPtr::from_addr(tile_base[t] + step * 64)) };
                         acc[t] = mma_m16n8k16_bf16_f32(a_k0, [b[0], b[1]], acc[t]);
                         acc[t] = mma_m16n8k16_bf16_f32(a_k1, [b[2], b[3]], acc[t]);
+                        if ss_in_loop {
+                            ss[t] += sum_squares_bf16x8(b);
+                        }
                     }
                 }
             }
@@ -372,16 +363,29 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
         s += UNROLL as u32;
     }
 
-    // 5. Add the partial sums of the warps of a row group.
+    // 5. Add the partial sums of the warps of a row group. Sums of squares too (plain
+    // entries): the four lanes of a token add theirs first, so lane (g, q) holds token
+    // 8t + g's.
+    if ss_in_loop {
+        for v in ss.iter_mut() {
+            *v += shfl_sync_bfly_f32(*v, 1);
+            *v += shfl_sync_bfly_f32(*v, 2);
+        }
+    }
     let red = smem.byte_add(layout.reduce as u32).cast::<[u32; 4]>();
     let slot = red.add((warp * 32 + lane) * MT as u32);
-    // SAFETY: the reduction area holds 4 f32 per token tile per lane of every warp; the
-    // barrier is CTA-uniform (warp_split is a kernel argument).
+    let ss_part = smem.byte_add(layout.ss_part as u32).cast::<f32>();
+    let ss_slot = |w: u32, t: usize| ss_part.add(w * MAX_TOKENS + t as u32 * TOKEN_TILE + gq);
+    // SAFETY: the reduction areas hold 4 f32 per token tile per lane and MAX_TOKENS f32 per
+    // warp; the barrier is CTA-uniform (warp_split is a kernel argument).
     unsafe {
         if warp_split > 1 {
             for (t, a) in acc.iter().enumerate() {
                 if (t as u32) < tiles_used {
                     st_shared_v4_u32(slot.add(t as u32), a.map(f32::to_bits));
+                    if ss_in_loop && qq == 0 {
+                        st_shared_f32(ss_slot(warp, t), ss[t]);
+                    }
                 }
             }
             sync_threads();
@@ -393,6 +397,9 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
                             let v = ld_shared_v4_u32(other.add(t as u32));
                             for i in 0..4 {
                                 a[i] += f32::from_bits(v[i]);
+                            }
+                            if ss_in_loop {
+                                ss[t] += ld_shared_f32(ss_slot(warp + p, t));
                             }
                         }
                     }
@@ -409,9 +416,20 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
             for (t, a) in acc.iter().enumerate() {
                 // The lane's two tokens of the tile (elements i and i + 2 share one).
                 let tok0 = t as u32 * TOKEN_TILE + 2 * qq;
-                // SAFETY: sum_sq[tok] was written for tok < m.
-                let sc = [tok0, tok0 + 1]
-                    .map(|tok| if tok < m { scale(unsafe { ld_shared_f32(sum_sq.add(tok)) }) } else { 0.0 });
+                // Token 8t + 2q + j's sum of squares: in the plain entries held by lanes
+                // 4 (2q + j) to 4 (2q + j) + 3, in the `_early` ones in shared memory.
+                let sc = [0, 1].map(|j| {
+                    let tok = tok0 + j;
+                    let ss_tok = if !EARLY {
+                        shfl_sync_idx_f32(ss[t], 4 * (2 * qq + j))
+                    } else if tok < m {
+                        // SAFETY: sum_sq[tok] was written for tok < m.
+                        unsafe { ld_shared_f32(sum_sq.add(tok)) }
+                    } else {
+                        0.0
+                    };
+                    if tok < m { scale(ss_tok) } else { 0.0 }
+                });
                 for (i, &value) in a.iter().enumerate() {
                     let (row, tok) = elem(t as u32, i as u32);
                     if row < n && tok < m {
@@ -431,6 +449,13 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
     // addresses come from `mapa` of addresses inside the layout; the second barrier keeps
     // each CTA's shared memory alive until all remote reads are done.
     unsafe {
+        // Warp 0 (part 0 of row group 0) publishes the CTA's sums of squares (the `_early`
+        // entries have them there already).
+        if ss_in_loop && warp == 0 && qq == 0 {
+            for (t, v) in ss.iter().enumerate() {
+                st_shared_f32(sum_sq.add(t as u32 * TOKEN_TILE + gq), *v);
+            }
+        }
         if part == 0 {
             // Only this warp's own slot: the warp reduction above read the other parts'.
             for (t, a) in acc.iter().enumerate() {
@@ -457,5 +482,56 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
             }
         }
         barrier_cluster_sync();
+    }
+}
+
+/// The rows of x a CTA stages: tokens `0..m`, 16-byte chunks `c0..` of each (`steps` blocks
+/// of 32 elements), into shared memory rows `stride` bytes apart (Prologue, step 3).
+struct StagedRows {
+    x: *const u16,
+    xs: SharedPtr<u8>,
+    stride: u32,
+    m: u32,
+    /// Chunks per row of x (K / 8).
+    chunks: u32,
+    c0: u32,
+    steps: u32,
+}
+
+impl StagedRows {
+    /// Issues this lane's copies: each row is copied by `2^SPLIT_LOG2` warps, which take its
+    /// 128-byte pieces in turn (a monomorphized loop: with a run-time shift the staging was
+    /// measured slower).
+    ///
+    /// Word g of a row (bf16 pair 4q + p of 32-element block g / 16, q = chunk (g / 4) % 4,
+    /// p = g % 4) lands at pair 4p + q of its block: the k order the W fragments use. The 32
+    /// lanes copy 128 contiguous global bytes (a piece) into two whole blocks, conflict-free.
+    ///
+    /// # Safety
+    /// `x` holds `m` rows of `chunks` chunks; shared memory holds `m` rows of `stride >=
+    /// 64 steps` bytes at `xs`. Copies past K zero-fill without reading x.
+    #[inline(always)]
+    unsafe fn copy<const SPLIT_LOG2: u32>(&self, warp: u32, lane: u32) {
+        let row_words = self.steps * 16;
+        // Words past K (the last CTA's K range may end inside its last block) zero-fill.
+        let valid_words = (self.chunks.saturating_sub(self.c0) * 4).min(row_words);
+        let (row_warp, first_piece) = (warp >> SPLIT_LOG2, warp & ((1 << SPLIT_LOG2) - 1));
+        let first = first_piece * 32 + lane;
+        let lane_dst = first_piece * 128 + (lane >> 4) * 64 + (lane & 3) * 16 + ((lane >> 2) & 3) * 4;
+        let mut t = row_warp;
+        while t < self.m {
+            let mut dst = self.xs.byte_add(t * self.stride + lane_dst);
+            let row = (t as usize * self.chunks as usize + self.c0 as usize) * 4;
+            let mut src = (self.x as *const u32).wrapping_add(row + first as usize);
+            let mut g = first;
+            while g < row_words {
+                // SAFETY: word g < valid_words of row t is inside x; dst is inside the row.
+                unsafe { cp_async_ca_shared_global_4(dst, src as *const u8, if g < valid_words { 4 } else { 0 }) };
+                dst = dst.byte_add(128 << SPLIT_LOG2);
+                src = src.wrapping_add(32 << SPLIT_LOG2);
+                g += 32 << SPLIT_LOG2;
+            }
+            t += WARPS >> SPLIT_LOG2;
+        }
     }
 }

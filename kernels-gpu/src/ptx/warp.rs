@@ -21,6 +21,22 @@ pub fn shfl_sync_bfly_f32(v: f32, lane_mask: u32) -> f32 {
     d
 }
 
+/// `shfl.sync.idx.b32 d, v, src_lane, 0x1f, 0xffffffff;` — returns `v` of lane `src_lane`
+/// (0..32). Every lane of the warp must call it.
+#[inline(always)]
+pub fn shfl_sync_idx_f32(v: f32, src_lane: u32) -> f32 {
+    let d: f32;
+    // SAFETY: register-only; all kernels call this from warp-uniform control flow.
+    unsafe {
+        asm!(
+            "shfl.sync.idx.b32 {d}, {v}, {l}, 0x1f, 0xffffffff;",
+            d = out(reg32) d, v = in(reg32) v, l = in(reg32) src_lane,
+            options(nomem, nostack),
+        );
+    }
+    d
+}
+
 /// `shfl.sync.down.b32 d, v, delta, 0x1f, 0xffffffff;` — returns `v` of lane
 /// `lane_id + delta`, or this lane's own `v` where that lane is past 31.
 #[inline(always)]
