@@ -52,6 +52,9 @@ pub struct DecodeShape {
     pub early: Option<bool>,
 }
 
+/// K steps per warp above which the planner prefers more, shorter CTAs (see its rules).
+const LONG_WARP_STEPS: u32 = 32;
+
 /// Plans the decode kernel for `x [m, k] · W [n, k]ᵀ`, `1 <= m <= 16`.
 ///
 /// Without `force`, it applies the rules below, which were fitted to measured sweeps.
@@ -114,7 +117,13 @@ pub fn decode_plan(
     //   next launch's CTAs fit beside this one's, so consecutive ops overlap (Qwen3-0.6B:
     //   4.3 µs against 5.3 µs at two CTAs per SM); otherwise the most warps per row group
     //   (fewest rows per CTA) that keeps the grid within two CTAs per SM, so every weight
-    //   byte is requested in the first wave; otherwise one.
+    //   byte is requested in the first wave; otherwise the fewest that leave each warp at
+    //   most 32 steps (Llama-3-70B M = 16, four K splits: 640 CTAs with 32 steps per warp
+    //   74.2 µs against 320 with 64 steps 77.7 µs).
+    // * at M <= 2, more warps per row group if a warp would have more than 32 steps (1,024
+    //   elements of K), even past two CTAs per SM: more, shorter CTAs (Llama-3-70B M = 1:
+    //   640 CTAs 60.3 µs against 160 CTAs 62.9 µs; at M = 4 every CTA's copy of x makes
+    //   that slower: 65.0 against 63.3 µs).
     // * the `*_early` entries wherever each warp's K part fits the two prologue batches
     //   (`fits_prologue`; Llama-3.2-1B M = 1: 6.27 against 6.34 µs, M = 16: 8.52 against
     //   8.71 µs).
@@ -132,11 +141,15 @@ pub fn decode_plan(
         .unwrap_or(decode::MAX_K_SPLITS);
     let ctas = |ws: u32| n.div_ceil(decode::rows_per_cta(ws) as usize) * k_splits as usize;
     let k_chunk = (k.div_ceil(k_splits as usize).div_ceil(32) * 32) as u32;
+    // Fewest warps per row group that leave each warp at most LONG_WARP_STEPS steps.
+    let short_warps =
+        [1, 2, 4, 8].into_iter().find(|&ws| (k_chunk / decode::K_STEP).div_ceil(ws) <= LONG_WARP_STEPS).unwrap_or(8);
     let ws = [8, 4, 2, 1]
         .into_iter()
         .find(|&ws| ctas(ws) <= sm_count && fits_prologue(ws, k_chunk))
         .or_else(|| [8, 4, 2, 1].into_iter().find(|&ws| ctas(ws) <= 2 * sm_count))
-        .unwrap_or(1);
+        .unwrap_or(short_warps);
+    let ws = if m <= 2 { ws.max(short_warps) } else { ws };
     let mut candidates: Vec<(u32, u32)> = vec![(ws, k_splits)];
     // Fallbacks: larger K splits (less shared memory per CTA).
     for ks in 1..=decode::MAX_K_SPLITS {
