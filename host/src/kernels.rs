@@ -14,7 +14,7 @@ use crate::gpu::DeviceInfo;
 use crate::plan::{DecodePlan, Tile, TiledPlan};
 
 /// Every kernel entry point the host launches, as named in the PTX.
-pub const KERNEL_NAMES: [&str; 11] = [
+pub const KERNEL_NAMES: [&str; 13] = [
     "rms_norm",
     "fused_rmsnorm_qkv_decode",
     "gemm_decode",
@@ -26,6 +26,8 @@ pub const KERNEL_NAMES: [&str; 11] = [
     "gemm_decode_early",
     "fold_gain",
     "split_qkv",
+    "fused_rmsnorm_qkv_decode_early_m8",
+    "gemm_decode_early_m8",
 ];
 
 /// The kernels of one loaded module.
@@ -35,6 +37,8 @@ pub(crate) struct Kernels {
     gemm_decode: CudaFunction,
     fused_decode_early: CudaFunction,
     gemm_decode_early: CudaFunction,
+    fused_decode_early_m8: CudaFunction,
+    gemm_decode_early_m8: CudaFunction,
     fused_tiled_large: CudaFunction,
     fused_tiled_small: CudaFunction,
     gemm_tiled_large: CudaFunction,
@@ -137,12 +141,21 @@ impl Kernels {
             gemm_decode_early: get(KERNEL_NAMES[8])?,
             fold_gain: get(KERNEL_NAMES[9])?,
             split_qkv: get(KERNEL_NAMES[10])?,
+            fused_decode_early_m8: get(KERNEL_NAMES[11])?,
+            gemm_decode_early_m8: get(KERNEL_NAMES[12])?,
         };
         let raise = |f: &CudaFunction, bytes: u32| {
             f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
                 .map_err(Error::driver("cuFuncSetAttribute"))
         };
-        for f in [&k.fused_decode, &k.gemm_decode, &k.fused_decode_early, &k.gemm_decode_early] {
+        for f in [
+            &k.fused_decode,
+            &k.gemm_decode,
+            &k.fused_decode_early,
+            &k.gemm_decode_early,
+            &k.fused_decode_early_m8,
+            &k.gemm_decode_early_m8,
+        ] {
             raise(f, info.max_smem_per_block)?;
         }
         raise(&k.fused_tiled_large, config::Large::SMEM_BYTES)?;
@@ -240,15 +253,23 @@ impl Kernels {
                 arg(&split),
                 arg(&chunk),
             ];
-            let f = if plan.early { &self.fused_decode_early } else { &self.fused_decode };
-            // SAFETY: the argument list matches `fused_rmsnorm_qkv_decode` (and `_early`,
-            // which takes the same); buffers per the caller.
+            let f = match (plan.early, plan.token_tiles) {
+                (false, _) => &self.fused_decode,
+                (true, 1) => &self.fused_decode_early_m8,
+                (true, _) => &self.fused_decode_early,
+            };
+            // SAFETY: the argument list matches `fused_rmsnorm_qkv_decode` (and its `_early`
+            // forms, which take the same); buffers per the caller; the plan's entry takes m.
             unsafe { launch(stream, f, shape, pdl, &mut args) }
         } else {
             let mut args = [arg(&x), arg(&w), arg(&out.q), arg(&m), arg(&k), arg(&out.nq), arg(&split), arg(&chunk)];
-            let f = if plan.early { &self.gemm_decode_early } else { &self.gemm_decode };
-            // SAFETY: the argument list matches `gemm_decode` (and `_early`); buffers per the
-            // caller.
+            let f = match (plan.early, plan.token_tiles) {
+                (false, _) => &self.gemm_decode,
+                (true, 1) => &self.gemm_decode_early_m8,
+                (true, _) => &self.gemm_decode_early,
+            };
+            // SAFETY: the argument list matches `gemm_decode` (and its `_early` forms);
+            // buffers per the caller; the plan's entry takes m.
             unsafe { launch(stream, f, shape, pdl, &mut args) }
         }
     }

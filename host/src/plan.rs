@@ -28,6 +28,11 @@ pub struct DecodePlan {
     /// every weight byte of the CTA is requested before the wait. One batch was measured
     /// faster otherwise (Llama-3-70B, M = 1: 63.9 against 65.5 µs).
     pub early: bool,
+    /// Token tiles of 8 the kernel entry handles: 1 (the `*_early_m8` entries) for the
+    /// `*_early` kernels at M <= 8, else 2. One tile measured 0.1-0.35 µs faster for the
+    /// `_early` entries (Llama-3.2-1B, M = 1-8) and 0.6-1.0 µs slower for the plain ones
+    /// (Llama-3-70B), which therefore have only the two-tile form.
+    pub token_tiles: u32,
     /// Grid (k_splits, row_tiles); the k_splits CTAs of a row tile form a cluster.
     pub grid: (u32, u32),
     /// Dynamic shared-memory bytes.
@@ -74,6 +79,7 @@ pub fn decode_plan(
     // `*_early` entries request all of the warp's W before the dependency wait.
     let fits_prologue =
         |warp_split: u32, k_chunk: u32| (k_chunk / decode::K_STEP).div_ceil(warp_split) <= 2 * decode::UNROLL as u32;
+    let token_tiles = |early: bool| if early && m <= decode::TOKEN_TILE as usize { 1 } else { 2 };
     let make = |warp_split: u32, k_splits: u32| -> Option<DecodePlan> {
         let k_chunk = (k.div_ceil(k_splits as usize).div_ceil(32) * 32) as u32;
         if (k_splits as usize - 1) * k_chunk as usize >= k {
@@ -86,7 +92,7 @@ pub fn decode_plan(
         }
         let early = fits_prologue(warp_split, k_chunk);
         let grid = (k_splits, row_tiles as u32);
-        Some(DecodePlan { warp_split, k_chunk, early, grid, smem_bytes: smem as u32 })
+        Some(DecodePlan { warp_split, k_chunk, early, token_tiles: token_tiles(early), grid, smem_bytes: smem as u32 })
     };
     if let Some(f) = force {
         if !decode::WARP_SPLITS.contains(&f.warp_split) || f.k_splits == 0 || f.k_splits > decode::MAX_K_SPLITS {
@@ -96,14 +102,15 @@ pub fn decode_plan(
                 got: format!("warp_split {} k_splits {}", f.warp_split, f.k_splits),
             });
         }
-        return make(f.warp_split, f.k_splits).map(|p| DecodePlan { early: f.early.unwrap_or(p.early), ..p }).ok_or(
-            Error::TooLarge {
+        let early = |p: &DecodePlan| f.early.unwrap_or(p.early);
+        return make(f.warp_split, f.k_splits)
+            .map(|p| DecodePlan { early: early(&p), token_tiles: token_tiles(early(&p)), ..p })
+            .ok_or(Error::TooLarge {
                 arg: "K",
                 got: k as u64,
                 limit: (f.k_splits as u64) * max_decode_k(max_smem, m) as u64,
                 why: "the forced decode shape leaves an empty K slice or does not fit in shared memory",
-            },
-        );
+            });
     }
     // Rules fitted to the H100 sweeps of `nanofuse tune` (docs/RESULTS.md):
     // * K splits: the fewest (1, 2, 4, 8) that let two CTAs share an SM's shared memory

@@ -13,11 +13,13 @@ pub const SMEM_SYMBOL: &str = "NANOFUSE_SMEM";
 /// Launch bounds the build adds to kernels' PTX entries (`.maxntid THREADS, 1, 1` and
 /// `.minnctapersm MIN_CTAS`, CUDA's `__launch_bounds__`, which rustc does not emit): ptxas
 /// then keeps each kernel's registers low enough for `MIN_CTAS` CTAs per SM.
-pub const LAUNCH_BOUNDS: [(&str, u32, u32); 4] = [
+pub const LAUNCH_BOUNDS: [(&str, u32, u32); 6] = [
     ("fused_rmsnorm_qkv_decode", decode::THREADS, decode::MIN_CTAS_PER_SM),
     ("fused_rmsnorm_qkv_decode_early", decode::THREADS, decode::MIN_CTAS_PER_SM),
+    ("fused_rmsnorm_qkv_decode_early_m8", decode::THREADS, decode::MIN_CTAS_PER_SM),
     ("gemm_decode", decode::THREADS, decode::MIN_CTAS_PER_SM),
     ("gemm_decode_early", decode::THREADS, decode::MIN_CTAS_PER_SM),
+    ("gemm_decode_early_m8", decode::THREADS, decode::MIN_CTAS_PER_SM),
 ];
 
 /// The standalone RMSNorm kernel (`rms_norm`): one CTA per row.

@@ -91,7 +91,7 @@
 
 use crate::config::VEC;
 use crate::config::decode::{
-    K_STEP, MAX_K_SPLITS, MAX_TOKENS, ROWS_PER_WARP, THREADS, TILES, TOKEN_TILE, UNROLL, WARPS, smem_layout,
+    K_STEP, MAX_K_SPLITS, MAX_TOKENS, ROWS_PER_WARP, THREADS, TOKEN_TILE, UNROLL, WARPS, smem_layout,
 };
 use crate::norm::{inv_rms, sum_squares_bf16x8};
 use crate::ptx::cluster::{barrier_cluster_sync, cluster_ctarank, ld_shared_cluster_f32, mapa_shared_cluster};
@@ -110,7 +110,7 @@ use crate::qkv_out::QkvOut;
 /// Defines a fused decode entry point; `EARLY` selects how many W batches each warp
 /// requests before the dependency wait (see the module documentation).
 macro_rules! fused_decode_entry {
-    ($(#[$doc:meta])* $name:ident, early = $early:literal) => {
+    ($(#[$doc:meta])* $name:ident, tiles = $tiles:literal, early = $early:literal) => {
         $(#[$doc])*
         ///
         /// # Safety
@@ -134,14 +134,14 @@ macro_rules! fused_decode_entry {
         ) {
             let out = QkvOut { q, k: k_out, v, nq, nkv };
             // SAFETY: forwarded to the caller.
-            unsafe { decode::<{ TILES as usize }, true, $early>(x, w, out, m, k, eps, warp_split, k_chunk) }
+            unsafe { decode::<$tiles, true, $early>(x, w, out, m, k, eps, warp_split, k_chunk) }
         }
     };
 }
 
 /// Defines a plain decode GEMM entry point (`y [M, N] = x · Wᵀ`, y in place of q, no norm).
 macro_rules! gemm_decode_entry {
-    ($(#[$doc:meta])* $name:ident, early = $early:literal) => {
+    ($(#[$doc:meta])* $name:ident, tiles = $tiles:literal, early = $early:literal) => {
         $(#[$doc])*
         ///
         /// # Safety
@@ -160,7 +160,7 @@ macro_rules! gemm_decode_entry {
             let null = core::ptr::null_mut();
             let out = QkvOut { q: y, k: null, v: null, nq: n, nkv: 0 };
             // SAFETY: forwarded to the caller.
-            unsafe { decode::<{ TILES as usize }, false, $early>(x, w, out, m, k, 0.0, warp_split, k_chunk) }
+            unsafe { decode::<$tiles, false, $early>(x, w, out, m, k, 0.0, warp_split, k_chunk) }
         }
     };
 }
@@ -168,21 +168,29 @@ macro_rules! gemm_decode_entry {
 fused_decode_entry! {
     /// Fused RMSNorm + QKV projection for small M, one W batch per warp requested before the
     /// dependency wait. See the module documentation.
-    fused_rmsnorm_qkv_decode, early = false
+    fused_rmsnorm_qkv_decode, tiles = 2, early = false
 }
 fused_decode_entry! {
     /// `fused_rmsnorm_qkv_decode` requesting its first two W batches before the dependency
     /// wait (the planner's choice when that is all of each warp's K part).
-    fused_rmsnorm_qkv_decode_early, early = true
+    fused_rmsnorm_qkv_decode_early, tiles = 2, early = true
+}
+fused_decode_entry! {
+    /// `fused_rmsnorm_qkv_decode_early` for M <= 8 (one token tile).
+    fused_rmsnorm_qkv_decode_early_m8, tiles = 1, early = true
 }
 gemm_decode_entry! {
     /// `y [M, N] = x · Wᵀ` for small M (x already normalized): the decode kernel without the
     /// fused norm, for the unfused baseline that isolates what fusion buys.
-    gemm_decode, early = false
+    gemm_decode, tiles = 2, early = false
 }
 gemm_decode_entry! {
     /// `gemm_decode` requesting its first two W batches before the dependency wait.
-    gemm_decode_early, early = true
+    gemm_decode_early, tiles = 2, early = true
+}
+gemm_decode_entry! {
+    /// `gemm_decode_early` for M <= 8 (one token tile).
+    gemm_decode_early_m8, tiles = 1, early = true
 }
 
 /// The 8 W registers of one K step: 16 bytes of row `g`, then 16 bytes of row `g + 8`.

@@ -38,7 +38,7 @@ const SHAPES: [(&str, usize, usize, usize); 4] = [
     // inside MMA tiles.
     ("tails", 1000, 203, 69),
     ("small", 264, 40, 24),
-    // Qwen3-0.6B's attention input (the decode kernels' `_early` entries at M <= 8).
+    // Qwen3-0.6B's attention input (the decode kernels' `_early_m8` entries at M <= 8).
     ("model", 1024, 2048, 1024),
     // K long enough that the decode kernels request one W batch before the wait (the
     // entries without `_early`).
