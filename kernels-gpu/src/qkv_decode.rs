@@ -3,13 +3,14 @@
 //! `q, k, v = split(rmsnorm(x) · Wᵀ)`, with RMSNorm's gain g folded into the weight once,
 //! when the op is built (`fold_gain`: `W' = bf16(W · diag(g))`); `gemm_decode` is the same
 //! kernel without the norm (`y = x · Wᵀ`, x already normalized), for the unfused baseline.
-//! Each comes in two entries from one generic body: the plain one requests one W batch per
-//! warp before the dependency wait, `*_early` requests two (see Prologue); the planner picks.
+//! Each comes in three entries from one generic body: the plain one requests one W batch per
+//! warp before the dependency wait, `*_early` requests two (see Prologue), and
+//! `*_early_m8` is `*_early` with one token tile (M <= 8); the planner picks.
 //!
 //! # Parameters
 //! `x [M, K]`, `W' [N, K]` (PyTorch `Linear` layout, rows of Q then K then V,
 //! `N = Nq + 2 Nkv`), outputs `q [M, Nq]`, `k [M, Nkv]`, `v [M, Nkv]`; all row-major bf16,
-//! 16-byte aligned, `K % 8 == 0`. f32 accumulation. `1 <= M <= 16`.
+//! 16-byte aligned, `K % 8 == 0`. f32 accumulation. `1 <= M <= 16` (`<= 8` for `*_early_m8`).
 //!
 //! # Formulation
 //! `out[t, n] = inv_rms[t] · Σ_k x[t, k] · W'[n, k]`, with
@@ -29,7 +30,7 @@
 //!   `[s·k_chunk, (s+1)·k_chunk)`. `R = 16 · 8 / warp_split`. The `k_splits` CTAs of a row
 //!   tile form one thread-block cluster.
 //! * The MMA (`m16n8k16`) is used swapped: its M is 16 W rows, its N is 8 tokens (a token
-//!   tile); two token tiles per warp.
+//!   tile); two token tiles per warp (one in `*_early_m8`).
 //! * Each warp owns 16 W rows and part of the CTA's K steps (32 elements each): the
 //!   `warp_split` warps of a row group split the range and add their sums through shared
 //!   memory at the end.
