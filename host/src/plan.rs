@@ -25,8 +25,9 @@ pub struct DecodePlan {
     pub k_chunk: u32,
     /// Whether each warp requests its first two W batches (not one) before waiting for the
     /// previous kernel (the `*_early` kernels): when that is all of the warp's K part, so
-    /// every weight byte of the CTA is requested before the wait. One batch was measured
-    /// faster otherwise (Llama-3-70B, M = 1: 63.9 against 65.5 µs).
+    /// every weight byte of the CTA is requested before the wait, or, at M <= 8, when a
+    /// warp has at most 32 K steps in a one-wave grid (see `decode_plan`'s rules). One batch
+    /// was measured faster otherwise (Llama-3-70B, M = 1: 63.9 against 65.5 µs).
     pub early: bool,
     /// Token tiles of 8 the kernel entry handles: 1 (the `*_early_m8` entries) for the
     /// `*_early` kernels at M <= 8, else 2. One tile measured 0.1-0.35 µs faster for the
@@ -90,7 +91,12 @@ pub fn decode_plan(
         if smem > max_smem as u64 || row_tiles > MAX_GRID_Y {
             return None;
         }
-        let early = fits_prologue(warp_split, k_chunk);
+        // The `*_early` entries: where they request all of a warp's W before the wait, and,
+        // in their one-tile form, where a warp has at most 32 steps in a one-wave grid.
+        let steps = (k_chunk / decode::K_STEP).div_ceil(warp_split);
+        let one_wave = row_tiles * k_splits as u64 <= 2 * sm_count.max(1) as u64;
+        let early = fits_prologue(warp_split, k_chunk)
+            || (m <= decode::TOKEN_TILE as usize && steps <= LONG_WARP_STEPS && one_wave);
         let grid = (k_splits, row_tiles as u32);
         Some(DecodePlan { warp_split, k_chunk, early, token_tiles: token_tiles(early), grid, smem_bytes: smem as u32 })
     };
@@ -133,7 +139,10 @@ pub fn decode_plan(
     //   that slower: 65.0 against 63.3 µs).
     // * the `*_early` entries wherever each warp's K part fits the two prologue batches
     //   (`fits_prologue`; Llama-3.2-1B M = 1: 6.27 against 6.34 µs, M = 16: 8.52 against
-    //   8.71 µs).
+    //   8.71 µs), and at M <= 8 (their one-tile form) wherever a warp has at most 32 steps
+    //   and the grid fits two CTAs per SM (Llama-3-8B M = 1: 19.54-19.60 against
+    //   19.71 µs, M = 8: 20.16-20.19 against 20.67-20.73; not on Llama-3-70B's 640-CTA grid
+    //   at M <= 2, 1 µs slower there).
     // Whatever the rule picks must fit (shared memory, grid); otherwise the next candidate.
     let sm_count = sm_count.max(1) as usize;
     // Shared memory per SM is the per-CTA opt-in maximum plus the 1 KiB the driver

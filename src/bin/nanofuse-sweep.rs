@@ -40,9 +40,10 @@ const SHAPES: [(&str, usize, usize, usize); 4] = [
     ("small", 264, 40, 24),
     // Qwen3-0.6B's attention input (the decode kernels' `_early_m8` entries at M <= 8).
     ("model", 1024, 2048, 1024),
-    // K long enough that the decode kernels request one W batch before the wait (the
-    // entries without `_early`).
-    ("long-k", 4096, 512, 128),
+    // K long enough that a decode warp has more than 32 K steps, so the planner picks the
+    // entries without `_early` (one W batch before the wait, sums of squares in the loop,
+    // the row shared by all warps at M = 1).
+    ("long-k", 12288, 256, 64),
 ];
 
 /// Batch sizes: one token, a few, one past 16 (a token-tile tail), past the decode kernels'
