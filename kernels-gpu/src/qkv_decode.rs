@@ -105,7 +105,7 @@ use crate::ptx::shared::{
 use crate::ptx::sync::{griddepcontrol_launch_dependents, griddepcontrol_wait};
 use crate::ptx::thread::{block_dim_x, block_idx_x, block_idx_y, grid_dim_x, lane_id, sync_threads, warp_id};
 use crate::ptx::trap;
-use crate::ptx::warp::{bar_warp_sync, shfl_sync_bfly_f32, shfl_sync_idx_f32, warp_sum_f32};
+use crate::ptx::warp::{bar_warp_sync, shfl_sync_bfly_f32, shfl_sync_idx_f32};
 use crate::qkv_out::QkvOut;
 
 /// Defines a fused decode entry point; `EARLY` selects how many W batches each warp
@@ -298,28 +298,39 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
         cp_async_commit_group();
         cp_async_wait_group::<0>();
         if FUSE && EARLY {
-            // Each warp sums the squares of the (whole) rows it copied: one block per lane
-            // at a time, its pieces read in a lane-rotated order so that the 8 lanes of a
-            // shared-memory phase hit 8 bank groups.
+            // Each warp sums the squares of the (whole) rows it copied, tokens w + 8i: one
+            // block per lane at a time, its pieces read in a lane-rotated order so that the
+            // 8 lanes of a shared-memory phase hit 8 bank groups; the rows' butterfly
+            // reductions interleaved.
             bar_warp_sync();
             let rot = (lane >> 1) & 3;
-            let mut t = warp;
-            while t < m {
-                let row = xs.byte_add(t * stride);
-                let mut ss = 0.0f32;
-                let mut blk = lane;
-                while blk < steps {
-                    let p = row.byte_add(blk * 64).cast::<[u32; 4]>();
-                    for i in 0..4 {
-                        ss += sum_squares_bf16x8(ld_shared_v4_u32(p.add((i + rot) & 3)));
+            let mut ss = [0.0f32; MT];
+            for (i, v) in ss.iter_mut().enumerate() {
+                let t = warp + i as u32 * WARPS;
+                if t < m {
+                    let row = xs.byte_add(t * stride);
+                    let mut blk = lane;
+                    while blk < steps {
+                        let p = row.byte_add(blk * 64).cast::<[u32; 4]>();
+                        for j in 0..4 {
+                            *v += sum_squares_bf16x8(ld_shared_v4_u32(p.add((j + rot) & 3)));
+                        }
+                        blk += 32;
                     }
-                    blk += 32;
                 }
-                let ss = warp_sum_f32(ss);
-                if lane == 0 {
-                    st_shared_f32(sum_sq.add(t), ss);
+            }
+            let mut mask = 16;
+            while mask > 0 {
+                for v in ss.iter_mut() {
+                    *v += shfl_sync_bfly_f32(*v, mask);
                 }
-                t += WARPS;
+                mask /= 2;
+            }
+            for (i, v) in ss.iter().enumerate() {
+                let t = warp + i as u32 * WARPS;
+                if lane == 0 && t < m {
+                    st_shared_f32(sum_sq.add(t), *v);
+                }
             }
         }
         sync_threads();
