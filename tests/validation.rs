@@ -276,6 +276,8 @@ fn decode_plan_picks_the_measured_shapes_on_h100() {
         for &m in ms {
             let p = plan::decode_plan(m, k, n, SMS, SMEM, None).unwrap();
             assert_eq!((p.warp_split, p.k_splits(), p.early), (ws, ks, early), "K = {k}, N = {n}, M = {m}: {p:?}");
+            // The one-token-tile `_early_m8` entries exactly for the `_early` kernels at M <= 8.
+            assert_eq!(p.token_tiles, if early && m <= 8 { 1 } else { 2 }, "K = {k}, M = {m}: {p:?}");
             // At most two CTAs per SM (one wave), except on Llama-3-70B at M <= 2 (640 CTAs
             // of 16 rows, 32 K steps per warp) and at M = 16, where even one warp per row
             // group needs 80 row tiles x 4 K splits = 320 CTAs (640 with two).

@@ -238,6 +238,8 @@ impl Kernels {
         let shape =
             Shape { grid: plan.grid, block: decode::THREADS, cluster_x: plan.k_splits(), smem: plan.smem_bytes };
         let (split, chunk) = (plan.warp_split, plan.k_chunk);
+        // The entry's token tiles hold m (else the kernel traps): the plan was made for m.
+        debug_assert!(m <= plan.token_tiles * decode::TOKEN_TILE, "plan for a smaller M");
         if fused {
             let mut args = [
                 arg(&x),

@@ -67,8 +67,8 @@
 //! 4. Sums of squares of x (the norm): the plain entries take them from the B fragments
 //!    inside the main loop (each lane sees 8 of a token's 32 values per step; no latency
 //!    added, the four lanes of a token and the warps of a row group are added after the
-//!    loop). The `_early` entries (at most 2 · UNROLL steps per warp) hold both W batches
-//!    in registers through the loop, where the extra state made ptxas spill, so there each
+//!    loop). The `_early` entries hold both W batches in registers through the loop, where
+//!    the extra state made ptxas spill (two-tile form), so there each
 //!    warp sums its own rows before the CTA barrier (one block per lane, butterfly
 //!    reduction).
 //!
@@ -282,7 +282,8 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
     griddepcontrol_wait();
 
     // 3. Stage x (Prologue, step 3): each token row is copied by one warp, or, in the plain
-    // entries at M <= 2, by 8 / M warps; the `_early` entries also sum its squares (step 4).
+    // entries at M <= 2, by 8 / M warps; the fused `_early` entries also sum its squares
+    // (step 4).
     // One CTA barrier publishes the rows and the sums.
     // SAFETY: each copy reads x only inside it (else zero-fills) into its token's row (a
     // piece starting before `row_words` lies inside the row: the row holds `k_chunk / 32`
@@ -436,13 +437,14 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
             for (t, a) in acc.iter().enumerate() {
                 // The lane's two tokens of the tile (elements i and i + 2 share one).
                 let tok0 = t as u32 * TOKEN_TILE + 2 * qq;
-                // Token 8t + 2q + j's sum of squares: in the plain entries held by lanes
-                // 4 (2q + j) to 4 (2q + j) + 3, in the `_early` ones in shared memory.
+                // Token 8t + 2q + j's sum of squares: in the fused plain entries held by
+                // lanes 4 (2q + j) to 4 (2q + j) + 3, in the fused `_early` ones in shared
+                // memory (the plain GEMM does not scale).
                 let sc = [0, 1].map(|j| {
                     let tok = tok0 + j;
-                    let ss_tok = if !EARLY {
+                    let ss_tok = if ss_in_loop {
                         shfl_sync_idx_f32(ss[t], 4 * (2 * qq + j))
-                    } else if tok < m {
+                    } else if FUSE && tok < m {
                         // SAFETY: sum_sq[tok] was written for tok < m.
                         unsafe { ld_shared_f32(sum_sq.add(tok)) }
                     } else {

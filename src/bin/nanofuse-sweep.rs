@@ -46,9 +46,10 @@ const SHAPES: [(&str, usize, usize, usize); 4] = [
     ("long-k", 12288, 256, 64),
 ];
 
-/// Batch sizes: one token, a few, one past 16 (a token-tile tail), past the decode kernels'
+/// Batch sizes: one token, a few, one past 8 (the decode kernels' two-token-tile entries with
+/// a part-empty second tile), one past 16 (a token-tile tail), past the decode kernels'
 /// `DECODE_MAX_M` altogether.
-const MS: [usize; 4] = [1, 3, 17, 100];
+const MS: [usize; 5] = [1, 3, 9, 17, 100];
 
 const EPS: f32 = 1e-5;
 
