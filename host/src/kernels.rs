@@ -30,15 +30,30 @@ pub const KERNEL_NAMES: [&str; 13] = [
     "gemm_decode_early_m8",
 ];
 
+/// The three entries of one decode kernel (`x`, `x_early`, `x_early_m8`), which take the
+/// same arguments.
+struct DecodeEntries {
+    plain: CudaFunction,
+    early: CudaFunction,
+    early_m8: CudaFunction,
+}
+
+impl DecodeEntries {
+    /// The entry a plan launches.
+    fn pick(&self, plan: &DecodePlan) -> &CudaFunction {
+        match (plan.early, plan.token_tiles) {
+            (false, _) => &self.plain,
+            (true, 1) => &self.early_m8,
+            (true, _) => &self.early,
+        }
+    }
+}
+
 /// The kernels of one loaded module.
 pub(crate) struct Kernels {
     rms_norm: CudaFunction,
-    fused_decode: CudaFunction,
-    gemm_decode: CudaFunction,
-    fused_decode_early: CudaFunction,
-    gemm_decode_early: CudaFunction,
-    fused_decode_early_m8: CudaFunction,
-    gemm_decode_early_m8: CudaFunction,
+    fused_decode: DecodeEntries,
+    gemm_decode: DecodeEntries,
     fused_tiled_large: CudaFunction,
     fused_tiled_small: CudaFunction,
     gemm_tiled_large: CudaFunction,
@@ -131,32 +146,31 @@ impl Kernels {
         };
         let k = Kernels {
             rms_norm: get(KERNEL_NAMES[0])?,
-            fused_decode: get(KERNEL_NAMES[1])?,
-            gemm_decode: get(KERNEL_NAMES[2])?,
+            fused_decode: DecodeEntries {
+                plain: get(KERNEL_NAMES[1])?,
+                early: get(KERNEL_NAMES[7])?,
+                early_m8: get(KERNEL_NAMES[11])?,
+            },
+            gemm_decode: DecodeEntries {
+                plain: get(KERNEL_NAMES[2])?,
+                early: get(KERNEL_NAMES[8])?,
+                early_m8: get(KERNEL_NAMES[12])?,
+            },
             fused_tiled_large: get(KERNEL_NAMES[3])?,
             fused_tiled_small: get(KERNEL_NAMES[4])?,
             gemm_tiled_large: get(KERNEL_NAMES[5])?,
             gemm_tiled_small: get(KERNEL_NAMES[6])?,
-            fused_decode_early: get(KERNEL_NAMES[7])?,
-            gemm_decode_early: get(KERNEL_NAMES[8])?,
             fold_gain: get(KERNEL_NAMES[9])?,
             split_qkv: get(KERNEL_NAMES[10])?,
-            fused_decode_early_m8: get(KERNEL_NAMES[11])?,
-            gemm_decode_early_m8: get(KERNEL_NAMES[12])?,
         };
         let raise = |f: &CudaFunction, bytes: u32| {
             f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
                 .map_err(Error::driver("cuFuncSetAttribute"))
         };
-        for f in [
-            &k.fused_decode,
-            &k.gemm_decode,
-            &k.fused_decode_early,
-            &k.gemm_decode_early,
-            &k.fused_decode_early_m8,
-            &k.gemm_decode_early_m8,
-        ] {
-            raise(f, info.max_smem_per_block)?;
+        for e in [&k.fused_decode, &k.gemm_decode] {
+            for f in [&e.plain, &e.early, &e.early_m8] {
+                raise(f, info.max_smem_per_block)?;
+            }
         }
         raise(&k.fused_tiled_large, config::Large::SMEM_BYTES)?;
         raise(&k.gemm_tiled_large, config::Large::SMEM_BYTES)?;
@@ -255,21 +269,13 @@ impl Kernels {
                 arg(&split),
                 arg(&chunk),
             ];
-            let f = match (plan.early, plan.token_tiles) {
-                (false, _) => &self.fused_decode,
-                (true, 1) => &self.fused_decode_early_m8,
-                (true, _) => &self.fused_decode_early,
-            };
+            let f = self.fused_decode.pick(plan);
             // SAFETY: the argument list matches `fused_rmsnorm_qkv_decode` (and its `_early`
             // forms, which take the same); buffers per the caller; the plan's entry takes m.
             unsafe { launch(stream, f, shape, pdl, &mut args) }
         } else {
             let mut args = [arg(&x), arg(&w), arg(&out.q), arg(&m), arg(&k), arg(&out.nq), arg(&split), arg(&chunk)];
-            let f = match (plan.early, plan.token_tiles) {
-                (false, _) => &self.gemm_decode,
-                (true, 1) => &self.gemm_decode_early_m8,
-                (true, _) => &self.gemm_decode_early,
-            };
+            let f = self.gemm_decode.pick(plan);
             // SAFETY: the argument list matches `gemm_decode` (and its `_early` forms);
             // buffers per the caller; the plan's entry takes m.
             unsafe { launch(stream, f, shape, pdl, &mut args) }
