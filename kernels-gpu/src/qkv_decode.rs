@@ -49,22 +49,34 @@
 //!   is multiplied.
 //!
 //! # Prologue
-//! 1. Issue the first W batch (or two: `*_early`; up to 8 KiB per warp, 64 KiB per CTA):
-//!    weights are never written by the previous kernel. (Asking L2 to prefetch more of the
-//!    W tile with `cp.async.bulk.prefetch.L2` was measured slower on H100 and is not done.)
-//! 2. `griddepcontrol.launch_dependents`, then `griddepcontrol.wait`: under programmatic
-//!    dependent launch the kernel starts while the previous one drains, streaming W; it
-//!    touches x and the outputs only after the wait. When the grid has at most one CTA per
-//!    SM (two fit), the next launch's CTAs start beside this one's and request their weights
-//!    while this one finishes; that overlap is what the planner aims for.
-//! 3. Copy the rows of x for the CTA's K range into shared memory with 4-byte `cp.async`s
+//! 1. At M = 1, `griddepcontrol.launch_dependents` first (see 3).
+//! 2. Issue the first W batch (or two: `*_early`; up to 8 KiB per warp, 64 KiB per CTA):
+//!    weights are never written by the previous kernel.
+//! 3. At M > 1, `griddepcontrol.launch_dependents` now. Under programmatic dependent
+//!    launch the next kernel launches once every CTA of this one has executed it; with the
+//!    memory system busy, issuing the batch's loads can stall a warp for a while, so at
+//!    M = 1 the trigger goes first (H100, `nanofuse tune`: Qwen3-0.6B 4.32 -> 3.69 µs,
+//!    Llama-3-8B 18.75 -> 18.34). At M >= 2 that was slower on other shapes (Llama-3.2-1B
+//!    M = 2-16: 0.3-0.7 µs, Llama-3-8B M = 8: 0.2 µs), so there it follows the loads.
+//! 4. Ask L2 for the warp's next W batch (`cp.async.bulk.prefetch.L2`, one row range per
+//!    lane 0-15): the registers hold all the warp can request, and without it DRAM idles
+//!    while the warp waits for the previous kernel and stages x (a timeline probe showed
+//!    1.3-1.9 µs per op of that on Llama-3-8B). One batch measured best (Llama-3-8B M = 1:
+//!    19.52 -> 18.75 µs, Llama-3-70B M = 16: 73.6 -> 71.4); two or more, or keeping the L2
+//!    prefetch a batch ahead through the loop, were slower (congestion). Issued after the
+//!    trigger, so the loads-first path does not delay it.
+//! 5. `griddepcontrol.wait`: the kernel starts while the previous one drains, streaming W;
+//!    it touches x and the outputs only after the wait. When the grid has at most one CTA
+//!    per SM (two fit), the next launch's CTAs start beside this one's and request their
+//!    weights while this one finishes; that overlap is what the planner aims for.
+//! 6. Copy the rows of x for the CTA's K range into shared memory with 4-byte `cp.async`s
 //!    that scatter each bf16 pair straight to its permuted position (32 lanes read 128
 //!    contiguous bytes and fill two whole blocks), so no pass rewrites them. Warp `w` copies
 //!    the rows of tokens `w` and `w + 8`; in the plain entries at M = 1 (M = 2) all 8 (4)
 //!    warps share a row, taking its 128-byte pieces in turn (measured 0.4-1.4 µs faster on
 //!    Llama-3-8B and Llama-3-70B; no gain on the `_early` shapes, slower there at M = 4).
 //!    One CTA barrier publishes the rows.
-//! 4. Sums of squares of x (the norm): the plain entries take them from the B fragments
+//! 7. Sums of squares of x (the norm): the plain entries take them from the B fragments
 //!    inside the main loop (each lane sees 8 of a token's 32 values per step; no latency
 //!    added, the four lanes of a token and the warps of a row group are added after the
 //!    loop). The `_early` entries hold both W batches in registers through the loop, where
@@ -96,7 +108,9 @@ use crate::config::decode::{
 };
 use crate::norm::{inv_rms, sum_squares_bf16x8};
 use crate::ptx::cluster::{barrier_cluster_sync, cluster_ctarank, ld_shared_cluster_f32, mapa_shared_cluster};
-use crate::ptx::cp_async::{cp_async_ca_shared_global_4, cp_async_commit_group, cp_async_wait_group};
+use crate::ptx::cp_async::{
+    cp_async_bulk_prefetch_l2_global, cp_async_ca_shared_global_4, cp_async_commit_group, cp_async_wait_group,
+};
 use crate::ptx::global::ld_global_nc_stream_v4_u32;
 use crate::ptx::mma::{ldmatrix_x4, mma_m16n8k16_bf16_f32};
 use crate::ptx::shared::{
@@ -267,10 +281,36 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
         }
         batch
     };
+    // Let the next kernel launch (it too streams weights first, then waits for this one):
+    // at M = 1 before the W loads, else after them (Prologue, steps 1-3).
+    let trigger_first = m == 1;
+    if trigger_first {
+        griddepcontrol_launch_dependents();
+    }
     let mut cur = load_batch(s_begin);
     let mut next = if EARLY { load_batch(s_begin + UNROLL as u32) } else { [[0u32; 8]; UNROLL] };
-    // Let the next kernel launch (it too streams weights first, then waits for this one).
-    griddepcontrol_launch_dependents();
+    if !trigger_first {
+        griddepcontrol_launch_dependents();
+    }
+    // Prologue, step 4: L2 prefetch of the batch after those in registers, row g of the
+    // warp's 16 by lane g < 16 (rows past N and steps past the warp's part are skipped).
+    let pf_begin = s_begin + if EARLY { 2 } else { 1 } * UNROLL as u32;
+    let pf_end = (pf_begin + UNROLL as u32).min(s_end);
+    let pf_row = row0 + lane;
+    if lane < ROWS_PER_WARP && pf_row < n && pf_begin < pf_end {
+        let e0 = k0 + pf_begin * K_STEP;
+        let e1 = (k0 + pf_end * K_STEP).min(k);
+        if e0 < e1 {
+            // SAFETY: elements [e0, e1) of row pf_row < N lie inside W (e1 <= K); K % 8 == 0
+            // and k0 % 32 == 0 keep both ends 16-byte aligned.
+            unsafe {
+                cp_async_bulk_prefetch_l2_global(
+                    w.wrapping_add(pf_row as usize * k as usize + e0 as usize) as *const u8,
+                    (e1 - e0) * 2,
+                )
+            };
+        }
+    }
 
     let smem = dynamic_shared_base();
     let layout = smem_layout(m, k_chunk);
@@ -281,9 +321,9 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
     // 2. Wait for the previous kernel before touching x or the outputs.
     griddepcontrol_wait();
 
-    // 3. Stage x (Prologue, step 3): each token row is copied by one warp, or, in the plain
+    // 3. Stage x (Prologue, step 6): each token row is copied by one warp, or, in the plain
     // entries at M <= 2, by 8 / M warps; the fused `_early` entries also sum its squares
-    // (step 4).
+    // (step 7).
     // One CTA barrier publishes the rows and the sums.
     // SAFETY: each copy reads x only inside it (else zero-fills) into its token's row (a
     // piece starting before `row_words` lies inside the row: the row holds `k_chunk / 32`
@@ -350,7 +390,7 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
     let tiles_used = m.div_ceil(TOKEN_TILE);
     let mut acc = [[0.0f32; 4]; MT];
     // The plain entries take the sums of squares over the warp's K part from the B
-    // fragments (Prologue, step 4): lane (g, q) sees 8 of the 32 values of token 8t + g in
+    // fragments (Prologue, step 7): lane (g, q) sees 8 of the 32 values of token 8t + g in
     // every step.
     let ss_in_loop = FUSE && !EARLY;
     let mut ss = [0.0f32; MT];
@@ -508,7 +548,7 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
 }
 
 /// The rows of x a CTA stages: tokens `0..m`, 16-byte chunks `c0..` of each (`steps` blocks
-/// of 32 elements), into shared memory rows `stride` bytes apart (Prologue, step 3).
+/// of 32 elements), into shared memory rows `stride` bytes apart (Prologue, step 6).
 struct StagedRows {
     x: *const u16,
     xs: SharedPtr<u8>,

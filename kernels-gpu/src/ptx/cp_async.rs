@@ -56,3 +56,20 @@ pub fn cp_async_wait_group<const N: u32>() {
     // SAFETY: no operands.
     unsafe { asm!("cp.async.wait_group {n};", n = const N, options(nostack)) }
 }
+
+/// `cp.async.bulk.prefetch.L2.global [src], bytes;` — ask L2 to fetch `bytes` of global
+/// memory from `src` (sm_90). Nothing is returned and nothing waits for it: a later load of
+/// the range finds it in L2 if it has arrived.
+///
+/// # Safety
+/// `src` is 16-byte aligned, `bytes` is a multiple of 16, and the whole range lies inside
+/// one global-memory allocation.
+#[inline(always)]
+pub unsafe fn cp_async_bulk_prefetch_l2_global(src: *const u8, bytes: u32) {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        asm!("cp.async.bulk.prefetch.L2.global [{s}], {n};",
+             s = in(reg64) src, n = in(reg32) bytes,
+             options(nostack));
+    }
+}
