@@ -72,17 +72,23 @@
 //! 6. Copy the rows of x for the CTA's K range into shared memory with 4-byte `cp.async`s
 //!    that scatter each bf16 pair straight to its permuted position (32 lanes read 128
 //!    contiguous bytes and fill two whole blocks), so no pass rewrites them. Warp `w` copies
-//!    the rows of tokens `w` and `w + 8`; in the plain entries at M = 1 (M = 2) all 8 (4)
-//!    warps share a row, taking its 128-byte pieces in turn (measured 0.4-1.4 µs faster on
-//!    Llama-3-8B and Llama-3-70B; no gain on the `_early` shapes, slower there at M = 4).
-//!    One CTA barrier publishes the rows.
+//!    the rows of tokens `w` and `w + 8`. At M = 1 all 8 warps share the row, taking its
+//!    128-byte pieces in turn, and in the plain entries at M = 2 four warps share each
+//!    row (measured 0.4-1.4 µs faster on Llama-3-8B and Llama-3-70B; on the `_early`
+//!    shapes no gain at M = 2-4, where it was slower at M = 4, but at M = 1, once the
+//!    trigger went first, 0.05-0.1 µs on Qwen3-0.6B and 0.2-0.3 µs on Llama-3.2-1B and
+//!    Llama-3-8B). One CTA barrier publishes the rows.
 //! 7. Sums of squares of x (the norm): the plain entries take them from the B fragments
 //!    inside the main loop (each lane sees 8 of a token's 32 values per step; no latency
 //!    added, the four lanes of a token and the warps of a row group are added after the
 //!    loop). The `_early` entries hold both W batches in registers through the loop, where
 //!    the extra state made ptxas spill (two-tile form), so there each
 //!    warp sums its own rows before the CTA barrier (one block per lane, butterfly
-//!    reduction).
+//!    reduction). At M = 1, where the 8 warps share the row, a first barrier publishes it,
+//!    warp 0 sums it and a second barrier publishes the sum. Measured slower than that
+//!    (`nanofuse tune`, Qwen3-0.6B M = 1, 3.58-3.65 µs): every warp summing an eighth of
+//!    the row (3.72), the same from global memory while the copies land (3.90), warp 0
+//!    summing after its main loop (3.68-4.04), the sums inside the loop (4.00).
 //!
 //! # Split-K across CTAs
 //! With `k_splits > 1`, the CTAs of a cluster each leave their partial tile and partial
@@ -321,23 +327,28 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
     // 2. Wait for the previous kernel before touching x or the outputs.
     griddepcontrol_wait();
 
-    // 3. Stage x (Prologue, step 6): each token row is copied by one warp, or, in the plain
-    // entries at M <= 2, by 8 / M warps; the fused `_early` entries also sum its squares
-    // (step 7).
-    // One CTA barrier publishes the rows and the sums.
+    // 3. Stage x (Prologue, step 6): each token row is copied by one warp, or by all 8 at
+    // M = 1, or by 4 in the plain entries at M = 2; the fused `_early` entries also sum its
+    // squares (step 7). One CTA barrier publishes the rows and the sums (two at M = 1 in the
+    // fused `_early` entries: rows, then warp 0's sum).
     // SAFETY: each copy reads x only inside it (else zero-fills) into its token's row (a
     // piece starting before `row_words` lies inside the row: the row holds `k_chunk / 32`
     // blocks); after `wait_group 0` and the warp barrier a warp's copies are visible to all
-    // its lanes; the CTA barrier is uniform.
+    // its lanes (at M = 1, where all warps copy the row, the CTA barrier before the sum
+    // publishes it); the CTA barriers are uniform (m is a kernel argument).
     unsafe {
         let rows = StagedRows { x, xs, stride, m, chunks, c0, steps };
         match m {
-            1 if !EARLY => rows.copy::<3>(warp, lane),
+            1 => rows.copy::<3>(warp, lane),
             2 if !EARLY => rows.copy::<2>(warp, lane),
             _ => rows.copy::<0>(warp, lane),
         }
         cp_async_commit_group();
         cp_async_wait_group::<0>();
+        if FUSE && EARLY && m == 1 {
+            // The row came from all warps: publish it before warp 0 sums it.
+            sync_threads();
+        }
         if FUSE && EARLY {
             // Each warp sums the squares of the (whole) rows it copied, tokens w + 8i: one
             // block per lane at a time, its pieces read in a lane-rotated order so that the
