@@ -252,6 +252,8 @@ impl Kernels {
         let shape =
             Shape { grid: plan.grid, block: decode::THREADS, cluster_x: plan.k_splits(), smem: plan.smem_bytes };
         let (split, chunk) = (plan.warp_split, plan.k_chunk);
+        // The plain GEMM triggers first only at M = 1 (see `DecodePlan::trigger_first`).
+        let trigger_first = u32::from(if fused { plan.trigger_first } else { m == 1 });
         // The entry's token tiles hold m (else the kernel traps): the plan was made for m.
         debug_assert!(m <= plan.token_tiles * decode::TOKEN_TILE, "plan for a smaller M");
         if fused {
@@ -268,13 +270,24 @@ impl Kernels {
                 arg(&eps),
                 arg(&split),
                 arg(&chunk),
+                arg(&trigger_first),
             ];
             let f = self.fused_decode.pick(plan);
             // SAFETY: the argument list matches `fused_rmsnorm_qkv_decode` (and its `_early`
             // forms, which take the same); buffers per the caller; the plan's entry takes m.
             unsafe { launch(stream, f, shape, pdl, &mut args) }
         } else {
-            let mut args = [arg(&x), arg(&w), arg(&out.q), arg(&m), arg(&k), arg(&out.nq), arg(&split), arg(&chunk)];
+            let mut args = [
+                arg(&x),
+                arg(&w),
+                arg(&out.q),
+                arg(&m),
+                arg(&k),
+                arg(&out.nq),
+                arg(&split),
+                arg(&chunk),
+                arg(&trigger_first),
+            ];
             let f = self.gemm_decode.pick(plan);
             // SAFETY: the argument list matches `gemm_decode` (and its `_early` forms);
             // buffers per the caller; the plan's entry takes m.

@@ -34,6 +34,12 @@ pub struct DecodePlan {
     /// `_early` entries (Llama-3.2-1B, M = 1-8) and 0.6-1.0 µs slower for the plain ones
     /// (Llama-3-70B), which therefore have only the two-tile form.
     pub token_tiles: u32,
+    /// Whether the fused kernel lets the next kernel launch (`griddepcontrol.launch_dependents`)
+    /// before its W loads rather than after them: at M = 1, and at M <= 8 where the grid has
+    /// at most one CTA per SM and every weight byte is requested before the dependency wait
+    /// (the planner's overlap case; see `decode_plan`'s rules). The plain GEMM triggers first
+    /// only at M = 1 (Qwen3-0.6B M = 2: 5.36 against 4.86 µs for baseline (b)).
+    pub trigger_first: bool,
     /// Grid (k_splits, row_tiles); the k_splits CTAs of a row tile form a cluster.
     pub grid: (u32, u32),
     /// Dynamic shared-memory bytes.
@@ -57,6 +63,10 @@ pub struct DecodeShape {
     /// Force the `*_early` entries on or off; `None`: the planner's rule.
     pub early: Option<bool>,
 }
+
+/// Largest M at which the fused decode kernel may trigger the next launch before its W loads
+/// (`DecodePlan::trigger_first`).
+const TRIGGER_FIRST_MAX_M: usize = 8;
 
 /// K steps per warp above which the planner prefers more, shorter CTAs (see its rules).
 const LONG_WARP_STEPS: u32 = 32;
@@ -98,7 +108,10 @@ pub fn decode_plan(
         let early = fits_prologue(warp_split, k_chunk)
             || (m <= decode::TOKEN_TILE as usize && steps <= LONG_WARP_STEPS && one_wave);
         let grid = (k_splits, row_tiles as u32);
-        Some(DecodePlan { warp_split, k_chunk, early, token_tiles: token_tiles(early), grid, smem_bytes: smem as u32 })
+        let overlap = row_tiles * k_splits as u64 <= sm_count.max(1) as u64 && fits_prologue(warp_split, k_chunk);
+        let trigger_first = m == 1 || (m <= TRIGGER_FIRST_MAX_M && overlap);
+        let token_tiles = token_tiles(early);
+        Some(DecodePlan { warp_split, k_chunk, early, token_tiles, trigger_first, grid, smem_bytes: smem as u32 })
     };
     if let Some(f) = force {
         if !decode::WARP_SPLITS.contains(&f.warp_split) || f.k_splits == 0 || f.k_splits > decode::MAX_K_SPLITS {
@@ -143,6 +156,12 @@ pub fn decode_plan(
     //   and the grid fits two CTAs per SM (Llama-3-8B M = 1: 19.54-19.60 against
     //   19.71 µs, M = 8: 20.16-20.19 against 20.67-20.73; not on Llama-3-70B's 640-CTA grid
     //   at M <= 2, 1 µs slower there).
+    // * the trigger before the W loads (`DecodePlan::trigger_first`) at M = 1 (Qwen3-0.6B
+    //   4.32 -> 3.69 µs, Llama-3-8B 18.75 -> 18.34), and at M = 2-8 where at most one CTA
+    //   per SM requests all its W before the wait (Qwen3-0.6B M = 2-8: 4.37-4.47 -> 3.94-4.19
+    //   µs); not on the 192-CTA grids of Llama-3.2-1B (M = 2-4 0.15-0.6 µs slower) and
+    //   Llama-3-8B (M = 2-4 0.1-0.35 µs faster, M = 8 0.2 µs slower), nor at M = 12-16
+    //   (Qwen3-0.6B 5.62-5.77 against 5.52-5.72 µs).
     // Whatever the rule picks must fit (shared memory, grid); otherwise the next candidate.
     let sm_count = sm_count.max(1) as usize;
     // Shared memory per SM is the per-CTA opt-in maximum plus the 1 KiB the driver

@@ -11,6 +11,7 @@
 //! `x [M, K]`, `W' [N, K]` (PyTorch `Linear` layout, rows of Q then K then V,
 //! `N = Nq + 2 Nkv`), outputs `q [M, Nq]`, `k [M, Nkv]`, `v [M, Nkv]`; all row-major bf16,
 //! 16-byte aligned, `K % 8 == 0`. f32 accumulation. `1 <= M <= 16` (`<= 8` for `*_early_m8`).
+//! Launch shape: `warp_split` and `k_chunk` (Tiling), `trigger_first` 0 or 1 (Prologue).
 //!
 //! # Formulation
 //! `out[t, n] = inv_rms[t] · Σ_k x[t, k] · W'[n, k]`, with
@@ -49,15 +50,18 @@
 //!   is multiplied.
 //!
 //! # Prologue
-//! 1. At M = 1, `griddepcontrol.launch_dependents` first (see 3).
+//! 1. With `trigger_first` (the host's plan decides), `griddepcontrol.launch_dependents`
+//!    first (see 3).
 //! 2. Issue the first W batch (or two: `*_early`; up to 8 KiB per warp, 64 KiB per CTA):
 //!    weights are never written by the previous kernel.
-//! 3. At M > 1, `griddepcontrol.launch_dependents` now. Under programmatic dependent
+//! 3. Otherwise `griddepcontrol.launch_dependents` now. Under programmatic dependent
 //!    launch the next kernel launches once every CTA of this one has executed it; with the
-//!    memory system busy, issuing the batch's loads can stall a warp for a while, so at
-//!    M = 1 the trigger goes first (H100, `nanofuse tune`: Qwen3-0.6B 4.32 -> 3.69 µs,
-//!    Llama-3-8B 18.75 -> 18.34). At M >= 2 that was slower on other shapes (Llama-3.2-1B
-//!    M = 2-16: 0.3-0.7 µs, Llama-3-8B M = 8: 0.2 µs), so there it follows the loads.
+//!    memory system busy, issuing the batch's loads can stall a warp for a while, so the
+//!    trigger going first lets the next launch start earlier (H100, `nanofuse tune`, M = 1:
+//!    Qwen3-0.6B 4.32 -> 3.69 µs, Llama-3-8B 18.75 -> 18.34). At M >= 2 that was slower
+//!    on some shapes (Llama-3.2-1B M = 2-16: 0.15-0.7 µs), so the planner asks for it at
+//!    M = 1 and, at M <= 8, only where at most one CTA per SM requests all its W before the
+//!    wait (`DecodePlan::trigger_first`).
 //! 4. Ask L2 for the warp's next W batch (`cp.async.bulk.prefetch.L2`, one row range per
 //!    lane 0-15): the registers hold all the warp can request, and without it DRAM idles
 //!    while the warp waits for the previous kernel and stages x (a timeline probe showed
@@ -152,10 +156,12 @@ macro_rules! fused_decode_entry {
             eps: f32,
             warp_split: u32,
             k_chunk: u32,
+            trigger_first: u32,
         ) {
             let out = QkvOut { q, k: k_out, v, nq, nkv };
+            let launch = Launch { warp_split, k_chunk, trigger_first: trigger_first != 0 };
             // SAFETY: forwarded to the caller.
-            unsafe { decode::<$tiles, true, $early>(x, w, out, m, k, eps, warp_split, k_chunk) }
+            unsafe { decode::<$tiles, true, $early>(x, w, out, m, k, eps, launch) }
         }
     };
 }
@@ -177,11 +183,13 @@ macro_rules! gemm_decode_entry {
             n: u32,
             warp_split: u32,
             k_chunk: u32,
+            trigger_first: u32,
         ) {
             let null = core::ptr::null_mut();
             let out = QkvOut { q: y, k: null, v: null, nq: n, nkv: 0 };
+            let launch = Launch { warp_split, k_chunk, trigger_first: trigger_first != 0 };
             // SAFETY: forwarded to the caller.
-            unsafe { decode::<$tiles, false, $early>(x, w, out, m, k, 0.0, warp_split, k_chunk) }
+            unsafe { decode::<$tiles, false, $early>(x, w, out, m, k, 0.0, launch) }
         }
     };
 }
@@ -214,11 +222,21 @@ gemm_decode_entry! {
     gemm_decode_early_m8, tiles = 1, early = true
 }
 
+/// The launch-shape arguments of the decode entries (module documentation: Tiling,
+/// Prologue).
+struct Launch {
+    /// Warps that split a 16-row group's K steps (1, 2, 4 or 8).
+    warp_split: u32,
+    /// K elements per CTA (a multiple of 32).
+    k_chunk: u32,
+    /// Trigger the dependent launch before the W loads instead of after them.
+    trigger_first: bool,
+}
+
 /// The 8 W registers of one K step: 16 bytes of row `g`, then 16 bytes of row `g + 8`.
 type WStep = [u32; 8];
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
     x: *const u16,
     w: *const u16,
@@ -226,9 +244,9 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
     m: u32,
     k: u32,
     eps: f32,
-    warp_split: u32,
-    k_chunk: u32,
+    launch: Launch,
 ) {
+    let Launch { warp_split, k_chunk, trigger_first } = launch;
     let split_ok = matches!(warp_split, 1 | 2 | 4 | 8);
     let max_m = (MT as u32) * TOKEN_TILE;
     let (kslice, row_tile, k_splits) = (block_idx_x(), block_idx_y(), grid_dim_x());
@@ -288,8 +306,7 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
         batch
     };
     // Let the next kernel launch (it too streams weights first, then waits for this one):
-    // at M = 1 before the W loads, else after them (Prologue, steps 1-3).
-    let trigger_first = m == 1;
+    // before or after the W loads, as the launch says (Prologue, steps 1-3).
     if trigger_first {
         griddepcontrol_launch_dependents();
     }
