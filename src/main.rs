@@ -347,7 +347,8 @@ fn tune(a: TuneArgs) -> AppResult<()> {
             }
             wl.set_tuning(Tuning::default());
             let p = plan::decode_plan(m, s.hidden, s.n(), info.sm_count, info.max_smem_per_block, None)?;
-            let label = format!("plan ws={} ks={} early={}", p.warp_split, p.k_splits(), p.early);
+            let label =
+                format!("plan ws={} ks={} early={} tf={}", p.warp_split, p.k_splits(), p.early, p.trigger_first);
             row(label.clone(), &mut wl, Variant::FusedDecode)?;
             row(format!("{label} (again)"), &mut wl, Variant::FusedDecode)?;
             row(format!("{label} no-pdl"), &mut wl, Variant::FusedNoPdl)?;
@@ -361,7 +362,8 @@ fn tune(a: TuneArgs) -> AppResult<()> {
                             plan::decode_plan(m, s.hidden, s.n(), info.sm_count, info.max_smem_per_block, Some(shape));
                         let Ok(forced) = forced else { continue };
                         wl.set_tuning(Tuning { decode: Some(shape), ..Tuning::default() });
-                        let label = format!("ws={warp_split} ks={k_splits} early={}", forced.early);
+                        let label =
+                            format!("ws={warp_split} ks={k_splits} early={} tf={}", forced.early, forced.trigger_first);
                         row(label, &mut wl, Variant::FusedDecode)?;
                     }
                 }

@@ -281,6 +281,7 @@ fn decode_plan_picks_the_measured_shapes_on_h100() {
             // The trigger before the W loads at M = 1, and at M <= 8 on the one grid of at
             // most one CTA per SM that requests all its W before the wait (Qwen3-0.6B's).
             assert_eq!(p.trigger_first, m == 1 || (k == 1024 && m <= 8), "K = {k}, M = {m}: {p:?}");
+            assert_eq!(p.gemm_trigger_first, m == 1, "K = {k}, M = {m}: {p:?}");
             // At most two CTAs per SM (one wave), except on Llama-3-70B at M <= 2 (640 CTAs
             // of 16 rows, 32 K steps per warp) and at M = 16, where even one warp per row
             // group needs 80 row tiles x 4 K splits = 320 CTAs (640 with two).

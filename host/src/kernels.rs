@@ -252,8 +252,7 @@ impl Kernels {
         let shape =
             Shape { grid: plan.grid, block: decode::THREADS, cluster_x: plan.k_splits(), smem: plan.smem_bytes };
         let (split, chunk) = (plan.warp_split, plan.k_chunk);
-        // The plain GEMM triggers first only at M = 1 (see `DecodePlan::trigger_first`).
-        let trigger_first = u32::from(if fused { plan.trigger_first } else { m == 1 });
+        let trigger_first = u32::from(if fused { plan.trigger_first } else { plan.gemm_trigger_first });
         // The entry's token tiles hold m (else the kernel traps): the plan was made for m.
         debug_assert!(m <= plan.token_tiles * decode::TOKEN_TILE, "plan for a smaller M");
         if fused {

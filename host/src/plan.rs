@@ -36,10 +36,13 @@ pub struct DecodePlan {
     pub token_tiles: u32,
     /// Whether the fused kernel lets the next kernel launch (`griddepcontrol.launch_dependents`)
     /// before its W loads rather than after them: at M = 1, and at M <= 8 where the grid has
-    /// at most one CTA per SM and every weight byte is requested before the dependency wait
-    /// (the planner's overlap case; see `decode_plan`'s rules). The plain GEMM triggers first
-    /// only at M = 1 (Qwen3-0.6B M = 2: 5.36 against 4.86 µs for baseline (b)).
+    /// at most one CTA per SM and the `*_early` entry requests every weight byte before the
+    /// dependency wait (the overlap case; see `decode_plan`'s rules). The plain GEMM triggers first
+    /// only at M = 1 (`gemm_trigger_first`).
     pub trigger_first: bool,
+    /// The same for the plain decode GEMM (baseline (b)): at M = 1 only; triggering first at
+    /// M = 2 made it slower (Qwen3-0.6B: 5.36 against 4.86 µs).
+    pub gemm_trigger_first: bool,
     /// Grid (k_splits, row_tiles); the k_splits CTAs of a row tile form a cluster.
     pub grid: (u32, u32),
     /// Dynamic shared-memory bytes.
@@ -91,7 +94,9 @@ pub fn decode_plan(
     let fits_prologue =
         |warp_split: u32, k_chunk: u32| (k_chunk / decode::K_STEP).div_ceil(warp_split) <= 2 * decode::UNROLL as u32;
     let token_tiles = |early: bool| if early && m <= decode::TOKEN_TILE as usize { 1 } else { 2 };
-    let make = |warp_split: u32, k_splits: u32| -> Option<DecodePlan> {
+    let sms = sm_count.max(1) as u64;
+    // `early`: `Some` forces the `*_early` entries on or off; `None` applies the rule.
+    let make = |warp_split: u32, k_splits: u32, early: Option<bool>| -> Option<DecodePlan> {
         let k_chunk = (k.div_ceil(k_splits as usize).div_ceil(32) * 32) as u32;
         if (k_splits as usize - 1) * k_chunk as usize >= k {
             return None; // an empty K slice
@@ -101,17 +106,25 @@ pub fn decode_plan(
         if smem > max_smem as u64 || row_tiles > MAX_GRID_Y {
             return None;
         }
+        let ctas = row_tiles * k_splits as u64;
+        let whole_part = fits_prologue(warp_split, k_chunk);
         // The `*_early` entries: where they request all of a warp's W before the wait, and,
         // in their one-tile form, where a warp has at most 32 steps in a one-wave grid.
         let steps = (k_chunk / decode::K_STEP).div_ceil(warp_split);
-        let one_wave = row_tiles * k_splits as u64 <= 2 * sm_count.max(1) as u64;
-        let early = fits_prologue(warp_split, k_chunk)
-            || (m <= decode::TOKEN_TILE as usize && steps <= LONG_WARP_STEPS && one_wave);
-        let grid = (k_splits, row_tiles as u32);
-        let overlap = row_tiles * k_splits as u64 <= sm_count.max(1) as u64 && fits_prologue(warp_split, k_chunk);
-        let trigger_first = m == 1 || (m <= TRIGGER_FIRST_MAX_M && overlap);
-        let token_tiles = token_tiles(early);
-        Some(DecodePlan { warp_split, k_chunk, early, token_tiles, trigger_first, grid, smem_bytes: smem as u32 })
+        let early = early
+            .unwrap_or(whole_part || (m <= decode::TOKEN_TILE as usize && steps <= LONG_WARP_STEPS && ctas <= 2 * sms));
+        // The overlap case: every W byte requested before the wait, at most one CTA per SM.
+        let overlap = early && whole_part && ctas <= sms;
+        Some(DecodePlan {
+            warp_split,
+            k_chunk,
+            early,
+            token_tiles: token_tiles(early),
+            trigger_first: m == 1 || (m <= TRIGGER_FIRST_MAX_M && overlap),
+            gemm_trigger_first: m == 1,
+            grid: (k_splits, row_tiles as u32),
+            smem_bytes: smem as u32,
+        })
     };
     if let Some(f) = force {
         if !decode::WARP_SPLITS.contains(&f.warp_split) || f.k_splits == 0 || f.k_splits > decode::MAX_K_SPLITS {
@@ -121,15 +134,12 @@ pub fn decode_plan(
                 got: format!("warp_split {} k_splits {}", f.warp_split, f.k_splits),
             });
         }
-        let early = |p: &DecodePlan| f.early.unwrap_or(p.early);
-        return make(f.warp_split, f.k_splits)
-            .map(|p| DecodePlan { early: early(&p), token_tiles: token_tiles(early(&p)), ..p })
-            .ok_or(Error::TooLarge {
-                arg: "K",
-                got: k as u64,
-                limit: (f.k_splits as u64) * max_decode_k(max_smem, m) as u64,
-                why: "the forced decode shape leaves an empty K slice or does not fit in shared memory",
-            });
+        return make(f.warp_split, f.k_splits, f.early).ok_or(Error::TooLarge {
+            arg: "K",
+            got: k as u64,
+            limit: (f.k_splits as u64) * max_decode_k(max_smem, m) as u64,
+            why: "the forced decode shape leaves an empty K slice or does not fit in shared memory",
+        });
     }
     // Rules fitted to the H100 sweeps of `nanofuse tune` (docs/RESULTS.md):
     // * K splits: the fewest (1, 2, 4, 8) that let two CTAs share an SM's shared memory
@@ -163,7 +173,6 @@ pub fn decode_plan(
     //   Llama-3-8B (M = 2-4 0.1-0.35 µs faster, M = 8 0.2 µs slower), nor at M = 12-16
     //   (Qwen3-0.6B 5.62-5.77 against 5.52-5.72 µs).
     // Whatever the rule picks must fit (shared memory, grid); otherwise the next candidate.
-    let sm_count = sm_count.max(1) as usize;
     // Shared memory per SM is the per-CTA opt-in maximum plus the 1 KiB the driver
     // reserves per CTA (H100: 227 + 1 KiB); two CTAs each pay the reservation.
     let half_sm_smem = (max_smem as u64).saturating_sub(1024) / 2;
@@ -174,15 +183,15 @@ pub fn decode_plan(
             decode::smem_layout(m as u32, k_chunk).bytes <= half_sm_smem
         })
         .unwrap_or(decode::MAX_K_SPLITS);
-    let ctas = |ws: u32| n.div_ceil(decode::rows_per_cta(ws) as usize) * k_splits as usize;
+    let ctas = |ws: u32| (n.div_ceil(decode::rows_per_cta(ws) as usize) * k_splits as usize) as u64;
     let k_chunk = (k.div_ceil(k_splits as usize).div_ceil(32) * 32) as u32;
     // Fewest warps per row group that leave each warp at most LONG_WARP_STEPS steps.
     let short_warps =
         [1, 2, 4, 8].into_iter().find(|&ws| (k_chunk / decode::K_STEP).div_ceil(ws) <= LONG_WARP_STEPS).unwrap_or(8);
     let ws = [8, 4, 2, 1]
         .into_iter()
-        .find(|&ws| ctas(ws) <= sm_count && fits_prologue(ws, k_chunk))
-        .or_else(|| [8, 4, 2, 1].into_iter().find(|&ws| ctas(ws) <= 2 * sm_count))
+        .find(|&ws| ctas(ws) <= sms && fits_prologue(ws, k_chunk))
+        .or_else(|| [8, 4, 2, 1].into_iter().find(|&ws| ctas(ws) <= 2 * sms))
         .unwrap_or(short_warps);
     let ws = if m <= 2 { ws.max(short_warps) } else { ws };
     let mut candidates: Vec<(u32, u32)> = vec![(ws, k_splits)];
@@ -190,7 +199,7 @@ pub fn decode_plan(
     for ks in 1..=decode::MAX_K_SPLITS {
         candidates.push((1, ks));
     }
-    candidates.into_iter().find_map(|(ws, ks)| make(ws, ks)).ok_or(Error::TooLarge {
+    candidates.into_iter().find_map(|(ws, ks)| make(ws, ks, None)).ok_or(Error::TooLarge {
         arg: "K",
         got: k as u64,
         limit: decode::MAX_K_SPLITS as u64 * max_decode_k(max_smem, m) as u64,

@@ -58,10 +58,12 @@
 //!    launch the next kernel launches once every CTA of this one has executed it; with the
 //!    memory system busy, issuing the batch's loads can stall a warp for a while, so the
 //!    trigger going first lets the next launch start earlier (H100, `nanofuse tune`, M = 1:
-//!    Qwen3-0.6B 4.32 -> 3.69 µs, Llama-3-8B 18.75 -> 18.34). At M >= 2 that was slower
-//!    on some shapes (Llama-3.2-1B M = 2-16: 0.15-0.7 µs), so the planner asks for it at
-//!    M = 1 and, at M <= 8, only where at most one CTA per SM requests all its W before the
-//!    wait (`DecodePlan::trigger_first`).
+//!    Qwen3-0.6B 4.32 -> 3.69 µs, Llama-3-8B 18.75 -> 18.34). At M >= 2 it was slower on
+//!    some shapes (Llama-3.2-1B: 0.3-0.7 µs at M = 2-16 in the kernels of 049fed3, 0.15-0.6
+//!    µs at M = 2-4 in those of 3054f4f), so for the fused entries the planner asks for it
+//!    at M = 1 and, at M <= 8, only where at most one CTA per SM requests all its W before
+//!    the wait (`DecodePlan::trigger_first`; Qwen3-0.6B M = 2-8: 4.37-4.47 -> 3.94-4.19
+//!    µs); for the plain GEMM at M = 1 only (`DecodePlan::gemm_trigger_first`).
 //! 4. Ask L2 for the warp's next W batch (`cp.async.bulk.prefetch.L2`, one row range per
 //!    lane 0-15): the registers hold all the warp can request, and without it DRAM idles
 //!    while the warp waits for the previous kernel and stages x (a timeline probe showed
@@ -81,7 +83,8 @@
 //!    row (measured 0.4-1.4 µs faster on Llama-3-8B and Llama-3-70B; on the `_early`
 //!    shapes no gain at M = 2-4, where it was slower at M = 4, but at M = 1, once the
 //!    trigger went first, 0.05-0.1 µs on Qwen3-0.6B and 0.2-0.3 µs on Llama-3.2-1B and
-//!    Llama-3-8B). One CTA barrier publishes the rows.
+//!    Llama-3-8B). One CTA barrier publishes the rows (the first of two in the fused
+//!    `_early` entries at M = 1, step 7).
 //! 7. Sums of squares of x (the norm): the plain entries take them from the B fragments
 //!    inside the main loop (each lane sees 8 of a token's 32 values per step; no latency
 //!    added, the four lanes of a token and the warps of a row group are added after the
@@ -89,8 +92,10 @@
 //!    the extra state made ptxas spill (two-tile form), so there each
 //!    warp sums its own rows before the CTA barrier (one block per lane, butterfly
 //!    reduction). At M = 1, where the 8 warps share the row, a first barrier publishes it,
-//!    warp 0 sums it and a second barrier publishes the sum. Measured slower than that
-//!    (`nanofuse tune`, Qwen3-0.6B M = 1, 3.58-3.65 µs): every warp summing an eighth of
+//!    warp 0 sums it and a second barrier publishes the sum (its cost on the chain, against
+//!    no sum at all: about 0.1 µs on Qwen3-0.6B, 0.3-0.4 on Llama-3.2-1B, 0.25-0.35 on
+//!    Llama-3-8B). Measured slower than that (`nanofuse tune`, Qwen3-0.6B M = 1,
+//!    3.58-3.65 µs): every warp summing an eighth of
 //!    the row (3.72), the same from global memory while the copies land (3.90), warp 0
 //!    summing after its main loop (3.68-4.04), the sums inside the loop (4.00).
 //!
@@ -367,7 +372,8 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
             sync_threads();
         }
         if FUSE && EARLY {
-            // Each warp sums the squares of the (whole) rows it copied, tokens w + 8i: one
+            // Each warp sums the squares of the whole rows of tokens w + 8i (the rows it
+            // copied; at M = 1 warp 0 sums the row all warps copied, published above): one
             // block per lane at a time, its pieces read in a lane-rotated order so that the
             // 8 lanes of a shared-memory phase hit 8 bank groups; the rows' butterfly
             // reductions interleaved.
