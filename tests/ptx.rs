@@ -1,6 +1,7 @@
 //! The generated PTX, checked without a GPU:
-//! * always: its target, the entry points the host launches, no unresolved `.extern .func`,
-//!   and no panic path in any kernel;
+//! * always: its target, the entry points the host launches and the byte size of each of
+//!   their parameters (what the launchers pass), no unresolved `.extern .func`, and no panic
+//!   path in any kernel;
 //! * when `ptxas` is installed (PyPI `nvidia-cuda-nvcc`; `.ci/run` installs it): it
 //!   assembles, and every kernel has 0 spill bytes and no stack frame (no local memory);
 //! * when `nvdisasm` is installed too (PyPI `nvidia-cuda-nvdisasm`): the GEMM kernels use
@@ -15,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use nanofuse::{KERNEL_NAMES, KERNELS_ARCH, KERNELS_PTX};
+use nanofuse::{KERNEL_NAMES, KERNEL_PARAM_SIZES, KERNELS_ARCH, KERNELS_PTX};
 
 /// Prints `skipped: <why>` past libtest's output capture.
 fn skip_note(why: &str) {
@@ -54,6 +55,30 @@ fn ptx_has_every_entry_the_host_launches() {
         assert!(entries.contains(&name), "entry `{name}` missing; PTX has {entries:?}");
     }
     assert_eq!(entries.len(), KERNEL_NAMES.len(), "unexpected entries: {entries:?}");
+}
+
+/// The byte sizes of an entry's parameters, from its `.param` lines.
+fn param_sizes(name: &str) -> Vec<usize> {
+    let head = format!(".visible .entry {name}(");
+    let start = KERNELS_PTX.find(&head).unwrap_or_else(|| panic!("entry `{name}` missing"));
+    KERNELS_PTX[start + head.len()..]
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with(')'))
+        .filter_map(|l| l.strip_prefix(".param "))
+        .map(|l| match l.split_whitespace().next() {
+            Some(".u64" | ".b64" | ".s64") => 8,
+            Some(".u32" | ".b32" | ".s32" | ".f32") => 4,
+            other => panic!("`{name}`: unexpected parameter type {other:?} in `{l}`"),
+        })
+        .collect()
+}
+
+#[test]
+fn ptx_entry_parameters_match_what_the_launchers_pass() {
+    for (name, sizes) in KERNEL_NAMES.iter().zip(KERNEL_PARAM_SIZES) {
+        assert_eq!(param_sizes(name), sizes, "`{name}`: PTX parameter sizes against KERNEL_PARAM_SIZES");
+    }
 }
 
 #[test]

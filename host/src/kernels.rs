@@ -30,17 +30,56 @@ pub const KERNEL_NAMES: [&str; 13] = [
     "gemm_decode_early_m8",
 ];
 
+/// Bytes of a pointer parameter (`.u64`).
+const PTR: usize = 8;
+/// Bytes of a scalar parameter (`.u32`, `.f32`).
+const SCALAR: usize = 4;
+const DECODE_FUSED: &[usize] =
+    &[PTR, PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
+const DECODE_GEMM: &[usize] = &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
+const TILED_FUSED: &[usize] = &[PTR, PTR, PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
+const TILED_GEMM: &[usize] = &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR];
+
+/// The byte size of each parameter of each entry in `KERNEL_NAMES`, in order: every launch
+/// is checked against it (a mismatch is an error, not a launch), and `tests/ptx.rs` checks
+/// it against the PTX.
+pub const KERNEL_PARAM_SIZES: [&[usize]; 13] = [
+    &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR],
+    DECODE_FUSED,
+    DECODE_GEMM,
+    TILED_FUSED,
+    TILED_FUSED,
+    TILED_GEMM,
+    TILED_GEMM,
+    DECODE_FUSED,
+    DECODE_GEMM,
+    &[PTR, PTR, SCALAR, SCALAR],
+    &[PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR],
+    DECODE_FUSED,
+    DECODE_GEMM,
+];
+
+/// Most parameters of any entry (a launch with more is refused).
+const MAX_PARAMS: usize = 13;
+
+/// One loaded kernel entry with its name and parameter sizes.
+struct Entry {
+    f: CudaFunction,
+    name: &'static str,
+    params: &'static [usize],
+}
+
 /// The three entries of one decode kernel (`x`, `x_early`, `x_early_m8`), which take the
 /// same arguments.
 struct DecodeEntries {
-    plain: CudaFunction,
-    early: CudaFunction,
-    early_m8: CudaFunction,
+    plain: Entry,
+    early: Entry,
+    early_m8: Entry,
 }
 
 impl DecodeEntries {
     /// The entry a plan launches.
-    fn pick(&self, plan: &DecodePlan) -> &CudaFunction {
+    fn pick(&self, plan: &DecodePlan) -> &Entry {
         match (plan.early, plan.token_tiles) {
             (false, _) => &self.plain,
             (true, 1) => &self.early_m8,
@@ -51,15 +90,15 @@ impl DecodeEntries {
 
 /// The kernels of one loaded module.
 pub(crate) struct Kernels {
-    rms_norm: CudaFunction,
+    rms_norm: Entry,
     fused_decode: DecodeEntries,
     gemm_decode: DecodeEntries,
-    fused_tiled_large: CudaFunction,
-    fused_tiled_small: CudaFunction,
-    gemm_tiled_large: CudaFunction,
-    gemm_tiled_small: CudaFunction,
-    fold_gain: CudaFunction,
-    split_qkv: CudaFunction,
+    fused_tiled_large: Entry,
+    fused_tiled_small: Entry,
+    gemm_tiled_large: Entry,
+    gemm_tiled_small: Entry,
+    fold_gain: Entry,
+    split_qkv: Entry,
 }
 
 /// Output pointers and widths of a fused launch.
@@ -80,26 +119,37 @@ struct Shape {
     smem: u32,
 }
 
-/// The address of one kernel argument, as `cuLaunchKernelEx` takes them.
-fn arg<T>(v: &T) -> *mut c_void {
-    v as *const T as *mut c_void
+/// One kernel argument: its address, as `cuLaunchKernelEx` takes them, and its size.
+struct Arg {
+    ptr: *mut c_void,
+    size: usize,
 }
 
-/// Launches `f` on `stream`. With `pdl`, the launch carries programmatic stream
+fn arg<T>(v: &T) -> Arg {
+    Arg { ptr: v as *const T as *mut c_void, size: std::mem::size_of::<T>() }
+}
+
+/// Launches `e` on `stream`. With `pdl`, the launch carries programmatic stream
 /// serialization: the kernel may start before the previous kernel in the stream has
 /// finished, and must execute `griddepcontrol.wait` before touching memory that kernel
 /// writes or reads (every nanofuse kernel does, before anything but weight reads). With
-/// `shape.cluster_x > 1`, CTAs form clusters of that many along x.
+/// `shape.cluster_x > 1`, CTAs form clusters of that many along x. Arguments whose number or
+/// sizes differ from the entry's parameters (`KERNEL_PARAM_SIZES`) are an error.
 ///
 /// # Safety
-/// `args` point at values matching the kernel's parameter list, alive for the call.
-unsafe fn launch(
-    stream: &CudaStream,
-    f: &CudaFunction,
-    shape: Shape,
-    pdl: bool,
-    args: &mut [*mut c_void],
-) -> Result<()> {
+/// `args` point at values of the kernel's parameter types, alive for the call.
+unsafe fn launch(stream: &CudaStream, e: &Entry, shape: Shape, pdl: bool, args: &[Arg]) -> Result<()> {
+    let mismatch = args.iter().zip(e.params).any(|(a, &size)| a.size != size);
+    if args.len() != e.params.len() || args.len() > MAX_PARAMS || mismatch {
+        let sizes: Vec<usize> = args.iter().map(|a| a.size).collect();
+        return Err(Error::Module {
+            reason: format!("`{}` takes parameters of {:?} bytes, the launcher passed {sizes:?}", e.name, e.params),
+        });
+    }
+    let mut ptrs = [std::ptr::null_mut(); MAX_PARAMS];
+    for (p, a) in ptrs.iter_mut().zip(args) {
+        *p = a.ptr;
+    }
     stream.context().bind_to_thread().map_err(Error::driver("cuCtxSetCurrent"))?;
     // SAFETY: plain C structs of integers and a union; zero is a valid bit pattern.
     let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
@@ -128,8 +178,9 @@ unsafe fn launch(
         attrs: attrs.as_mut_ptr(),
         numAttrs: n as u32,
     };
-    // SAFETY: the config and attributes outlive the call; `args` per the caller.
-    unsafe { sys::cuLaunchKernelEx(&cfg, f.cu_function(), args.as_mut_ptr(), std::ptr::null_mut()) }
+    // SAFETY: the config, attributes and pointers outlive the call; the argument count and
+    // sizes match the entry's (checked above), their values per the caller.
+    unsafe { sys::cuLaunchKernelEx(&cfg, e.f.cu_function(), ptrs.as_mut_ptr(), std::ptr::null_mut()) }
         .result()
         .map_err(Error::driver("cuLaunchKernelEx"))
 }
@@ -141,30 +192,26 @@ impl Kernels {
         let module = ctx.load_module(Ptx::from_src(ptx)).map_err(|e| Error::Module {
             reason: format!("{e} (the PTX must target this GPU's architecture or an older one)"),
         })?;
-        let get = |name: &str| {
-            module.load_function(name).map_err(|e| Error::Module { reason: format!("kernel `{name}` not found: {e}") })
+        let get = |i: usize| {
+            let name = KERNEL_NAMES[i];
+            let f = module
+                .load_function(name)
+                .map_err(|e| Error::Module { reason: format!("kernel `{name}` not found: {e}") })?;
+            Ok::<_, Error>(Entry { f, name, params: KERNEL_PARAM_SIZES[i] })
         };
         let k = Kernels {
-            rms_norm: get(KERNEL_NAMES[0])?,
-            fused_decode: DecodeEntries {
-                plain: get(KERNEL_NAMES[1])?,
-                early: get(KERNEL_NAMES[7])?,
-                early_m8: get(KERNEL_NAMES[11])?,
-            },
-            gemm_decode: DecodeEntries {
-                plain: get(KERNEL_NAMES[2])?,
-                early: get(KERNEL_NAMES[8])?,
-                early_m8: get(KERNEL_NAMES[12])?,
-            },
-            fused_tiled_large: get(KERNEL_NAMES[3])?,
-            fused_tiled_small: get(KERNEL_NAMES[4])?,
-            gemm_tiled_large: get(KERNEL_NAMES[5])?,
-            gemm_tiled_small: get(KERNEL_NAMES[6])?,
-            fold_gain: get(KERNEL_NAMES[9])?,
-            split_qkv: get(KERNEL_NAMES[10])?,
+            rms_norm: get(0)?,
+            fused_decode: DecodeEntries { plain: get(1)?, early: get(7)?, early_m8: get(11)? },
+            gemm_decode: DecodeEntries { plain: get(2)?, early: get(8)?, early_m8: get(12)? },
+            fused_tiled_large: get(3)?,
+            fused_tiled_small: get(4)?,
+            gemm_tiled_large: get(5)?,
+            gemm_tiled_small: get(6)?,
+            fold_gain: get(9)?,
+            split_qkv: get(10)?,
         };
-        let raise = |f: &CudaFunction, bytes: u32| {
-            f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
+        let raise = |e: &Entry, bytes: u32| {
+            e.f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
                 .map_err(Error::driver("cuFuncSetAttribute"))
         };
         for e in [&k.fused_decode, &k.gemm_decode] {
@@ -197,9 +244,9 @@ impl Kernels {
         eps: f32,
     ) -> Result<()> {
         let shape = Shape { grid: (rows, 1), block: rms_norm::THREADS, cluster_x: 1, smem: rms_norm::SMEM_BYTES };
-        let mut args = [arg(&x), arg(&g), arg(&y), arg(&rows), arg(&k), arg(&eps)];
+        let args = [arg(&x), arg(&g), arg(&y), arg(&rows), arg(&k), arg(&eps)];
         // SAFETY: the argument list matches `rms_norm`; buffers per the caller.
-        unsafe { launch(stream, &self.rms_norm, shape, pdl, &mut args) }
+        unsafe { launch(stream, &self.rms_norm, shape, pdl, &args) }
     }
 
     /// `W [n, k] <- bf16(W · diag(g))` in place (no PDL: run once, at construction).
@@ -210,9 +257,9 @@ impl Kernels {
     pub(crate) unsafe fn fold_gain(&self, stream: &CudaStream, w: u64, g: u64, n: u32, k: u32) -> Result<()> {
         let grid = n.clamp(1, fold_gain::MAX_CTAS);
         let shape = Shape { grid: (grid, 1), block: fold_gain::THREADS, cluster_x: 1, smem: 0 };
-        let mut args = [arg(&w), arg(&g), arg(&n), arg(&k)];
+        let args = [arg(&w), arg(&g), arg(&n), arg(&k)];
         // SAFETY: the argument list matches `fold_gain`; buffers per the caller.
-        unsafe { launch(stream, &self.fold_gain, shape, false, &mut args) }
+        unsafe { launch(stream, &self.fold_gain, shape, false, &args) }
     }
 
     /// Copies the packed `y [m, out.nq + 2 out.nkv]` into `out`'s q, k, v.
@@ -223,9 +270,9 @@ impl Kernels {
     pub(crate) unsafe fn split_qkv(&self, stream: &CudaStream, pdl: bool, y: u64, out: QkvPtrs, m: u32) -> Result<()> {
         let grid = m.clamp(1, split_qkv::MAX_CTAS);
         let shape = Shape { grid: (grid, 1), block: split_qkv::THREADS, cluster_x: 1, smem: 0 };
-        let mut args = [arg(&y), arg(&out.q), arg(&out.k), arg(&out.v), arg(&m), arg(&out.nq), arg(&out.nkv)];
+        let args = [arg(&y), arg(&out.q), arg(&out.k), arg(&out.v), arg(&m), arg(&out.nq), arg(&out.nkv)];
         // SAFETY: the argument list matches `split_qkv`; buffers per the caller.
-        unsafe { launch(stream, &self.split_qkv, shape, pdl, &mut args) }
+        unsafe { launch(stream, &self.split_qkv, shape, pdl, &args) }
     }
 
     /// The decode kernel, fused (`fused`: W with g folded in, q/k/v outputs) or plain (y in
@@ -256,7 +303,7 @@ impl Kernels {
         // The entry's token tiles hold m (else the kernel traps): the plan was made for m.
         debug_assert!(m <= plan.token_tiles * decode::TOKEN_TILE, "plan for a smaller M");
         if fused {
-            let mut args = [
+            let args = [
                 arg(&x),
                 arg(&w),
                 arg(&out.q),
@@ -274,9 +321,9 @@ impl Kernels {
             let f = self.fused_decode.pick(plan);
             // SAFETY: the argument list matches `fused_rmsnorm_qkv_decode` (and its `_early`
             // forms, which take the same); buffers per the caller; the plan's entry takes m.
-            unsafe { launch(stream, f, shape, pdl, &mut args) }
+            unsafe { launch(stream, f, shape, pdl, &args) }
         } else {
-            let mut args = [
+            let args = [
                 arg(&x),
                 arg(&w),
                 arg(&out.q),
@@ -290,7 +337,7 @@ impl Kernels {
             let f = self.gemm_decode.pick(plan);
             // SAFETY: the argument list matches `gemm_decode` (and its `_early` forms);
             // buffers per the caller; the plan's entry takes m.
-            unsafe { launch(stream, f, shape, pdl, &mut args) }
+            unsafe { launch(stream, f, shape, pdl, &args) }
         }
     }
 
@@ -320,7 +367,7 @@ impl Kernels {
                     Tile::Large => &self.fused_tiled_large,
                     Tile::Small => &self.fused_tiled_small,
                 };
-                let mut args = [
+                let args = [
                     arg(&x),
                     arg(&g),
                     arg(&w),
@@ -334,16 +381,16 @@ impl Kernels {
                     arg(&eps),
                 ];
                 // SAFETY: the argument list matches `fused_rmsnorm_qkv_tiled_*`; see above.
-                unsafe { launch(stream, f, shape, pdl, &mut args) }
+                unsafe { launch(stream, f, shape, pdl, &args) }
             }
             None => {
                 let f = match plan.tile {
                     Tile::Large => &self.gemm_tiled_large,
                     Tile::Small => &self.gemm_tiled_small,
                 };
-                let mut args = [arg(&x), arg(&w), arg(&out.q), arg(&m), arg(&k), arg(&out.nq)];
+                let args = [arg(&x), arg(&w), arg(&out.q), arg(&m), arg(&k), arg(&out.nq)];
                 // SAFETY: the argument list matches `gemm_tiled_*`; see above.
-                unsafe { launch(stream, f, shape, pdl, &mut args) }
+                unsafe { launch(stream, f, shape, pdl, &args) }
             }
         }
     }

@@ -26,7 +26,7 @@ pub use cudarc;
 pub use error::{Error, Result};
 pub use gpu::{BUFFER_ALIGN, DeviceInfo, Gpu, arch_number, device_count, driver_present};
 pub use half::bf16;
-pub use kernels::KERNEL_NAMES;
+pub use kernels::{KERNEL_NAMES, KERNEL_PARAM_SIZES};
 pub use qkv::{
     Baseline, FusedRmsNormQkv, Path, Qkv, QkvShape, SPLIT_MAX_ELEMENTS, Tuning, UnfusedRmsNormQkv, auto_fused_max_m,
     auto_packed_fused_max_m, auto_split_max_m,
