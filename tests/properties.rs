@@ -255,3 +255,34 @@ fn compare_non_finite_rules() {
     assert_eq!((c.mismatches, c.non_finite), (3, 3), "{c}");
     assert!(!c.passes(f64::MAX), "{c}");
 }
+
+/// The k-interleaved order: within each whole 32-element block, word (bf16 pair) `4c + j`
+/// holds natural word `4j + c`; a partial last block and the pairs' halves stay in place;
+/// applied twice it is the identity; a dot product is unchanged when both operands are
+/// interleaved (exact here: small integers).
+#[test]
+fn interleave_k_is_the_block_word_transpose() {
+    for k in [8usize, 24, 32, 40, 64, 1000, 1024] {
+        let rows = 3;
+        let v: Vec<u32> = (0..(rows * k) as u32).collect();
+        let t = reference::interleave_k(&v, k);
+        for r in 0..rows {
+            for j in 0..k {
+                let (base, e) = (j - j % 32, j % 32);
+                let want = if base + 32 > k {
+                    j
+                } else {
+                    let (word, half) = (e / 2, e % 2);
+                    base + 2 * (4 * (word % 4) + word / 4) + half
+                };
+                assert_eq!(t[r * k + j] as usize, r * k + want, "K={k} row {r} index {j}");
+            }
+        }
+        assert_eq!(reference::interleave_k(&t, k), v, "K={k}: not an involution");
+        let a: Vec<i64> = (0..k as i64).map(|i| (i * 7) % 13 - 6).collect();
+        let b: Vec<i64> = (0..k as i64).map(|i| (i * 5) % 11 - 5).collect();
+        let dot = |x: &[i64], y: &[i64]| x.iter().zip(y).map(|(p, q)| p * q).sum::<i64>();
+        let (ai, bi) = (reference::interleave_k(&a, k), reference::interleave_k(&b, k));
+        assert_eq!(dot(&ai, &bi), dot(&a, &b), "K={k}: dot product changed");
+    }
+}

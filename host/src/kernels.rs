@@ -14,7 +14,7 @@ use crate::gpu::DeviceInfo;
 use crate::plan::{DecodePlan, Tile, TiledPlan};
 
 /// Every kernel entry point the host launches, as named in the PTX.
-pub const KERNEL_NAMES: [&str; 13] = [
+pub const KERNEL_NAMES: [&str; 14] = [
     "rms_norm",
     "fused_rmsnorm_qkv_decode",
     "gemm_decode",
@@ -28,6 +28,7 @@ pub const KERNEL_NAMES: [&str; 13] = [
     "split_qkv",
     "fused_rmsnorm_qkv_decode_early_m8",
     "gemm_decode_early_m8",
+    "rms_norm_interleaved",
 ];
 
 /// Bytes of a pointer parameter (`.u64`).
@@ -35,16 +36,17 @@ const PTR: usize = 8;
 /// Bytes of a scalar parameter (`.u32`, `.f32`).
 const SCALAR: usize = 4;
 const DECODE_FUSED: &[usize] =
-    &[PTR, PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
-const DECODE_GEMM: &[usize] = &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
+    &[PTR, PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
+const DECODE_GEMM: &[usize] = &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
 const TILED_FUSED: &[usize] = &[PTR, PTR, PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
 const TILED_GEMM: &[usize] = &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR];
+const RMS_NORM: &[usize] = &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR];
 
 /// The byte size of each parameter of each entry in `KERNEL_NAMES`, in order: every launch
 /// is checked against it (a mismatch is an error, not a launch), and `tests/ptx.rs` checks
 /// it against the PTX.
-pub const KERNEL_PARAM_SIZES: [&[usize]; 13] = [
-    &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR],
+pub const KERNEL_PARAM_SIZES: [&[usize]; 14] = [
+    RMS_NORM,
     DECODE_FUSED,
     DECODE_GEMM,
     TILED_FUSED,
@@ -57,10 +59,11 @@ pub const KERNEL_PARAM_SIZES: [&[usize]; 13] = [
     &[PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR],
     DECODE_FUSED,
     DECODE_GEMM,
+    RMS_NORM,
 ];
 
 /// Most parameters of any entry (a launch with more is refused).
-const MAX_PARAMS: usize = 13;
+const MAX_PARAMS: usize = 14;
 
 /// One loaded kernel entry with its name and parameter sizes.
 struct Entry {
@@ -91,6 +94,7 @@ impl DecodeEntries {
 /// The kernels of one loaded module.
 pub(crate) struct Kernels {
     rms_norm: Entry,
+    rms_norm_interleaved: Entry,
     fused_decode: DecodeEntries,
     gemm_decode: DecodeEntries,
     fused_tiled_large: Entry,
@@ -201,6 +205,7 @@ impl Kernels {
         };
         let k = Kernels {
             rms_norm: get(0)?,
+            rms_norm_interleaved: get(13)?,
             fused_decode: DecodeEntries { plain: get(1)?, early: get(7)?, early_m8: get(11)? },
             gemm_decode: DecodeEntries { plain: get(2)?, early: get(8)?, early_m8: get(12)? },
             fused_tiled_large: get(3)?,
@@ -226,7 +231,8 @@ impl Kernels {
         Ok(k)
     }
 
-    /// `y = rmsnorm(x)`, `x, y [rows, k]`.
+    /// `y = rmsnorm(x)`, `x, y [rows, k]`; y in the k-interleaved order
+    /// (`config::interleave`) with `interleave`.
     ///
     /// # Safety
     /// `x`, `g`, `y` are 16-byte aligned device buffers of `rows·k`, `k`, `rows·k` bf16
@@ -242,14 +248,18 @@ impl Kernels {
         rows: u32,
         k: u32,
         eps: f32,
+        interleave: bool,
     ) -> Result<()> {
         let shape = Shape { grid: (rows, 1), block: rms_norm::THREADS, cluster_x: 1, smem: rms_norm::SMEM_BYTES };
         let args = [arg(&x), arg(&g), arg(&y), arg(&rows), arg(&k), arg(&eps)];
-        // SAFETY: the argument list matches `rms_norm`; buffers per the caller.
-        unsafe { launch(stream, &self.rms_norm, shape, pdl, &args) }
+        let f = if interleave { &self.rms_norm_interleaved } else { &self.rms_norm };
+        // SAFETY: the argument list matches `rms_norm` (and `rms_norm_interleaved`, which
+        // takes the same); buffers per the caller.
+        unsafe { launch(stream, f, shape, pdl, &args) }
     }
 
-    /// `W [n, k] <- bf16(W · diag(g))` in place (no PDL: run once, at construction).
+    /// `W [n, k] <- bf16(W · diag(g))` in place, stored in the k-interleaved order
+    /// (`config::interleave`; no PDL: run once, at construction).
     ///
     /// # Safety
     /// `w` and `g` are 16-byte aligned device buffers of `n·k` and `k` bf16 on this
@@ -276,7 +286,9 @@ impl Kernels {
     }
 
     /// The decode kernel, fused (`fused`: W with g folded in, q/k/v outputs) or plain (y in
-    /// `out.q` with `out.nq = N`, `out.nkv = 0`).
+    /// `out.q` with `out.nq = N`, `out.nkv = 0`). `interleave_x`: x and W are in the same k
+    /// order (both natural), so the kernel interleaves x while staging it; otherwise exactly
+    /// one of them must be in the k-interleaved order (`config::interleave`).
     ///
     /// # Safety
     /// Buffers as in the kernel's documentation (x `[m, k]`, W `[N, k]`, outputs
@@ -291,6 +303,7 @@ impl Kernels {
         x: u64,
         fused: bool,
         w: u64,
+        interleave_x: bool,
         out: QkvPtrs,
         m: u32,
         k: u32,
@@ -298,6 +311,7 @@ impl Kernels {
     ) -> Result<()> {
         let shape =
             Shape { grid: plan.grid, block: decode::THREADS, cluster_x: plan.k_splits(), smem: plan.smem_bytes };
+        let interleave_x = u32::from(interleave_x);
         let (split, chunk) = (plan.warp_split, plan.k_chunk);
         let trigger_first = u32::from(if fused { plan.trigger_first } else { plan.gemm_trigger_first });
         // The entry's token tiles hold m (else the kernel traps): the plan was made for m.
@@ -317,6 +331,7 @@ impl Kernels {
                 arg(&split),
                 arg(&chunk),
                 arg(&trigger_first),
+                arg(&interleave_x),
             ];
             let f = self.fused_decode.pick(plan);
             // SAFETY: the argument list matches `fused_rmsnorm_qkv_decode` (and its `_early`
@@ -333,6 +348,7 @@ impl Kernels {
                 arg(&split),
                 arg(&chunk),
                 arg(&trigger_first),
+                arg(&interleave_x),
             ];
             let f = self.gemm_decode.pick(plan);
             // SAFETY: the argument list matches `gemm_decode` (and its `_early` forms);

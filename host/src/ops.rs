@@ -45,7 +45,7 @@ pub fn rms_norm(
     }
     // SAFETY: lengths, alignment, context and overlap were checked above; k % 8 == 0 and
     // rows, k < 2^31 (check_dims).
-    unsafe { gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), xb.ptr, gb.ptr, yb.ptr, rows as u32, k as u32, eps) }
+    unsafe { gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), xb.ptr, gb.ptr, yb.ptr, rows as u32, k as u32, eps, false) }
 }
 
 /// Which GEMM computes `y = x · Wᵀ`.
@@ -109,7 +109,8 @@ pub(crate) unsafe fn gemm_unchecked(
             GemmImpl::Cublas => gpu.blas()?.gemm_xwt(x, w, y, m, k, n, n),
             GemmImpl::Nanofuse if m <= DECODE_MAX_M => {
                 let p = plan::decode_plan(m, k, n, info.sm_count, info.max_smem_per_block, None)?;
-                gpu.kernels.decode(gpu.stream(), gpu.pdl(), &p, x, false, w, out, m as u32, k as u32, 0.0)
+                // x and W both in natural order: the kernel interleaves x as it stages it.
+                gpu.kernels.decode(gpu.stream(), gpu.pdl(), &p, x, false, w, true, out, m as u32, k as u32, 0.0)
             }
             GemmImpl::Nanofuse => {
                 let p = plan::tiled_plan(m, k, n, info.sm_count, None)?;

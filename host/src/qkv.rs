@@ -162,15 +162,23 @@ pub struct Qkv {
 /// At construction the RMSNorm gain is folded into the weight, `W' = bf16(W · diag(g))`
 /// (one rounding per element, on the device), and the op keeps only `W'`: then
 /// `rmsnorm(x) · Wᵀ = inv_rms · x · W'ᵀ` up to rounding, and no path multiplies by g per
-/// call. Formulations, all bf16 in and out with f32 accumulation:
-/// * fused decode (M <= 16): `inv_rms · Σ_k x · W'`: raw x is staged in shared memory and
-///   its sum of squares is reduced alongside; `inv_rms` scales the accumulators in the
+/// call. `W'` is stored in the k-interleaved order (`config::interleave`, a transpose of
+/// the bf16 pairs inside each 32-element block; [`reference::interleave_k`] on the CPU), so
+/// that the decode kernel stages x with 16-byte copies; every path takes the activations in
+/// the same order. Formulations, all bf16 in and out with f32 accumulation:
+/// * fused decode (M <= 16): `inv_rms · Σ_k x · W'`: raw x is staged in shared memory (in
+///   its natural order, which the interleaved `W'` matches fragment by fragment) and its
+///   sum of squares is reduced alongside; `inv_rms` scales the accumulators in the
 ///   epilogue, so weight streaming never waits for the norm;
-/// * fused tiled: `inv_rms · Σ_k bf16(x · 1) · W'` (the tiled kernel with a unit gain);
-/// * fallback: the RMSNorm kernel with a unit gain, `bf16(x · inv_rms)`, then cuBLAS
-///   with `W'`: for the packed output the same kernels and bytes as baseline (a), on the
-///   folded weight; for separate q, k, v one more kernel (`split_qkv`, copying the packed
-///   product out) up to [`auto_split_max_m`], else three GEMMs.
+/// * fused tiled: `inv_rms · Σ_k bf16(x · 1) · W'` (the tiled kernel with a unit gain; its
+///   rewrite pass interleaves the x tile in shared memory);
+/// * fallback: the RMSNorm kernel with a unit gain, `bf16(x · inv_rms)`, written
+///   interleaved, then cuBLAS with `W'` (a sum over k in another order): for the packed
+///   output the same kernels and bytes as baseline (a), on the folded weight; for separate
+///   q, k, v one more kernel (`split_qkv`, copying the packed product out) up to
+///   [`auto_split_max_m`], else three GEMMs.
+///
+/// [`reference::interleave_k`]: crate::reference::interleave_k
 ///
 /// [`Path::Auto`] picks the fused kernel only for the M where it was measured faster than
 /// the unfused path (docs/RESULTS.md). The unfused baselines, which need the weights as
@@ -208,7 +216,7 @@ impl FusedRmsNormQkv {
     }
 
     /// Takes weights already on the device: `w` is consumed and overwritten in place with
-    /// `bf16(W · diag(g))`; `g` is released.
+    /// `bf16(W · diag(g))` in the k-interleaved order; `g` is released.
     pub fn from_device(gpu: &Arc<Gpu>, shape: QkvShape, g: CudaSlice<bf16>, mut w: CudaSlice<bf16>) -> Result<Self> {
         shape.validate()?;
         let gb = gpu.input("g", &g, shape.hidden)?;
@@ -233,7 +241,8 @@ impl FusedRmsNormQkv {
         &self.gpu
     }
 
-    /// The weight the op streams: `bf16(W · diag(g))`, `[q_dim + 2 kv_dim, hidden]`.
+    /// The weight the op streams: `bf16(W · diag(g))`, `[q_dim + 2 kv_dim, hidden]`, each row
+    /// in the k-interleaved order (`reference::interleave_k` of the natural rows).
     pub fn folded_weight(&self) -> &CudaSlice<bf16> {
         &self.w
     }
@@ -451,7 +460,8 @@ impl FusedRmsNormQkv {
         let ones = self.weight_refs().0.ptr;
         let blas = gpu.blas()?;
         // SAFETY: the scratch holds >= m · hidden elements (reserved above); x per the caller.
-        unsafe { gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), x, ones, xn, m as u32, s.hidden as u32, s.eps)? };
+        // xn in the interleaved order of the folded weight (cuBLAS sums over k in any order).
+        unsafe { gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), x, ones, xn, m as u32, s.hidden as u32, s.eps, true)? };
         then(xn, &blas)
     }
 }
@@ -486,7 +496,10 @@ impl UnfusedRmsNormQkv {
     }
 
     /// Runs one baseline: RMSNorm of `x [m, hidden]` into the caller's scratch
-    /// `xn [m, hidden]`, then the GEMM into `y [m, q_dim + 2 kv_dim]`.
+    /// `xn [m, hidden]`, then the GEMM into `y [m, q_dim + 2 kv_dim]`. For (b) at
+    /// M <= 16 `xn` is written in the k-interleaved order, which its decode GEMM takes
+    /// against the natural-order weight (as the fused kernel takes natural x against its
+    /// interleaved folded weight).
     pub fn forward_into(
         &self,
         which: Baseline,
@@ -508,7 +521,12 @@ impl UnfusedRmsNormQkv {
         }
         // SAFETY: buffers checked above.
         unsafe {
-            gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), xb.ptr, gb.ptr, xnb.ptr, m as u32, s.hidden as u32, s.eps)?;
+            // Baseline (b)'s decode GEMM takes xn interleaved against the natural-order W (as
+            // the fused kernel takes x natural against the interleaved folded weight); every
+            // other GEMM here takes both in natural order.
+            let interleave = which == Baseline::NormNanofuse && m <= DECODE_MAX_M;
+            let (xn, rows, k) = (xnb.ptr, m as u32, s.hidden as u32);
+            gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), xb.ptr, gb.ptr, xn, rows, k, s.eps, interleave)?;
             match which {
                 Baseline::NormCublas => {
                     ops::gemm_unchecked(gpu, GemmImpl::Cublas, xnb.ptr, wb.ptr, yb.ptr, m, s.hidden, s.n())
@@ -553,7 +571,10 @@ unsafe fn launch_decode(
     let info = gpu.info();
     let p = plan::decode_plan(m, s.hidden, s.n(), info.sm_count, info.max_smem_per_block, tuning.decode)?;
     // SAFETY: forwarded to the caller; the plan was made for these sizes.
-    unsafe { gpu.kernels.decode(gpu.stream(), gpu.pdl(), &p, x, fused, w, out, m as u32, s.hidden as u32, s.eps) }
+    // One of x and W is interleaved (the fused op's folded weight, or baseline (b)'s xn).
+    unsafe {
+        gpu.kernels.decode(gpu.stream(), gpu.pdl(), &p, x, fused, w, false, out, m as u32, s.hidden as u32, s.eps)
+    }
 }
 
 /// The tiled kernel, fused (`Some(g)`) or plain.

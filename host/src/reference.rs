@@ -7,6 +7,7 @@
 //!   f64. Every GPU path is compared against it.
 
 use half::bf16;
+use nanofuse_kernels_gpu::config::interleave;
 
 use crate::QkvShape;
 
@@ -25,6 +26,15 @@ pub fn rms_norm_f32(x: &[bf16], g: &[bf16], rows: usize, k: usize, eps: f32) -> 
         y.extend(row.iter().zip(g).map(|(&xv, &gv)| (xv.to_f32() * inv) * gv.to_f32()));
     }
     y
+}
+
+/// Rows of `k` elements rewritten in the k-interleaved order
+/// (`nanofuse_kernels_gpu::config::interleave`: the order of the fused op's folded weight
+/// and of `rms_norm`'s interleaved output). The map is an involution: applied twice it
+/// returns the input.
+pub fn interleave_k<T: Copy>(v: &[T], k: usize) -> Vec<T> {
+    assert!(k > 0 && v.len().is_multiple_of(k), "rows of k elements");
+    v.chunks_exact(k).flat_map(|row| (0..k).map(|j| row[interleave::source(j, k)])).collect()
 }
 
 /// `1 / sqrt(mean(x²) + eps)` with an f32 sum, as the kernels compute it.

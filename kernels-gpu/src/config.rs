@@ -22,7 +22,35 @@ pub const LAUNCH_BOUNDS: [(&str, u32, u32); 6] = [
     ("gemm_decode_early_m8", decode::THREADS, decode::MIN_CTAS_PER_SM),
 ];
 
-/// The standalone RMSNorm kernel (`rms_norm`): one CTA per row.
+/// The k-interleaved order in which the fused op stores its weight (`fold_gain`) and in
+/// which `rms_norm_interleaved` writes its output, so that the decode kernel stages x with 16-byte
+/// copies (see `qkv_decode`, Tiling).
+///
+/// Within each whole block of [`interleave::BLOCK`] elements of a row, read as 16 bf16 pairs
+/// (words), memory word `4c + j` holds the natural word `4j + c` (`c, j < 4`): the 4 x 4
+/// word matrix of the block is transposed. An involution; a partial last block (`K % 32`
+/// elements) stays in natural order. A dot product over k is the same in either order (up
+/// to the order of the f32 additions), so a GEMM is correct with both operands in the same
+/// order; the decode kernel's 16-byte staging wants exactly one of them interleaved.
+pub mod interleave {
+    /// Elements per interleaved block (the decode kernel's K step).
+    pub const BLOCK: u32 = 32;
+
+    /// The natural index of the element stored at index `j` of an interleaved row of `k`
+    /// elements (and, the map being an involution, where natural element `j` is stored).
+    pub const fn source(j: usize, k: usize) -> usize {
+        let block = BLOCK as usize;
+        let base = j - j % block;
+        if base + block > k {
+            return j;
+        }
+        let (word, half) = ((j % block) / 2, j % 2);
+        let (c, p) = (word / 4, word % 4);
+        base + 2 * (4 * p + c) + half
+    }
+}
+
+/// The standalone RMSNorm kernels (`rms_norm`, `rms_norm_interleaved`): one CTA per row.
 pub mod rms_norm {
     /// Threads per CTA; each thread owns every 256th 16-byte chunk of the row.
     pub const THREADS: u32 = 256;
@@ -94,7 +122,8 @@ pub mod decode {
     /// Byte offsets of the decode kernels' dynamic shared memory. Every offset is 16-byte
     /// aligned.
     pub struct SmemLayout {
-        /// `tokens` rows of x (k-permuted) for the CTA's K range, `row_stride` bytes apart.
+        /// `tokens` rows of x (in the k order opposite to W's, see `qkv_decode`) for the
+        /// CTA's K range, `row_stride` bytes apart.
         pub x: u64,
         pub row_stride: u64,
         /// Partial sums: 4 f32 per token tile per lane of every warp (for the reduction

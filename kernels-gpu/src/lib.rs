@@ -5,7 +5,7 @@
 //! * [`ptx`]: the device-support layer, one wrapper per PTX instruction;
 //! * one kernel family per file: [`rms_norm`], [`qkv_decode`], [`qkv_tiled`], [`fold_gain`],
 //!   [`split_qkv`];
-//! * device helpers shared by several kernels: `norm`, `qkv_out`.
+//! * device helpers shared by several kernels: `norm`, `qkv_out`, `interleave`.
 #![no_std]
 #![cfg_attr(target_arch = "nvptx64", feature(abi_gpu_kernel, asm_experimental_arch, stdarch_nvptx))]
 
@@ -14,6 +14,8 @@ pub mod config;
 #[cfg(target_arch = "nvptx64")]
 pub mod ptx;
 
+#[cfg(target_arch = "nvptx64")]
+mod interleave;
 #[cfg(target_arch = "nvptx64")]
 mod norm;
 #[cfg(target_arch = "nvptx64")]

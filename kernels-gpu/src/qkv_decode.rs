@@ -11,7 +11,8 @@
 //! `x [M, K]`, `W' [N, K]` (PyTorch `Linear` layout, rows of Q then K then V,
 //! `N = Nq + 2 Nkv`), outputs `q [M, Nq]`, `k [M, Nkv]`, `v [M, Nkv]`; all row-major bf16,
 //! 16-byte aligned, `K % 8 == 0`. f32 accumulation. `1 <= M <= 16` (`<= 8` for `*_early_m8`).
-//! Launch shape: `warp_split` and `k_chunk` (Tiling), `trigger_first` 0 or 1 (Prologue).
+//! Launch shape: `warp_split` and `k_chunk` (Tiling), `trigger_first` 0 or 1 (Prologue),
+//! `interleave_x` 0 (exactly one of x and W k-interleaved) or 1 (both natural; Tiling).
 //!
 //! # Formulation
 //! `out[t, n] = inv_rms[t] · Σ_k x[t, k] · W'[n, k]`, with
@@ -40,9 +41,16 @@
 //!   straight into registers): the A fragments of two MMAs, because the k order inside a
 //!   step is permuted: MMA k-slot `2q + j` / `2q + 8 + j` holds element `8q + j` /
 //!   `8q + 2 + j` (first MMA) and `8q + 4 + j` / `8q + 6 + j` (second MMA).
-//! * x sits in shared memory with the same permutation (within each 32-element block, the
-//!   bf16 pair `4q + p` is stored at position `4p + q`; the staging copies write it there
-//!   directly), so one `ldmatrix.x4` per token tile yields the B fragments of both MMAs.
+//! * One `ldmatrix.x4` per token tile yields the B fragments of both MMAs: lane `(g, q)`
+//!   gets word (bf16 pair) `q` of each 16-byte piece of token `g`'s block in shared memory.
+//!   Those must be the x values the lane's W registers multiply, so x in shared memory and
+//!   W in global memory are in opposite k orders: one natural, the other k-interleaved
+//!   (`config::interleave`: the 4 x 4 matrix of a block's words transposed). The fused op
+//!   stores its folded weight interleaved (`fold_gain`) and baseline (b)'s RMSNorm writes
+//!   its output interleaved, so x is staged as it is, with 16-byte copies. With
+//!   `interleave_x` (x and W both natural, `ops::gemm`) the staging scatters each bf16
+//!   pair to its interleaved slot with 4-byte copies. A partial last block (`K % 32 != 0`)
+//!   is natural in every operand and always scattered.
 //!   Rows of absent tokens in a used token tile point at token 0's row: their result
 //!   columns are never stored.
 //! * W is loaded in batches of `UNROLL` steps, double-buffered in registers: the first two
@@ -75,10 +83,11 @@
 //!    it touches x and the outputs only after the wait. When the grid has at most one CTA
 //!    per SM (two fit), the next launch's CTAs start beside this one's and request their
 //!    weights while this one finishes; that overlap is what the planner aims for.
-//! 6. Copy the rows of x for the CTA's K range into shared memory with 4-byte `cp.async`s
-//!    that scatter each bf16 pair straight to its permuted position (32 lanes read 128
-//!    contiguous bytes and fill two whole blocks), so no pass rewrites them. Warp `w` copies
-//!    the rows of tokens `w` and `w + 8`. At M = 1 all 8 warps share the row, taking its
+//! 6. Copy the rows of x for the CTA's K range into shared memory, 16 bytes per `cp.async`
+//!    (or, with `interleave_x` and for a partial last block, 4-byte copies that scatter each
+//!    bf16 pair to its interleaved slot; see Tiling). Until the folded weight was stored
+//!    interleaved every row was scattered, and at M = 16 that was bound by the number of
+//!    copy instructions. Warp `w` copies the rows of tokens `w` and `w + 8`. At M = 1 all 8 warps share the row, taking its
 //!    128-byte pieces in turn, and in the plain entries at M = 2 four warps share each
 //!    row (measured 0.4-1.4 µs faster on Llama-3-8B and Llama-3-70B; on the `_early`
 //!    shapes no gain at M = 2-4, where it was slower at M = 4, but at M = 1, once the
@@ -124,7 +133,8 @@ use crate::config::decode::{
 use crate::norm::{inv_rms, sum_squares_bf16x8};
 use crate::ptx::cluster::{barrier_cluster_sync, cluster_ctarank, ld_shared_cluster_f32, mapa_shared_cluster};
 use crate::ptx::cp_async::{
-    cp_async_bulk_prefetch_l2_global, cp_async_ca_shared_global_4, cp_async_commit_group, cp_async_wait_group,
+    cp_async_bulk_prefetch_l2_global, cp_async_ca_shared_global_4, cp_async_ca_shared_global_16, cp_async_commit_group,
+    cp_async_wait_group,
 };
 use crate::ptx::global::ld_global_nc_stream_v4_u32;
 use crate::ptx::mma::{ldmatrix_x4, mma_m16n8k16_bf16_f32};
@@ -162,9 +172,10 @@ macro_rules! fused_decode_entry {
             warp_split: u32,
             k_chunk: u32,
             trigger_first: u32,
+            interleave_x: u32,
         ) {
             let out = QkvOut { q, k: k_out, v, nq, nkv };
-            let launch = Launch { warp_split, k_chunk, trigger_first: trigger_first != 0 };
+            let launch = Launch { warp_split, k_chunk, trigger_first: trigger_first != 0, interleave_x: interleave_x != 0 };
             // SAFETY: forwarded to the caller.
             unsafe { decode::<$tiles, true, $early>(x, w, out, m, k, eps, launch) }
         }
@@ -189,10 +200,11 @@ macro_rules! gemm_decode_entry {
             warp_split: u32,
             k_chunk: u32,
             trigger_first: u32,
+            interleave_x: u32,
         ) {
             let null = core::ptr::null_mut();
             let out = QkvOut { q: y, k: null, v: null, nq: n, nkv: 0 };
-            let launch = Launch { warp_split, k_chunk, trigger_first: trigger_first != 0 };
+            let launch = Launch { warp_split, k_chunk, trigger_first: trigger_first != 0, interleave_x: interleave_x != 0 };
             // SAFETY: forwarded to the caller.
             unsafe { decode::<$tiles, false, $early>(x, w, out, m, k, 0.0, launch) }
         }
@@ -236,6 +248,9 @@ struct Launch {
     k_chunk: u32,
     /// Trigger the dependent launch before the W loads instead of after them.
     trigger_first: bool,
+    /// x and W are in the same k order: interleave x while staging it (4-byte scatter)
+    /// instead of copying it as it is (Tiling).
+    interleave_x: bool,
 }
 
 /// The 8 W registers of one K step: 16 bytes of row `g`, then 16 bytes of row `g + 8`.
@@ -251,7 +266,7 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
     eps: f32,
     launch: Launch,
 ) {
-    let Launch { warp_split, k_chunk, trigger_first } = launch;
+    let Launch { warp_split, k_chunk, trigger_first, interleave_x } = launch;
     let split_ok = matches!(warp_split, 1 | 2 | 4 | 8);
     let max_m = (MT as u32) * TOKEN_TILE;
     let (kslice, row_tile, k_splits) = (block_idx_x(), block_idx_y(), grid_dim_x());
@@ -361,9 +376,9 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
     unsafe {
         let rows = StagedRows { x, xs, stride, m, chunks, c0, steps };
         match m {
-            1 => rows.copy::<3>(warp, lane),
-            2 if !EARLY => rows.copy::<2>(warp, lane),
-            _ => rows.copy::<0>(warp, lane),
+            1 => rows.copy::<3>(warp, lane, interleave_x),
+            2 if !EARLY => rows.copy::<2>(warp, lane, interleave_x),
+            _ => rows.copy::<0>(warp, lane, interleave_x),
         }
         cp_async_commit_group();
         cp_async_wait_group::<0>();
@@ -596,32 +611,56 @@ struct StagedRows {
 
 impl StagedRows {
     /// Issues this lane's copies: each row is copied by `2^SPLIT_LOG2` warps, which take its
-    /// 128-byte pieces in turn (a monomorphized loop: with a run-time shift the staging was
-    /// measured slower).
+    /// pieces in turn (a monomorphized loop: with a run-time shift it was measured slower).
     ///
-    /// Word g of a row (bf16 pair 4q + p of 32-element block g / 16, q = chunk (g / 4) % 4,
-    /// p = g % 4) lands at pair 4p + q of its block: the k order the W fragments use. The 32
-    /// lanes copy 128 contiguous global bytes (a piece) into two whole blocks, conflict-free.
+    /// Whole blocks are copied as they are, 16 bytes per lane (a piece: 512 bytes), unless
+    /// `interleave` (x and W in the same k order). The rest, a partial last block (always in
+    /// natural order, in x and in W) or, with `interleave`, every block, is scattered by
+    /// 4-byte copies: word `4c + j` of a block (chunk `c`) lands at word `4j + c`, the
+    /// interleaved order; 32 lanes copy 128 contiguous bytes (a piece) into two whole blocks,
+    /// conflict-free.
     ///
     /// # Safety
     /// `x` holds `m` rows of `chunks` chunks; shared memory holds `m` rows of `stride >=
     /// 64 steps` bytes at `xs`. Copies past K zero-fill without reading x.
     #[inline(always)]
-    unsafe fn copy<const SPLIT_LOG2: u32>(&self, warp: u32, lane: u32) {
-        let row_words = self.steps * 16;
-        // Words past K (the last CTA's K range may end inside its last block) zero-fill.
-        let valid_words = (self.chunks.saturating_sub(self.c0) * 4).min(row_words);
+    unsafe fn copy<const SPLIT_LOG2: u32>(&self, warp: u32, lane: u32, interleave: bool) {
+        let row_chunks = self.steps * 4;
+        // Chunks past K (the last CTA's K range may end inside its last block) zero-fill.
+        let valid_chunks = self.chunks.saturating_sub(self.c0).min(row_chunks);
+        let copied_blocks = if interleave { 0 } else { valid_chunks / 4 };
         let (row_warp, first_piece) = (warp >> SPLIT_LOG2, warp & ((1 << SPLIT_LOG2) - 1));
+        // 1. Whole blocks in memory order.
+        let copied_chunks = copied_blocks * 4;
+        let first = first_piece * 32 + lane;
+        let mut t = row_warp;
+        while t < self.m {
+            let mut dst = self.xs.byte_add(t * self.stride + first * 16);
+            let row = t as usize * self.chunks as usize + self.c0 as usize;
+            let mut src = (self.x as *const [u32; 4]).wrapping_add(row + first as usize);
+            let mut c = first;
+            while c < copied_chunks {
+                // SAFETY: chunk c < valid_chunks of row t is inside x; dst is inside the row.
+                unsafe { cp_async_ca_shared_global_16(dst, src as *const u8, 16) };
+                dst = dst.byte_add(512 << SPLIT_LOG2);
+                src = src.wrapping_add(32 << SPLIT_LOG2);
+                c += 32 << SPLIT_LOG2;
+            }
+            t += WARPS >> SPLIT_LOG2;
+        }
+        // 2. The remaining blocks, scattered into the interleaved order.
+        let (row_words, valid_words) = ((row_chunks - copied_chunks) * 4, (valid_chunks - copied_chunks) * 4);
         let first = first_piece * 32 + lane;
         let lane_dst = first_piece * 128 + (lane >> 4) * 64 + (lane & 3) * 16 + ((lane >> 2) & 3) * 4;
         let mut t = row_warp;
         while t < self.m {
-            let mut dst = self.xs.byte_add(t * self.stride + lane_dst);
-            let row = (t as usize * self.chunks as usize + self.c0 as usize) * 4;
+            let mut dst = self.xs.byte_add(t * self.stride + copied_blocks * 64 + lane_dst);
+            let row = (t as usize * self.chunks as usize + (self.c0 + copied_chunks) as usize) * 4;
             let mut src = (self.x as *const u32).wrapping_add(row + first as usize);
             let mut g = first;
             while g < row_words {
-                // SAFETY: word g < valid_words of row t is inside x; dst is inside the row.
+                // SAFETY: word g < valid_words of the remaining part of row t is inside x;
+                // dst is inside the row.
                 unsafe { cp_async_ca_shared_global_4(dst, src as *const u8, if g < valid_words { 4 } else { 0 }) };
                 dst = dst.byte_add(128 << SPLIT_LOG2);
                 src = src.wrapping_add(32 << SPLIT_LOG2);

@@ -14,6 +14,12 @@
 //! the same pass accumulates `Σ x²` per row in f32; the epilogue applies
 //! `inv_rms = rsqrt(Σ x² / K + eps)`. The normalized activations never reach global memory.
 //!
+//! # k order
+//! The fused kernel takes W in the k-interleaved order of the fused op's folded weight
+//! (`config::interleave`): the rewrite pass also transposes each whole 32-element block of
+//! the x tile into that order (the four lanes holding a block exchange words by shuffles).
+//! The plain kernel takes x and W in the same order, whichever it is.
+//!
 //! # Tiling (`C: TileConfig`, see `config`)
 //! * CTA tile `BM x BN` (tokens x W rows), K slices of `BK = 64`; `WARPS_M x WARPS_N` warps,
 //!   each owning `MI x NI` MMA tiles of `m16n8k16` (A = activations, B = W rows).
@@ -27,8 +33,9 @@
 //!
 //! # Thread mapping for copies and the norm
 //! Thread `t` copies chunk column `t % 8` of tile rows `t / 8 + i · THREADS / 8`; in the
-//! fused kernel the same thread rewrites those chunks and keeps their row sums of squares,
-//! which the 8 threads of a row add with three butterfly shuffles at the end.
+//! fused kernel the same thread rewrites those chunks (interleaved with its quad's, see
+//! k order) and keeps their row sums of squares, which the 8 threads of a row add with
+//! three butterfly shuffles at the end.
 //!
 //! # Traffic and work (per call)
 //! `2 M N K` flops. Reads W `ceil(M / BM)` times and x `ceil(N / BN)` times (mostly L2
@@ -40,6 +47,7 @@
 //! programmatic stream serialization (the kernel waits for the previous grid first).
 
 use crate::config::{Large, Small, TileConfig, VEC};
+use crate::interleave::transpose_quad;
 use crate::norm::{inv_rms, normalize_bf16x8, sum_squares_bf16x8};
 use crate::ptx::cp_async::{cp_async_cg_shared_global_16, cp_async_commit_group, cp_async_wait_group};
 use crate::ptx::mma::{ldmatrix_x4, mma_m16n8k16_bf16_f32};
@@ -222,13 +230,18 @@ unsafe fn tiled<C: TileConfig, const MI: usize, const NI: usize, const FUSE: boo
             // SAFETY: this thread's own chunks of the landed stage; uniform barrier.
             unsafe {
                 let gv = ld_shared_v4_u32(g_tile(s).byte_add(chunk * 16).cast());
+                // The four lanes of a quad hold the chunks of one 32-element block.
+                let whole_block = kt * C::BK + (chunk / 4 + 1) * 32 <= k;
                 for (i, ss) in sum_sq.iter_mut().enumerate() {
                     if (i as u32) < a_slots {
                         let r = r0 + i as u32 * row_step;
                         let p = a_tile(s).byte_add(swizzle(r, chunk)).cast();
                         let xv = ld_shared_v4_u32(p);
                         *ss += sum_squares_bf16x8(xv);
-                        st_shared_v4_u32(p, normalize_bf16x8(xv, gv, 1.0));
+                        let y = normalize_bf16x8(xv, gv, 1.0);
+                        // Into the folded weight's interleaved order (whole blocks only).
+                        let t = transpose_quad(y, lane);
+                        st_shared_v4_u32(p, if whole_block { t } else { y });
                     }
                 }
                 sync_threads();

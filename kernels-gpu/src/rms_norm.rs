@@ -2,7 +2,9 @@
 //!
 //! `y[r, :] = bf16( x[r, :] * rsqrt(mean_k(x[r, k]^2) + eps) * g )`, bf16 in and out,
 //! f32 arithmetic. The first half of the unfused baseline, and the reference kernel of the
-//! pipeline.
+//! pipeline. `rms_norm_interleaved` writes y in the k-interleaved order
+//! (`config::interleave`), the order of the fused op's folded weight and the one the decode
+//! GEMM wants opposite a natural-order weight.
 //!
 //! # Parameters
 //! `x [rows, k]`, `g [k]`, `y [rows, k]`: row-major bf16, 16-byte aligned; `k % 8 == 0`.
@@ -10,7 +12,9 @@
 //! # Thread mapping
 //! One CTA of 256 threads per row. Thread `t` owns the 16-byte chunks `t, t+256, ...` of
 //! the row. Pass 1 sums their squares (warp shuffle, then the 8 warp totals through shared
-//! memory); pass 2 re-reads them (L1 hits), normalizes and stores 16 bytes at a time.
+//! memory); pass 2 re-reads them (L1 hits), normalizes and stores 16 bytes at a time (the
+//! four lanes of a quad hold one 32-element block: interleaving transposes it with shuffles
+//! first).
 //!
 //! # Traffic
 //! Reads `2 rows k` bytes of x once from DRAM (the re-read hits L1) and `2k` of g; writes
@@ -22,6 +26,7 @@
 //! kernel waits for the previous grid before reading x).
 
 use crate::config::{VEC, rms_norm::THREADS};
+use crate::interleave::transpose_quad;
 use crate::norm::{inv_rms, normalize_bf16x8, sum_squares_bf16x8};
 use crate::ptx::global::{ld_global_nc_v4_u32, st_global_v4_u32};
 use crate::ptx::shared::{dynamic_shared_base, ld_shared_f32, st_shared_f32};
@@ -32,13 +37,43 @@ use crate::ptx::warp::warp_sum_f32;
 
 const WARPS: u32 = THREADS / 32;
 
-/// See the module documentation.
+/// See the module documentation: y in natural order.
 ///
 /// # Safety
 /// The pointers satisfy the layout above, `y` does not overlap `x` or `g`, and the launch
 /// has the shape above (a wrong block size traps).
 #[unsafe(no_mangle)]
 pub unsafe extern "gpu-kernel" fn rms_norm(x: *const u16, g: *const u16, y: *mut u16, rows: u32, k: u32, eps: f32) {
+    // SAFETY: forwarded to the caller.
+    unsafe { rms_norm_rows::<false>(x, g, y, rows, k, eps) }
+}
+
+/// `rms_norm` with y written in the k-interleaved order.
+///
+/// # Safety
+/// As `rms_norm`.
+#[unsafe(no_mangle)]
+pub unsafe extern "gpu-kernel" fn rms_norm_interleaved(
+    x: *const u16,
+    g: *const u16,
+    y: *mut u16,
+    rows: u32,
+    k: u32,
+    eps: f32,
+) {
+    // SAFETY: forwarded to the caller.
+    unsafe { rms_norm_rows::<true>(x, g, y, rows, k, eps) }
+}
+
+#[inline(always)]
+unsafe fn rms_norm_rows<const INTERLEAVE: bool>(
+    x: *const u16,
+    g: *const u16,
+    y: *mut u16,
+    rows: u32,
+    k: u32,
+    eps: f32,
+) {
     if block_dim_x() != THREADS || !k.is_multiple_of(VEC) {
         trap();
     }
@@ -89,6 +124,22 @@ pub unsafe extern "gpu-kernel" fn rms_norm(x: *const u16, g: *const u16, y: *mut
     };
 
     // Pass 2: normalize and store.
+    // SAFETY: the row is inside x and y (above); g holds `chunks` chunks.
+    unsafe {
+        if INTERLEAVE {
+            store_row_interleaved(xr, gr, yr, chunks, inv, tid, lane);
+        } else {
+            store_row(xr, gr, yr, chunks, inv, tid);
+        }
+    }
+}
+
+/// Pass 2 in natural order: thread `tid` normalizes and stores chunks `tid, tid + 256, ...`.
+///
+/// # Safety
+/// `xr`, `gr`, `yr` point at `chunks` readable (writable for `yr`) 16-byte chunks.
+#[inline(always)]
+unsafe fn store_row(xr: *const [u32; 4], gr: *const [u32; 4], yr: *mut [u32; 4], chunks: u32, inv: f32, tid: u32) {
     let mut c = tid;
     while c < chunks {
         // SAFETY: c < chunks.
@@ -96,6 +147,46 @@ pub unsafe extern "gpu-kernel" fn rms_norm(x: *const u16, g: *const u16, y: *mut
             let xv = ld_global_nc_v4_u32(xr.add(c as usize));
             let gv = ld_global_nc_v4_u32(gr.add(c as usize));
             st_global_v4_u32(yr.add(c as usize), normalize_bf16x8(xv, gv, inv));
+        }
+        c += THREADS;
+    }
+}
+
+/// Pass 2 in the k-interleaved order: as [`store_row`], with each whole 32-element block
+/// (the chunks of a quad's four lanes) transposed by shuffles before the store. The loop
+/// runs while any lane of the warp has a chunk, since the shuffles need all 32 lanes
+/// (`c - lane` is the warp's first chunk).
+///
+/// # Safety
+/// As [`store_row`].
+#[inline(always)]
+unsafe fn store_row_interleaved(
+    xr: *const [u32; 4],
+    gr: *const [u32; 4],
+    yr: *mut [u32; 4],
+    chunks: u32,
+    inv: f32,
+    tid: u32,
+    lane: u32,
+) {
+    let mut c = tid;
+    while c - lane < chunks {
+        let inside = c < chunks;
+        // SAFETY: c < chunks.
+        let v = if inside {
+            unsafe {
+                let xv = ld_global_nc_v4_u32(xr.add(c as usize));
+                let gv = ld_global_nc_v4_u32(gr.add(c as usize));
+                normalize_bf16x8(xv, gv, inv)
+            }
+        } else {
+            [0; 4]
+        };
+        // A partial last block stays in natural order.
+        let t = transpose_quad(v, lane);
+        if inside {
+            // SAFETY: c < chunks.
+            unsafe { st_global_v4_u32(yr.add(c as usize), if (c | 3) < chunks { t } else { v }) };
         }
         c += THREADS;
     }

@@ -24,6 +24,24 @@ pub unsafe fn cp_async_cg_shared_global_16(dst: SharedPtr<u8>, src: *const u8, s
     }
 }
 
+/// `cp.async.ca.shared.global [dst], [src], 16, src_bytes;` — copy 16 bytes from global
+/// to shared memory through L1. `src_bytes` is 0 or 16; 0 writes 16 zero bytes without
+/// touching `src`.
+///
+/// # Safety
+/// `dst` is 16-byte aligned and inside the launch's shared memory; when `src_bytes > 0`,
+/// `src` is 16-byte aligned and points at 16 readable bytes of global memory. The data may
+/// be read only after a matching [`cp_async_wait_group`] and a barrier.
+#[inline(always)]
+pub unsafe fn cp_async_ca_shared_global_16(dst: SharedPtr<u8>, src: *const u8, src_bytes: u32) {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        asm!("cp.async.ca.shared.global [{d}], [{s}], 16, {n};",
+             d = in(reg32) dst.addr(), s = in(reg64) src, n = in(reg32) src_bytes,
+             options(nostack));
+    }
+}
+
 /// `cp.async.ca.shared.global [dst], [src], 4, src_bytes;` — copy 4 bytes from global to
 /// shared memory (through L1: `.cg` takes only 16-byte copies). `src_bytes` is 0 or 4; 0
 /// writes 4 zero bytes without touching `src`. Lets a copy scatter words, e.g. to stage a
