@@ -16,10 +16,11 @@
 //!
 //! # k order
 //! The fused kernel takes W in the k-interleaved order of the fused op's folded weight
-//! (`config::interleave`): the rewrite pass also transposes each whole 32-element block of
-//! the x tile into that order (the four lanes holding a block exchange words by shuffles).
-//! The plain kernel takes x and W in the same order, whichever it is.
-//!
+//! (`config::interleave`): the rewrite pass also stores each whole 32-element block of the x
+//! tile in that order, a transpose of the block's 4 x 4 words that costs nothing but
+//! register renaming because one thread rewrites a whole block. The plain kernel takes x
+//! and W in the same order, whichever it is.
+
 //! # Tiling (`C: TileConfig`, see `config`)
 //! * CTA tile `BM x BN` (tokens x W rows), K slices of `BK = 64`; `WARPS_M x WARPS_N` warps,
 //!   each owning `MI x NI` MMA tiles of `m16n8k16` (A = activations, B = W rows).
@@ -32,11 +33,13 @@
 //!   `ldmatrix.x4` per m16 tile of A and per pair of n8 tiles of B, and `MI x NI` MMAs.
 //!
 //! # Thread mapping for copies and the norm
-//! Thread `t` copies chunk column `t % 8` of tile rows `t / 8 + i · THREADS / 8`; in the
-//! fused kernel the same thread rewrites those chunks (interleaved with its quad's, see
-//! k order) and keeps their row sums of squares, which the 8 threads of a row add with
-//! three butterfly shuffles at the end.
-//!
+//! Thread `t` copies chunk column `t % 8` of tile rows `t / 8 + i · THREADS / 8`. In the
+//! fused kernel's rewrite pass thread `t` owns the 32-element blocks `t, t + THREADS, ...`
+//! of the x tile (block `b`: row `b / 2`, half `b % 2`; one block per thread in both tile
+//! shapes): it reads the block's four chunks (conflict-free: the 32 lanes' chunks spread
+//! over the eight swizzled positions, four each), keeps their sums of squares and writes
+//! them back; the 2 threads of a row add their sums with one shuffle at the end.
+
 //! # Traffic and work (per call)
 //! `2 M N K` flops. Reads W `ceil(M / BM)` times and x `ceil(N / BN)` times (mostly L2
 //! hits: CTAs with the same W tile are adjacent in launch order), writes `2 M N` bytes.
@@ -47,7 +50,6 @@
 //! programmatic stream serialization (the kernel waits for the previous grid first).
 
 use crate::config::{Large, Small, TileConfig, VEC};
-use crate::interleave::transpose_quad;
 use crate::norm::{inv_rms, normalize_bf16x8, sum_squares_bf16x8};
 use crate::ptx::cp_async::{cp_async_cg_shared_global_16, cp_async_commit_group, cp_async_wait_group};
 use crate::ptx::mma::{ldmatrix_x4, mma_m16n8k16_bf16_f32};
@@ -148,6 +150,7 @@ unsafe fn tiled<C: TileConfig, const MI: usize, const NI: usize, const FUSE: boo
     const {
         assert!(MI == C::MI as usize && NI == C::NI as usize && NI.is_multiple_of(2));
         assert!((C::BM * 8 / C::THREADS) as usize <= MAX_SLOTS && C::BK == 64);
+        assert!((C::BM * 2).is_multiple_of(C::THREADS) && (C::BM * 2 / C::THREADS) as usize <= MAX_SLOTS);
     }
     if block_dim_x() != C::THREADS || !k.is_multiple_of(VEC) {
         trap();
@@ -173,6 +176,9 @@ unsafe fn tiled<C: TileConfig, const MI: usize, const NI: usize, const FUSE: boo
     let (chunk, r0) = (tid % 8, tid / 8);
     let row_step = C::THREADS / 8;
     let (a_slots, b_slots) = (C::BM / row_step, C::BN / row_step);
+    // The rewrite pass (fused): thread t owns the 32-element blocks t, t + THREADS, ... of
+    // the x tile (block b: row b / 2, half b % 2).
+    let norm_slots = C::BM * (C::BK / 32) / C::THREADS;
     let (xc, wc, gc) = (x as *const [u32; 4], w as *const [u32; 4], g as *const [u32; 4]);
     let load_stage = |s: u32, kt: u32| {
         let kc = kt * 8 + chunk;
@@ -227,21 +233,27 @@ unsafe fn tiled<C: TileConfig, const MI: usize, const NI: usize, const FUSE: boo
         let s = kt % C::STAGES;
 
         if FUSE {
-            // SAFETY: this thread's own chunks of the landed stage; uniform barrier.
+            // SAFETY: this thread's blocks of the landed stage; uniform barrier.
             unsafe {
-                let gv = ld_shared_v4_u32(g_tile(s).byte_add(chunk * 16).cast());
-                // The four lanes of a quad hold the chunks of one 32-element block.
-                let whole_block = kt * C::BK + (chunk / 4 + 1) * 32 <= k;
                 for (i, ss) in sum_sq.iter_mut().enumerate() {
-                    if (i as u32) < a_slots {
-                        let r = r0 + i as u32 * row_step;
-                        let p = a_tile(s).byte_add(swizzle(r, chunk)).cast();
-                        let xv = ld_shared_v4_u32(p);
-                        *ss += sum_squares_bf16x8(xv);
-                        let y = normalize_bf16x8(xv, gv, 1.0);
-                        // Into the folded weight's interleaved order (whole blocks only).
-                        let t = transpose_quad(y, lane);
-                        st_shared_v4_u32(p, if whole_block { t } else { y });
+                    if (i as u32) < norm_slots {
+                        let b = tid + i as u32 * C::THREADS;
+                        let (r, c0) = (b / 2, (b % 2) * 4);
+                        let chunks = core::array::from_fn::<_, 4, _>(|j| a_tile(s).byte_add(swizzle(r, c0 + j as u32)));
+                        let mut y = [[0u32; 4]; 4];
+                        for (j, yj) in y.iter_mut().enumerate() {
+                            let xv = ld_shared_v4_u32(chunks[j].cast());
+                            let gv = ld_shared_v4_u32(g_tile(s).byte_add((c0 + j as u32) * 16).cast());
+                            *ss += sum_squares_bf16x8(xv);
+                            *yj = normalize_bf16x8(xv, gv, 1.0);
+                        }
+                        // A whole block goes back in the folded weight's interleaved order
+                        // (chunk j takes word j of each chunk), a partial last block as it is.
+                        let whole_block = kt * C::BK + (c0 / 4 + 1) * 32 <= k;
+                        for (j, p) in chunks.iter().enumerate() {
+                            let v = if whole_block { [y[0][j], y[1][j], y[2][j], y[3][j]] } else { y[j] };
+                            st_shared_v4_u32(p.cast(), v);
+                        }
                     }
                 }
                 sync_threads();
@@ -273,16 +285,14 @@ unsafe fn tiled<C: TileConfig, const MI: usize, const NI: usize, const FUSE: boo
     }
     cp_async_wait_group::<0>();
 
-    // 5. Fused: per-row inv_rms from the 8 threads that share each x-tile row.
+    // 5. Fused: per-row inv_rms from the 2 threads that share each x-tile row in the rewrite
+    // pass.
     if FUSE {
         for (i, &ss) in sum_sq.iter().enumerate() {
-            let mut total = ss;
-            total += shfl_sync_bfly_f32(total, 1);
-            total += shfl_sync_bfly_f32(total, 2);
-            total += shfl_sync_bfly_f32(total, 4);
-            if chunk == 0 && (i as u32) < a_slots {
-                // SAFETY: BM f32 after the stages.
-                unsafe { st_shared_f32(inv_rows.add(r0 + i as u32 * row_step), inv_rms(total, k, eps)) };
+            let total = ss + shfl_sync_bfly_f32(ss, 1);
+            if tid % 2 == 0 && (i as u32) < norm_slots {
+                // SAFETY: BM f32 after the stages; the row is < BM.
+                unsafe { st_shared_f32(inv_rows.add((tid + i as u32 * C::THREADS) / 2), inv_rms(total, k, eps)) };
             }
         }
         // SAFETY: uniform barrier.
