@@ -15,19 +15,19 @@
 //! rounded once, to nearest-even: the same as the host's `bf16::from_f32(w * g)`.
 //!
 //! # Thread mapping and traffic
-//! CTA `b` takes rows `b, b + gridDim.x, ...`; thread `t` the 16-byte chunks
-//! `t, t + 256, ...` of each row, so the four lanes of a quad hold one 32-element block and
-//! transpose it with shuffles (`interleave::transpose_quad`) before writing it back. Reads
-//! and writes `2 n k` bytes of W once; g is re-read per row (L1/L2 hits).
+//! CTA `b` takes rows `b, b + gridDim.x, ...`; thread `t` the 32-element blocks
+//! `t, t + 256, ...` of each row (four 16-byte chunks), which it reads whole, folds, and
+//! writes back transposed (`interleave::transpose_block`, register renaming). Reads and
+//! writes `2 n k` bytes of W once; g is re-read per row (L1/L2 hits).
 //!
 //! # Launch
 //! grid `(min(n, config::fold_gain::MAX_CTAS), 1, 1)`, block `(256, 1, 1)`, no shared memory.
 
 use crate::config::{VEC, fold_gain::THREADS};
-use crate::interleave::transpose_quad;
+use crate::interleave::transpose_block;
 use crate::norm::normalize_bf16x8;
 use crate::ptx::global::{ld_global_cg_v4_u32, ld_global_nc_v4_u32, st_global_v4_u32};
-use crate::ptx::thread::{block_dim_x, block_idx_x, grid_dim_x, lane_id, thread_idx_x};
+use crate::ptx::thread::{block_dim_x, block_idx_x, grid_dim_x, thread_idx_x};
 use crate::ptx::trap;
 
 /// See the module documentation.
@@ -41,34 +41,37 @@ pub unsafe extern "gpu-kernel" fn fold_gain(w: *mut u16, g: *const u16, n: u32, 
         trap();
     }
     let chunks = k / VEC;
-    let lane = lane_id();
     let (wc, gc) = (w as *mut [u32; 4], g as *const [u32; 4]);
     let mut row = block_idx_x();
     while row < n {
-        // The loop runs while any lane of the warp has a chunk (the quad transpose needs all
-        // 32 lanes); THREADS is a multiple of 32, so `c - lane` is the warp's first chunk.
-        let mut c = thread_idx_x();
-        while c - lane < chunks {
-            let i = row as usize * chunks as usize + c as usize;
-            let inside = c < chunks;
-            // SAFETY: row < n and c < k / 8: chunk i is inside W and chunk c inside g.
-            let v = if inside {
-                // bf16((w · 1) · g) = bf16(w · g).
-                unsafe {
-                    normalize_bf16x8(ld_global_cg_v4_u32(wc.add(i)), ld_global_nc_v4_u32(gc.add(c as usize)), 1.0)
+        let base = row as usize * chunks as usize;
+        let mut c0 = thread_idx_x() * 4;
+        while c0 < chunks {
+            // bf16((w · 1) · g) = bf16(w · g) for chunk c of the row.
+            // SAFETY (callers): row < n and c < chunks, so chunk base + c is inside W and
+            // chunk c inside g.
+            let fold = |c: u32| unsafe {
+                normalize_bf16x8(
+                    ld_global_cg_v4_u32(wc.add(base + c as usize)),
+                    ld_global_nc_v4_u32(gc.add(c as usize)),
+                    1.0,
+                )
+            };
+            if c0 + 4 <= chunks {
+                // A whole block: read all four chunks, then write them back transposed.
+                let y = transpose_block(core::array::from_fn(|j| fold(c0 + j as u32)));
+                for (j, v) in y.iter().enumerate() {
+                    // SAFETY: c0 + j < chunks.
+                    unsafe { st_global_v4_u32(wc.add(base + c0 as usize + j), *v) };
                 }
             } else {
-                [0; 4]
-            };
-            // Every lane has loaded its chunk before any stores: the stores wait for the
-            // shuffles. A partial last block stays in natural order.
-            let t = transpose_quad(v, lane);
-            if inside {
-                let whole_block = (c | 3) < chunks;
-                // SAFETY: as above.
-                unsafe { st_global_v4_u32(wc.add(i), if whole_block { t } else { v }) };
+                // A partial last block stays in natural order.
+                for c in c0..chunks {
+                    // SAFETY: c < chunks.
+                    unsafe { st_global_v4_u32(wc.add(base + c as usize), fold(c)) };
+                }
             }
-            c += THREADS;
+            c0 += THREADS * 4;
         }
         row += grid_dim_x();
     }

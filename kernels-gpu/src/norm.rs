@@ -24,11 +24,17 @@ pub fn sum_squares_bf16x8(v: [u32; 4]) -> f32 {
 pub fn normalize_bf16x8(x: [u32; 4], g: [u32; 4], inv_rms: f32) -> [u32; 4] {
     let mut out = [0u32; 4];
     for i in 0..4 {
-        let (xl, xh) = unpack_bf16x2(x[i]);
-        let (gl, gh) = unpack_bf16x2(g[i]);
-        out[i] = cvt_rn_bf16x2_f32((xl * inv_rms) * gl, (xh * inv_rms) * gh);
+        out[i] = normalize_bf16x2(x[i], g[i], inv_rms);
     }
     out
+}
+
+/// `bf16((x * inv_rms) * g)` for 2 packed bf16 values of `x` and `g`.
+#[inline(always)]
+pub fn normalize_bf16x2(x: u32, g: u32, inv_rms: f32) -> u32 {
+    let (xl, xh) = unpack_bf16x2(x);
+    let (gl, gh) = unpack_bf16x2(g);
+    cvt_rn_bf16x2_f32((xl * inv_rms) * gl, (xh * inv_rms) * gh)
 }
 
 /// `rsqrt(sum_squares / k + eps)`.

@@ -50,6 +50,7 @@
 //! programmatic stream serialization (the kernel waits for the previous grid first).
 
 use crate::config::{Large, Small, TileConfig, VEC};
+use crate::interleave::transpose_block;
 use crate::norm::{inv_rms, normalize_bf16x8, sum_squares_bf16x8};
 use crate::ptx::cp_async::{cp_async_cg_shared_global_16, cp_async_commit_group, cp_async_wait_group};
 use crate::ptx::mma::{ldmatrix_x4, mma_m16n8k16_bf16_f32};
@@ -250,9 +251,10 @@ unsafe fn tiled<C: TileConfig, const MI: usize, const NI: usize, const FUSE: boo
                         // A whole block goes back in the folded weight's interleaved order
                         // (chunk j takes word j of each chunk), a partial last block as it is.
                         let whole_block = kt * C::BK + (c0 / 4 + 1) * 32 <= k;
-                        for (j, p) in chunks.iter().enumerate() {
-                            let v = if whole_block { [y[0][j], y[1][j], y[2][j], y[3][j]] } else { y[j] };
-                            st_shared_v4_u32(p.cast(), v);
+                        let y = if whole_block { transpose_block(y) } else { y };
+                        // Index loops: an array's by-value iterator lands in local memory.
+                        for j in 0..4 {
+                            st_shared_v4_u32(chunks[j].cast(), y[j]);
                         }
                     }
                 }

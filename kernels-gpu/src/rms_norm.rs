@@ -12,9 +12,8 @@
 //! # Thread mapping
 //! One CTA of 256 threads per row. Thread `t` owns the 16-byte chunks `t, t+256, ...` of
 //! the row. Pass 1 sums their squares (warp shuffle, then the 8 warp totals through shared
-//! memory); pass 2 re-reads them (L1 hits), normalizes and stores 16 bytes at a time (the
-//! four lanes of a quad hold one 32-element block: interleaving transposes it with shuffles
-//! first).
+//! memory); pass 2 re-reads them (L1 hits), normalizes and stores 16 bytes at a time. To
+//! interleave, pass 2 gathers each output chunk of a whole block from four 4-byte words.
 //!
 //! # Traffic
 //! Reads `2 rows k` bytes of x once from DRAM (the re-read hits L1) and `2k` of g; writes
@@ -26,9 +25,8 @@
 //! kernel waits for the previous grid before reading x).
 
 use crate::config::{VEC, rms_norm::THREADS};
-use crate::interleave::transpose_quad;
-use crate::norm::{inv_rms, normalize_bf16x8, sum_squares_bf16x8};
-use crate::ptx::global::{ld_global_nc_v4_u32, st_global_v4_u32};
+use crate::norm::{inv_rms, normalize_bf16x2, normalize_bf16x8, sum_squares_bf16x8};
+use crate::ptx::global::{ld_global_nc_u32, ld_global_nc_v4_u32, st_global_v4_u32};
 use crate::ptx::shared::{dynamic_shared_base, ld_shared_f32, st_shared_f32};
 use crate::ptx::sync::{griddepcontrol_launch_dependents, griddepcontrol_wait};
 use crate::ptx::thread::{block_dim_x, block_idx_x, lane_id, sync_threads, thread_idx_x, warp_id};
@@ -127,7 +125,7 @@ unsafe fn rms_norm_rows<const INTERLEAVE: bool>(
     // SAFETY: the row is inside x and y (above); g holds `chunks` chunks.
     unsafe {
         if INTERLEAVE {
-            store_row_interleaved(xr, gr, yr, chunks, inv, tid, lane);
+            store_row_interleaved(xr, gr, yr, chunks, inv, tid);
         } else {
             store_row(xr, gr, yr, chunks, inv, tid);
         }
@@ -152,10 +150,12 @@ unsafe fn store_row(xr: *const [u32; 4], gr: *const [u32; 4], yr: *mut [u32; 4],
     }
 }
 
-/// Pass 2 in the k-interleaved order: as [`store_row`], with each whole 32-element block
-/// (the chunks of a quad's four lanes) transposed by shuffles before the store. The loop
-/// runs while any lane of the warp has a chunk, since the shuffles need all 32 lanes
-/// (`c - lane` is the warp's first chunk).
+/// Pass 2 in the k-interleaved order: thread `tid` writes chunks `tid, tid + 256, ...` as
+/// in [`store_row`], but a chunk of a whole 32-element block is gathered: chunk `4b + c`
+/// holds word `c` of natural chunks `4b .. 4b + 4` (x and g read back as 4-byte words, L1
+/// hits after pass 1). A partial last block stays in natural order. (Whole blocks per
+/// thread would idle most threads at small K; shuffles between the four lanes of a block
+/// serialize the loop at large K: both measured slower.)
 ///
 /// # Safety
 /// As [`store_row`].
@@ -167,26 +167,26 @@ unsafe fn store_row_interleaved(
     chunks: u32,
     inv: f32,
     tid: u32,
-    lane: u32,
 ) {
+    let (xw, gw) = (xr as *const u32, gr as *const u32);
+    let whole = chunks & !3;
     let mut c = tid;
-    while c - lane < chunks {
-        let inside = c < chunks;
-        // SAFETY: c < chunks.
-        let v = if inside {
-            unsafe {
-                let xv = ld_global_nc_v4_u32(xr.add(c as usize));
-                let gv = ld_global_nc_v4_u32(gr.add(c as usize));
-                normalize_bf16x8(xv, gv, inv)
-            }
-        } else {
-            [0; 4]
-        };
-        // A partial last block stays in natural order.
-        let t = transpose_quad(v, lane);
-        if inside {
-            // SAFETY: c < chunks.
-            unsafe { st_global_v4_u32(yr.add(c as usize), if (c | 3) < chunks { t } else { v }) };
+    while c < chunks {
+        // SAFETY: c < chunks, and for c < whole the words of chunks (c & !3) .. (c & !3) + 4
+        // are inside the row.
+        unsafe {
+            let v = if c < whole {
+                let (block, word) = (c & !3, c & 3);
+                let mut v = [0u32; 4];
+                for (j, y) in v.iter_mut().enumerate() {
+                    let i = ((block + j as u32) * 4 + word) as usize;
+                    *y = normalize_bf16x2(ld_global_nc_u32(xw.add(i)), ld_global_nc_u32(gw.add(i)), inv);
+                }
+                v
+            } else {
+                normalize_bf16x8(ld_global_nc_v4_u32(xr.add(c as usize)), ld_global_nc_v4_u32(gr.add(c as usize)), inv)
+            };
+            st_global_v4_u32(yr.add(c as usize), v);
         }
         c += THREADS;
     }
