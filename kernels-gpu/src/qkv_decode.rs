@@ -630,9 +630,10 @@ impl StagedRows {
         let valid_chunks = self.chunks.saturating_sub(self.c0).min(row_chunks);
         let copied_blocks = if interleave { 0 } else { valid_chunks / 4 };
         let (row_warp, first_piece) = (warp >> SPLIT_LOG2, warp & ((1 << SPLIT_LOG2) - 1));
+        // This lane's first piece element: a chunk in part 1, a word in part 2.
+        let first = first_piece * 32 + lane;
         // 1. Whole blocks in memory order.
         let copied_chunks = copied_blocks * 4;
-        let first = first_piece * 32 + lane;
         let mut t = row_warp;
         while t < self.m {
             let mut dst = self.xs.byte_add(t * self.stride + first * 16);
@@ -650,7 +651,6 @@ impl StagedRows {
         }
         // 2. The remaining blocks, scattered into the interleaved order.
         let (row_words, valid_words) = ((row_chunks - copied_chunks) * 4, (valid_chunks - copied_chunks) * 4);
-        let first = first_piece * 32 + lane;
         let lane_dst = first_piece * 128 + (lane >> 4) * 64 + (lane & 3) * 16 + ((lane >> 2) & 3) * 4;
         let mut t = row_warp;
         while t < self.m {
