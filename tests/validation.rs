@@ -263,17 +263,18 @@ fn decode_plan_forced_shape_with_an_empty_k_slice_is_too_large() {
 fn decode_plan_picks_the_measured_shapes_on_h100() {
     // (K, N, M, warp_split, k_splits, early)
     let want = [
-        (1024, 4096, &[1, 2, 4, 8, 16][..], 4, 1, true),
-        (2048, 3072, &[1, 2, 4, 8, 16][..], 8, 1, true),
-        (4096, 6144, &[1, 2, 4, 8][..], 4, 1, true),
-        (4096, 6144, &[16][..], 2, 2, false),
-        (8192, 10240, &[1, 2][..], 8, 1, false),
-        (8192, 10240, &[4][..], 2, 1, false),
-        (8192, 10240, &[8][..], 1, 2, false),
-        (8192, 10240, &[16][..], 2, 4, false),
+        (1024, 4096, 1..=16, 4, 1, true),
+        (2048, 3072, 1..=16, 8, 1, true),
+        (4096, 6144, 1..=8, 4, 1, true),
+        (4096, 6144, 9..=9, 4, 1, false),
+        (4096, 6144, 10..=16, 2, 2, false),
+        (8192, 10240, 1..=2, 8, 1, false),
+        (8192, 10240, 3..=4, 2, 1, false),
+        (8192, 10240, 5..=9, 1, 2, false),
+        (8192, 10240, 10..=16, 2, 4, false),
     ];
     for (k, n, ms, ws, ks, early) in want {
-        for &m in ms {
+        for m in ms {
             let p = plan::decode_plan(m, k, n, SMS, SMEM, None).unwrap();
             assert_eq!((p.warp_split, p.k_splits(), p.early), (ws, ks, early), "K = {k}, N = {n}, M = {m}: {p:?}");
             // The one-token-tile `_early_m8` entries exactly for the `_early` kernels at M <= 8.
@@ -283,15 +284,16 @@ fn decode_plan_picks_the_measured_shapes_on_h100() {
             assert_eq!(p.trigger_first, m == 1 || (k == 1024 && m <= 8), "K = {k}, M = {m}: {p:?}");
             assert_eq!(p.gemm_trigger_first, m == 1, "K = {k}, M = {m}: {p:?}");
             // At most two CTAs per SM (one wave), except on Llama-3-70B at M <= 2 (640 CTAs
-            // of 16 rows, 32 K steps per warp) and at M = 16, where even one warp per row
+            // of 16 rows, 32 K steps per warp) and at M >= 10, where even one warp per row
             // group needs 80 row tiles x 4 K splits = 320 CTAs (640 with two).
             let ctas = p.k_splits() * p.row_tiles();
-            if k == 8192 && (m <= 2 || m == 16) {
+            if k == 8192 && (m <= 2 || m >= 10) {
                 assert_eq!(ctas, 640, "{p:?}");
             } else {
                 assert!(ctas <= 2 * SMS, "K = {k}, M = {m}: {p:?}");
             }
-            assert!(2 * (p.smem_bytes + 1024) <= SMEM + 1024, "K = {k}, M = {m}: {} bytes", p.smem_bytes);
+            // Two CTAs leave the SM at least 92 KiB of L1 (a carve-out of at most 164 KiB).
+            assert!(2 * (p.smem_bytes + 1024) <= 164 * 1024, "K = {k}, M = {m}: {} bytes", p.smem_bytes);
         }
     }
 }

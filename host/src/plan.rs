@@ -71,6 +71,20 @@ pub struct DecodeShape {
 /// (`DecodePlan::trigger_first`).
 const TRIGGER_FIRST_MAX_M: usize = 8;
 
+/// Shared memory two decode CTAs may take on one SM, the driver's 1 KiB per CTA included.
+///
+/// An SM's shared memory and L1 share one array (H100: 256 KiB). The driver sets the
+/// shared part (the carve-out) to the smallest of its sizes (H100: 0, 8, 16, 32, 64, 100,
+/// 132, 164, 196 or 228 KiB) that holds the resident CTAs; the rest is L1, and the decode
+/// kernel's W loads land there on their way to registers, so a smaller L1 holds fewer
+/// bytes in flight. Padding only the dynamic shared memory of one launch shape (same grid,
+/// same code; H100, `nanofuse tune`): Llama-3-8B M = 9, 81 / 89 / 105 KiB per CTA
+/// (carve-outs 164 / 196 / 228 KiB): 20.0 / 21.4 / 25.7 µs; Llama-3-70B M = 4, 73 / 89 / 105
+/// KiB: 62.4 / 66.0 / 84.5 µs; Llama-3-70B M = 1, 25 / 73 KiB (64 / 164 KiB): 59.1 / 59.6 µs.
+/// Without this bound the planner gave Llama-3-70B 105 KiB per CTA at M = 6 and 12-13
+/// (83-90 µs, cuBLAS 68-69) and Llama-3-8B at M = 12-13 (25.5 µs, cuBLAS 23.7).
+const DECODE_SMEM_PER_SM: u64 = 164 * 1024;
+
 /// K steps per warp above which the planner prefers more, shorter CTAs (see its rules).
 const LONG_WARP_STEPS: u32 = 32;
 
@@ -146,7 +160,8 @@ pub fn decode_plan(
     //   (each holds its M rows of x for its K range), because the grid is sized for two
     //   CTAs per SM and consecutive launches overlap through the second slot. A cluster
     //   launch costs about 1.4 µs per op, so K is not split otherwise. (Llama-3-70B, M = 8:
-    //   one split, 140 KB per CTA, 77.6 µs; two splits, 74 KB, 65.5 µs.)
+    //   one split, 140 KB per CTA, 77.6 µs; two splits, 74 KB, 65.5 µs.) "Fit" leaves the
+    //   SM a large L1 as well (`DECODE_SMEM_PER_SM`).
     // * warps per row group: if some split gives at most one CTA per SM and leaves each
     //   warp at most the two W batches the prologue requests, the most warps per row group
     //   among those: every weight byte is requested before the dependency wait and the
@@ -174,8 +189,9 @@ pub fn decode_plan(
     //   (Qwen3-0.6B 5.62-5.77 against 5.52-5.72 µs).
     // Whatever the rule picks must fit (shared memory, grid); otherwise the next candidate.
     // Shared memory per SM is the per-CTA opt-in maximum plus the 1 KiB the driver
-    // reserves per CTA (H100: 227 + 1 KiB); two CTAs each pay the reservation.
-    let half_sm_smem = (max_smem as u64).saturating_sub(1024) / 2;
+    // reserves per CTA (H100: 227 + 1 KiB); two CTAs each pay the reservation, and they
+    // take at most `DECODE_SMEM_PER_SM` together.
+    let half_sm_smem = ((max_smem as u64).saturating_sub(1024) / 2).min(DECODE_SMEM_PER_SM / 2 - 1024);
     let k_splits = [1u32, 2, 4, 8]
         .into_iter()
         .find(|&ks| {
