@@ -85,6 +85,10 @@ const TRIGGER_FIRST_MAX_M: usize = 8;
 /// (83-90 µs, cuBLAS 68-69) and Llama-3-8B at M = 12-13 (25.5 µs, cuBLAS 23.7).
 const DECODE_SMEM_PER_SM: u64 = 164 * 1024;
 
+/// Largest M at which the planner shortens each warp's K part past two CTAs per SM (see its
+/// rules).
+const SHORT_WARPS_MAX_M: usize = 4;
+
 /// K steps per warp above which the planner prefers more, shorter CTAs (see its rules).
 const LONG_WARP_STEPS: u32 = 32;
 
@@ -171,10 +175,12 @@ pub fn decode_plan(
     //   byte is requested in the first wave; otherwise the fewest that leave each warp at
     //   most 32 steps (Llama-3-70B M = 16, four K splits: 640 CTAs with 32 steps per warp
     //   74.2 µs against 320 with 64 steps 77.7 µs).
-    // * at M <= 2, more warps per row group if a warp would have more than 32 steps (1,024
-    //   elements of K), even past two CTAs per SM: more, shorter CTAs (Llama-3-70B M = 1:
-    //   640 CTAs 60.3 µs against 160 CTAs 62.9 µs; at M = 4 every CTA's copy of x makes
-    //   that slower: 65.0 against 63.3 µs).
+    // * at M <= 4 (`SHORT_WARPS_MAX_M`), more warps per row group if a warp would have
+    //   more than 32 steps (1,024 elements of K), even past two CTAs per SM: more, shorter
+    //   CTAs (Llama-3-70B M = 1: 640 CTAs 60.3 µs against 160 CTAs 62.9 µs; M = 3 and 4,
+    //   since x is staged by 16-byte copies: 60.2-60.7 against 62.4-63.6 µs). Past that
+    //   every CTA's copy of x costs more than the shorter CTAs save (Llama-3-70B M = 9:
+    //   640 CTAs 69.0 against 160 CTAs 66.5 µs).
     // * the `*_early` entries wherever each warp's K part fits the two prologue batches
     //   (`fits_prologue`; Llama-3.2-1B M = 1: 6.27 against 6.34 µs, M = 16: 8.52 against
     //   8.71 µs), and at M <= 8 (their one-tile form) wherever a warp has at most 32 steps
@@ -209,7 +215,7 @@ pub fn decode_plan(
         .find(|&ws| ctas(ws) <= sms && fits_prologue(ws, k_chunk))
         .or_else(|| [8, 4, 2, 1].into_iter().find(|&ws| ctas(ws) <= 2 * sms))
         .unwrap_or(short_warps);
-    let ws = if m <= 2 { ws.max(short_warps) } else { ws };
+    let ws = if m <= SHORT_WARPS_MAX_M { ws.max(short_warps) } else { ws };
     let mut candidates: Vec<(u32, u32)> = vec![(ws, k_splits)];
     // Fallbacks: larger K splits (less shared memory per CTA).
     for ks in 1..=decode::MAX_K_SPLITS {
