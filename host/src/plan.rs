@@ -87,7 +87,7 @@ const DECODE_SMEM_PER_SM: u64 = 164 * 1024;
 
 /// Largest M at which the planner shortens each warp's K part past two CTAs per SM (see its
 /// rules).
-const SHORT_WARPS_MAX_M: usize = 4;
+const SHORT_WARPS_MAX_M: usize = 7;
 
 /// K steps per warp above which the planner prefers more, shorter CTAs (see its rules).
 const LONG_WARP_STEPS: u32 = 32;
@@ -175,12 +175,13 @@ pub fn decode_plan(
     //   byte is requested in the first wave; otherwise the fewest that leave each warp at
     //   most 32 steps (Llama-3-70B M = 16, four K splits: 640 CTAs with 32 steps per warp
     //   74.2 µs against 320 with 64 steps 77.7 µs).
-    // * at M <= 4 (`SHORT_WARPS_MAX_M`), more warps per row group if a warp would have
+    // * at M <= 7 (`SHORT_WARPS_MAX_M`), more warps per row group if a warp would have
     //   more than 32 steps (1,024 elements of K), even past two CTAs per SM: more, shorter
-    //   CTAs (Llama-3-70B M = 1: 640 CTAs 60.3 µs against 160 CTAs 62.9 µs; M = 3 and 4,
-    //   since x is staged by 16-byte copies: 60.2-60.7 against 62.4-63.6 µs). Past that
-    //   every CTA's copy of x costs more than the shorter CTAs save (Llama-3-70B M = 9:
-    //   640 CTAs 69.0 against 160 CTAs 66.5 µs).
+    //   CTAs (Llama-3-70B M = 1: 640 CTAs 60.3 µs against 160 CTAs 62.9 µs; since x is
+    //   staged by 16-byte copies, bench, two runs: M = 3-4 60.2-61.1 against 62.6-63.4,
+    //   M = 5-7 (two K splits) 63.7-64.1 against 64.8-65.4). Past that every CTA's copy of
+    //   x costs more than the shorter CTAs save (M = 8: 64.9-65.2 against 64.2-64.7; M = 9,
+    //   `tune`: 69.0 against 66.5).
     // * the `*_early` entries wherever each warp's K part fits the two prologue batches
     //   (`fits_prologue`; Llama-3.2-1B M = 1: 6.27 against 6.34 µs, M = 16: 8.52 against
     //   8.71 µs), and at M <= 8 (their one-tile form) wherever a warp has at most 32 steps
