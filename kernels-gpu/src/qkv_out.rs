@@ -4,6 +4,7 @@
 //! in `q`, which is then `y [M, N]`.
 
 use crate::ptx::convert::cvt_rn_bf16x2_f32;
+use crate::ptx::global::st_global_v4_u32;
 
 /// The three output tensors and their widths.
 #[derive(Clone, Copy)]
@@ -25,12 +26,15 @@ impl QkvOut {
     /// The tensor, its row length and the column within it, for global column `col`.
     #[inline(always)]
     fn locate(&self, col: u32) -> (*mut u16, u32, u32) {
-        if col < self.nq {
-            (self.q, self.nq, col)
-        } else if col < self.nq + self.nkv {
-            (self.k, self.nkv, col - self.nq)
+        // Fields read into locals first: choosing between field references instead kept a
+        // copy of the struct in local memory (stack) in a loop over columns.
+        let QkvOut { q, k, v, nq, nkv } = *self;
+        if col < nq {
+            (q, nq, col)
+        } else if col < nq + nkv {
+            (k, nkv, col - nq)
         } else {
-            (self.v, self.nkv, col - self.nq - self.nkv)
+            (v, nkv, col - nq - nkv)
         }
     }
 
@@ -73,6 +77,33 @@ impl QkvOut {
                 self.store(token, col, lo);
                 if col + 1 < self.n() {
                     self.store(token, col + 1, hi);
+                }
+            }
+        }
+    }
+
+    /// Store the eight bf16 values `words` (two per word, lower column first) at
+    /// `[token, col..col + 8)`, skipping columns `>= n`: one 16-byte store when all eight
+    /// land in one tensor at a 16-byte-aligned offset (the tensors are 16-byte aligned),
+    /// else element by element.
+    ///
+    /// # Safety
+    /// `col < self.n()`, `token` is below the M the tensors were allocated for.
+    #[inline(always)]
+    pub unsafe fn store8(&self, token: u32, col: u32, words: [u32; 4]) {
+        let (base, width, c) = self.locate(col);
+        let offset = token as usize * width as usize + c as usize;
+        // SAFETY: forwarded to the caller; the vector store covers columns c..c + 8 < width
+        // of one row of one tensor, 16-byte aligned; the fallback checks every column.
+        unsafe {
+            if c + 8 <= width && offset.is_multiple_of(8) {
+                st_global_v4_u32(base.add(offset) as *mut [u32; 4], words);
+            } else {
+                for e in 0..8 {
+                    if col + e < self.n() {
+                        let bits = (words[e as usize / 2] >> (16 * (e % 2))) as u16;
+                        self.element(token, col + e).write(bits);
+                    }
                 }
             }
         }

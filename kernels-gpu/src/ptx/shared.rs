@@ -94,6 +94,19 @@ pub unsafe fn st_shared_f32(p: SharedPtr<f32>, v: f32) {
     }
 }
 
+/// `st.shared.u16 [p], v;`
+///
+/// # Safety
+/// `p` is 2-byte aligned and inside the launch's shared memory.
+#[inline(always)]
+pub unsafe fn st_shared_u16(p: SharedPtr<u16>, v: u16) {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        asm!("st.shared.u16 [{p}], {v};", p = in(reg32) p.addr, v = in(reg16) v,
+             options(nostack));
+    }
+}
+
 /// `st.shared.u32 [p], v;`
 ///
 /// # Safety
