@@ -109,10 +109,13 @@
 //!    summing after its main loop (3.68-4.04), the sums inside the loop (4.00).
 //!
 //! # Epilogue
-//! With one K split, the part-0 warp of each row group scales its accumulators by inv_rms,
-//! rounds them to bf16 and stages its 16 rows x 8 MT tokens in its own reduction slots as
-//! [token][row]; lane l then writes rows 8 (l % 2) .. + 8 of token l / 2 with one 16-byte
-//! store, so every 32-byte sector of q, k and v is written whole by one instruction.
+//! With one K split, the part-0 warp of each row group scales its accumulators by inv_rms.
+//! In the two-tile entries it rounds them to bf16 and stages its 16 rows x 16 tokens in its
+//! own reduction slots as [token][row]; lane l then writes rows 8 (l % 2) .. + 8 of token
+//! l / 2 with one 16-byte store, so every 32-byte sector of q, k and v is written whole by
+//! one instruction. The one-tile entries store each lane's four values directly (2-byte
+//! stores), which measured faster there. With a cluster (below), CTA `r` stores the
+//! elements it finishes directly.
 //!
 //! # Split-K across CTAs
 //! With `k_splits > 1`, the CTAs of a cluster each leave their partial tile and partial
@@ -530,12 +533,15 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
     let scale = |ss: f32| if FUSE { inv_rms(ss, k, eps) } else { 1.0 };
     if k_splits == 1 {
         if part == 0 {
-            // The warp's 16 rows x 8 MT tokens go out through its own reduction slots (no
-            // other warp reads them), staged as bf16 [token][16 rows], 32 bytes per token:
-            // lane l then stores rows 8 (l % 2) .. 8 (l % 2) + 8 of token l / 2 with one
-            // 16-byte store, so each 32-byte sector of the output is written whole by one
-            // instruction. (Scattered 2-byte stores, two half-sectors per token, measured up
-            // to 0.8 µs slower at Qwen3-0.6B M = 13-15, depending on where the outputs lie.)
+            // Two-tile entries: the warp's 16 rows x 16 tokens go out through its own
+            // reduction slots (no other warp reads them), staged as bf16 [token][16 rows], 32
+            // bytes per token: lane l then stores rows 8 (l % 2) .. 8 (l % 2) + 8 of token
+            // l / 2 with one 16-byte store, so each 32-byte sector of the output is written
+            // whole by one instruction. (Each lane storing its four values by 2-byte stores,
+            // two half-sectors per token, measured up to 0.8 µs slower at Qwen3-0.6B M =
+            // 13-15, depending on where the outputs lie, and 0.8 µs at Llama-3-70B M = 1.)
+            // The one-tile entries (M <= 8 on one-wave grids) keep those 2-byte stores: the
+            // staging measured 0.1-0.3 µs slower there (Qwen3-0.6B and Llama-3-8B at M = 1).
             let stage = red.add(warp * 32 * MT as u32).cast::<u8>();
             for (t, a) in acc.iter().enumerate() {
                 // The lane's two tokens of the tile (elements i and i + 2 share one).
@@ -562,10 +568,23 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
                     // SAFETY: 8 MT tokens of 32 bytes fit the warp's 32 x MT slots of 16 bytes.
                     unsafe { st_shared_u16(stage.byte_add(tok * 32 + row * 2).cast(), bits) };
                 };
-                put(tok0, gq, a[0] * sc[0]);
-                put(tok0 + 1, gq, a[1] * sc[1]);
-                put(tok0, gq + 8, a[2] * sc[0]);
-                put(tok0 + 1, gq + 8, a[3] * sc[1]);
+                if MT == 1 {
+                    for (i, &value) in a.iter().enumerate() {
+                        let (row, tok) = elem(t as u32, i as u32);
+                        if row < n && tok < m {
+                            // SAFETY: row < N, tok < M.
+                            unsafe { out.store(tok, row, value * sc[i % 2]) };
+                        }
+                    }
+                } else {
+                    put(tok0, gq, a[0] * sc[0]);
+                    put(tok0 + 1, gq, a[1] * sc[1]);
+                    put(tok0, gq + 8, a[2] * sc[0]);
+                    put(tok0 + 1, gq + 8, a[3] * sc[1]);
+                }
+            }
+            if MT == 1 {
+                return;
             }
             bar_warp_sync();
             let (tok, half) = (lane / 2, lane % 2);
