@@ -75,9 +75,9 @@ const TRIGGER_FIRST_MAX_M: usize = 8;
 ///
 /// An SM's shared memory and L1 share one array (H100: 256 KiB). The driver sets the
 /// shared part (the carve-out) to the smallest of its sizes (H100: 0, 8, 16, 32, 64, 100,
-/// 132, 164, 196 or 228 KiB) that holds the resident CTAs; the rest is L1, and the decode
-/// kernel's W loads land there on their way to registers, so a smaller L1 holds fewer
-/// bytes in flight. Padding only the dynamic shared memory of one launch shape (same grid,
+/// 132, 164, 196 or 228 KiB) that holds the resident CTAs; the rest is L1 (our reading of
+/// the figures below: the decode kernel's W loads, though `L1::no_allocate`, pass through it
+/// on their way to registers, so a smaller L1 holds fewer bytes in flight). Padding only the dynamic shared memory of one launch shape (same grid,
 /// same code; H100, `nanofuse tune`): Llama-3-8B M = 9, 81 / 89 / 105 KiB per CTA
 /// (carve-outs 164 / 196 / 228 KiB): 20.0 / 21.4 / 25.7 µs; Llama-3-70B M = 4, 73 / 89 / 105
 /// KiB: 62.4 / 66.0 / 84.5 µs; Llama-3-70B M = 1, 25 / 73 KiB (64 / 164 KiB): 59.1 / 59.6 µs.
