@@ -542,6 +542,7 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
             // 13-15, depending on where the outputs lie, and 0.8 µs at Llama-3-70B M = 1.)
             // The one-tile entries (M <= 8 on one-wave grids) keep those 2-byte stores: the
             // staging measured 0.1-0.3 µs slower there (Qwen3-0.6B and Llama-3-8B at M = 1).
+            let staged = MT > 1;
             let stage = red.add(warp * 32 * MT as u32).cast::<u8>();
             for (t, a) in acc.iter().enumerate() {
                 // The lane's two tokens of the tile (elements i and i + 2 share one).
@@ -568,7 +569,12 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
                     // SAFETY: 8 MT tokens of 32 bytes fit the warp's 32 x MT slots of 16 bytes.
                     unsafe { st_shared_u16(stage.byte_add(tok * 32 + row * 2).cast(), bits) };
                 };
-                if MT == 1 {
+                if staged {
+                    put(tok0, gq, a[0] * sc[0]);
+                    put(tok0 + 1, gq, a[1] * sc[1]);
+                    put(tok0, gq + 8, a[2] * sc[0]);
+                    put(tok0 + 1, gq + 8, a[3] * sc[1]);
+                } else {
                     for (i, &value) in a.iter().enumerate() {
                         let (row, tok) = elem(t as u32, i as u32);
                         if row < n && tok < m {
@@ -576,23 +582,16 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
                             unsafe { out.store(tok, row, value * sc[i % 2]) };
                         }
                     }
-                } else {
-                    put(tok0, gq, a[0] * sc[0]);
-                    put(tok0 + 1, gq, a[1] * sc[1]);
-                    put(tok0, gq + 8, a[2] * sc[0]);
-                    put(tok0 + 1, gq + 8, a[3] * sc[1]);
                 }
             }
-            if MT == 1 {
-                return;
-            }
-            bar_warp_sync();
-            let (tok, half) = (lane / 2, lane % 2);
-            let row = row0 + 8 * half;
-            if tok < m && row < n {
-                // SAFETY: the warp's own staged tile (published by the warp barrier); row < N
-                // and tok < M.
-                unsafe { out.store8(tok, row, ld_shared_v4_u32(stage.byte_add(lane * 16).cast())) };
+            if staged {
+                bar_warp_sync();
+                let (tok, row) = (lane / 2, row0 + 8 * (lane % 2));
+                if tok < m && row < n {
+                    // SAFETY: the warp's own staged tile (published by the warp barrier);
+                    // row < N and tok < M.
+                    unsafe { out.store8(tok, row, ld_shared_v4_u32(stage.byte_add(lane * 16).cast())) };
+                }
             }
         }
         return;
