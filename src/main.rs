@@ -78,6 +78,9 @@ struct TuneArgs {
     /// Also sweep each decode shape with the `*_early` entries forced on and off.
     #[arg(long)]
     early: bool,
+    /// Also sweep each decode shape with the trigger before the W loads forced on and off.
+    #[arg(long)]
+    trigger: bool,
 }
 
 fn main() -> ExitCode {
@@ -356,8 +359,9 @@ fn tune(a: TuneArgs) -> AppResult<()> {
             for warp_split in [1, 2, 4, 8] {
                 for k_splits in a.k_splits.iter().copied() {
                     let earlies: &[Option<bool>] = if a.early { &[Some(false), Some(true)] } else { &[None] };
-                    for &early in earlies {
-                        let shape = plan::DecodeShape { warp_split, k_splits, early };
+                    let triggers: &[Option<bool>] = if a.trigger { &[Some(false), Some(true)] } else { &[None] };
+                    for (&early, &trigger_first) in earlies.iter().flat_map(|e| triggers.iter().map(move |t| (e, t))) {
+                        let shape = plan::DecodeShape { warp_split, k_splits, early, trigger_first };
                         let forced =
                             plan::decode_plan(m, s.hidden, s.n(), info.sm_count, info.max_smem_per_block, Some(shape));
                         let Ok(forced) = forced else { continue };

@@ -181,7 +181,7 @@ fn check_decode_shapes(name: &str, shape: QkvShape) {
                 // Alternate the entry (early or not) with the shape, so both run on every test shape.
                 let early = Some((warp_split + k_splits) % 2 == 0);
                 op.set_tuning(Tuning {
-                    decode: Some(DecodeShape { warp_split, k_splits, early }),
+                    decode: Some(DecodeShape { warp_split, k_splits, early, trigger_first: None }),
                     ..Tuning::default()
                 });
                 let mut runs = Vec::new();

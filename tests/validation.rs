@@ -35,7 +35,7 @@ fn err<T: std::fmt::Debug>(r: nanofuse::Result<T>, what: &str) -> Error {
 
 /// A forced decode launch shape (other fields at their defaults).
 fn forced(warp_split: u32, k_splits: u32) -> DecodeShape {
-    DecodeShape { warp_split, k_splits, early: None }
+    DecodeShape { warp_split, k_splits, early: None, trigger_first: None }
 }
 
 fn shape(hidden: usize, q_dim: usize, kv_dim: usize, eps: f32) -> QkvShape {

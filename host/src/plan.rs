@@ -65,6 +65,9 @@ pub struct DecodeShape {
     pub k_splits: u32,
     /// Force the `*_early` entries on or off; `None`: the planner's rule.
     pub early: Option<bool>,
+    /// Force the fused kernel's trigger before (`true`) or after its W loads;
+    /// `None`: the planner's rule (`DecodePlan::trigger_first`).
+    pub trigger_first: Option<bool>,
 }
 
 /// Largest M at which the fused decode kernel may trigger the next launch before its W loads
@@ -114,7 +117,7 @@ pub fn decode_plan(
     let token_tiles = |early: bool| if early && m <= decode::TOKEN_TILE as usize { 1 } else { 2 };
     let sms = sm_count.max(1) as u64;
     // `early`: `Some` forces the `*_early` entries on or off; `None` applies the rule.
-    let make = |warp_split: u32, k_splits: u32, early: Option<bool>| -> Option<DecodePlan> {
+    let make = |warp_split: u32, k_splits: u32, early: Option<bool>, trigger: Option<bool>| -> Option<DecodePlan> {
         let k_chunk = (k.div_ceil(k_splits as usize).div_ceil(32) * 32) as u32;
         if (k_splits as usize - 1) * k_chunk as usize >= k {
             return None; // an empty K slice
@@ -138,7 +141,7 @@ pub fn decode_plan(
             k_chunk,
             early,
             token_tiles: token_tiles(early),
-            trigger_first: m == 1 || (m <= TRIGGER_FIRST_MAX_M && overlap),
+            trigger_first: trigger.unwrap_or(m == 1 || (m <= TRIGGER_FIRST_MAX_M && overlap)),
             gemm_trigger_first: m == 1,
             grid: (k_splits, row_tiles as u32),
             smem_bytes: smem as u32,
@@ -152,7 +155,7 @@ pub fn decode_plan(
                 got: format!("warp_split {} k_splits {}", f.warp_split, f.k_splits),
             });
         }
-        return make(f.warp_split, f.k_splits, f.early).ok_or(Error::TooLarge {
+        return make(f.warp_split, f.k_splits, f.early, f.trigger_first).ok_or(Error::TooLarge {
             arg: "K",
             got: k as u64,
             limit: (f.k_splits as u64) * max_decode_k(max_smem, m) as u64,
@@ -222,7 +225,7 @@ pub fn decode_plan(
     for ks in 1..=decode::MAX_K_SPLITS {
         candidates.push((1, ks));
     }
-    candidates.into_iter().find_map(|(ws, ks)| make(ws, ks, None)).ok_or(Error::TooLarge {
+    candidates.into_iter().find_map(|(ws, ks)| make(ws, ks, None, None)).ok_or(Error::TooLarge {
         arg: "K",
         got: k as u64,
         limit: decode::MAX_K_SPLITS as u64 * max_decode_k(max_smem, m) as u64,
