@@ -81,6 +81,9 @@ struct TuneArgs {
     /// Also sweep each decode shape with the trigger before the W loads forced on and off.
     #[arg(long)]
     trigger: bool,
+    /// Also sweep each decode shape with the x ring forced on and off.
+    #[arg(long)]
+    ring: bool,
 }
 
 fn main() -> ExitCode {
@@ -360,14 +363,20 @@ fn tune(a: TuneArgs) -> AppResult<()> {
                 for k_splits in a.k_splits.iter().copied() {
                     let earlies: &[Option<bool>] = if a.early { &[Some(false), Some(true)] } else { &[None] };
                     let triggers: &[Option<bool>] = if a.trigger { &[Some(false), Some(true)] } else { &[None] };
-                    for (&early, &trigger_first) in earlies.iter().flat_map(|e| triggers.iter().map(move |t| (e, t))) {
-                        let shape = plan::DecodeShape { warp_split, k_splits, early, trigger_first };
+                    let rings: &[Option<bool>] = if a.ring { &[Some(false), Some(true)] } else { &[None] };
+                    let combos = earlies
+                        .iter()
+                        .flat_map(|e| triggers.iter().flat_map(move |t| rings.iter().map(move |r| (e, t, r))));
+                    for (&early, &trigger_first, &ring) in combos {
+                        let shape = plan::DecodeShape { warp_split, k_splits, early, trigger_first, ring };
                         let forced =
                             plan::decode_plan(m, s.hidden, s.n(), info.sm_count, info.max_smem_per_block, Some(shape));
                         let Ok(forced) = forced else { continue };
                         wl.set_tuning(Tuning { decode: Some(shape), ..Tuning::default() });
-                        let label =
-                            format!("ws={warp_split} ks={k_splits} early={} tf={}", forced.early, forced.trigger_first);
+                        let label = format!(
+                            "ws={warp_split} ks={k_splits} early={} tf={} ring={}",
+                            forced.early, forced.trigger_first, forced.ring
+                        );
                         row(label, &mut wl, Variant::FusedDecode)?;
                     }
                 }

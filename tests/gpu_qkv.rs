@@ -160,9 +160,19 @@ shape_tests! {
     tails: "tails", 1000, 203, 69, 1e-5;
 }
 
-/// Every decode launch shape (warps per row group x CTAs along K), so the split-K
-/// reduction across CTAs and across warps is exercised whatever the planner picks. Same
+/// Every decode launch shape (warps per row group x CTAs along K, x staged whole or through
+/// the ring), so the split-K reduction across CTAs and across warps and the ring's phases
+/// are exercised whatever the planner picks. Same
 /// bounds as above; each shape also runs twice, bitwise identical.
+/// Every (a, b, c) of three lists, a slowest.
+fn iproduct<A: Copy, B: Copy, C: Copy, const X: usize, const Y: usize, const Z: usize>(
+    a: [A; X],
+    b: [B; Y],
+    c: [C; Z],
+) -> impl Iterator<Item = (A, B, C)> {
+    a.into_iter().flat_map(move |a| b.into_iter().flat_map(move |b| c.into_iter().map(move |c| (a, b, c))))
+}
+
 fn check_decode_shapes(name: &str, shape: QkvShape) {
     let Some(gpu) = common::gpu() else { return };
     let mut rng = common::rng(name);
@@ -176,45 +186,41 @@ fn check_decode_shapes(name: &str, shape: QkvShape) {
         let rows = sample_rows(m);
         let want = reference::qkv_rows(&x, &g, &w, k, n, shape.eps, &rows);
         let dx = gpu.upload(&x).unwrap();
-        for warp_split in [1, 2, 4, 8] {
-            for k_splits in [1, 2, 3, 5, 8] {
-                // Alternate the entry (early or not) with the shape, so both run on every test shape.
-                let early = Some((warp_split + k_splits) % 2 == 0);
-                op.set_tuning(Tuning {
-                    decode: Some(DecodeShape { warp_split, k_splits, early, trigger_first: None }),
-                    ..Tuning::default()
-                });
-                let mut runs = Vec::new();
-                for _ in 0..2 {
-                    let mut q = gpu.alloc_zeros::<bf16>(m * shape.q_dim).unwrap();
-                    let mut kk = gpu.alloc_zeros::<bf16>(m * shape.kv_dim).unwrap();
-                    let mut v = gpu.alloc_zeros::<bf16>(m * shape.kv_dim).unwrap();
-                    for b in [&mut q, &mut kk, &mut v] {
-                        gpu.fill_nan(b).unwrap();
-                    }
-                    match op.forward_into_with(Path::FusedDecode, &dx, m, &mut q, &mut kk, &mut v) {
-                        Ok(()) => {}
-                        Err(Error::TooLarge { .. }) => break, // this split leaves an empty K slice
-                        Err(e) => panic!("M={m} ws={warp_split} ks={k_splits}: {e}"),
-                    }
-                    let (q, kk, v) = (gpu.download(&q).unwrap(), gpu.download(&kk).unwrap(), gpu.download(&v).unwrap());
-                    runs.push(concat_qkv(&q, &kk, &v, m, &shape));
+        for (warp_split, k_splits, ring) in iproduct([1, 2, 4, 8], [1, 2, 3, 5, 8], [false, true]) {
+            // Alternate the entry (early or not) with the shape, so both run on every test shape.
+            let early = Some((warp_split + k_splits) % 2 == 0);
+            let decode = DecodeShape { warp_split, k_splits, early, trigger_first: None, ring: Some(ring) };
+            op.set_tuning(Tuning { decode: Some(decode), ..Tuning::default() });
+            let mut runs = Vec::new();
+            for _ in 0..2 {
+                let mut q = gpu.alloc_zeros::<bf16>(m * shape.q_dim).unwrap();
+                let mut kk = gpu.alloc_zeros::<bf16>(m * shape.kv_dim).unwrap();
+                let mut v = gpu.alloc_zeros::<bf16>(m * shape.kv_dim).unwrap();
+                for b in [&mut q, &mut kk, &mut v] {
+                    gpu.fill_nan(b).unwrap();
                 }
-                if runs.is_empty() {
-                    continue;
+                match op.forward_into_with(Path::FusedDecode, &dx, m, &mut q, &mut kk, &mut v) {
+                    Ok(()) => {}
+                    Err(Error::TooLarge { .. }) => break, // this split leaves an empty K slice
+                    Err(e) => panic!("M={m} ws={warp_split} ks={k_splits} ring={ring}: {e}"),
                 }
-                tried += 1;
-                if let Err(e) = check(&runs[0], m, n, &want, &rows) {
-                    failures.push(format!("M={m} ws={warp_split} ks={k_splits}: {e}"));
-                }
-                if runs[0].iter().zip(&runs[1]).any(|(a, b)| a.to_bits() != b.to_bits()) {
-                    failures.push(format!("M={m} ws={warp_split} ks={k_splits}: two runs differ bitwise"));
-                }
+                let (q, kk, v) = (gpu.download(&q).unwrap(), gpu.download(&kk).unwrap(), gpu.download(&v).unwrap());
+                runs.push(concat_qkv(&q, &kk, &v, m, &shape));
+            }
+            if runs.is_empty() {
+                continue;
+            }
+            tried += 1;
+            if let Err(e) = check(&runs[0], m, n, &want, &rows) {
+                failures.push(format!("M={m} ws={warp_split} ks={k_splits} ring={ring}: {e}"));
+            }
+            if runs[0].iter().zip(&runs[1]).any(|(a, b)| a.to_bits() != b.to_bits()) {
+                failures.push(format!("M={m} ws={warp_split} ks={k_splits} ring={ring}: two runs differ bitwise"));
             }
         }
     }
     println!("{name}: {tried} decode launch shapes checked");
-    assert!(tried >= 60, "only {tried} decode shapes ran");
+    assert!(tried >= 120, "only {tried} decode shapes ran");
     assert!(failures.is_empty(), "{name}: {} failures:\n{}", failures.len(), failures.join("\n"));
 }
 

@@ -25,13 +25,15 @@ fn skip_note(why: &str) {
 }
 
 /// The kernels whose inner loop must run on tensor cores.
-const MMA_KERNELS: [&str; 10] = [
+const MMA_KERNELS: [&str; 12] = [
     "fused_rmsnorm_qkv_decode",
     "fused_rmsnorm_qkv_decode_early",
     "fused_rmsnorm_qkv_decode_early_m8",
     "gemm_decode",
     "gemm_decode_early",
     "gemm_decode_early_m8",
+    "fused_rmsnorm_qkv_decode_ring",
+    "gemm_decode_ring",
     "fused_rmsnorm_qkv_tiled_large",
     "fused_rmsnorm_qkv_tiled_small",
     "gemm_tiled_large",

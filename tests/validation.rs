@@ -35,7 +35,7 @@ fn err<T: std::fmt::Debug>(r: nanofuse::Result<T>, what: &str) -> Error {
 
 /// A forced decode launch shape (other fields at their defaults).
 fn forced(warp_split: u32, k_splits: u32) -> DecodeShape {
-    DecodeShape { warp_split, k_splits, early: None, trigger_first: None }
+    DecodeShape { warp_split, k_splits, early: None, trigger_first: None, ring: None }
 }
 
 fn shape(hidden: usize, q_dim: usize, kv_dim: usize, eps: f32) -> QkvShape {
@@ -261,22 +261,22 @@ fn decode_plan_forced_shape_with_an_empty_k_slice_is_too_large() {
 /// shows up here.
 #[test]
 fn decode_plan_picks_the_measured_shapes_on_h100() {
-    // (K, N, M, warp_split, k_splits, early)
+    // (K, N, M, warp_split, early, ring); K is never split across CTAs.
     let want = [
-        (1024, 4096, 1..=16, 4, 1, true),
-        (2048, 3072, 1..=16, 8, 1, true),
-        (4096, 6144, 1..=8, 4, 1, true),
-        (4096, 6144, 9..=9, 4, 1, false),
-        (4096, 6144, 10..=16, 2, 2, false),
-        (8192, 10240, 1..=4, 8, 1, false),
-        (8192, 10240, 5..=7, 4, 2, false),
-        (8192, 10240, 8..=9, 1, 2, false),
-        (8192, 10240, 10..=16, 2, 4, false),
+        (1024, 4096, 1..=16, 4, true, false),
+        (2048, 3072, 1..=16, 8, true, false),
+        (4096, 6144, 1..=8, 4, true, false),
+        (4096, 6144, 9..=9, 4, false, false),
+        (4096, 6144, 10..=16, 4, false, true),
+        (8192, 10240, 1..=4, 8, false, false),
+        (8192, 10240, 5..=7, 8, false, true),
+        (8192, 10240, 8..=16, 2, false, true),
     ];
-    for (k, n, ms, ws, ks, early) in want {
+    for (k, n, ms, ws, early, ring) in want {
         for m in ms {
             let p = plan::decode_plan(m, k, n, SMS, SMEM, None).unwrap();
-            assert_eq!((p.warp_split, p.k_splits(), p.early), (ws, ks, early), "K = {k}, N = {n}, M = {m}: {p:?}");
+            let got = (p.warp_split, p.k_splits(), p.early, p.ring);
+            assert_eq!(got, (ws, 1, early, ring), "K = {k}, N = {n}, M = {m}: {p:?}");
             // The one-token-tile `_early_m8` entries exactly for the `_early` kernels at M <= 8.
             assert_eq!(p.token_tiles, if early && m <= 8 { 1 } else { 2 }, "K = {k}, M = {m}: {p:?}");
             // The trigger before the W loads at M = 1, and at M <= 8 on the one grid of at
@@ -284,10 +284,9 @@ fn decode_plan_picks_the_measured_shapes_on_h100() {
             assert_eq!(p.trigger_first, m == 1 || (k == 1024 && m <= 8), "K = {k}, M = {m}: {p:?}");
             assert_eq!(p.gemm_trigger_first, m == 1, "K = {k}, M = {m}: {p:?}");
             // At most two CTAs per SM (one wave), except on Llama-3-70B at M <= 7 (640 CTAs
-            // of 16 or 32 rows, 32 K steps per warp) and at M >= 10, where even one warp per
-            // row group needs 80 row tiles x 4 K splits = 320 CTAs (640 with two).
+            // of 16 rows, 32 K steps per warp).
             let ctas = p.k_splits() * p.row_tiles();
-            if k == 8192 && (m <= 7 || m >= 10) {
+            if k == 8192 && m <= 7 {
                 assert_eq!(ctas, 640, "{p:?}");
             } else {
                 assert!(ctas <= 2 * SMS, "K = {k}, M = {m}: {p:?}");
@@ -299,21 +298,22 @@ fn decode_plan_picks_the_measured_shapes_on_h100() {
 }
 
 #[test]
-fn decode_plan_k_too_large_for_shared_memory_is_too_large() {
-    // 48 KiB of shared memory holds 512-wide rows, not 2^20-wide ones (2 MiB per token row).
+fn decode_plan_streams_x_through_the_ring_when_its_rows_do_not_fit() {
+    // 48 KiB of shared memory holds 512-wide rows of x, not 2^20-wide ones (2 MiB per token
+    // row): the planner then streams x through the ring, whose size does not depend on K;
+    // a forced shape that keeps x whole is refused.
     let small = 48 * 1024;
     for m in [1, DECODE_MAX_M] {
         plan::decode_plan(m, 512, 6144, SMS, small, None).unwrap_or_else(|e| panic!("M = {m}, K = 512: {e}"));
         let k = 1 << 20;
-        let e = err(plan::decode_plan(m, k, 6144, SMS, small, None), &format!("M = {m}, K = 2^20"));
+        let p = plan::decode_plan(m, k, 6144, SMS, small, None).unwrap_or_else(|e| panic!("M = {m}, K = 2^20: {e}"));
+        assert!(p.ring && p.k_splits() == 1 && p.smem_bytes <= small, "M = {m}, K = 2^20: {p:?}");
+        let f = forced(1, 2);
+        let e = err(plan::decode_plan(m, k, 6144, SMS, small, Some(f)), "forced, K = 2^20");
         let Error::TooLarge { arg: "K", got, limit, .. } = e else { panic!("M = {m}: {e:?}") };
         assert_eq!(got, k as u64);
         assert!(limit < got, "limit {limit} >= K {got}");
         assert_names(&e, "K");
-        // So does a forced shape.
-        let f = forced(1, 2);
-        let e = err(plan::decode_plan(m, k, 6144, SMS, small, Some(f)), "forced, K = 2^20");
-        assert!(matches!(e, Error::TooLarge { arg: "K", .. }), "M = {m}, forced: {e:?}");
     }
 }
 

@@ -14,7 +14,7 @@ use crate::gpu::DeviceInfo;
 use crate::plan::{DecodePlan, Tile, TiledPlan};
 
 /// Every kernel entry point the host launches, as named in the PTX.
-pub const KERNEL_NAMES: [&str; 14] = [
+pub const KERNEL_NAMES: [&str; 16] = [
     "rms_norm",
     "fused_rmsnorm_qkv_decode",
     "gemm_decode",
@@ -29,6 +29,8 @@ pub const KERNEL_NAMES: [&str; 14] = [
     "fused_rmsnorm_qkv_decode_early_m8",
     "gemm_decode_early_m8",
     "rms_norm_interleaved",
+    "fused_rmsnorm_qkv_decode_ring",
+    "gemm_decode_ring",
 ];
 
 /// Bytes of a pointer parameter (`.u64`).
@@ -45,7 +47,7 @@ const RMS_NORM: &[usize] = &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR];
 /// The byte size of each parameter of each entry in `KERNEL_NAMES`, in order: every launch
 /// is checked against it (a mismatch is an error, not a launch), and `tests/ptx.rs` checks
 /// it against the PTX.
-pub const KERNEL_PARAM_SIZES: [&[usize]; 14] = [
+pub const KERNEL_PARAM_SIZES: [&[usize]; 16] = [
     RMS_NORM,
     DECODE_FUSED,
     DECODE_GEMM,
@@ -60,6 +62,8 @@ pub const KERNEL_PARAM_SIZES: [&[usize]; 14] = [
     DECODE_FUSED,
     DECODE_GEMM,
     RMS_NORM,
+    DECODE_FUSED,
+    DECODE_GEMM,
 ];
 
 /// Most parameters of any entry (a launch with more is refused).
@@ -72,21 +76,23 @@ struct Entry {
     params: &'static [usize],
 }
 
-/// The three entries of one decode kernel (`x`, `x_early`, `x_early_m8`), which take the
-/// same arguments.
+/// The entries of one decode kernel (`x`, `x_early`, `x_early_m8`, `x_ring`), which take
+/// the same arguments.
 struct DecodeEntries {
     plain: Entry,
     early: Entry,
     early_m8: Entry,
+    ring: Entry,
 }
 
 impl DecodeEntries {
     /// The entry a plan launches.
     fn pick(&self, plan: &DecodePlan) -> &Entry {
-        match (plan.early, plan.token_tiles) {
-            (false, _) => &self.plain,
-            (true, 1) => &self.early_m8,
-            (true, _) => &self.early,
+        match (plan.ring, plan.early, plan.token_tiles) {
+            (true, _, _) => &self.ring,
+            (false, false, _) => &self.plain,
+            (false, true, 1) => &self.early_m8,
+            (false, true, _) => &self.early,
         }
     }
 }
@@ -206,8 +212,8 @@ impl Kernels {
         let k = Kernels {
             rms_norm: get(0)?,
             rms_norm_interleaved: get(13)?,
-            fused_decode: DecodeEntries { plain: get(1)?, early: get(7)?, early_m8: get(11)? },
-            gemm_decode: DecodeEntries { plain: get(2)?, early: get(8)?, early_m8: get(12)? },
+            fused_decode: DecodeEntries { plain: get(1)?, early: get(7)?, early_m8: get(11)?, ring: get(14)? },
+            gemm_decode: DecodeEntries { plain: get(2)?, early: get(8)?, early_m8: get(12)?, ring: get(15)? },
             fused_tiled_large: get(3)?,
             fused_tiled_small: get(4)?,
             gemm_tiled_large: get(5)?,
@@ -220,7 +226,7 @@ impl Kernels {
                 .map_err(Error::driver("cuFuncSetAttribute"))
         };
         for e in [&k.fused_decode, &k.gemm_decode] {
-            for f in [&e.plain, &e.early, &e.early_m8] {
+            for f in [&e.plain, &e.early, &e.early_m8, &e.ring] {
                 raise(f, info.max_smem_per_block)?;
             }
         }

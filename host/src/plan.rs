@@ -34,6 +34,9 @@ pub struct DecodePlan {
     /// `_early` entries (Llama-3.2-1B, M = 1-8) and 0.6-1.0 µs slower for the plain ones
     /// (Llama-3-70B), which therefore have only the two-tile form.
     pub token_tiles: u32,
+    /// Whether x goes through the two-phase ring in shared memory (the `*_ring` entries)
+    /// instead of being staged whole for the CTA's K range.
+    pub ring: bool,
     /// Whether the fused kernel lets the next kernel launch (`griddepcontrol.launch_dependents`)
     /// before its W loads rather than after them: at M = 1, and at M <= 8 where the grid has
     /// at most one CTA per SM and the `*_early` entry requests every weight byte before the
@@ -68,6 +71,8 @@ pub struct DecodeShape {
     /// Force the fused kernel's trigger before (`true`) or after its W loads;
     /// `None`: the planner's rule (`DecodePlan::trigger_first`).
     pub trigger_first: Option<bool>,
+    /// Force the x ring on or off; `None`: the planner's rule.
+    pub ring: Option<bool>,
 }
 
 /// Largest M at which the fused decode kernel may trigger the next launch before its W loads
@@ -117,12 +122,20 @@ pub fn decode_plan(
     let token_tiles = |early: bool| if early && m <= decode::TOKEN_TILE as usize { 1 } else { 2 };
     let sms = sm_count.max(1) as u64;
     // `early`: `Some` forces the `*_early` entries on or off; `None` applies the rule.
-    let make = |warp_split: u32, k_splits: u32, early: Option<bool>, trigger: Option<bool>| -> Option<DecodePlan> {
+    let make = |warp_split: u32,
+                k_splits: u32,
+                early: Option<bool>,
+                trigger: Option<bool>,
+                ring: Option<bool>|
+     -> Option<DecodePlan> {
+        let ring = ring.unwrap_or(false);
+        // The ring has no `*_early` form.
+        let early = if ring { Some(false) } else { early };
         let k_chunk = (k.div_ceil(k_splits as usize).div_ceil(32) * 32) as u32;
         if (k_splits as usize - 1) * k_chunk as usize >= k {
             return None; // an empty K slice
         }
-        let smem = decode::smem_layout(m as u32, k_chunk).bytes;
+        let smem = decode::smem_layout(m as u32, decode::x_cols(ring, warp_split, k_chunk)).bytes;
         let row_tiles = n.div_ceil(decode::rows_per_cta(warp_split) as usize) as u64;
         if smem > max_smem as u64 || row_tiles > MAX_GRID_Y {
             return None;
@@ -140,7 +153,8 @@ pub fn decode_plan(
             warp_split,
             k_chunk,
             early,
-            token_tiles: token_tiles(early),
+            token_tiles: if ring { 2 } else { token_tiles(early) },
+            ring,
             trigger_first: trigger.unwrap_or(m == 1 || (m <= TRIGGER_FIRST_MAX_M && overlap)),
             gemm_trigger_first: m == 1,
             grid: (k_splits, row_tiles as u32),
@@ -155,7 +169,7 @@ pub fn decode_plan(
                 got: format!("warp_split {} k_splits {}", f.warp_split, f.k_splits),
             });
         }
-        return make(f.warp_split, f.k_splits, f.early, f.trigger_first).ok_or(Error::TooLarge {
+        return make(f.warp_split, f.k_splits, f.early, f.trigger_first, f.ring).ok_or(Error::TooLarge {
             arg: "K",
             got: k as u64,
             limit: (f.k_splits as u64) * max_decode_k(max_smem, m) as u64,
@@ -163,12 +177,14 @@ pub fn decode_plan(
         });
     }
     // Rules fitted to the H100 sweeps of `nanofuse tune` (docs/RESULTS.md):
-    // * K splits: the fewest (1, 2, 4, 8) that let two CTAs share an SM's shared memory
-    //   (each holds its M rows of x for its K range), because the grid is sized for two
-    //   CTAs per SM and consecutive launches overlap through the second slot. A cluster
-    //   launch costs about 1.4 µs per op, so K is not split otherwise. (Llama-3-70B, M = 8:
-    //   one split, 140 KB per CTA, 77.6 µs; two splits, 74 KB, 65.5 µs.) "Fit" leaves the
-    //   SM a large L1 as well (`DECODE_SMEM_PER_SM`).
+    // * K is not split across CTAs. Two CTAs must share an SM (the grid is sized for two
+    //   CTAs per SM, and consecutive launches overlap through the second slot) within
+    //   `DECODE_SMEM_PER_SM`, which leaves the SM a large L1: where the M rows of x for the
+    //   whole K range do not fit that, x goes through the ring (`DecodePlan::ring`) instead
+    //   of staying whole. Until the ring, K was split across a cluster there, which cost
+    //   2-7 µs (`nanofuse tune`, same run: Llama-3-8B M = 12 / 16 19.63 / 19.74 µs with the
+    //   ring against 21.91 / 21.80 with two K splits; Llama-3-70B M = 5 60.82 against 63.65
+    //   with two, M = 12 / 16 64.04 / 64.03 against 69.29 / 70.51 with four).
     // * warps per row group: if some split gives at most one CTA per SM and leaves each
     //   warp at most the two W batches the prologue requests, the most warps per row group
     //   among those: every weight byte is requested before the dependency wait and the
@@ -202,15 +218,10 @@ pub fn decode_plan(
     // reserves per CTA (H100: 227 + 1 KiB); two CTAs each pay the reservation, and they
     // take at most `DECODE_SMEM_PER_SM` together.
     let half_sm_smem = ((max_smem as u64).saturating_sub(1024) / 2).min(DECODE_SMEM_PER_SM / 2 - 1024);
-    let k_splits = [1u32, 2, 4, 8]
-        .into_iter()
-        .find(|&ks| {
-            let k_chunk = (k.div_ceil(ks as usize).div_ceil(32) * 32) as u32;
-            decode::smem_layout(m as u32, k_chunk).bytes <= half_sm_smem
-        })
-        .unwrap_or(decode::MAX_K_SPLITS);
-    let ctas = |ws: u32| (n.div_ceil(decode::rows_per_cta(ws) as usize) * k_splits as usize) as u64;
-    let k_chunk = (k.div_ceil(k_splits as usize).div_ceil(32) * 32) as u32;
+    let whole_k = (k.div_ceil(32) * 32) as u32;
+    let ring = decode::smem_layout(m as u32, whole_k).bytes > half_sm_smem;
+    let ctas = |ws: u32| n.div_ceil(decode::rows_per_cta(ws) as usize) as u64;
+    let k_chunk = whole_k;
     // Fewest warps per row group that leave each warp at most LONG_WARP_STEPS steps.
     let short_warps =
         [1, 2, 4, 8].into_iter().find(|&ws| (k_chunk / decode::K_STEP).div_ceil(ws) <= LONG_WARP_STEPS).unwrap_or(8);
@@ -220,12 +231,14 @@ pub fn decode_plan(
         .or_else(|| [8, 4, 2, 1].into_iter().find(|&ws| ctas(ws) <= 2 * sms))
         .unwrap_or(short_warps);
     let ws = if m <= SHORT_WARPS_MAX_M { ws.max(short_warps) } else { ws };
-    let mut candidates: Vec<(u32, u32)> = vec![(ws, k_splits)];
-    // Fallbacks: larger K splits (less shared memory per CTA).
+    let mut candidates: Vec<(u32, u32, bool)> = vec![(ws, 1, ring)];
+    // Fallbacks (a device with less shared memory): the ring with the fewest rows per CTA,
+    // then larger K splits.
+    candidates.push((1, 1, true));
     for ks in 1..=decode::MAX_K_SPLITS {
-        candidates.push((1, ks));
+        candidates.push((1, ks, false));
     }
-    candidates.into_iter().find_map(|(ws, ks)| make(ws, ks, None, None)).ok_or(Error::TooLarge {
+    candidates.into_iter().find_map(|(ws, ks, ring)| make(ws, ks, None, None, Some(ring))).ok_or(Error::TooLarge {
         arg: "K",
         got: k as u64,
         limit: decode::MAX_K_SPLITS as u64 * max_decode_k(max_smem, m) as u64,

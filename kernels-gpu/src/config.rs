@@ -13,13 +13,15 @@ pub const SMEM_SYMBOL: &str = "NANOFUSE_SMEM";
 /// Launch bounds the build adds to kernels' PTX entries (`.maxntid THREADS, 1, 1` and
 /// `.minnctapersm MIN_CTAS`, CUDA's `__launch_bounds__`, which rustc does not emit): ptxas
 /// then keeps each kernel's registers low enough for `MIN_CTAS` CTAs per SM.
-pub const LAUNCH_BOUNDS: [(&str, u32, u32); 6] = [
+pub const LAUNCH_BOUNDS: [(&str, u32, u32); 8] = [
     ("fused_rmsnorm_qkv_decode", decode::THREADS, decode::MIN_CTAS_PER_SM),
     ("fused_rmsnorm_qkv_decode_early", decode::THREADS, decode::MIN_CTAS_PER_SM),
     ("fused_rmsnorm_qkv_decode_early_m8", decode::THREADS, decode::MIN_CTAS_PER_SM),
     ("gemm_decode", decode::THREADS, decode::MIN_CTAS_PER_SM),
     ("gemm_decode_early", decode::THREADS, decode::MIN_CTAS_PER_SM),
     ("gemm_decode_early_m8", decode::THREADS, decode::MIN_CTAS_PER_SM),
+    ("fused_rmsnorm_qkv_decode_ring", decode::THREADS, decode::MIN_CTAS_PER_SM),
+    ("gemm_decode_ring", decode::THREADS, decode::MIN_CTAS_PER_SM),
 ];
 
 /// The k-interleaved order in which the fused op stores its weight (`fold_gain`) and in
@@ -117,6 +119,14 @@ pub mod decode {
     /// W rows one CTA covers for a given `warp_split`.
     pub const fn rows_per_cta(warp_split: u32) -> u32 {
         ROWS_PER_WARP * (WARPS / warp_split)
+    }
+
+    /// K elements of x a decode CTA holds in shared memory: its whole K range
+    /// (`k_chunk`), or, with the x ring, two phases of `warp_split · UNROLL` steps where
+    /// that is less (see `qkv_decode`, X ring).
+    pub const fn x_cols(ring: bool, warp_split: u32, k_chunk: u32) -> u32 {
+        let two_phases = 2 * warp_split * UNROLL as u32 * K_STEP;
+        if ring && two_phases < k_chunk { two_phases } else { k_chunk }
     }
 
     /// Byte offsets of the decode kernels' dynamic shared memory. Every offset is 16-byte

@@ -3,9 +3,10 @@
 //! `q, k, v = split(rmsnorm(x) · Wᵀ)`, with RMSNorm's gain g folded into the weight once,
 //! when the op is built (`fold_gain`: `W' = bf16(W · diag(g))`); `gemm_decode` is the same
 //! kernel without the norm (`y = x · Wᵀ`, x already normalized), for the unfused baseline.
-//! Each comes in three entries from one generic body: the plain one requests one W batch per
-//! warp before the dependency wait, `*_early` requests two (see Prologue), and
-//! `*_early_m8` is `*_early` with one token tile (M <= 8); the planner picks.
+//! Each comes in four entries from one generic body: the plain one requests one W batch per
+//! warp before the dependency wait, `*_early` requests two (see Prologue), `*_early_m8` is
+//! `*_early` with one token tile (M <= 8), and `*_ring` is the plain one with x streamed
+//! through a ring in shared memory instead of staged whole (X ring); the planner picks.
 //!
 //! # Parameters
 //! `x [M, K]`, `W' [N, K]` (PyTorch `Linear` layout, rows of Q then K then V,
@@ -117,8 +118,30 @@
 //! stores), which measured faster there. With a cluster (below), CTA `r` stores the
 //! elements it finishes directly.
 //!
+//! # X ring
+//! A CTA that stages x whole holds `2 M k_chunk` bytes of it: at M = 16, 128 KiB for
+//! K = 4096 and 256 KiB for K = 8192, more than two CTAs can share an SM within the
+//! 164 KiB that leave it a large L1 (the planner's `DECODE_SMEM_PER_SM`). The `*_ring`
+//! entries hold two phases instead: phase b is steps `[b·ph, (b+1)·ph)` of the CTA's K
+//! range, `ph = warp_split · UNROLL`, and in phase b part p of every row group takes steps
+//! `b·ph + p·UNROLL ..+ UNROLL` (one W batch), so a warp's W batches are strided by `ph`
+//! steps instead of contiguous. The slice of x a part needs (its `UNROLL` blocks of every
+//! token row, at most 4 KiB at M = 16) is copied by that part's `8 / warp_split` warps
+//! alone (`StagedRows::copy_slice`, lane l: chunk l % 16 of every other row) into slot
+//! `b % 2`, one phase ahead; at the top of batch b each thread waits for its copies and
+//! the part's warps meet at named barrier `1 + part` (`bar.sync`, `32 · 8 / warp_split`
+//! threads), which publishes the slice and frees slot `(b + 1) % 2` for phase b + 1.
+//! Nothing else ties the warps together, so with `warp_split = 8` a warp never waits for
+//! another. The sums of squares come from the B fragments in the loop (as in the plain
+//! entry). Shared memory for x: `M` rows of `2 ph` steps, whatever K is (at M = 16: 16 KiB
+//! with `warp_split = 2`, 64 KiB with 8). A first version
+//! in which all warps copied every phase together and met at a CTA barrier per phase was
+//! 2-7 µs slower on Llama-3-70B at M = 8-16 (`nanofuse tune`): every phase waited for the
+//! CTA's slowest warp.
+//!
 //! # Split-K across CTAs
-//! With `k_splits > 1`, the CTAs of a cluster each leave their partial tile and partial
+//! The planner no longer splits K (the ring takes the shapes that needed it); forced launch
+//! shapes (`Tuning`) still can. With `k_splits > 1`, the CTAs of a cluster each leave their partial tile and partial
 //! sums of squares in shared memory; after a cluster barrier, CTA `r` finishes every
 //! `k_splits`-th accumulator element, reading the partials of all CTAs through distributed
 //! shared memory (`mapa` + `ld.shared::cluster`) and adding them in rank order (bitwise
@@ -126,18 +149,19 @@
 //! reads are done.
 //!
 //! # Traffic (per call)
-//! W: `2 N K` bytes from DRAM, read once. x: `2 M K` bytes per row tile (L2). Outputs:
-//! `2 M N` bytes.
+//! W: `2 N K` bytes from DRAM, read once. x: `2 M K` bytes per row tile (L2; with the ring
+//! the same bytes, one phase at a time). Outputs: `2 M N` bytes.
 //!
 //! # Launch
 //! block `(256, 1, 1)`; grid `(ceil(K / k_chunk), ceil(N / R))`; cluster `(k_splits, 1, 1)`
-//! when `k_splits > 1`; dynamic shared memory `config::decode::smem_layout(M, k_chunk).bytes`;
+//! when `k_splits > 1`; dynamic shared memory
+//! `config::decode::smem_layout(M, x_cols(ring, warp_split, k_chunk)).bytes`;
 //! optionally with programmatic stream serialization. The build adds launch bounds
 //! (`config::LAUNCH_BOUNDS`: 256 threads, 2 CTAs per SM), which cap ptxas at 128 registers.
 
 use crate::config::VEC;
 use crate::config::decode::{
-    K_STEP, MAX_K_SPLITS, MAX_TOKENS, ROWS_PER_WARP, THREADS, TOKEN_TILE, UNROLL, WARPS, smem_layout,
+    K_STEP, MAX_K_SPLITS, MAX_TOKENS, ROWS_PER_WARP, THREADS, TOKEN_TILE, UNROLL, WARPS, smem_layout, x_cols,
 };
 use crate::norm::{inv_rms, sum_squares_bf16x8};
 use crate::ptx::cluster::{barrier_cluster_sync, cluster_ctarank, ld_shared_cluster_f32, mapa_shared_cluster};
@@ -152,7 +176,7 @@ use crate::ptx::shared::{
     SharedPtr, dynamic_shared_base, ld_shared_f32, ld_shared_v4_u32, st_shared_f32, st_shared_u16, st_shared_v4_u32,
 };
 use crate::ptx::sync::{griddepcontrol_launch_dependents, griddepcontrol_wait};
-use crate::ptx::thread::{block_dim_x, block_idx_x, block_idx_y, grid_dim_x, lane_id, sync_threads, warp_id};
+use crate::ptx::thread::{bar_sync, block_dim_x, block_idx_x, block_idx_y, grid_dim_x, lane_id, sync_threads, warp_id};
 use crate::ptx::trap;
 use crate::ptx::warp::{bar_warp_sync, shfl_sync_bfly_f32, shfl_sync_idx_f32};
 use crate::qkv_out::QkvOut;
@@ -160,7 +184,7 @@ use crate::qkv_out::QkvOut;
 /// Defines a fused decode entry point; `EARLY` selects how many W batches each warp
 /// requests before the dependency wait (see the module documentation).
 macro_rules! fused_decode_entry {
-    ($(#[$doc:meta])* $name:ident, tiles = $tiles:literal, early = $early:literal) => {
+    ($(#[$doc:meta])* $name:ident, tiles = $tiles:literal, early = $early:literal, ring = $ring:literal) => {
         $(#[$doc])*
         ///
         /// # Safety
@@ -187,14 +211,14 @@ macro_rules! fused_decode_entry {
             let out = QkvOut { q, k: k_out, v, nq, nkv };
             let launch = Launch { warp_split, k_chunk, trigger_first: trigger_first != 0, interleave_x: interleave_x != 0 };
             // SAFETY: forwarded to the caller.
-            unsafe { decode::<$tiles, true, $early>(x, w, out, m, k, eps, launch) }
+            unsafe { decode::<$tiles, true, $early, $ring>(x, w, out, m, k, eps, launch) }
         }
     };
 }
 
 /// Defines a plain decode GEMM entry point (`y [M, N] = x · Wᵀ`, y in place of q, no norm).
 macro_rules! gemm_decode_entry {
-    ($(#[$doc:meta])* $name:ident, tiles = $tiles:literal, early = $early:literal) => {
+    ($(#[$doc:meta])* $name:ident, tiles = $tiles:literal, early = $early:literal, ring = $ring:literal) => {
         $(#[$doc])*
         ///
         /// # Safety
@@ -216,7 +240,7 @@ macro_rules! gemm_decode_entry {
             let out = QkvOut { q: y, k: null, v: null, nq: n, nkv: 0 };
             let launch = Launch { warp_split, k_chunk, trigger_first: trigger_first != 0, interleave_x: interleave_x != 0 };
             // SAFETY: forwarded to the caller.
-            unsafe { decode::<$tiles, false, $early>(x, w, out, m, k, 0.0, launch) }
+            unsafe { decode::<$tiles, false, $early, $ring>(x, w, out, m, k, 0.0, launch) }
         }
     };
 }
@@ -224,29 +248,38 @@ macro_rules! gemm_decode_entry {
 fused_decode_entry! {
     /// Fused RMSNorm + QKV projection for small M, one W batch per warp requested before the
     /// dependency wait. See the module documentation.
-    fused_rmsnorm_qkv_decode, tiles = 2, early = false
+    fused_rmsnorm_qkv_decode, tiles = 2, early = false, ring = false
 }
 fused_decode_entry! {
     /// `fused_rmsnorm_qkv_decode` requesting its first two W batches before the dependency
     /// wait (the planner's choice when that is all of each warp's K part).
-    fused_rmsnorm_qkv_decode_early, tiles = 2, early = true
+    fused_rmsnorm_qkv_decode_early, tiles = 2, early = true, ring = false
 }
 fused_decode_entry! {
     /// `fused_rmsnorm_qkv_decode_early` for M <= 8 (one token tile).
-    fused_rmsnorm_qkv_decode_early_m8, tiles = 1, early = true
+    fused_rmsnorm_qkv_decode_early_m8, tiles = 1, early = true, ring = false
+}
+fused_decode_entry! {
+    /// `fused_rmsnorm_qkv_decode` with x staged through a two-phase ring (see X ring).
+    fused_rmsnorm_qkv_decode_ring, tiles = 2, early = false, ring = true
 }
 gemm_decode_entry! {
     /// `y [M, N] = x · Wᵀ` for small M (x already normalized): the decode kernel without the
     /// fused norm, for the unfused baseline that isolates what fusion buys.
-    gemm_decode, tiles = 2, early = false
+    gemm_decode, tiles = 2, early = false, ring = false
 }
 gemm_decode_entry! {
     /// `gemm_decode` requesting its first two W batches before the dependency wait.
-    gemm_decode_early, tiles = 2, early = true
+    gemm_decode_early, tiles = 2, early = true, ring = false
 }
 gemm_decode_entry! {
     /// `gemm_decode_early` for M <= 8 (one token tile).
-    gemm_decode_early_m8, tiles = 1, early = true
+    gemm_decode_early_m8, tiles = 1, early = true, ring = false
+}
+
+gemm_decode_entry! {
+    /// `gemm_decode` with x staged through a two-phase ring (see X ring).
+    gemm_decode_ring, tiles = 2, early = false, ring = true
 }
 
 /// The launch-shape arguments of the decode entries (module documentation: Tiling,
@@ -267,7 +300,7 @@ struct Launch {
 type WStep = [u32; 8];
 
 #[inline(always)]
-unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
+unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool, const RING: bool>(
     x: *const u16,
     w: *const u16,
     out: QkvOut,
@@ -307,6 +340,12 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
     let per_part = (steps + warp_split - 1) >> split_log2;
     let s_begin = if part * per_part < steps { part * per_part } else { steps };
     let s_end = if s_begin + per_part < steps { s_begin + per_part } else { steps };
+    // The warp's K steps, batch by batch: batch b holds steps `base + b·batch_stride + u` (u <
+    // UNROLL) that lie below `end`. Without the ring a warp's part is one contiguous range;
+    // with it the CTA's warps work through phases of `ph` steps together (X ring).
+    let ph = warp_split * UNROLL as u32;
+    let (base, batch_stride, end) =
+        if RING { (part * UNROLL as u32, ph, steps) } else { (s_begin, UNROLL as u32, s_end) };
 
     // This lane's two W rows, in 16-byte chunks from the CTA's K origin; rows past N and
     // chunks past K load zeros.
@@ -321,7 +360,7 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
         let mut batch = [[0u32; 8]; UNROLL];
         for (u, step) in batch.iter_mut().enumerate() {
             let s = s0 + u as u32;
-            let in_k = s < s_end && c0 + s * 4 + qq < chunks;
+            let in_k = s < end && c0 + s * 4 + qq < chunks;
             let off = s as usize * 4;
             // SAFETY: a load executes only when its row is < N and its chunk is < K/8,
             // i.e. inside W; otherwise the address is never dereferenced.
@@ -340,15 +379,15 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
     if trigger_first {
         griddepcontrol_launch_dependents();
     }
-    let mut cur = load_batch(s_begin);
-    let mut next = if EARLY { load_batch(s_begin + UNROLL as u32) } else { [[0u32; 8]; UNROLL] };
+    let mut cur = load_batch(base);
+    let mut next = if EARLY { load_batch(base + batch_stride) } else { [[0u32; 8]; UNROLL] };
     if !trigger_first {
         griddepcontrol_launch_dependents();
     }
     // Prologue, step 4: L2 prefetch of the batch after those in registers, row g of the
     // warp's 16 by lane g < 16 (rows past N and steps past the warp's part are skipped).
-    let pf_begin = s_begin + if EARLY { 2 } else { 1 } * UNROLL as u32;
-    let pf_end = (pf_begin + UNROLL as u32).min(s_end);
+    let pf_begin = base + if EARLY { 2 } else { 1 } * batch_stride;
+    let pf_end = (pf_begin + UNROLL as u32).min(end);
     let pf_row = row0 + lane;
     if lane < ROWS_PER_WARP && pf_row < n && pf_begin < pf_end {
         let e0 = k0 + pf_begin * K_STEP;
@@ -366,7 +405,7 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
     }
 
     let smem = dynamic_shared_base();
-    let layout = smem_layout(m, k_chunk);
+    let layout = smem_layout(m, x_cols(RING, warp_split, k_chunk));
     let xs = smem.byte_add(layout.x as u32);
     let stride = layout.row_stride as u32;
     let sum_sq = smem.byte_add(layout.sum_sq as u32).cast::<f32>();
@@ -383,57 +422,75 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
     // blocks); after `wait_group 0` and the warp barrier a warp's copies are visible to all
     // its lanes (at M = 1, where all warps copy the row, the CTA barrier before the sum
     // publishes it); the CTA barriers are uniform (m is a kernel argument).
+    // With the ring, only the warp part's slice of phase 0 is copied here, by the warps of
+    // that part; the main loop waits for it.
+    let slice_rows = |b: u32| {
+        let first = b * ph + part * UNROLL as u32;
+        StagedRows {
+            x,
+            xs: xs.byte_add(((b & 1) * ph + part * UNROLL as u32) * 64),
+            stride,
+            m,
+            chunks,
+            c0: c0 + first * 4,
+            steps: steps.saturating_sub(first).min(UNROLL as u32),
+        }
+    };
     unsafe {
-        let rows = StagedRows { x, xs, stride, m, chunks, c0, steps };
-        match m {
-            1 => rows.copy::<3>(warp, lane, interleave_x),
-            2 if !EARLY => rows.copy::<2>(warp, lane, interleave_x),
-            _ => rows.copy::<0>(warp, lane, interleave_x),
+        if RING {
+            slice_rows(0).copy_slice(warp >> split_log2, WARPS >> split_log2, lane, interleave_x);
+        } else {
+            StagedRows { x, xs, stride, m, chunks, c0, steps }.stage(warp, lane, interleave_x, !EARLY);
         }
         cp_async_commit_group();
-        cp_async_wait_group::<0>();
-        if FUSE && EARLY && m == 1 {
-            // The row came from all warps: publish it before warp 0 sums it.
-            sync_threads();
-        }
-        if FUSE && EARLY {
-            // Each warp sums the squares of the whole rows of tokens w + 8i (the rows it
-            // copied; at M = 1 warp 0 sums the row all warps copied, published above): one
-            // block per lane at a time, its pieces read in a lane-rotated order so that the
-            // 8 lanes of a shared-memory phase hit 8 bank groups; the rows' butterfly
-            // reductions interleaved.
-            bar_warp_sync();
-            let rot = (lane >> 1) & 3;
-            let mut ss = [0.0f32; MT];
-            for (i, v) in ss.iter_mut().enumerate() {
-                let t = warp + i as u32 * WARPS;
-                if t < m {
-                    let row = xs.byte_add(t * stride);
-                    let mut blk = lane;
-                    while blk < steps {
-                        let p = row.byte_add(blk * 64).cast::<[u32; 4]>();
-                        for j in 0..4 {
-                            *v += sum_squares_bf16x8(ld_shared_v4_u32(p.add((j + rot) & 3)));
+    }
+    // SAFETY: as above.
+    if !RING {
+        unsafe {
+            cp_async_wait_group::<0>();
+            if FUSE && EARLY && m == 1 {
+                // The row came from all warps: publish it before warp 0 sums it.
+                sync_threads();
+            }
+            if FUSE && EARLY {
+                // Each warp sums the squares of the whole rows of tokens w + 8i (the rows it
+                // copied; at M = 1 warp 0 sums the row all warps copied, published above): one
+                // block per lane at a time, its pieces read in a lane-rotated order so that the
+                // 8 lanes of a shared-memory phase hit 8 bank groups; the rows' butterfly
+                // reductions interleaved.
+                bar_warp_sync();
+                let rot = (lane >> 1) & 3;
+                let mut ss = [0.0f32; MT];
+                for (i, v) in ss.iter_mut().enumerate() {
+                    let t = warp + i as u32 * WARPS;
+                    if t < m {
+                        let row = xs.byte_add(t * stride);
+                        let mut blk = lane;
+                        while blk < steps {
+                            let p = row.byte_add(blk * 64).cast::<[u32; 4]>();
+                            for j in 0..4 {
+                                *v += sum_squares_bf16x8(ld_shared_v4_u32(p.add((j + rot) & 3)));
+                            }
+                            blk += 32;
                         }
-                        blk += 32;
+                    }
+                }
+                let mut mask = 16;
+                while mask > 0 {
+                    for v in ss.iter_mut() {
+                        *v += shfl_sync_bfly_f32(*v, mask);
+                    }
+                    mask /= 2;
+                }
+                for (i, v) in ss.iter().enumerate() {
+                    let t = warp + i as u32 * WARPS;
+                    if lane == 0 && t < m {
+                        st_shared_f32(sum_sq.add(t), *v);
                     }
                 }
             }
-            let mut mask = 16;
-            while mask > 0 {
-                for v in ss.iter_mut() {
-                    *v += shfl_sync_bfly_f32(*v, mask);
-                }
-                mask /= 2;
-            }
-            for (i, v) in ss.iter().enumerate() {
-                let t = warp + i as u32 * WARPS;
-                if lane == 0 && t < m {
-                    st_shared_f32(sum_sq.add(t), *v);
-                }
-            }
+            sync_threads();
         }
-        sync_threads();
     }
 
     // 4. Main loop: per K step, two MMAs per token tile. Lane l of `ldmatrix.x4` gives the
@@ -451,22 +508,42 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
     // The plain entries take the sums of squares over the warp's K part from the B
     // fragments (Prologue, step 7): lane (g, q) sees 8 of the 32 values of token 8t + g in
     // every step.
-    let ss_in_loop = FUSE && !EARLY;
+    let ss_in_loop = FUSE && (!EARLY || RING);
     let mut ss = [0.0f32; MT];
-    let mut s = s_begin;
-    while s < s_end {
-        if !EARLY {
-            next = load_batch(s + UNROLL as u32);
+    // With the ring: phases of the CTA's K range (ph is a power of two: divide by shifting).
+    let batches = (steps + ph - 1) >> ph.trailing_zeros();
+    let (mut s, mut b) = (base, 0);
+    while if RING { b < batches } else { s < end } {
+        if RING {
+            // X ring: the part's slice of phase b has landed (this thread's copies; the
+            // barrier of the part's warps publishes every thread's), and those warps are done
+            // with phase b - 1, whose slot phase b + 1 now takes.
+            // SAFETY: the part's warps all reach barrier 1 + part (batches is CTA-uniform);
+            // the slice's copies stay inside its slot (as in the prologue).
+            unsafe {
+                cp_async_wait_group::<0>();
+                bar_sync(1 + part, (WARPS >> split_log2) * 32);
+                if b + 1 < batches {
+                    slice_rows(b + 1).copy_slice(warp >> split_log2, WARPS >> split_log2, lane, interleave_x);
+                }
+                cp_async_commit_group();
+            }
         }
+        if !EARLY {
+            next = load_batch(s + batch_stride);
+        }
+        // Where step s's x lies in shared memory, in steps.
+        let x_step = if RING { (b & 1) * ph + part * UNROLL as u32 } else { s };
         for (u, wv) in cur.iter().enumerate() {
             let step = s + u as u32;
-            if step < s_end {
+            if step < end {
                 let a_k0 = [wv[0], wv[4], wv[1], wv[5]];
                 let a_k1 = [wv[2], wv[6], wv[3], wv[7]];
                 for t in 0..MT {
                     if (t as u32) < tiles_used {
                         // SAFETY: the address is inside a staged token row.
-                        let b = unsafe { ldmatrix_x4(SharedPtr::from_addr(tile_base[t] + step * 64)) };
+                        let x_at = tile_base[t] + (x_step + u as u32) * 64;
+                        let b = unsafe { ldmatrix_x4(SharedPtr::from_addr(x_at)) };
                         acc[t] = mma_m16n8k16_bf16_f32(a_k0, [b[0], b[1]], acc[t]);
                         acc[t] = mma_m16n8k16_bf16_f32(a_k1, [b[2], b[3]], acc[t]);
                         if ss_in_loop {
@@ -478,9 +555,10 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool>(
         }
         cur = next;
         if EARLY {
-            next = load_batch(s + 2 * UNROLL as u32);
+            next = load_batch(s + 2 * batch_stride);
         }
-        s += UNROLL as u32;
+        s += batch_stride;
+        b += 1;
     }
 
     // 5. Add the partial sums of the warps of a row group. Sums of squares too (plain
@@ -654,6 +732,65 @@ struct StagedRows {
 }
 
 impl StagedRows {
+    /// Issues this lane's copies of a ring slice (at most `UNROLL` blocks of each row, 16
+    /// chunks), shared by the `groups` warps of one part (`group`: the caller's index among
+    /// them): lane l copies chunk l % 16 of rows `group + groups · (l / 16 + 2i)`. Whole
+    /// blocks are copied as they are, 16 bytes at a time, unless `interleave`; the rest (a
+    /// partial last block, or every block with `interleave`) is scattered by 4-byte copies
+    /// into the interleaved order, as in `copy`.
+    ///
+    /// # Safety
+    /// As `copy`, with `steps <= UNROLL`.
+    #[inline(always)]
+    unsafe fn copy_slice(&self, group: u32, groups: u32, lane: u32, interleave: bool) {
+        let c = lane & 15;
+        if c >= self.steps * 4 {
+            return;
+        }
+        let chunk = self.c0 + c;
+        let in_k = chunk < self.chunks;
+        // A block lies wholly inside K when its last chunk does.
+        let whole = !interleave && self.c0 + (c | 3) < self.chunks;
+        let (blk, cc) = (c >> 2, c & 3);
+        let mut t = group + groups * (lane >> 4);
+        while t < self.m {
+            let row = self.xs.byte_add(t * self.stride);
+            let src = (self.x as *const [u32; 4]).wrapping_add(t as usize * self.chunks as usize + chunk as usize);
+            // SAFETY: chunk < K / 8 of row t < m is inside x (else zero-filled, not read);
+            // the destination is inside the row's slice.
+            unsafe {
+                if whole {
+                    cp_async_ca_shared_global_16(row.byte_add(c * 16), src as *const u8, 16);
+                } else {
+                    for j in 0..4u32 {
+                        let dst = row.byte_add(blk * 64 + (4 * j + cc) * 4);
+                        let word = (src as *const u32).wrapping_add(j as usize);
+                        cp_async_ca_shared_global_4(dst, word as *const u8, if in_k { 4 } else { 0 });
+                    }
+                }
+            }
+            t += 2 * groups;
+        }
+    }
+
+    /// Issues this lane's copies of the rows (`copy`): at M = 1 all 8 warps share the row,
+    /// at M = 2 four warps share each row if `share_m2`, otherwise warp w copies rows w,
+    /// w + 8.
+    ///
+    /// # Safety
+    /// As `copy`.
+    #[inline(always)]
+    unsafe fn stage(&self, warp: u32, lane: u32, interleave: bool, share_m2: bool) {
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            match self.m {
+                1 => self.copy::<3>(warp, lane, interleave),
+                2 if share_m2 => self.copy::<2>(warp, lane, interleave),
+                _ => self.copy::<0>(warp, lane, interleave),
+            }
+        }
+    }
+
     /// Issues this lane's copies: each row is copied by `2^SPLIT_LOG2` warps, which take its
     /// pieces in turn (a monomorphized loop: with a run-time shift it was measured slower).
     ///

@@ -42,7 +42,8 @@ const SHAPES: [(&str, usize, usize, usize); 4] = [
     ("model", 1024, 2048, 1024),
     // K long enough that a decode warp has more than 32 K steps, so the planner picks the
     // entries without `_early` (one W batch before the wait, sums of squares in the loop,
-    // the row shared by all warps at M = 1).
+    // the row shared by all warps at M = 1); at M = 9 its x rows (216 KB) do not fit two
+    // CTAs per SM, so the planner streams x through the ring (`_ring`).
     ("long-k", 12288, 256, 64),
 ];
 

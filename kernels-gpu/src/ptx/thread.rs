@@ -69,3 +69,16 @@ pub unsafe fn sync_threads() {
     // SAFETY: forwarded to the caller.
     unsafe { nvptx::_syncthreads() }
 }
+
+/// `bar.sync id, count;` — wait until `count` threads (a multiple of 32, whole warps) have
+/// arrived at named barrier `id` (1..=15; 0 is `sync_threads`'); orders the participants'
+/// shared and global memory accesses before the barrier against those after it.
+///
+/// # Safety
+/// Exactly `count` threads, whole warps, reach barrier `id` each time it is used, and no
+/// other barrier use with that id overlaps.
+#[inline(always)]
+pub unsafe fn bar_sync(id: u32, count: u32) {
+    // SAFETY: forwarded to the caller.
+    unsafe { core::arch::asm!("bar.sync {id}, {count};", id = in(reg32) id, count = in(reg32) count, options(nostack)) }
+}
