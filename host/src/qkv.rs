@@ -19,14 +19,12 @@ use crate::plan::{self, DECODE_MAX_M, DecodeShape, MAX_DIM, Tile, checked_len};
 ///
 /// The fused decode kernel's time grows with M (every CTA stages the M rows of x it needs
 /// and the MMA work doubles past 8 tokens) while cuBLAS's stays flat. On H100
-/// (docs/RESULTS.md, every M from 1 to 16) it is faster at every M <= 16 on Qwen3-0.6B,
-/// Llama-3.2-1B and Llama-3-8B. On Llama-3-70B (K = 8192) it is faster up to M = 14 and at
-/// M = 15-16 level within 1% in most runs (69.94-70.66 against 69.93-70.42 µs for baseline
-/// (a)), up to 4% behind in one where cuBLAS measured 2-3% faster than in every other run;
-/// the fallback's interleaved RMSNorm + cuBLAS measured behind both there (69.6-71.1 µs), so
-/// the fused kernel stays. (Until the folded weight was interleaved and x staged with
-/// 16-byte copies the fused kernel lost there, 72.65 against 71.57, and the rule stopped at
-/// 8 for K > 4096.)
+/// (docs/RESULTS.md, every M from 1 to 16) it is faster at every M <= 16 on every shape:
+/// on Llama-3-70B (K = 8192) 1.07-1.15x baseline (a) (M = 16: 64.69 against 70.01 µs), since
+/// x is streamed through a ring there instead of K being split across a cluster. (Before
+/// that it was level with (a) at M = 15-16 and up to 4% behind in one run; until the
+/// folded weight was interleaved and x staged with 16-byte copies it lost there, 72.65
+/// against 71.57, and the rule stopped at 8 for K > 4096.)
 pub fn auto_packed_fused_max_m(_k: usize) -> usize {
     DECODE_MAX_M
 }
@@ -35,8 +33,8 @@ pub fn auto_packed_fused_max_m(_k: usize) -> usize {
 /// for hidden size `k`. The alternative there is RMSNorm + one cuBLAS GEMM + the
 /// `split_qkv` copy (no single cuBLAS call writes three tensors), 1-2 µs slower than the
 /// packed fallback at these M. On H100 (docs/RESULTS.md, every M from 1 to 16) the fused
-/// kernel was faster than that at every M <= 16 on every shape (Llama-3-70B M = 16:
-/// 69.87-69.94 against 72.13-72.17 µs for the fallback).
+/// kernel was faster than that at every M <= 16 on every shape (Llama-3-70B M = 16, before
+/// the x ring: 69.87-69.94 against 72.13-72.17 µs for the fallback; now 64.1-64.7).
 pub fn auto_fused_max_m(_k: usize) -> usize {
     DECODE_MAX_M
 }
