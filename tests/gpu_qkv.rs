@@ -66,12 +66,7 @@ fn check_shape(name: &str, shape: QkvShape) {
             };
             let mut runs = Vec::new();
             for _ in 0..2 {
-                let mut q = gpu.alloc_zeros::<bf16>(m * shape.q_dim).unwrap();
-                let mut kk = gpu.alloc_zeros::<bf16>(m * shape.kv_dim).unwrap();
-                let mut v = gpu.alloc_zeros::<bf16>(m * shape.kv_dim).unwrap();
-                for b in [&mut q, &mut kk, &mut v] {
-                    gpu.fill_nan(b).unwrap();
-                }
+                let (mut q, mut kk, mut v) = common::poisoned_qkv(&gpu, m, &shape);
                 let r = op.forward_into_with(path, &dx, m, &mut q, &mut kk, &mut v);
                 if path == Path::FusedDecode && m > DECODE_MAX_M {
                     assert!(matches!(r, Err(Error::Dimension { arg: "M", .. })), "decode path at M={m}: {r:?}");
@@ -193,12 +188,7 @@ fn check_decode_shapes(name: &str, shape: QkvShape) {
             op.set_tuning(Tuning { decode: Some(decode), ..Tuning::default() });
             let mut runs = Vec::new();
             for _ in 0..2 {
-                let mut q = gpu.alloc_zeros::<bf16>(m * shape.q_dim).unwrap();
-                let mut kk = gpu.alloc_zeros::<bf16>(m * shape.kv_dim).unwrap();
-                let mut v = gpu.alloc_zeros::<bf16>(m * shape.kv_dim).unwrap();
-                for b in [&mut q, &mut kk, &mut v] {
-                    gpu.fill_nan(b).unwrap();
-                }
+                let (mut q, mut kk, mut v) = common::poisoned_qkv(&gpu, m, &shape);
                 match op.forward_into_with(Path::FusedDecode, &dx, m, &mut q, &mut kk, &mut v) {
                     Ok(()) => {}
                     Err(Error::TooLarge { .. }) => break, // this split leaves an empty K slice

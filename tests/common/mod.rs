@@ -3,7 +3,8 @@
 
 use std::sync::{Arc, Once};
 
-use nanofuse::{Error, Gpu};
+use nanofuse::cudarc::driver::CudaSlice;
+use nanofuse::{Error, Gpu, QkvShape, bf16};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
@@ -55,4 +56,15 @@ pub fn sample_rows(m: usize) -> Vec<usize> {
 /// Gathers `rows` of a row-major `[m, width]` matrix.
 pub fn gather<T: Copy>(data: &[T], width: usize, rows: &[usize]) -> Vec<T> {
     rows.iter().flat_map(|&r| data[r * width..(r + 1) * width].iter().copied()).collect()
+}
+
+/// Fresh q, k, v outputs for `m` tokens of `shape`, filled with NaN so that an element a
+/// kernel fails to write shows up.
+pub fn poisoned_qkv(gpu: &Gpu, m: usize, shape: &QkvShape) -> (CudaSlice<bf16>, CudaSlice<bf16>, CudaSlice<bf16>) {
+    let alloc = |len: usize| {
+        let mut b = gpu.alloc_zeros::<bf16>(len).unwrap();
+        gpu.fill_nan(&mut b).unwrap();
+        b
+    };
+    (alloc(m * shape.q_dim), alloc(m * shape.kv_dim), alloc(m * shape.kv_dim))
 }
