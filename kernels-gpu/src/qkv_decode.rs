@@ -118,6 +118,17 @@
 //! stores), which measured faster there. With a cluster (below), CTA `r` stores the
 //! elements it finishes directly.
 //!
+//! # Tile split
+//! The two-tile `_early` entries at M > 8 (in the plans: Qwen3-0.6B and Llama-3.2-1B at
+//! M = 9-16), where each warp's K part is all in its two W batches, work tile by tile: x is
+//! staged in two commit groups, tile 0's rows (tokens 0-7) then tile 1's; each warp waits
+//! for the first, sums its tile-0 row, and after a CTA barrier runs tile 0's MMAs over its
+//! whole K part; then it waits for the second group, sums its tile-1 row, and after a second
+//! barrier runs tile 1's. Tile 1's rows land while tile 0 is multiplied. H100 (`nanofuse
+//! tune`, plan rows, two runs): Qwen3-0.6B M = 9-16 4.27-4.46 -> 4.20-4.23 µs, Llama-3.2-1B
+//! 6.53-7.11 -> 6.31-6.72. Taking each tile's sums after its MMAs instead was slower on
+//! Qwen3-0.6B (4.48-4.52 µs).
+//!
 //! # X ring
 //! A CTA that stages x whole holds `2 M k_chunk` bytes of it: at M = 16, 128 KiB for
 //! K = 4096 and 256 KiB for K = 8192, more than two CTAs can share an SM within the
@@ -298,7 +309,6 @@ struct Launch {
 
 /// The 8 W registers of one K step: 16 bytes of row `g`, then 16 bytes of row `g + 8`.
 type WStep = [u32; 8];
-
 #[inline(always)]
 unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool, const RING: bool>(
     x: *const u16,
@@ -416,10 +426,12 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool, const RIN
     // 3. Stage x (Prologue, step 6): each token row is copied by one warp, or by all 8 at
     // M = 1, or by 4 in the plain entries at M = 2; the fused `_early` entries also sum its
     // squares (step 7). One CTA barrier publishes the rows and the sums (two at M = 1 in the
-    // fused `_early` entries: rows, then warp 0's sum).
+    // fused `_early` entries: rows, then warp 0's sum). The two-tile `_early` entries at
+    // M > 8, where a warp's whole K part is in its registers, stage tile 0's rows and tile
+    // 1's as two commit groups and publish them one at a time (Tile split).
     // SAFETY: each copy reads x only inside it (else zero-fills) into its token's row (a
     // piece starting before `row_words` lies inside the row: the row holds `k_chunk / 32`
-    // blocks); after `wait_group 0` and the warp barrier a warp's copies are visible to all
+    // blocks); after `wait_group` and the warp barrier a warp's copies are visible to all
     // its lanes (at M = 1, where all warps copy the row, the CTA barrier before the sum
     // publishes it); the CTA barriers are uniform (m is a kernel argument).
     // With the ring, only the warp part's slice of phase 0 is copied here, by the warps of
@@ -430,64 +442,82 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool, const RIN
             x,
             xs: xs.byte_add(((b & 1) * ph + part * UNROLL as u32) * 64),
             stride,
+            t0: 0,
             m,
             chunks,
             c0: c0 + first * 4,
             steps: steps.saturating_sub(first).min(UNROLL as u32),
         }
     };
+    let tile_split = EARLY && MT == 2 && m > TOKEN_TILE && end <= base + 2 * batch_stride;
+    let rows = |t0: u32, m: u32| StagedRows { x, xs, stride, t0, m, chunks, c0, steps };
     unsafe {
         if RING {
             slice_rows(0).copy_slice(warp >> split_log2, WARPS >> split_log2, lane, interleave_x);
+        } else if tile_split {
+            rows(0, TOKEN_TILE).copy::<0>(warp, lane, interleave_x);
+            cp_async_commit_group();
+            rows(TOKEN_TILE, m).copy::<0>(warp, lane, interleave_x);
         } else {
-            StagedRows { x, xs, stride, m, chunks, c0, steps }.stage(warp, lane, interleave_x, !EARLY);
+            rows(0, m).stage(warp, lane, interleave_x, !EARLY);
         }
         cp_async_commit_group();
     }
+    // The fused `_early` entries: each warp sums the squares of the whole rows of tokens
+    // w + 8i, i in [lo, hi) (the rows it copied; at M = 1 warp 0 sums the row all warps
+    // copied, published before): one block per lane at a time, its pieces read in a
+    // lane-rotated order so that the 8 lanes of a shared-memory phase hit 8 bank groups; the
+    // rows' butterfly reductions interleaved.
+    // SAFETY (of the call): the rows were copied by this warp, and its `wait_group` for
+    // them has returned (or, at M = 1, a CTA barrier published the row).
+    let sum_rows = |lo: usize, hi: usize| unsafe {
+        bar_warp_sync();
+        let rot = (lane >> 1) & 3;
+        let mut ss = [0.0f32; MT];
+        for (i, v) in ss.iter_mut().enumerate() {
+            let t = warp + i as u32 * WARPS;
+            if i >= lo && i < hi && t < m {
+                let row = xs.byte_add(t * stride);
+                let mut blk = lane;
+                while blk < steps {
+                    let p = row.byte_add(blk * 64).cast::<[u32; 4]>();
+                    for j in 0..4 {
+                        *v += sum_squares_bf16x8(ld_shared_v4_u32(p.add((j + rot) & 3)));
+                    }
+                    blk += 32;
+                }
+            }
+        }
+        let mut mask = 16;
+        while mask > 0 {
+            for (i, v) in ss.iter_mut().enumerate() {
+                if i >= lo && i < hi {
+                    *v += shfl_sync_bfly_f32(*v, mask);
+                }
+            }
+            mask /= 2;
+        }
+        for (i, v) in ss.iter().enumerate() {
+            let t = warp + i as u32 * WARPS;
+            if i >= lo && i < hi && lane == 0 && t < m {
+                st_shared_f32(sum_sq.add(t), *v);
+            }
+        }
+    };
     // SAFETY: as above.
     if !RING {
         unsafe {
-            cp_async_wait_group::<0>();
+            if tile_split {
+                cp_async_wait_group::<1>();
+            } else {
+                cp_async_wait_group::<0>();
+            }
             if FUSE && EARLY && m == 1 {
                 // The row came from all warps: publish it before warp 0 sums it.
                 sync_threads();
             }
             if FUSE && EARLY {
-                // Each warp sums the squares of the whole rows of tokens w + 8i (the rows it
-                // copied; at M = 1 warp 0 sums the row all warps copied, published above): one
-                // block per lane at a time, its pieces read in a lane-rotated order so that the
-                // 8 lanes of a shared-memory phase hit 8 bank groups; the rows' butterfly
-                // reductions interleaved.
-                bar_warp_sync();
-                let rot = (lane >> 1) & 3;
-                let mut ss = [0.0f32; MT];
-                for (i, v) in ss.iter_mut().enumerate() {
-                    let t = warp + i as u32 * WARPS;
-                    if t < m {
-                        let row = xs.byte_add(t * stride);
-                        let mut blk = lane;
-                        while blk < steps {
-                            let p = row.byte_add(blk * 64).cast::<[u32; 4]>();
-                            for j in 0..4 {
-                                *v += sum_squares_bf16x8(ld_shared_v4_u32(p.add((j + rot) & 3)));
-                            }
-                            blk += 32;
-                        }
-                    }
-                }
-                let mut mask = 16;
-                while mask > 0 {
-                    for v in ss.iter_mut() {
-                        *v += shfl_sync_bfly_f32(*v, mask);
-                    }
-                    mask /= 2;
-                }
-                for (i, v) in ss.iter().enumerate() {
-                    let t = warp + i as u32 * WARPS;
-                    if lane == 0 && t < m {
-                        st_shared_f32(sum_sq.add(t), *v);
-                    }
-                }
+                sum_rows(0, if tile_split { 1 } else { MT });
             }
             sync_threads();
         }
@@ -513,6 +543,39 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool, const RIN
     // With the ring: phases of the CTA's K range (ph is a power of two: divide by shifting).
     let batches = (steps + ph - 1) >> ph.trailing_zeros();
     let (mut s, mut b) = (base, 0);
+    if tile_split {
+        // Tile split: tile 0 over the warp's whole K part (both W batches are in registers),
+        // then, once tile 1's rows are published, tile 1.
+        let tile_steps = |acc: [f32; 4], batch: &[WStep; UNROLL], s0: u32, t: usize| {
+            let mut acc = acc;
+            for (u, wv) in batch.iter().enumerate() {
+                let step = s0 + u as u32;
+                if step < end {
+                    // SAFETY: the address is inside a staged token row.
+                    let b = unsafe { ldmatrix_x4(SharedPtr::from_addr(tile_base[t] + step * 64)) };
+                    acc = mma_m16n8k16_bf16_f32([wv[0], wv[4], wv[1], wv[5]], [b[0], b[1]], acc);
+                    acc = mma_m16n8k16_bf16_f32([wv[2], wv[6], wv[3], wv[7]], [b[2], b[3]], acc);
+                }
+            }
+            acc
+        };
+        for t in 0..MT {
+            if t == 1 {
+                // SAFETY: tile 1's rows were copied (second commit group) by the warps that
+                // sum them here; the CTA barrier is uniform (tile_split is).
+                unsafe {
+                    cp_async_wait_group::<0>();
+                    if FUSE {
+                        sum_rows(1, 2);
+                    }
+                    sync_threads();
+                }
+            }
+            acc[t] = tile_steps(acc[t], &cur, base, t);
+            acc[t] = tile_steps(acc[t], &next, base + batch_stride, t);
+        }
+        s = end;
+    }
     while if RING { b < batches } else { s < end } {
         if RING {
             // X ring: the part's slice of phase b has landed (this thread's copies; the
@@ -718,12 +781,14 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool, const RIN
     }
 }
 
-/// The rows of x a CTA stages: tokens `0..m`, 16-byte chunks `c0..` of each (`steps` blocks
+/// The rows of x a CTA stages: tokens `t0..m`, 16-byte chunks `c0..` of each (`steps` blocks
 /// of 32 elements), into shared memory rows `stride` bytes apart (Prologue, step 6).
 struct StagedRows {
     x: *const u16,
     xs: SharedPtr<u8>,
     stride: u32,
+    /// Token rows `t0..m` are copied (`copy`, `stage`; `copy_slice` takes `0..m`).
+    t0: u32,
     m: u32,
     /// Chunks per row of x (K / 8).
     chunks: u32,
@@ -815,7 +880,7 @@ impl StagedRows {
         let first = first_piece * 32 + lane;
         // 1. Whole blocks in memory order.
         let copied_chunks = copied_blocks * 4;
-        let mut t = row_warp;
+        let mut t = self.t0 + row_warp;
         while t < self.m {
             let mut dst = self.xs.byte_add(t * self.stride + first * 16);
             let row = t as usize * self.chunks as usize + self.c0 as usize;
@@ -833,7 +898,7 @@ impl StagedRows {
         // 2. The remaining blocks, scattered into the interleaved order.
         let (row_words, valid_words) = ((row_chunks - copied_chunks) * 4, (valid_chunks - copied_chunks) * 4);
         let lane_dst = first_piece * 128 + (lane >> 4) * 64 + (lane & 3) * 16 + ((lane >> 2) & 3) * 4;
-        let mut t = row_warp;
+        let mut t = self.t0 + row_warp;
         while t < self.m {
             let mut dst = self.xs.byte_add(t * self.stride + copied_blocks * 64 + lane_dst);
             let row = (t as usize * self.chunks as usize + (self.c0 + copied_chunks) as usize) * 4;
