@@ -559,7 +559,7 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool, const RIN
             }
             acc
         };
-        for t in 0..MT {
+        for (t, a) in acc.iter_mut().enumerate() {
             if t == 1 {
                 // SAFETY: tile 1's rows were copied (second commit group) by the warps that
                 // sum them here; the CTA barrier is uniform (tile_split is).
@@ -571,8 +571,8 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool, const RIN
                     sync_threads();
                 }
             }
-            acc[t] = tile_steps(acc[t], &cur, base, t);
-            acc[t] = tile_steps(acc[t], &next, base + batch_stride, t);
+            *a = tile_steps(*a, &cur, base, t);
+            *a = tile_steps(*a, &next, base + batch_stride, t);
         }
         s = end;
     }
