@@ -129,6 +129,21 @@
 //! 6.53-7.11 -> 6.31-6.72. Taking each tile's sums after its MMAs instead was slower on
 //! Qwen3-0.6B (4.48-4.52 µs).
 //!
+//! # Whole part in registers
+//! The one-tile `_early` entries (M <= 8) whose warps have their whole K part in their two W
+//! batches (Qwen3-0.6B and Llama-3.2-1B) run no main loop: the MMAs over both batches are
+//! straight-line code, each step's two MMAs feeding two accumulator chains (a dependent
+//! `mma.sync` costs about 24 cycles on H100, against 6 per MMA at full rate:
+//! `scripts/mma_rate.py`). The loop ended each batch with `cur = next; next = load(batch +
+//! 2)`, which ptxas compiles to register moves right behind the loads they copy (SASS), so
+//! every batch waited for the loads just issued, even those predicated off past the warp's
+//! part. H100 (`nanofuse tune`, plan rows, two runs in each of three calls): Qwen3-0.6B
+//! M = 1 3.61-3.66 -> 3.28-3.30 µs, M = 2-8 3.83-3.96 -> 3.39-3.52; Llama-3.2-1B M = 1
+//! 5.69-5.84 -> 5.18-5.27. Llama-3.2-1B at M = 2-8, where the trigger comes after the W
+//! loads, did not move. The two-tile entries keep the tile split's own loop-free code: the
+//! same block run for both tiles (two chains, tile split inside it) gave wrong results at
+//! M = 9-16 on the H100 (tile 1, not bitwise reproducible), with no cause found in its PTX.
+//!
 //! # X ring
 //! A CTA that stages x whole holds `2 M k_chunk` bytes of it: at M = 16, 128 KiB for
 //! K = 4096 and 256 KiB for K = 8192, more than two CTAs can share an SM within the
@@ -449,7 +464,10 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool, const RIN
             steps: steps.saturating_sub(first).min(UNROLL as u32),
         }
     };
-    let tile_split = EARLY && MT == 2 && m > TOKEN_TILE && end <= base + 2 * batch_stride;
+    // The `_early` entries where the warp's whole K part is in its two W batches: no main
+    // loop: at M > 8 the tile split, at M <= 8 Whole part in registers.
+    let in_regs = EARLY && end <= base + 2 * batch_stride;
+    let tile_split = in_regs && MT == 2 && m > TOKEN_TILE;
     let rows = |t0: u32, m: u32| StagedRows { x, xs, stride, t0, m, chunks, c0, steps };
     unsafe {
         if RING {
@@ -573,6 +591,30 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool, const RIN
             }
             *a = tile_steps(*a, &cur, base, t);
             *a = tile_steps(*a, &next, base + batch_stride, t);
+        }
+        s = end;
+    } else if in_regs && MT == 1 {
+        // Whole part in registers, one token tile: straight-line MMAs over both W batches,
+        // each step's two MMAs into two accumulator chains, added at the end.
+        let chain_steps = |acc: [[f32; 4]; 2], batch: &[WStep; UNROLL], s0: u32, t: usize| {
+            let [mut acc0, mut acc1] = acc;
+            for (u, wv) in batch.iter().enumerate() {
+                let step = s0 + u as u32;
+                if step < end {
+                    // SAFETY: the address is inside a staged token row.
+                    let b = unsafe { ldmatrix_x4(SharedPtr::from_addr(tile_base[t] + step * 64)) };
+                    acc0 = mma_m16n8k16_bf16_f32([wv[0], wv[4], wv[1], wv[5]], [b[0], b[1]], acc0);
+                    acc1 = mma_m16n8k16_bf16_f32([wv[2], wv[6], wv[3], wv[7]], [b[2], b[3]], acc1);
+                }
+            }
+            [acc0, acc1]
+        };
+        for (t, a) in acc.iter_mut().enumerate() {
+            if (t as u32) < tiles_used {
+                let chains = chain_steps([*a, [0.0; 4]], &cur, base, t);
+                let [c0, c1] = chain_steps(chains, &next, base + batch_stride, t);
+                *a = core::array::from_fn(|i| c0[i] + c1[i]);
+            }
         }
         s = end;
     }
