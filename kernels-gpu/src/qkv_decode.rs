@@ -70,9 +70,10 @@
 //!    Qwen3-0.6B 4.32 -> 3.69 µs, Llama-3-8B 18.75 -> 18.34). At M >= 2 it was slower on
 //!    some shapes (Llama-3.2-1B: 0.3-0.7 µs at M = 2-16 in the kernels of 049fed3, 0.15-0.6
 //!    µs at M = 2-4 in those of 3054f4f), so for the fused entries the planner asks for it
-//!    at M = 1 and, at M <= 8, only where at most one CTA per SM requests all its W before
-//!    the wait (`DecodePlan::trigger_first`; Qwen3-0.6B M = 2-8: 4.37-4.47 -> 3.94-4.19
-//!    µs); for the plain GEMM at M = 1 only (`DecodePlan::gemm_trigger_first`).
+//!    at M = 1 and, at M <= 8, where every warp requests all its W before the wait
+//!    (`DecodePlan::trigger_first`; Qwen3-0.6B M = 2-8: 4.37-4.47 -> 3.94-4.19 µs; since
+//!    those warps run no main loop also Llama-3.2-1B's 192 CTAs: 6.08-6.13 -> 5.36-5.66);
+//!    for the plain GEMM at M = 1 only (`DecodePlan::gemm_trigger_first`).
 //! 4. Ask L2 for the warp's next W batch (`cp.async.bulk.prefetch.L2`, one row range per
 //!    lane 0-15): the registers hold all the warp can request, and without it DRAM idles
 //!    while the warp waits for the previous kernel and stages x (a timeline probe showed
@@ -130,19 +131,24 @@
 //! Qwen3-0.6B (4.48-4.52 µs).
 //!
 //! # Whole part in registers
-//! The one-tile `_early` entries (M <= 8) whose warps have their whole K part in their two W
-//! batches (Qwen3-0.6B and Llama-3.2-1B) run no main loop: the MMAs over both batches are
-//! straight-line code, each step's two MMAs feeding two accumulator chains (a dependent
-//! `mma.sync` costs about 24 cycles on H100, against 6 per MMA at full rate:
-//! `scripts/mma_rate.py`). The loop ended each batch with `cur = next; next = load(batch +
-//! 2)`, which ptxas compiles to register moves right behind the loads they copy (SASS), so
-//! every batch waited for the loads just issued, even those predicated off past the warp's
-//! part. H100 (`nanofuse tune`, plan rows, two runs in each of three calls): Qwen3-0.6B
-//! M = 1 3.61-3.66 -> 3.28-3.30 µs, M = 2-8 3.83-3.96 -> 3.39-3.52; Llama-3.2-1B M = 1
-//! 5.69-5.84 -> 5.18-5.27. Llama-3.2-1B at M = 2-8, where the trigger comes after the W
-//! loads, did not move. The two-tile entries keep the tile split's own loop-free code: the
-//! same block run for both tiles (two chains, tile split inside it) gave wrong results at
-//! M = 9-16 on the H100 (tile 1, not bitwise reproducible), with no cause found in its PTX.
+//! The `_early` entries whose warps have their whole K part in their two W batches
+//! (Qwen3-0.6B and Llama-3.2-1B) run no main loop: per token tile, the MMAs over both
+//! batches are straight-line code, each step's two MMAs feeding two accumulator chains (a
+//! dependent `mma.sync` costs about 24 cycles on H100, against 6 per MMA at full rate:
+//! `scripts/mma_rate.py`); at M > 8 with the tile split inside. The loop ended each batch
+//! with `cur = next; next = load(batch + 2)`, which ptxas compiles to register moves right
+//! behind the loads they copy (SASS), so every batch waited for the loads just issued, even
+//! those predicated off past the warp's part. H100 (`nanofuse tune`, plan rows, two runs in
+//! each of three calls): Qwen3-0.6B M = 1 3.61-3.66 -> 3.28-3.30 µs, M = 2-8 3.83-3.96 ->
+//! 3.39-3.52; Llama-3.2-1B M = 1 5.69-5.84 -> 5.18-5.27. The two-tile entries had kept the
+//! tile split's single chain (M = 9-16: within 0.06 µs either way).
+//!
+//! The main loop is skipped by its condition (`!in_regs`), not by setting `s = end` in that
+//! block: with the assignment, ptxas (CUDA 13.0, also the driver's JIT) computed the block's
+//! tile-1 `ldmatrix` addresses, which PTX derives from `s` before the assignment, from the
+//! register after it (SASS: `R7 * 0x40 + R5` once `R7` held `end`), so at M = 9 tile 1 read
+//! past its rows into the reduction slots: wrong results (`nanofuse-sweep`), and
+//! compute-sanitizer racecheck reported the reads against the reduction's stores.
 //!
 //! # X ring
 //! A CTA that stages x whole holds `2 M k_chunk` bytes of it: at M = 16, 128 KiB for
@@ -561,41 +567,10 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool, const RIN
     // With the ring: phases of the CTA's K range (ph is a power of two: divide by shifting).
     let batches = (steps + ph - 1) >> ph.trailing_zeros();
     let (mut s, mut b) = (base, 0);
-    if tile_split {
-        // Tile split: tile 0 over the warp's whole K part (both W batches are in registers),
-        // then, once tile 1's rows are published, tile 1.
-        let tile_steps = |acc: [f32; 4], batch: &[WStep; UNROLL], s0: u32, t: usize| {
-            let mut acc = acc;
-            for (u, wv) in batch.iter().enumerate() {
-                let step = s0 + u as u32;
-                if step < end {
-                    // SAFETY: the address is inside a staged token row.
-                    let b = unsafe { ldmatrix_x4(SharedPtr::from_addr(tile_base[t] + step * 64)) };
-                    acc = mma_m16n8k16_bf16_f32([wv[0], wv[4], wv[1], wv[5]], [b[0], b[1]], acc);
-                    acc = mma_m16n8k16_bf16_f32([wv[2], wv[6], wv[3], wv[7]], [b[2], b[3]], acc);
-                }
-            }
-            acc
-        };
-        for (t, a) in acc.iter_mut().enumerate() {
-            if t == 1 {
-                // SAFETY: tile 1's rows were copied (second commit group) by the warps that
-                // sum them here; the CTA barrier is uniform (tile_split is).
-                unsafe {
-                    cp_async_wait_group::<0>();
-                    if FUSE {
-                        sum_rows(1, 2);
-                    }
-                    sync_threads();
-                }
-            }
-            *a = tile_steps(*a, &cur, base, t);
-            *a = tile_steps(*a, &next, base + batch_stride, t);
-        }
-        s = end;
-    } else if in_regs && MT == 1 {
-        // Whole part in registers, one token tile: straight-line MMAs over both W batches,
-        // each step's two MMAs into two accumulator chains, added at the end.
+    if in_regs {
+        // Whole part in registers: per token tile, straight-line MMAs over both W batches,
+        // each step's two MMAs into two accumulator chains, added at the end. With the tile
+        // split, tile 0 first, then, once tile 1's rows are published, tile 1.
         let chain_steps = |acc: [[f32; 4]; 2], batch: &[WStep; UNROLL], s0: u32, t: usize| {
             let [mut acc0, mut acc1] = acc;
             for (u, wv) in batch.iter().enumerate() {
@@ -610,15 +585,29 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool, const RIN
             [acc0, acc1]
         };
         for (t, a) in acc.iter_mut().enumerate() {
+            if t == 1 && tile_split {
+                // SAFETY: tile 1's rows were copied (second commit group) by the warps that
+                // sum them here; the CTA barrier is uniform (tile_split is).
+                unsafe {
+                    cp_async_wait_group::<0>();
+                    if FUSE {
+                        sum_rows(1, 2);
+                    }
+                    sync_threads();
+                }
+            }
             if (t as u32) < tiles_used {
                 let chains = chain_steps([*a, [0.0; 4]], &cur, base, t);
                 let [c0, c1] = chain_steps(chains, &next, base + batch_stride, t);
                 *a = core::array::from_fn(|i| c0[i] + c1[i]);
             }
         }
-        s = end;
     }
-    while if RING { b < batches } else { s < end } {
+    // Where the warp's whole K part is in its two W batches (the block above) there is no
+    // main loop. (Not by `s = end` in that block: ptxas 13.0 then recomputed addresses
+    // derived from `s` in the block from the reassigned register; see Whole part in
+    // registers.)
+    while !in_regs && if RING { b < batches } else { s < end } {
         if RING {
             // X ring: the part's slice of phase b has landed (this thread's copies; the
             // barrier of the part's warps publishes every thread's), and those warps are done
