@@ -38,10 +38,9 @@ pub struct DecodePlan {
     /// instead of being staged whole for the CTA's K range.
     pub ring: bool,
     /// Whether the fused kernel lets the next kernel launch (`griddepcontrol.launch_dependents`)
-    /// before its W loads rather than after them: at M = 1, and at M <= 8 where the grid has
-    /// at most one CTA per SM and the `*_early` entry requests every weight byte before the
-    /// dependency wait (the overlap case; see `decode_plan`'s rules). The plain GEMM triggers first
-    /// only at M = 1 (`gemm_trigger_first`).
+    /// before its W loads rather than after them: at M = 1, and at M <= 8 where the `*_early`
+    /// entry requests every weight byte before the dependency wait (see `decode_plan`'s
+    /// rules). The plain GEMM triggers first only at M = 1 (`gemm_trigger_first`).
     pub trigger_first: bool,
     /// The same for the plain decode GEMM (baseline (b)): at M = 1 only; triggering first at
     /// M = 2 made it slower (Qwen3-0.6B: 5.36 against 4.86 µs).
@@ -147,15 +146,15 @@ pub fn decode_plan(
         let steps = (k_chunk / decode::K_STEP).div_ceil(warp_split);
         let early = early
             .unwrap_or(whole_part || (m <= decode::TOKEN_TILE as usize && steps <= LONG_WARP_STEPS && ctas <= 2 * sms));
-        // The overlap case: every W byte requested before the wait, at most one CTA per SM.
-        let overlap = early && whole_part && ctas <= sms;
+        // Every W byte of the CTA requested before the dependency wait.
+        let all_before_wait = early && whole_part;
         Some(DecodePlan {
             warp_split,
             k_chunk,
             early,
             token_tiles: if ring { 2 } else { token_tiles(early) },
             ring,
-            trigger_first: trigger.unwrap_or(m == 1 || (m <= TRIGGER_FIRST_MAX_M && overlap)),
+            trigger_first: trigger.unwrap_or(m == 1 || (m <= TRIGGER_FIRST_MAX_M && all_before_wait)),
             gemm_trigger_first: m == 1,
             grid: (k_splits, row_tiles as u32),
             smem_bytes: smem as u32,
@@ -208,11 +207,11 @@ pub fn decode_plan(
     //   19.71 µs, M = 8: 20.16-20.19 against 20.67-20.73; not on Llama-3-70B's 640-CTA grid
     //   at M <= 2, 1 µs slower there).
     // * the trigger before the W loads (`DecodePlan::trigger_first`) at M = 1 (Qwen3-0.6B
-    //   4.32 -> 3.69 µs, Llama-3-8B 18.75 -> 18.34), and at M = 2-8 where at most one CTA
-    //   per SM requests all its W before the wait (Qwen3-0.6B M = 2-8: 4.37-4.47 -> 3.94-4.19
-    //   µs); not on the 192-CTA grids of Llama-3.2-1B (M = 2-4 0.15-0.6 µs slower) and
-    //   Llama-3-8B (M = 2-4 0.1-0.35 µs faster, M = 8 0.2 µs slower), nor at M = 12-16
-    //   (Qwen3-0.6B 5.62-5.77 against 5.52-5.72 µs).
+    //   4.32 -> 3.69 µs, Llama-3-8B 18.75 -> 18.34), and at M = 2-8 where every warp requests
+    //   all its W before the wait (Qwen3-0.6B M = 2-8: 4.37-4.47 -> 3.94-4.19 µs; Llama-3.2-1B,
+    //   192 CTAs, since its warps run no main loop: M = 2-8 6.08-6.13 -> 5.36-5.66); not on
+    //   Llama-3-8B (M = 2-4 0.1-0.35 µs faster, M = 8 0.2 µs slower, in earlier kernels), nor
+    //   at M = 9-16 (Qwen3-0.6B 4.59-4.62 against 4.26-4.31 µs).
     // Whatever the rule picks must fit (shared memory, grid); otherwise the next candidate.
     // Shared memory per SM is the per-CTA opt-in maximum plus the 1 KiB the driver
     // reserves per CTA (H100: 227 + 1 KiB); two CTAs each pay the reservation, and they
