@@ -119,35 +119,32 @@
 //! stores), which measured faster there. With a cluster (below), CTA `r` stores the
 //! elements it finishes directly.
 //!
-//! # Tile split
-//! The two-tile `_early` entries at M > 8 (in the plans: Qwen3-0.6B and Llama-3.2-1B at
-//! M = 9-16), where each warp's K part is all in its two W batches, work tile by tile: x is
-//! staged in two commit groups, tile 0's rows (tokens 0-7) then tile 1's; each warp waits
-//! for the first, sums its tile-0 row, and after a CTA barrier runs tile 0's MMAs over its
-//! whole K part; then it waits for the second group, sums its tile-1 row, and after a second
-//! barrier runs tile 1's. Tile 1's rows land while tile 0 is multiplied. H100 (`nanofuse
-//! tune`, plan rows, two runs): Qwen3-0.6B M = 9-16 4.27-4.46 -> 4.20-4.23 µs, Llama-3.2-1B
-//! 6.53-7.11 -> 6.31-6.72. Taking each tile's sums after its MMAs instead was slower on
-//! Qwen3-0.6B (4.48-4.52 µs).
-//!
 //! # Whole part in registers
 //! The `_early` entries whose warps have their whole K part in their two W batches
-//! (Qwen3-0.6B and Llama-3.2-1B) run no main loop: per token tile, the MMAs over both
-//! batches are straight-line code, each step's two MMAs feeding two accumulator chains (a
-//! dependent `mma.sync` costs about 24 cycles on H100, against 6 per MMA at full rate:
-//! `scripts/mma_rate.py`); at M > 8 with the tile split inside. The loop ended each batch
-//! with `cur = next; next = load(batch + 2)`, which ptxas compiles to register moves right
-//! behind the loads they copy (SASS), so every batch waited for the loads just issued, even
-//! those predicated off past the warp's part. H100 (`nanofuse tune`, plan rows, two runs in
-//! each of three calls): Qwen3-0.6B M = 1 3.61-3.66 -> 3.28-3.30 µs, M = 2-8 3.83-3.96 ->
-//! 3.39-3.52; Llama-3.2-1B M = 1 5.69-5.84 -> 5.18-5.27. The two-tile entries had kept the
-//! tile split's single chain (M = 9-16: within 0.06 µs either way).
+//! (Qwen3-0.6B and Llama-3.2-1B) run no main loop: the MMAs over both batches are
+//! straight-line code, per K step a token tile's `ldmatrix` and two MMAs, which feed two
+//! accumulator chains (a dependent `mma.sync` costs about 24 cycles on H100, against 6 per
+//! MMA at full rate: `scripts/mma_rate.py`). The loop ended
+//! each batch with `cur = next; next = load(batch + 2)`, which ptxas compiles to register
+//! moves right behind the loads they copy (SASS), so every batch waited for the loads just
+//! issued, even those predicated off past the warp's part. H100 (`nanofuse tune`, plan
+//! rows, two runs in each of three calls): Qwen3-0.6B M = 1 3.61-3.66 -> 3.28-3.30 µs,
+//! M = 2-8 3.83-3.96 -> 3.39-3.52; Llama-3.2-1B M = 1 5.69-5.84 -> 5.18-5.27.
+//!
+//! At M > 8 the two tiles' steps are interleaved (four chains) after one barrier for all
+//! rows. Before, the two-tile entries worked tile by tile (the tile split, 8a6873c: tile 0's
+//! rows and tile 1's in two commit groups, tile 0 multiplied while tile 1's rows landed,
+//! then a second barrier); interleaved, without the second barrier, they measured 0.07-0.11
+//! µs faster on Qwen3-0.6B at M = 9-16 and 0.18-0.35 µs on Llama-3.2-1B (`nanofuse tune`,
+//! two runs each). The one-tile entries keep their own per-tile code: the same steps
+//! written through the interleaved code compiled to a different schedule (SASS), 0.1-0.2 µs
+//! slower on Llama-3.2-1B at M <= 8.
 //!
 //! The main loop is skipped by its condition (`!in_regs`), not by setting `s = end` in that
-//! block: with the assignment, ptxas (CUDA 13.0, also the driver's JIT) computed the block's
-//! tile-1 `ldmatrix` addresses, which PTX derives from `s` before the assignment, from the
-//! register after it (SASS: `R7 * 0x40 + R5` once `R7` held `end`), so at M = 9 tile 1 read
-//! past its rows into the reduction slots: wrong results (`nanofuse-sweep`), and
+//! block: with the assignment, ptxas (CUDA 13.0, also the driver's JIT) computed tile-1
+//! `ldmatrix` addresses of the block, which PTX derives from `s` before the assignment, from
+//! the register after it (SASS: `R7 * 0x40 + R5` once `R7` held `end`), so at M = 9 tile 1
+//! read past its rows into the reduction slots: wrong results (`nanofuse-sweep`), and
 //! compute-sanitizer racecheck reported the reads against the reduction's stores.
 //!
 //! # X ring
@@ -447,9 +444,7 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool, const RIN
     // 3. Stage x (Prologue, step 6): each token row is copied by one warp, or by all 8 at
     // M = 1, or by 4 in the plain entries at M = 2; the fused `_early` entries also sum its
     // squares (step 7). One CTA barrier publishes the rows and the sums (two at M = 1 in the
-    // fused `_early` entries: rows, then warp 0's sum). The two-tile `_early` entries at
-    // M > 8, where a warp's whole K part is in its registers, stage tile 0's rows and tile
-    // 1's as two commit groups and publish them one at a time (Tile split).
+    // fused `_early` entries: rows, then warp 0's sum).
     // SAFETY: each copy reads x only inside it (else zero-fills) into its token's row (a
     // piece starting before `row_words` lies inside the row: the row holds `k_chunk / 32`
     // blocks); after `wait_group` and the warp barrier a warp's copies are visible to all
@@ -463,7 +458,6 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool, const RIN
             x,
             xs: xs.byte_add(((b & 1) * ph + part * UNROLL as u32) * 64),
             stride,
-            t0: 0,
             m,
             chunks,
             c0: c0 + first * 4,
@@ -471,36 +465,30 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool, const RIN
         }
     };
     // The `_early` entries where the warp's whole K part is in its two W batches: no main
-    // loop: at M > 8 the tile split, at M <= 8 Whole part in registers.
+    // loop (Whole part in registers).
     let in_regs = EARLY && end <= base + 2 * batch_stride;
-    let tile_split = in_regs && MT == 2 && m > TOKEN_TILE;
-    let rows = |t0: u32, m: u32| StagedRows { x, xs, stride, t0, m, chunks, c0, steps };
     unsafe {
         if RING {
             slice_rows(0).copy_slice(warp >> split_log2, WARPS >> split_log2, lane, interleave_x);
-        } else if tile_split {
-            rows(0, TOKEN_TILE).copy::<0>(warp, lane, interleave_x);
-            cp_async_commit_group();
-            rows(TOKEN_TILE, m).copy::<0>(warp, lane, interleave_x);
         } else {
-            rows(0, m).stage(warp, lane, interleave_x, !EARLY);
+            StagedRows { x, xs, stride, m, chunks, c0, steps }.stage(warp, lane, interleave_x, !EARLY);
         }
         cp_async_commit_group();
     }
     // The fused `_early` entries: each warp sums the squares of the whole rows of tokens
-    // w + 8i, i in [lo, hi) (the rows it copied; at M = 1 warp 0 sums the row all warps
+    // w + 8i (the rows it copied; at M = 1 warp 0 sums the row all warps
     // copied, published before): one block per lane at a time, its pieces read in a
     // lane-rotated order so that the 8 lanes of a shared-memory phase hit 8 bank groups; the
     // rows' butterfly reductions interleaved.
     // SAFETY (of the call): the rows were copied by this warp, and its `wait_group` for
     // them has returned (or, at M = 1, a CTA barrier published the row).
-    let sum_rows = |lo: usize, hi: usize| unsafe {
+    let sum_rows = || unsafe {
         bar_warp_sync();
         let rot = (lane >> 1) & 3;
         let mut ss = [0.0f32; MT];
         for (i, v) in ss.iter_mut().enumerate() {
             let t = warp + i as u32 * WARPS;
-            if i >= lo && i < hi && t < m {
+            if t < m {
                 let row = xs.byte_add(t * stride);
                 let mut blk = lane;
                 while blk < steps {
@@ -514,16 +502,14 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool, const RIN
         }
         let mut mask = 16;
         while mask > 0 {
-            for (i, v) in ss.iter_mut().enumerate() {
-                if i >= lo && i < hi {
-                    *v += shfl_sync_bfly_f32(*v, mask);
-                }
+            for v in ss.iter_mut() {
+                *v += shfl_sync_bfly_f32(*v, mask);
             }
             mask /= 2;
         }
         for (i, v) in ss.iter().enumerate() {
             let t = warp + i as u32 * WARPS;
-            if i >= lo && i < hi && lane == 0 && t < m {
+            if lane == 0 && t < m {
                 st_shared_f32(sum_sq.add(t), *v);
             }
         }
@@ -531,17 +517,13 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool, const RIN
     // SAFETY: as above.
     if !RING {
         unsafe {
-            if tile_split {
-                cp_async_wait_group::<1>();
-            } else {
-                cp_async_wait_group::<0>();
-            }
+            cp_async_wait_group::<0>();
             if FUSE && EARLY && m == 1 {
                 // The row came from all warps: publish it before warp 0 sums it.
                 sync_threads();
             }
             if FUSE && EARLY {
-                sum_rows(0, if tile_split { 1 } else { MT });
+                sum_rows();
             }
             sync_threads();
         }
@@ -568,37 +550,56 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool, const RIN
     let batches = (steps + ph - 1) >> ph.trailing_zeros();
     let (mut s, mut b) = (base, 0);
     if in_regs {
-        // Whole part in registers: per token tile, straight-line MMAs over both W batches,
-        // each step's two MMAs into two accumulator chains, added at the end. With the tile
-        // split, tile 0 first, then, once tile 1's rows are published, tile 1.
-        let chain_steps = |acc: [[f32; 4]; 2], batch: &[WStep; UNROLL], s0: u32, t: usize| {
+        // Whole part in registers: straight-line MMAs over both W batches. One K step of
+        // token tile t: its `ldmatrix`, then its two MMAs into two accumulator chains (a
+        // macro: as a closure it changed the one-tile entries' SASS, which is kept as
+        // measured; see Whole part in registers).
+        macro_rules! tile_step {
+            ($c0:expr, $c1:expr, $wv:expr, $step:expr, $t:expr) => {{
+                // SAFETY: the address is inside a staged token row.
+                let b = unsafe { ldmatrix_x4(SharedPtr::from_addr(tile_base[$t] + $step * 64)) };
+                $c0 = mma_m16n8k16_bf16_f32([$wv[0], $wv[4], $wv[1], $wv[5]], [b[0], b[1]], $c0);
+                $c1 = mma_m16n8k16_bf16_f32([$wv[2], $wv[6], $wv[3], $wv[7]], [b[2], b[3]], $c1);
+            }};
+        }
+        // A batch's steps for token tile t.
+        let tile_steps = |acc: [[f32; 4]; 2], batch: &[WStep; UNROLL], s0: u32, t: usize| {
             let [mut acc0, mut acc1] = acc;
             for (u, wv) in batch.iter().enumerate() {
                 let step = s0 + u as u32;
                 if step < end {
-                    // SAFETY: the address is inside a staged token row.
-                    let b = unsafe { ldmatrix_x4(SharedPtr::from_addr(tile_base[t] + step * 64)) };
-                    acc0 = mma_m16n8k16_bf16_f32([wv[0], wv[4], wv[1], wv[5]], [b[0], b[1]], acc0);
-                    acc1 = mma_m16n8k16_bf16_f32([wv[2], wv[6], wv[3], wv[7]], [b[2], b[3]], acc1);
+                    tile_step!(acc0, acc1, wv, step, t);
                 }
             }
             [acc0, acc1]
         };
-        for (t, a) in acc.iter_mut().enumerate() {
-            if t == 1 && tile_split {
-                // SAFETY: tile 1's rows were copied (second commit group) by the warps that
-                // sum them here; the CTA barrier is uniform (tile_split is).
-                unsafe {
-                    cp_async_wait_group::<0>();
-                    if FUSE {
-                        sum_rows(1, 2);
+        // A batch's steps for every used token tile, interleaved step by step.
+        let all_steps = |mut chains: [[[f32; 4]; 2]; MT], batch: &[WStep; UNROLL], s0: u32| {
+            for (u, wv) in batch.iter().enumerate() {
+                let step = s0 + u as u32;
+                if step < end {
+                    for (t, [c0, c1]) in chains.iter_mut().enumerate() {
+                        // Tile 0 is always used (m >= 1).
+                        if t == 0 || (t as u32) < tiles_used {
+                            tile_step!(*c0, *c1, wv, step, t);
+                        }
                     }
-                    sync_threads();
                 }
             }
-            if (t as u32) < tiles_used {
-                let chains = chain_steps([*a, [0.0; 4]], &cur, base, t);
-                let [c0, c1] = chain_steps(chains, &next, base + batch_stride, t);
+            chains
+        };
+        if MT == 1 {
+            for (t, a) in acc.iter_mut().enumerate() {
+                if (t as u32) < tiles_used {
+                    let chains = tile_steps([*a, [0.0; 4]], &cur, base, t);
+                    let [c0, c1] = tile_steps(chains, &next, base + batch_stride, t);
+                    *a = core::array::from_fn(|i| c0[i] + c1[i]);
+                }
+            }
+        } else if tiles_used > 0 {
+            let chains = all_steps([[[0.0; 4]; 2]; MT], &cur, base);
+            let chains = all_steps(chains, &next, base + batch_stride);
+            for (a, [c0, c1]) in acc.iter_mut().zip(chains.iter()) {
                 *a = core::array::from_fn(|i| c0[i] + c1[i]);
             }
         }
@@ -812,14 +813,12 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool, const RIN
     }
 }
 
-/// The rows of x a CTA stages: tokens `t0..m`, 16-byte chunks `c0..` of each (`steps` blocks
+/// The rows of x a CTA stages: tokens `0..m`, 16-byte chunks `c0..` of each (`steps` blocks
 /// of 32 elements), into shared memory rows `stride` bytes apart (Prologue, step 6).
 struct StagedRows {
     x: *const u16,
     xs: SharedPtr<u8>,
     stride: u32,
-    /// Token rows `t0..m` are copied (`copy`, `stage`; `copy_slice` takes `0..m`).
-    t0: u32,
     m: u32,
     /// Chunks per row of x (K / 8).
     chunks: u32,
@@ -911,7 +910,7 @@ impl StagedRows {
         let first = first_piece * 32 + lane;
         // 1. Whole blocks in memory order.
         let copied_chunks = copied_blocks * 4;
-        let mut t = self.t0 + row_warp;
+        let mut t = row_warp;
         while t < self.m {
             let mut dst = self.xs.byte_add(t * self.stride + first * 16);
             let row = t as usize * self.chunks as usize + self.c0 as usize;
@@ -929,7 +928,7 @@ impl StagedRows {
         // 2. The remaining blocks, scattered into the interleaved order.
         let (row_words, valid_words) = ((row_chunks - copied_chunks) * 4, (valid_chunks - copied_chunks) * 4);
         let lane_dst = first_piece * 128 + (lane >> 4) * 64 + (lane & 3) * 16 + ((lane >> 2) & 3) * 4;
-        let mut t = self.t0 + row_warp;
+        let mut t = row_warp;
         while t < self.m {
             let mut dst = self.xs.byte_add(t * self.stride + copied_blocks * 64 + lane_dst);
             let row = (t as usize * self.chunks as usize + (self.c0 + copied_chunks) as usize) * 4;
