@@ -124,12 +124,12 @@
 //! (Qwen3-0.6B and Llama-3.2-1B) run no main loop: the MMAs over both batches are
 //! straight-line code, per K step a token tile's `ldmatrix` and two MMAs, which feed two
 //! accumulator chains (a dependent `mma.sync` costs about 24 cycles on H100, against 6 per
-//! MMA at full rate: `scripts/mma_rate.py`). The loop ended
-//! each batch with `cur = next; next = load(batch + 2)`, which ptxas compiles to register
-//! moves right behind the loads they copy (SASS), so every batch waited for the loads just
-//! issued, even those predicated off past the warp's part. H100 (`nanofuse tune`, plan
-//! rows, two runs in each of three calls): Qwen3-0.6B M = 1 3.61-3.66 -> 3.28-3.30 µs,
-//! M = 2-8 3.83-3.96 -> 3.39-3.52; Llama-3.2-1B M = 1 5.69-5.84 -> 5.18-5.27.
+//! MMA at full rate: `scripts/mma_rate.py`). The loop ended each batch with `cur = next;
+//! next = load(batch + 2)`, which ptxas compiles to register moves right behind the loads
+//! they copy (SASS), so every batch waited for the loads just issued, even those predicated
+//! off past the warp's part. H100 (`nanofuse tune`, plan rows, two runs in each of three
+//! calls): Qwen3-0.6B M = 1 3.61-3.66 -> 3.28-3.30 µs, M = 2-8 3.83-3.96 -> 3.39-3.52;
+//! Llama-3.2-1B M = 1 5.69-5.84 -> 5.18-5.27.
 //!
 //! At M > 8 the two tiles' steps are interleaved (four chains) after one barrier for all
 //! rows. Before, the two-tile entries worked tile by tile (the tile split, 8a6873c: tile 0's
@@ -596,7 +596,7 @@ unsafe fn decode<const MT: usize, const FUSE: bool, const EARLY: bool, const RIN
                     *a = core::array::from_fn(|i| c0[i] + c1[i]);
                 }
             }
-        } else if tiles_used > 0 {
+        } else {
             let chains = all_steps([[[0.0; 4]; 2]; MT], &cur, base);
             let chains = all_steps(chains, &next, base + batch_stride);
             for (a, [c0, c1]) in acc.iter_mut().zip(chains.iter()) {
