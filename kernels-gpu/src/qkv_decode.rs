@@ -62,7 +62,16 @@
 //! 1. With `trigger_first` (the host's plan decides), `griddepcontrol.launch_dependents`
 //!    first (see 3).
 //! 2. Issue the first W batch (or two: `*_early`; up to 8 KiB per warp, 64 KiB per CTA):
-//!    weights are never written by the previous kernel.
+//!    weights are never written by the previous kernel. In SASS the `*_early` entries issue
+//!    their 16 loads in waves: the A fragments need each lane's two rows word by word
+//!    (Tiling), so ptxas moves the loaded words into place, and each move, placed right
+//!    behind its load, waits for it before the next loads issue. The op is sensitive to
+//!    that schedule (H100, `nanofuse tune`, Qwen3-0.6B): builds whose SASS issued all 16
+//!    loads back to back were 0.7-1.4 µs slower at M = 1-16 (x as the MMA's A operand and
+//!    W as its B, which needs no moves; an unrelated source change after which ptxas placed
+//!    the moves after the loads), and explicit waits between groups of loads were slower
+//!    the more groups they made. A change to this code can move that schedule: compare the
+//!    entries' SASS (ptxas + nvdisasm: the LDG and MOV order before PREEXIT and ACQBULK).
 //! 3. Otherwise `griddepcontrol.launch_dependents` now. Under programmatic dependent
 //!    launch the next kernel launches once every CTA of this one has executed it; with the
 //!    memory system busy, issuing the batch's loads can stall a warp for a while, so the
