@@ -73,9 +73,10 @@
 //!    the more groups they made. A change to this code can move that schedule: compare the
 //!    entries' SASS (ptxas + nvdisasm: the LDG and MOV order before PREEXIT and ACQBULK).
 //! 3. Otherwise `griddepcontrol.launch_dependents` now. Under programmatic dependent
-//!    launch the next kernel launches once every CTA of this one has executed it; with the
-//!    memory system busy, issuing the batch's loads can stall a warp for a while, so the
-//!    trigger going first lets the next launch start earlier (H100, `nanofuse tune`, M = 1:
+//!    launch the next kernel launches once every CTA of this one has executed it; a warp
+//!    waits for some of its W loads to land before it issues the rest (step 2), which takes
+//!    a while when the memory system is busy, so the trigger going first lets the next
+//!    launch start earlier (H100, `nanofuse tune`, M = 1:
 //!    Qwen3-0.6B 4.32 -> 3.69 µs, Llama-3-8B 18.75 -> 18.34). At M >= 2 it was slower on
 //!    some shapes (Llama-3.2-1B: 0.3-0.7 µs at M = 2-16 in the kernels of 049fed3, 0.15-0.6
 //!    µs at M = 2-4 in those of 3054f4f), so for the fused entries the planner asks for it
