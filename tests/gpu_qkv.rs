@@ -155,10 +155,6 @@ shape_tests! {
     tails: "tails", 1000, 203, 69, 1e-5;
 }
 
-/// Every decode launch shape (warps per row group x CTAs along K, x staged whole or through
-/// the ring), so the split-K reduction across CTAs and across warps and the ring's phases
-/// are exercised whatever the planner picks. Same
-/// bounds as above; each shape also runs twice, bitwise identical.
 /// Every (a, b, c) of three lists, a slowest.
 fn iproduct<A: Copy, B: Copy, C: Copy, const X: usize, const Y: usize, const Z: usize>(
     a: [A; X],
@@ -168,6 +164,10 @@ fn iproduct<A: Copy, B: Copy, C: Copy, const X: usize, const Y: usize, const Z: 
     a.into_iter().flat_map(move |a| b.into_iter().flat_map(move |b| c.into_iter().map(move |c| (a, b, c))))
 }
 
+/// Every decode launch shape (warps per row group x CTAs along K, x staged whole or through
+/// the ring), so the split-K reduction across CTAs and across warps and the ring's phases
+/// are exercised whatever the planner picks. Same bounds as above; each shape also runs
+/// twice, bitwise identical.
 fn check_decode_shapes(name: &str, shape: QkvShape) {
     let Some(gpu) = common::gpu() else { return };
     let mut rng = common::rng(name);
