@@ -220,24 +220,21 @@ pub fn decode_plan(
     let whole_k = (k.div_ceil(32) * 32) as u32;
     let ring = decode::smem_layout(m as u32, whole_k).bytes > half_sm_smem;
     let ctas = |ws: u32| n.div_ceil(decode::rows_per_cta(ws) as usize) as u64;
-    let k_chunk = whole_k;
     // Fewest warps per row group that leave each warp at most LONG_WARP_STEPS steps.
     let short_warps =
-        [1, 2, 4, 8].into_iter().find(|&ws| (k_chunk / decode::K_STEP).div_ceil(ws) <= LONG_WARP_STEPS).unwrap_or(8);
+        [1, 2, 4, 8].into_iter().find(|&ws| (whole_k / decode::K_STEP).div_ceil(ws) <= LONG_WARP_STEPS).unwrap_or(8);
     let ws = [8, 4, 2, 1]
         .into_iter()
-        .find(|&ws| ctas(ws) <= sms && fits_prologue(ws, k_chunk))
+        .find(|&ws| ctas(ws) <= sms && fits_prologue(ws, whole_k))
         .or_else(|| [8, 4, 2, 1].into_iter().find(|&ws| ctas(ws) <= 2 * sms))
         .unwrap_or(short_warps);
     let ws = if m <= SHORT_WARPS_MAX_M { ws.max(short_warps) } else { ws };
-    let mut candidates: Vec<(u32, u32, bool)> = vec![(ws, 1, ring)];
-    // Fallbacks (a device with less shared memory): the ring with the fewest rows per CTA,
-    // then larger K splits.
-    candidates.push((1, 1, true));
-    for ks in 1..=decode::MAX_K_SPLITS {
-        candidates.push((1, ks, false));
-    }
-    candidates.into_iter().find_map(|(ws, ks, ring)| make(ws, ks, None, None, Some(ring))).ok_or(Error::TooLarge {
+    // The rule's choice, then fallbacks (a device with less shared memory): the ring with the
+    // fewest rows per CTA, then larger K splits. An iterator, not a list: this runs on every
+    // forward call.
+    let mut candidates =
+        [(ws, 1, ring), (1, 1, true)].into_iter().chain((1..=decode::MAX_K_SPLITS).map(|ks| (1, ks, false)));
+    candidates.find_map(|(ws, ks, ring)| make(ws, ks, None, None, Some(ring))).ok_or(Error::TooLarge {
         arg: "K",
         got: k as u64,
         limit: decode::MAX_K_SPLITS as u64 * max_decode_k(max_smem, m) as u64,
