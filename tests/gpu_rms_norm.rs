@@ -1,4 +1,8 @@
-//! The RMSNorm kernel against the CPU reference (GPU; skipped without a device).
+//! The RMSNorm kernel against the CPU reference (GPU; skipped without a device), in both
+//! output orders: natural (`ops::rms_norm`) and k-interleaved (`ops::rms_norm_interleaved`,
+//! checked against `reference::interleave_k` of the natural reference), whose second pass
+//! transposes each whole 32-element block across the four lanes holding it and leaves a
+//! partial last block natural.
 //!
 //! Bound: the kernel and the reference do the same f32 arithmetic and round once to bf16,
 //! differing only in summation order and `rsqrt.approx` (2^-22.9): every element must be
@@ -13,7 +17,10 @@ use nanofuse::{bf16, ops};
 use rand::RngExt;
 
 const ROWS: [usize; 4] = [1, 3, 64, 2048];
-const HIDDEN: [usize; 4] = [1024, 4096, 8192, 1000]; // 1000: a multiple of 8 but not of 256·8
+// 1000: a multiple of 8 but not of 256·8, with a partial last 32-element block of one
+// 16-byte chunk; 4216: a partial last block of three chunks, after whole blocks that leave
+// the last warp of the loop partly idle.
+const HIDDEN: [usize; 5] = [1024, 4096, 8192, 1000, 4216];
 const MAX_REL_FROBENIUS: f64 = 2e-3;
 
 #[test]
@@ -27,15 +34,23 @@ fn rms_norm_matches_cpu_reference() {
             let x = random_bf16(&mut rng, rows * k, -2.0, 2.0);
             let g = random_bf16(&mut rng, k, 0.5, 1.5);
             let (dx, dg) = (gpu.upload(&x).unwrap(), gpu.upload(&g).unwrap());
-            let mut dy = gpu.alloc_zeros::<bf16>(rows * k).unwrap();
-            gpu.fill_nan(&mut dy).unwrap();
-            ops::rms_norm(&gpu, &dx, &dg, &mut dy, rows, k, eps).unwrap();
-            let got = gpu.download(&dy).unwrap();
             let want = reference::rms_norm_f32(&x, &g, rows, k, eps);
-            let c = compare(&got, &want, 1e-6, 1.0 / 128.0);
-            println!("rows {rows:>4} k {k:>5}: {c}");
-            if !c.passes(MAX_REL_FROBENIUS) {
-                failures.push(format!("rows {rows} k {k}: {c}"));
+            for interleave in [false, true] {
+                let mut dy = gpu.alloc_zeros::<bf16>(rows * k).unwrap();
+                gpu.fill_nan(&mut dy).unwrap();
+                let want = if interleave {
+                    ops::rms_norm_interleaved(&gpu, &dx, &dg, &mut dy, rows, k, eps).unwrap();
+                    reference::interleave_k(&want, k)
+                } else {
+                    ops::rms_norm(&gpu, &dx, &dg, &mut dy, rows, k, eps).unwrap();
+                    want.clone()
+                };
+                let got = gpu.download(&dy).unwrap();
+                let c = compare(&got, &want, 1e-6, 1.0 / 128.0);
+                println!("rows {rows:>4} k {k:>5} interleaved {interleave:<5}: {c}");
+                if !c.passes(MAX_REL_FROBENIUS) {
+                    failures.push(format!("rows {rows} k {k} interleaved {interleave}: {c}"));
+                }
             }
         }
     }

@@ -33,6 +33,37 @@ pub fn rms_norm(
     k: usize,
     eps: f32,
 ) -> Result<()> {
+    rms_norm_in_order(gpu, x, g, y, rows, k, eps, false)
+}
+
+/// [`rms_norm`] with each row of `y` written in the k-interleaved order of
+/// [`FusedRmsNormQkv`](crate::FusedRmsNormQkv)'s folded weight (`reference::interleave_k`
+/// of the natural row): what the op's fallback above the decode range runs before cuBLAS.
+/// Same errors.
+pub fn rms_norm_interleaved(
+    gpu: &Gpu,
+    x: &impl DevicePtr<bf16>,
+    g: &impl DevicePtr<bf16>,
+    y: &mut impl DevicePtrMut<bf16>,
+    rows: usize,
+    k: usize,
+    eps: f32,
+) -> Result<()> {
+    rms_norm_in_order(gpu, x, g, y, rows, k, eps, true)
+}
+
+/// The checks and launch of both orders.
+#[allow(clippy::too_many_arguments)]
+fn rms_norm_in_order(
+    gpu: &Gpu,
+    x: &impl DevicePtr<bf16>,
+    g: &impl DevicePtr<bf16>,
+    y: &mut impl DevicePtrMut<bf16>,
+    rows: usize,
+    k: usize,
+    eps: f32,
+    interleave: bool,
+) -> Result<()> {
     plan::check_dims(rows, k, 1)?;
     check_eps(eps)?;
     let len = checked_len("rows * k", rows, k)?;
@@ -45,7 +76,9 @@ pub fn rms_norm(
     }
     // SAFETY: lengths, alignment, context and overlap were checked above; k % 8 == 0 and
     // rows, k < 2^31 (check_dims).
-    unsafe { gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), xb.ptr, gb.ptr, yb.ptr, rows as u32, k as u32, eps, false) }
+    unsafe {
+        gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), xb.ptr, gb.ptr, yb.ptr, rows as u32, k as u32, eps, interleave)
+    }
 }
 
 /// Which GEMM computes `y = x · Wᵀ`.

@@ -31,7 +31,7 @@ pub fn normalize_bf16x8(x: [u32; 4], g: [u32; 4], inv_rms: f32) -> [u32; 4] {
 
 /// `bf16((x * inv_rms) * g)` for 2 packed bf16 values of `x` and `g`.
 #[inline(always)]
-pub fn normalize_bf16x2(x: u32, g: u32, inv_rms: f32) -> u32 {
+fn normalize_bf16x2(x: u32, g: u32, inv_rms: f32) -> u32 {
     let (xl, xh) = unpack_bf16x2(x);
     let (gl, gh) = unpack_bf16x2(g);
     cvt_rn_bf16x2_f32((xl * inv_rms) * gl, (xh * inv_rms) * gh)

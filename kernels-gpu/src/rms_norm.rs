@@ -13,7 +13,7 @@
 //! One CTA of 256 threads per row. Thread `t` owns the 16-byte chunks `t, t+256, ...` of
 //! the row. Pass 1 sums their squares (warp shuffle, then the 8 warp totals through shared
 //! memory); pass 2 re-reads them (L1 hits), normalizes and stores 16 bytes at a time. To
-//! interleave, pass 2 gathers each output chunk of a whole block from four 4-byte words.
+//! interleave, the four lanes that hold a whole block's chunks transpose it by shuffles.
 //!
 //! # Traffic
 //! Reads `2 rows k` bytes of x once from DRAM (the re-read hits L1) and `2k` of g; writes
@@ -25,8 +25,9 @@
 //! kernel waits for the previous grid before reading x).
 
 use crate::config::{VEC, rms_norm::THREADS};
-use crate::norm::{inv_rms, normalize_bf16x2, normalize_bf16x8, sum_squares_bf16x8};
-use crate::ptx::global::{ld_global_nc_u32, ld_global_nc_v4_u32, st_global_v4_u32};
+use crate::interleave::transpose_block_quad;
+use crate::norm::{inv_rms, normalize_bf16x8, sum_squares_bf16x8};
+use crate::ptx::global::{ld_global_nc_v4_u32, st_global_v4_u32};
 use crate::ptx::shared::{dynamic_shared_base, ld_shared_f32, st_shared_f32};
 use crate::ptx::sync::{griddepcontrol_launch_dependents, griddepcontrol_wait};
 use crate::ptx::thread::{block_dim_x, block_idx_x, lane_id, sync_threads, thread_idx_x, warp_id};
@@ -150,12 +151,16 @@ unsafe fn store_row(xr: *const [u32; 4], gr: *const [u32; 4], yr: *mut [u32; 4],
     }
 }
 
-/// Pass 2 in the k-interleaved order: thread `tid` writes chunks `tid, tid + 256, ...` as
-/// in [`store_row`], but a chunk of a whole 32-element block is gathered: chunk `4b + c`
-/// holds word `c` of natural chunks `4b .. 4b + 4` (x and g read back as 4-byte words, L1
-/// hits after pass 1). A partial last block stays in natural order. (Whole blocks per
-/// thread would idle most threads at small K; shuffles between the four lanes of a block
-/// serialize the loop at large K: both measured slower.)
+/// Pass 2 in the k-interleaved order: thread `tid` normalizes chunks `tid, tid + 256, ...`
+/// as in [`store_row`] (16-byte loads, L1 hits after pass 1; 16-byte stores), and the four
+/// lanes of a quad, which hold the four chunks of one 32-element block, transpose it
+/// between them (`transpose_block_quad`): chunk `4b + c` holds word `c` of natural chunks
+/// `4b .. 4b + 4`. The loop over whole blocks runs a warp-uniform number of times so that
+/// every lane takes part in the shuffles. A partial last block stays in natural order.
+/// H100, `nanofuse rmsnorm` (docs/RESULTS.md): 0.1-0.9 µs faster than gathering each
+/// output chunk from four 4-byte words of x and g (four times the load instructions, each
+/// spanning four 128-byte lines) at 128 and 2048 rows of 1024-8192, level at one row; whole
+/// blocks per thread (16-byte stores at a 64-byte lane stride) were slower than both.
 ///
 /// # Safety
 /// As [`store_row`].
@@ -168,26 +173,34 @@ unsafe fn store_row_interleaved(
     inv: f32,
     tid: u32,
 ) {
-    let (xw, gw) = (xr as *const u32, gr as *const u32);
     let whole = chunks & !3;
-    let mut c = tid;
-    while c < chunks {
-        // SAFETY: c < chunks, and for c < whole the words of chunks (c & !3) .. (c & !3) + 4
-        // are inside the row.
+    // The warp's first chunk; its lanes take the next 32 (whole quads: 32 and 256 are
+    // multiples of 4, and so is `whole`).
+    let mut base = tid & !31;
+    while base < whole {
+        let c = base + (tid & 31);
+        let active = c < whole;
+        // SAFETY: read and written only where c < whole <= chunks.
         unsafe {
-            let v = if c < whole {
-                let (block, word) = (c & !3, c & 3);
-                let mut v = [0u32; 4];
-                for (j, y) in v.iter_mut().enumerate() {
-                    let i = ((block + j as u32) * 4 + word) as usize;
-                    *y = normalize_bf16x2(ld_global_nc_u32(xw.add(i)), ld_global_nc_u32(gw.add(i)), inv);
-                }
-                v
-            } else {
+            let v = if active {
                 normalize_bf16x8(ld_global_nc_v4_u32(xr.add(c as usize)), ld_global_nc_v4_u32(gr.add(c as usize)), inv)
+            } else {
+                [0; 4]
             };
+            let v = transpose_block_quad(v, tid);
+            if active {
+                st_global_v4_u32(yr.add(c as usize), v);
+            }
+        }
+        base += THREADS;
+    }
+    let c = whole + tid;
+    if c < chunks {
+        // SAFETY: c < chunks.
+        unsafe {
+            let v =
+                normalize_bf16x8(ld_global_nc_v4_u32(xr.add(c as usize)), ld_global_nc_v4_u32(gr.add(c as usize)), inv);
             st_global_v4_u32(yr.add(c as usize), v);
         }
-        c += THREADS;
     }
 }

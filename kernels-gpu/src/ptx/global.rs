@@ -21,21 +21,6 @@ pub unsafe fn ld_global_nc_v4_u32(p: *const [u32; 4]) -> [u32; 4] {
     [a, b, c, d]
 }
 
-/// `ld.global.nc.u32 a, [p];` — 4 bytes through the read-only (non-coherent) path.
-///
-/// # Safety
-/// `p` is 4-byte aligned, points at 4 readable bytes of global memory, and nothing writes
-/// them during the kernel.
-#[inline(always)]
-pub unsafe fn ld_global_nc_u32(p: *const u32) -> u32 {
-    let a: u32;
-    // SAFETY: forwarded to the caller.
-    unsafe {
-        asm!("ld.global.nc.u32 {a}, [{p}];", a = out(reg32) a, p = in(reg64) p, options(pure, readonly, nostack));
-    }
-    a
-}
-
 /// `ld.global.cg.v4.u32 {a,b,c,d}, [p];` — 16 bytes cached in L2 only (not L1), for data
 /// this kernel also writes.
 ///
