@@ -387,8 +387,10 @@ fn tune(a: TuneArgs) -> AppResult<()> {
     Ok(())
 }
 
-/// The RMSNorm kernel alone: relative error against the CPU reference and bandwidth over a
-/// ring of distinct x/g/y sets larger than 4x L2 (bytes = x and g read, y written).
+/// The RMSNorm kernel alone, in both output orders (natural: baseline (a)'s; k-interleaved:
+/// the fused op's fallback above the decode range): relative error against the CPU
+/// reference and bandwidth over a ring of distinct x/g/y sets larger than 4x L2 (bytes = x
+/// and g read, y written); the two orders' graphs are timed interleaved.
 fn rmsnorm() -> AppResult<()> {
     use nanofuse::bench::random_bf16;
     use nanofuse::reference;
@@ -399,11 +401,13 @@ fn rmsnorm() -> AppResult<()> {
     let copy_gbs = copy_bandwidth_gbs(&gpu, 1 << 30, 20)?;
     print_header(&gpu, Some(copy_gbs));
     println!(
-        "{:>6} {:>6} {:>6} {:>14} {:>9} {:>8} {:>7}",
-        "rows", "hidden", "ring", "rel. Frobenius", "µs", "GB/s", "% copy"
+        "{:>6} {:>6} {:>6} {:>12} {:>9} {:>8} {:>7} {:>12} {:>9} {:>8}",
+        "rows", "hidden", "ring", "rel. error", "µs", "GB/s", "% copy", "il. error", "il. µs", "il. GB/s"
     );
     let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
-    for (rows, k) in [(1, 1024), (1, 4096), (2048, 1024), (2048, 4096)] {
+    let shapes =
+        [(1, 1024), (1, 4096), (128, 1024), (128, 4096), (128, 8192), (2048, 1024), (2048, 4096), (2048, 8192)];
+    for (rows, k) in shapes {
         let bytes = 2 * (2 * rows * k + k) as u64;
         let ring = ring_len(gpu.info().l2_bytes, bytes, 4);
         let mut sets = Vec::with_capacity(ring);
@@ -414,29 +418,45 @@ fn rmsnorm() -> AppResult<()> {
             if i == 0 {
                 (x0, g0) = (x.clone(), g.clone());
             }
-            sets.push((gpu.upload(&x)?, gpu.upload(&g)?, gpu.alloc_zeros::<nanofuse::bf16>(rows * k)?));
+            let y = [gpu.alloc_zeros::<nanofuse::bf16>(rows * k)?, gpu.alloc_zeros::<nanofuse::bf16>(rows * k)?];
+            sets.push((gpu.upload(&x)?, gpu.upload(&g)?, y));
         }
-        let (x, g, y) = &mut sets[0];
-        gpu.fill_nan(y)?;
-        nanofuse::ops::rms_norm(&gpu, x, g, y, rows, k, 1e-6)?;
-        let got = gpu.download(y)?;
-        let cmp = reference::compare(&got, &reference::rms_norm_f32(&x0, &g0, rows, k, 1e-6), 1e-6, 1.0 / 128.0);
-        let graph = RingGraph::capture(&gpu, ring, |i| {
-            let (x, g, y) = &mut sets[i];
-            nanofuse::ops::rms_norm(&gpu, x, g, y, rows, k, 1e-6)
-        })?;
-        let st = graph.time(10, 100)?;
-        let gbs = bytes as f64 / (st.median_us * 1e-6) / 1e9;
+        let want = reference::rms_norm_f32(&x0, &g0, rows, k, 1e-6);
+        let mut errors = [0.0; 2];
+        let mut graphs = Vec::with_capacity(2);
+        for (order, interleave) in [false, true].into_iter().enumerate() {
+            let run = |gpu: &nanofuse::Gpu, set: &mut (_, _, [_; 2])| {
+                let (x, g, y) = set;
+                let y = &mut y[order];
+                if interleave {
+                    nanofuse::ops::rms_norm_interleaved(gpu, x, g, y, rows, k, 1e-6)
+                } else {
+                    nanofuse::ops::rms_norm(gpu, x, g, y, rows, k, 1e-6)
+                }
+            };
+            gpu.fill_nan(&mut sets[0].2[order])?;
+            run(&gpu, &mut sets[0])?;
+            let got = gpu.download(&sets[0].2[order])?;
+            let want = if interleave { reference::interleave_k(&want, k) } else { want.clone() };
+            let cmp = reference::compare(&got, &want, 1e-6, 1.0 / 128.0);
+            if !cmp.passes(2e-3) {
+                return Err(format!("rms_norm rows {rows} hidden {k} interleaved {interleave}: {cmp}").into());
+            }
+            errors[order] = cmp.rel_frobenius;
+            graphs.push(RingGraph::capture(&gpu, ring, |i| run(&gpu, &mut sets[i]))?);
+        }
+        let st = RingGraph::time_interleaved(&graphs, 10, 100, 10)?;
+        let gbs = |us: f64| bytes as f64 / (us * 1e-6) / 1e9;
         println!(
-            "{rows:>6} {k:>6} {ring:>6} {:>14.3e} {:>9.2} {:>8.0} {:>6.1}%",
-            cmp.rel_frobenius,
-            st.median_us,
-            gbs,
-            100.0 * gbs / copy_gbs
+            "{rows:>6} {k:>6} {ring:>6} {:>12.3e} {:>9.2} {:>8.0} {:>6.1}% {:>12.3e} {:>9.2} {:>8.0}",
+            errors[0],
+            st[0].median_us,
+            gbs(st[0].median_us),
+            100.0 * gbs(st[0].median_us) / copy_gbs,
+            errors[1],
+            st[1].median_us,
+            gbs(st[1].median_us),
         );
-        if !cmp.passes(2e-3) {
-            return Err(format!("rms_norm rows {rows} hidden {k}: {cmp}").into());
-        }
     }
     Ok(())
 }
