@@ -194,13 +194,10 @@ unsafe fn store_row_interleaved(
         }
         base += THREADS;
     }
-    let c = whole + tid;
-    if c < chunks {
-        // SAFETY: c < chunks.
-        unsafe {
-            let v =
-                normalize_bf16x8(ld_global_nc_v4_u32(xr.add(c as usize)), ld_global_nc_v4_u32(gr.add(c as usize)), inv);
-            st_global_v4_u32(yr.add(c as usize), v);
-        }
+    // The partial last block, natural.
+    // SAFETY: chunks whole .. chunks are inside the row.
+    unsafe {
+        let w = whole as usize;
+        store_row(xr.add(w), gr.add(w), yr.add(w), chunks - whole, inv, tid);
     }
 }
