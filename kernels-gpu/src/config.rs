@@ -13,7 +13,7 @@ pub const SMEM_SYMBOL: &str = "NANOFUSE_SMEM";
 /// Launch bounds the build adds to kernels' PTX entries (`.maxntid THREADS, 1, 1` and
 /// `.minnctapersm MIN_CTAS`, CUDA's `__launch_bounds__`, which rustc does not emit): ptxas
 /// then keeps each kernel's registers low enough for `MIN_CTAS` CTAs per SM.
-pub const LAUNCH_BOUNDS: [(&str, u32, u32); 8] = [
+pub const LAUNCH_BOUNDS: [(&str, u32, u32); 16] = [
     ("fused_rmsnorm_qkv_decode", decode::THREADS, decode::MIN_CTAS_PER_SM),
     ("fused_rmsnorm_qkv_decode_early", decode::THREADS, decode::MIN_CTAS_PER_SM),
     ("fused_rmsnorm_qkv_decode_early_m8", decode::THREADS, decode::MIN_CTAS_PER_SM),
@@ -22,6 +22,14 @@ pub const LAUNCH_BOUNDS: [(&str, u32, u32); 8] = [
     ("gemm_decode_early_m8", decode::THREADS, decode::MIN_CTAS_PER_SM),
     ("fused_rmsnorm_qkv_decode_ring", decode::THREADS, decode::MIN_CTAS_PER_SM),
     ("gemm_decode_ring", decode::THREADS, decode::MIN_CTAS_PER_SM),
+    ("fused_rmsnorm_gate_up_decode", decode::THREADS, decode::MIN_CTAS_PER_SM),
+    ("fused_rmsnorm_gate_up_decode_early", decode::THREADS, decode::MIN_CTAS_PER_SM),
+    ("fused_rmsnorm_gate_up_decode_early_m8", decode::THREADS, decode::MIN_CTAS_PER_SM),
+    ("fused_rmsnorm_gate_up_decode_ring", decode::THREADS, decode::MIN_CTAS_PER_SM),
+    ("proj_residual_decode", decode::THREADS, decode::MIN_CTAS_PER_SM),
+    ("proj_residual_decode_early", decode::THREADS, decode::MIN_CTAS_PER_SM),
+    ("proj_residual_decode_early_m8", decode::THREADS, decode::MIN_CTAS_PER_SM),
+    ("proj_residual_decode_ring", decode::THREADS, decode::MIN_CTAS_PER_SM),
 ];
 
 /// The k-interleaved order in which the fused op stores its weight (`fold_gain`) and in
@@ -75,6 +83,31 @@ pub mod split_qkv {
     pub const THREADS: u32 = 256;
     /// Most CTAs of a launch.
     pub const MAX_CTAS: u32 = 1024;
+}
+
+/// `silu_mul` and `residual_add` (the unfused MLP's elementwise kernels).
+pub mod elementwise {
+    /// Threads per CTA; each thread owns 16-byte chunks.
+    pub const THREADS: u32 = 256;
+    /// Most CTAs of a launch.
+    pub const MAX_CTAS: u32 = 1024;
+}
+
+/// The fused MLP's gate/up weight layout: rows in blocks of `2 · GATE_UP_BLOCK`, the
+/// block's gate rows, then the up rows of the same intermediate indices, so that a decode
+/// warp's 16 rows (`decode::ROWS_PER_WARP`) hold gate and up of the same 8 outputs.
+pub mod mlp {
+    /// Gate rows (and up rows) per block.
+    pub const GATE_UP_BLOCK: u32 = 8;
+
+    const _: () = assert!(2 * GATE_UP_BLOCK == super::decode::ROWS_PER_WARP);
+
+    /// The row of the blocked gate/up weight that holds gate row `j` (`up = false`) or up
+    /// row `j` (`up = true`) of the intermediate index `j`.
+    pub const fn gate_up_row(j: usize, up: bool) -> usize {
+        let b = GATE_UP_BLOCK as usize;
+        2 * b * (j / b) + j % b + if up { b } else { 0 }
+    }
 }
 
 /// The decode (small-M, weight-streaming) kernels `fused_rmsnorm_qkv_decode` and

@@ -3,9 +3,11 @@
 //!
 //! On the host target only `config` is compiled. On `nvptx64-nvidia-cuda`:
 //! * [`ptx`]: the device-support layer, one wrapper per PTX instruction;
-//! * one kernel family per file: [`rms_norm`], [`qkv_decode`], [`qkv_tiled`], [`fold_gain`],
-//!   [`split_qkv`];
-//! * device helpers shared by several kernels: `norm`, `qkv_out`, `interleave`.
+//! * `decode`: the decode (small-M, weight-streaming) kernel's parts, composed by
+//!   [`qkv_decode`] and [`mlp_decode`] with their own epilogues;
+//! * one kernel family per file: [`rms_norm`], [`qkv_decode`], [`mlp_decode`],
+//!   [`qkv_tiled`], [`fold_gain`], [`split_qkv`], [`silu_mul`], [`residual_add`];
+//! * device helpers shared by several kernels: `norm`, `activation`, `qkv_out`, `interleave`.
 #![no_std]
 #![cfg_attr(target_arch = "nvptx64", feature(abi_gpu_kernel, asm_experimental_arch, stdarch_nvptx))]
 
@@ -14,6 +16,10 @@ pub mod config;
 #[cfg(target_arch = "nvptx64")]
 pub mod ptx;
 
+#[cfg(target_arch = "nvptx64")]
+mod activation;
+#[cfg(target_arch = "nvptx64")]
+mod decode;
 #[cfg(target_arch = "nvptx64")]
 mod interleave;
 #[cfg(target_arch = "nvptx64")]
@@ -24,11 +30,17 @@ mod qkv_out;
 #[cfg(target_arch = "nvptx64")]
 pub mod fold_gain;
 #[cfg(target_arch = "nvptx64")]
+pub mod mlp_decode;
+#[cfg(target_arch = "nvptx64")]
 pub mod qkv_decode;
 #[cfg(target_arch = "nvptx64")]
 pub mod qkv_tiled;
 #[cfg(target_arch = "nvptx64")]
+pub mod residual_add;
+#[cfg(target_arch = "nvptx64")]
 pub mod rms_norm;
+#[cfg(target_arch = "nvptx64")]
+pub mod silu_mul;
 #[cfg(target_arch = "nvptx64")]
 pub mod split_qkv;
 

@@ -1,4 +1,4 @@
-//! Number conversions: bf16x2 packing and the fast reciprocal square root.
+//! Number conversions and fast math: bf16x2 packing, reciprocal square root, 2^x, 1/x.
 
 use core::arch::asm;
 
@@ -29,6 +29,31 @@ pub fn rsqrt_approx_f32(x: f32) -> f32 {
     // SAFETY: register-only.
     unsafe {
         asm!("rsqrt.approx.f32 {d}, {x};", d = out(reg32) d, x = in(reg32) x,
+             options(pure, nomem, nostack));
+    }
+    d
+}
+
+/// `ex2.approx.ftz.f32 d, x;` — `2^x`, max relative error 2^-22 (subnormal results flush
+/// to zero).
+#[inline(always)]
+pub fn ex2_approx_f32(x: f32) -> f32 {
+    let d: f32;
+    // SAFETY: register-only.
+    unsafe {
+        asm!("ex2.approx.ftz.f32 {d}, {x};", d = out(reg32) d, x = in(reg32) x,
+             options(pure, nomem, nostack));
+    }
+    d
+}
+
+/// `rcp.approx.ftz.f32 d, x;` — `1/x`, max relative error 2^-23 (`1/inf = 0`).
+#[inline(always)]
+pub fn rcp_approx_f32(x: f32) -> f32 {
+    let d: f32;
+    // SAFETY: register-only.
+    unsafe {
+        asm!("rcp.approx.ftz.f32 {d}, {x};", d = out(reg32) d, x = in(reg32) x,
              options(pure, nomem, nostack));
     }
     d
