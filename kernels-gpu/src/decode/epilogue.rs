@@ -39,19 +39,19 @@ pub trait Epilogue: Copy {
     /// W rows (the GEMM's N).
     fn rows(&self) -> u32;
 
-    /// Stores one lane's fragment `v` (already scaled) of the warp's 16 rows from `row0`,
+    /// Stores one lane's fragment `a`, element `i` scaled by `sc[i % 2]` (its token's scale), of the warp's 16 rows from `row0`,
     /// token tile `t`, lane `(gq, qq)`, for tokens below `m`.
     ///
     /// # Safety
     /// The epilogue's tensors hold `m` tokens.
-    unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, v: [f32; 4], m: u32);
+    unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2], m: u32);
 
-    /// Writes one lane's fragment `v` of token tile `t` into the warp's staging area
+    /// Writes one lane's fragment `a` (scaled as in `store_fragment`) of token tile `t` into the warp's staging area
     /// `stage` (32 bytes per token).
     ///
     /// # Safety
     /// `stage` holds `8 · tiles` tokens of 32 bytes.
-    unsafe fn stage(&self, stage: SharedPtr<u8>, t: u32, gq: u32, qq: u32, v: [f32; 4]);
+    unsafe fn stage(&self, stage: SharedPtr<u8>, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2]);
 
     /// Lane `lane` writes its 16 bytes of the warp's staged tile (published by a warp
     /// barrier) to the output, for tokens below `m`.
@@ -85,14 +85,14 @@ unsafe fn put(stage: SharedPtr<u8>, offset: u32, value: f32) {
 /// # Safety
 /// As [`Epilogue::stage`].
 #[inline(always)]
-unsafe fn stage_rows(stage: SharedPtr<u8>, t: u32, gq: u32, qq: u32, v: [f32; 4]) {
+unsafe fn stage_rows(stage: SharedPtr<u8>, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2]) {
     let tok0 = t * 8 + 2 * qq;
     // SAFETY: 8 tiles tokens of 32 bytes fit the staging area (caller).
     unsafe {
-        put(stage, tok0 * 32 + gq * 2, v[0]);
-        put(stage, (tok0 + 1) * 32 + gq * 2, v[1]);
-        put(stage, tok0 * 32 + (gq + 8) * 2, v[2]);
-        put(stage, (tok0 + 1) * 32 + (gq + 8) * 2, v[3]);
+        put(stage, tok0 * 32 + gq * 2, a[0] * sc[0]);
+        put(stage, (tok0 + 1) * 32 + gq * 2, a[1] * sc[1]);
+        put(stage, tok0 * 32 + (gq + 8) * 2, a[2] * sc[0]);
+        put(stage, (tok0 + 1) * 32 + (gq + 8) * 2, a[3] * sc[1]);
     }
 }
 
@@ -106,15 +106,15 @@ impl Epilogue for QkvStore {
     }
 
     #[inline(always)]
-    unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, v: [f32; 4], m: u32) {
+    unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2], m: u32) {
         // SAFETY: forwarded to the caller.
-        unsafe { store_rows_direct(&self.0, row0, t, gq, qq, v, m) }
+        unsafe { store_rows_direct(&self.0, row0, t, gq, qq, a, sc, m) }
     }
 
     #[inline(always)]
-    unsafe fn stage(&self, stage: SharedPtr<u8>, t: u32, gq: u32, qq: u32, v: [f32; 4]) {
+    unsafe fn stage(&self, stage: SharedPtr<u8>, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2]) {
         // SAFETY: forwarded to the caller.
-        unsafe { stage_rows(stage, t, gq, qq, v) }
+        unsafe { stage_rows(stage, t, gq, qq, a, sc) }
     }
 
     #[inline(always)]
@@ -140,15 +140,15 @@ impl Epilogue for GemmStore {
     }
 
     #[inline(always)]
-    unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, v: [f32; 4], m: u32) {
+    unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2], m: u32) {
         // SAFETY: forwarded to the caller.
-        unsafe { store_rows_direct(&self.0, row0, t, gq, qq, v, m) }
+        unsafe { store_rows_direct(&self.0, row0, t, gq, qq, a, sc, m) }
     }
 
     #[inline(always)]
-    unsafe fn stage(&self, stage: SharedPtr<u8>, t: u32, gq: u32, qq: u32, v: [f32; 4]) {
+    unsafe fn stage(&self, stage: SharedPtr<u8>, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2]) {
         // SAFETY: forwarded to the caller.
-        unsafe { stage_rows(stage, t, gq, qq, v) }
+        unsafe { stage_rows(stage, t, gq, qq, a, sc) }
     }
 
     #[inline(always)]
@@ -184,13 +184,14 @@ fn elem(row0: u32, t: u32, gq: u32, qq: u32, i: u32) -> (u32, u32) {
 /// # Safety
 /// As [`Epilogue::store_fragment`].
 #[inline(always)]
-unsafe fn store_rows_direct(out: &QkvOut, row0: u32, t: u32, gq: u32, qq: u32, v: [f32; 4], m: u32) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn store_rows_direct(out: &QkvOut, row0: u32, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2], m: u32) {
     let n = out.n();
-    for (i, &value) in v.iter().enumerate() {
+    for (i, &value) in a.iter().enumerate() {
         let (row, tok) = elem(row0, t, gq, qq, i as u32);
         if row < n && tok < m {
             // SAFETY: row < N, tok < M.
-            unsafe { out.store(tok, row, value) };
+            unsafe { out.store(tok, row, value * sc[i % 2]) };
         }
     }
 }
@@ -229,13 +230,14 @@ impl Epilogue for SiluMul {
     }
 
     #[inline(always)]
-    unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, v: [f32; 4], m: u32) {
+    unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2], m: u32) {
         // Rows g (gate) and g + 8 (up) of the warp's block: intermediate column row0 / 2 + g.
         let col = row0 / 2 + gq;
         for j in 0..2 {
             let tok = t * 8 + 2 * qq + j;
             if col < self.inter && tok < m {
-                let bits = cvt_rn_bf16x2_f32(silu_mul(v[j as usize], v[j as usize + 2]), 0.0) as u16;
+                let (gate, up) = (a[j as usize] * sc[j as usize], a[j as usize + 2] * sc[j as usize]);
+                let bits = cvt_rn_bf16x2_f32(silu_mul(gate, up), 0.0) as u16;
                 // SAFETY: col < I, tok < M.
                 unsafe { self.a.add(tok as usize * self.inter as usize + col as usize).write(bits) };
             }
@@ -243,13 +245,13 @@ impl Epilogue for SiluMul {
     }
 
     #[inline(always)]
-    unsafe fn stage(&self, stage: SharedPtr<u8>, t: u32, gq: u32, qq: u32, v: [f32; 4]) {
+    unsafe fn stage(&self, stage: SharedPtr<u8>, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2]) {
         // bf16 [token][8 columns], 16 bytes per token (the first half of each 32-byte slot).
         let tok0 = t * 8 + 2 * qq;
         // SAFETY: forwarded to the caller.
         unsafe {
-            put(stage, tok0 * 32 + gq * 2, silu_mul(v[0], v[2]));
-            put(stage, (tok0 + 1) * 32 + gq * 2, silu_mul(v[1], v[3]));
+            put(stage, tok0 * 32 + gq * 2, silu_mul(a[0] * sc[0], a[2] * sc[0]));
+            put(stage, (tok0 + 1) * 32 + gq * 2, silu_mul(a[1] * sc[1], a[3] * sc[1]));
         }
     }
 
@@ -321,20 +323,20 @@ impl Epilogue for ResidualAdd {
     }
 
     #[inline(always)]
-    unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, v: [f32; 4], m: u32) {
-        for (i, &value) in v.iter().enumerate() {
+    unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2], m: u32) {
+        for (i, &value) in a.iter().enumerate() {
             let (row, tok) = elem(row0, t, gq, qq, i as u32);
             if row < self.n && tok < m {
                 // SAFETY: row < N, tok < M.
-                unsafe { self.add_one(tok, row, value) };
+                unsafe { self.add_one(tok, row, value * sc[i % 2]) };
             }
         }
     }
 
     #[inline(always)]
-    unsafe fn stage(&self, stage: SharedPtr<u8>, t: u32, gq: u32, qq: u32, v: [f32; 4]) {
+    unsafe fn stage(&self, stage: SharedPtr<u8>, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2]) {
         // SAFETY: forwarded to the caller.
-        unsafe { stage_rows(stage, t, gq, qq, v) }
+        unsafe { stage_rows(stage, t, gq, qq, a, sc) }
     }
 
     #[inline(always)]

@@ -105,6 +105,7 @@ mod stage;
 mod w_stream;
 
 pub use epilogue::{Epilogue, GemmStore, QkvStore, ResidualAdd, SiluMul};
+use w_stream::{WPrefetch, w_batch_loader};
 
 use crate::config::VEC;
 use crate::config::decode::{
@@ -120,7 +121,6 @@ use crate::ptx::thread::{bar_sync, block_dim_x, block_idx_x, block_idx_y, grid_d
 use crate::ptx::trap;
 use crate::ptx::warp::{bar_warp_sync, shfl_sync_bfly_f32, shfl_sync_idx_f32};
 use stage::StagedRows;
-use w_stream::WStream;
 
 /// The launch-shape arguments every decode entry takes after its tensors (Tiling,
 /// Prologue).
@@ -241,8 +241,8 @@ pub unsafe fn run<const MT: usize, const EARLY: bool, const RING: bool, E: Epilo
     let (gq, qq) = (lane / 4, lane % 4);
     let chunks = k / VEC;
     let c0 = k0 / VEC;
-    let ws = WStream::new(w, n, k, row0, k0, end, lane);
-    let load_batch = ws.batches();
+    w_batch_loader!(load_batch = w, n = n, k = k, row0 = row0, k0 = k0, end = end, lane = lane);
+    let prefetch = WPrefetch { w, n, k, row0, k0, end, lane };
 
     // 2. Prologue: the trigger before or after the first W batches, then the L2 prefetch of
     // the batch after those in registers.
@@ -254,7 +254,7 @@ pub unsafe fn run<const MT: usize, const EARLY: bool, const RING: bool, E: Epilo
     if !trigger_first {
         griddepcontrol_launch_dependents();
     }
-    ws.prefetch_l2(base + if EARLY { 2 } else { 1 } * batch_stride);
+    prefetch.prefetch_l2(base + if EARLY { 2 } else { 1 } * batch_stride);
 
     let smem = dynamic_shared_base();
     let layout = smem_layout(m, x_cols(RING, warp_split, k_chunk));
@@ -428,14 +428,13 @@ pub unsafe fn run<const MT: usize, const EARLY: bool, const RING: bool, E: Epilo
                     };
                     if tok < m { scale(ss_tok) } else { 0.0 }
                 });
-                let v = [a[0] * sc[0], a[1] * sc[1], a[2] * sc[0], a[3] * sc[1]];
                 // SAFETY: 8 MT tokens of 32 bytes fit the warp's staging slots; the
                 // epilogue's tensors hold m tokens.
                 unsafe {
                     if staged {
-                        epi.stage(stage, t as u32, gq, qq, v);
+                        epi.stage(stage, t as u32, gq, qq, *a, sc);
                     } else {
-                        epi.store_fragment(row0, t as u32, gq, qq, v, m);
+                        epi.store_fragment(row0, t as u32, gq, qq, *a, sc, m);
                     }
                 }
             }
