@@ -44,6 +44,7 @@ pub trait Epilogue: Copy {
     ///
     /// # Safety
     /// The epilogue's tensors hold `m` tokens.
+    #[allow(clippy::too_many_arguments)] // the fragment's coordinates, as the body holds them
     unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2], m: u32);
 
     /// Writes one lane's fragment `a` (scaled as in `store_fragment`) of token tile `t` into the warp's staging area
@@ -106,6 +107,7 @@ impl Epilogue for QkvStore {
     }
 
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2], m: u32) {
         // SAFETY: forwarded to the caller.
         unsafe { store_rows_direct(&self.0, row0, t, gq, qq, a, sc, m) }
@@ -140,6 +142,7 @@ impl Epilogue for GemmStore {
     }
 
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2], m: u32) {
         // SAFETY: forwarded to the caller.
         unsafe { store_rows_direct(&self.0, row0, t, gq, qq, a, sc, m) }
@@ -230,6 +233,7 @@ impl Epilogue for SiluMul {
     }
 
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2], m: u32) {
         // Rows g (gate) and g + 8 (up) of the warp's block: intermediate column row0 / 2 + g.
         let col = row0 / 2 + gq;
@@ -323,6 +327,7 @@ impl Epilogue for ResidualAdd {
     }
 
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2], m: u32) {
         for (i, &value) in a.iter().enumerate() {
             let (row, tok) = elem(row0, t, gq, qq, i as u32);
