@@ -9,8 +9,8 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
 use cudarc::nvrtc::Ptx;
 use nanofuse_kernels_gpu::config::{self, TileConfig, decode, fold_gain, rms_norm, split_qkv};
 
+use crate::device::DeviceInfo;
 use crate::error::{Error, Result};
-use crate::gpu::DeviceInfo;
 use crate::plan::{DecodePlan, Tile, TiledPlan};
 
 /// Every kernel entry point the host launches, as named in the PTX.

@@ -13,6 +13,7 @@
 //! `nanofuse-kernels-gpu` (a prebuilt module).
 
 mod blas;
+mod device;
 pub mod error;
 mod gpu;
 mod kernels;
@@ -23,8 +24,9 @@ pub mod reference;
 pub mod timing;
 
 pub use cudarc;
+pub use device::{DeviceInfo, arch_number, device_count, driver_present};
 pub use error::{Error, Result};
-pub use gpu::{BUFFER_ALIGN, DeviceInfo, Gpu, arch_number, device_count, driver_present};
+pub use gpu::{BUFFER_ALIGN, Gpu};
 pub use half::bf16;
 pub use kernels::{KERNEL_NAMES, KERNEL_PARAM_SIZES};
 pub use qkv::{
