@@ -3,9 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{
-    CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice, ValidAsZeroBits,
-};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use half::bf16;
 
 use crate::blas::Blas;
@@ -127,81 +125,5 @@ impl Gpu {
         let b = Arc::new(Blas::new(&self.stream)?);
         *slot = Some(b.clone());
         Ok(b)
-    }
-
-    /// Checks that `buf` is on this device, holds exactly `len` elements and is 16-byte
-    /// aligned; returns its device address.
-    pub(crate) fn input<T>(&self, arg: &'static str, buf: &impl DevicePtr<T>, len: usize) -> Result<BufRef> {
-        self.check_context(arg, buf)?;
-        let (ptr, _sync) = buf.device_ptr(&self.stream);
-        check_buffer(arg, ptr, buf.len(), len, size_of::<T>())
-    }
-
-    /// As [`Gpu::input`], for a buffer the kernel writes.
-    pub(crate) fn output<T>(&self, arg: &'static str, buf: &mut impl DevicePtrMut<T>, len: usize) -> Result<BufRef> {
-        self.check_context(arg, buf)?;
-        let got = buf.len();
-        let (ptr, _sync) = buf.device_ptr_mut(&self.stream);
-        check_buffer(arg, ptr, got, len, size_of::<T>())
-    }
-
-    fn check_context<T>(&self, arg: &'static str, buf: &impl DeviceSlice<T>) -> Result<()> {
-        let theirs = buf.stream().context();
-        if theirs.cu_ctx() != self.ctx.cu_ctx() {
-            return Err(Error::WrongDevice { arg, expected: self.ctx.ordinal(), found: theirs.ordinal() });
-        }
-        Ok(())
-    }
-}
-
-/// A validated device buffer: name, address and byte length (for overlap checks).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct BufRef {
-    pub name: &'static str,
-    pub ptr: u64,
-    pub bytes: u64,
-}
-
-/// Alignment every buffer passed to nanofuse's kernels must have (16-byte vector paths).
-pub const BUFFER_ALIGN: u64 = 16;
-
-pub(crate) fn check_buffer(arg: &'static str, ptr: u64, got: usize, len: usize, elem: usize) -> Result<BufRef> {
-    if got != len {
-        return Err(Error::Length { arg, expected: len, got });
-    }
-    if !ptr.is_multiple_of(BUFFER_ALIGN) {
-        return Err(Error::Misaligned { arg, addr: ptr, align: BUFFER_ALIGN });
-    }
-    Ok(BufRef { name: arg, ptr, bytes: (len * elem) as u64 })
-}
-
-/// Error if any written buffer overlaps any other buffer.
-pub(crate) fn check_no_overlap(written: &[BufRef], read: &[BufRef]) -> Result<()> {
-    let overlaps =
-        |a: &BufRef, b: &BufRef| a.bytes > 0 && b.bytes > 0 && a.ptr < b.ptr + b.bytes && b.ptr < a.ptr + a.bytes;
-    for (i, w) in written.iter().enumerate() {
-        for other in written[i + 1..].iter().chain(read) {
-            if overlaps(w, other) {
-                return Err(Error::Overlap { a: w.name, b: other.name });
-            }
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn buffers_are_checked_for_length_alignment_and_overlap() {
-        assert!(matches!(check_buffer("x", 256, 10, 12, 2), Err(Error::Length { arg: "x", expected: 12, got: 10 })));
-        assert!(matches!(check_buffer("x", 258, 12, 12, 2), Err(Error::Misaligned { arg: "x", .. })));
-        let a = check_buffer("a", 256, 8, 8, 2).unwrap();
-        let b = check_buffer("b", 256 + 16, 8, 8, 2).unwrap();
-        let c = check_buffer("c", 256 + 8, 8, 8, 2).unwrap_or(BufRef { name: "c", ptr: 264, bytes: 16 });
-        assert!(check_no_overlap(&[a], &[b]).is_ok());
-        assert!(matches!(check_no_overlap(&[a], &[c]), Err(Error::Overlap { a: "a", b: "c" })));
-        assert!(matches!(check_no_overlap(&[b, c], &[]), Err(Error::Overlap { .. })));
     }
 }

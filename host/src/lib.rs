@@ -13,6 +13,7 @@
 //! `nanofuse-kernels-gpu` (a prebuilt module).
 
 mod blas;
+mod check;
 mod device;
 pub mod error;
 mod gpu;
@@ -23,10 +24,11 @@ mod qkv;
 pub mod reference;
 pub mod timing;
 
+pub use check::BUFFER_ALIGN;
 pub use cudarc;
 pub use device::{DeviceInfo, arch_number, device_count, driver_present};
 pub use error::{Error, Result};
-pub use gpu::{BUFFER_ALIGN, Gpu};
+pub use gpu::Gpu;
 pub use half::bf16;
 pub use kernels::{KERNEL_NAMES, KERNEL_PARAM_SIZES};
 pub use qkv::{

@@ -4,19 +4,11 @@
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 use half::bf16;
 
-use crate::error::{Error, Result};
-use crate::gpu::{Gpu, check_no_overlap};
+use crate::check::{check_dims, check_eps, check_no_overlap, checked_len};
+use crate::error::Result;
+use crate::gpu::Gpu;
 use crate::kernels::QkvPtrs;
-use crate::plan::{self, DECODE_MAX_M, checked_len};
-
-/// `eps` must be finite and non-negative.
-pub(crate) fn check_eps(eps: f32) -> Result<()> {
-    if eps.is_finite() && eps >= 0.0 {
-        Ok(())
-    } else {
-        Err(Error::Value { arg: "eps", expected: "finite and >= 0", got: eps.to_string() })
-    }
-}
+use crate::plan::{self, DECODE_MAX_M};
 
 /// `y[r, :] = bf16(x[r, :] · rsqrt(mean(x[r, :]²) + eps) · g)` for `rows` rows of `k`
 /// elements. `rows == 0` is a no-op.
@@ -64,7 +56,7 @@ fn rms_norm_in_order(
     eps: f32,
     interleave: bool,
 ) -> Result<()> {
-    plan::check_dims(rows, k, 1)?;
+    check_dims(rows, k, 1)?;
     check_eps(eps)?;
     let len = checked_len("rows * k", rows, k)?;
     let xb = gpu.input("x", x, len)?;
@@ -106,7 +98,7 @@ pub fn gemm(
     k: usize,
     n: usize,
 ) -> Result<()> {
-    plan::check_dims(m, k, n)?;
+    check_dims(m, k, n)?;
     let xb = gpu.input("x", x, checked_len("m * k", m, k)?)?;
     let wb = gpu.input("w", w, checked_len("n * k", n, k)?)?;
     let yb = gpu.output("y", y, checked_len("m * n", m, n)?)?;
@@ -122,7 +114,7 @@ pub fn gemm(
 ///
 /// # Safety
 /// `x [m, k]`, `w [n, k]`, `y [m, n]` are valid, 16-byte aligned device buffers on `gpu`'s
-/// context, `y` disjoint from the inputs, and `plan::check_dims(m, k, n)` holds.
+/// context, `y` disjoint from the inputs, and `check_dims(m, k, n)` holds.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_unchecked(
     gpu: &Gpu,

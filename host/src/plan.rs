@@ -3,15 +3,14 @@
 
 use nanofuse_kernels_gpu::config::{self, TileConfig, decode};
 
+// The dimension checks the planners run, public here since before `check` gathered them.
+pub use crate::check::{MAX_DIM, check_dims, checked_len};
 use crate::error::{Error, Result};
 
 /// The largest M the decode kernel serves (two token tiles of 8).
 pub const DECODE_MAX_M: usize = decode::MAX_TOKENS as usize;
 const DECODE_M_RANGE: &str = "1..=16 for the decode kernel";
 const _: () = assert!(DECODE_MAX_M == 16, "update DECODE_M_RANGE");
-
-/// Largest value of M, K or N the kernels' 32-bit index arithmetic accepts.
-pub const MAX_DIM: usize = i32::MAX as usize;
 
 /// Largest grid y (CUDA's limit).
 const MAX_GRID_Y: u64 = 65_535;
@@ -300,30 +299,4 @@ pub fn tiled_plan(m: usize, k: usize, n: usize, sm_count: u32, tile: Option<Tile
         });
     }
     Ok(TiledPlan { tile, grid: (m.div_ceil(bm as usize) as u32, grid_y as u32), block, smem_bytes })
-}
-
-/// M, K and N within the kernels' index range; K a positive multiple of 8; N positive.
-pub fn check_dims(m: usize, k: usize, n: usize) -> Result<()> {
-    if k == 0 || !k.is_multiple_of(config::VEC as usize) {
-        return Err(Error::Dimension { arg: "K", expected: "a positive multiple of 8", got: k });
-    }
-    if n == 0 {
-        return Err(Error::Dimension { arg: "N", expected: "positive", got: n });
-    }
-    for (arg, v) in [("M", m), ("K", k), ("N", n)] {
-        if v > MAX_DIM {
-            return Err(Error::TooLarge { arg, got: v as u64, limit: MAX_DIM as u64, why: "32-bit index arithmetic" });
-        }
-    }
-    Ok(())
-}
-
-/// `a * b`, or a `TooLarge` error naming `arg` when it overflows.
-pub fn checked_len(arg: &'static str, a: usize, b: usize) -> Result<usize> {
-    a.checked_mul(b).ok_or(Error::TooLarge {
-        arg,
-        got: u64::MAX,
-        limit: usize::MAX as u64,
-        why: "element count overflows",
-    })
 }

@@ -7,11 +7,12 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use half::bf16;
 
 use crate::blas::Blas;
+use crate::check::{BufRef, MAX_DIM, check_dims, check_eps, check_m, check_no_overlap, checked_len};
 use crate::error::{Error, Result};
-use crate::gpu::{BufRef, Gpu, check_no_overlap};
+use crate::gpu::Gpu;
 use crate::kernels::QkvPtrs;
-use crate::ops::{self, GemmImpl, check_eps};
-use crate::plan::{self, DECODE_MAX_M, DecodeShape, MAX_DIM, Tile, checked_len};
+use crate::ops::{self, GemmImpl};
+use crate::plan::{self, DECODE_MAX_M, DecodeShape, Tile};
 
 /// Largest M for which [`Path::Auto`] of the packed forms runs the fused decode kernel, for
 /// hidden size `k`; above it they run RMSNorm + one cuBLAS GEMM, the same kernels as the
@@ -95,7 +96,7 @@ impl QkvShape {
                 why: "32-bit index arithmetic",
             });
         }
-        plan::check_dims(0, self.hidden, n).map_err(|e| match e {
+        check_dims(0, self.hidden, n).map_err(|e| match e {
             Error::Dimension { arg: "K", expected, got } => Error::Dimension { arg: "hidden", expected, got },
             Error::TooLarge { arg: "K", got, limit, why } => Error::TooLarge { arg: "hidden", got, limit, why },
             other => other,
@@ -138,14 +139,6 @@ pub struct Tuning {
     /// The separate-output fallback: `Some(true)` one GEMM + `split_qkv`, `Some(false)`
     /// three GEMMs; `None` splits up to [`auto_split_max_m`].
     pub split: Option<bool>,
-}
-
-/// `m` within the kernels' 32-bit index range.
-fn check_m(m: usize) -> Result<()> {
-    if m > MAX_DIM {
-        return Err(Error::TooLarge { arg: "m", got: m as u64, limit: MAX_DIM as u64, why: "32-bit index arithmetic" });
-    }
-    Ok(())
 }
 
 /// q, k, v as three separate device tensors.
@@ -515,7 +508,7 @@ impl UnfusedRmsNormQkv {
     ) -> Result<()> {
         let s = self.shape;
         let gpu = &self.gpu;
-        plan::check_dims(m, s.hidden, s.n())?;
+        check_dims(m, s.hidden, s.n())?;
         let xb = gpu.input("x", x, checked_len("m * hidden", m, s.hidden)?)?;
         let xnb = gpu.output("xn", xn, m * s.hidden)?;
         let yb = gpu.output("y", y, checked_len("m * n", m, s.n())?)?;
