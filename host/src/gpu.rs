@@ -55,7 +55,7 @@ impl Gpu {
         unsafe { ctx.disable_event_tracking() };
         let info = query_info(&ctx)?;
         check_arch(&info, ptx_arch)?;
-        let kernels = Kernels::load(&ctx, ptx, &info)?;
+        let kernels = Kernels::load(&ctx, ptx, info.max_smem_per_block)?;
         let pdl = AtomicBool::new(info.compute_capability.0 >= 9);
         Ok(Arc::new(Gpu { ctx, stream, kernels, info, blas: Mutex::new(None), pdl }))
     }

@@ -10,7 +10,7 @@ use crate::blas::Blas;
 use crate::check::{BufRef, MAX_DIM, check_dims, check_eps, check_m, check_no_overlap, checked_len};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::QkvPtrs;
+use crate::kernels::{DecodeOp, Operands, QkvOut, RmsNormArgs, TiledOp};
 use crate::ops::{self, GemmImpl};
 use crate::plan::{self, DECODE_MAX_M, DecodeShape, Tile};
 
@@ -319,10 +319,10 @@ impl FusedRmsNormQkv {
         x: &impl DevicePtr<bf16>,
         m: usize,
         q: &mut impl DevicePtrMut<bf16>,
-        k: &mut impl DevicePtrMut<bf16>,
+        k_out: &mut impl DevicePtrMut<bf16>,
         v: &mut impl DevicePtrMut<bf16>,
     ) -> Result<()> {
-        self.forward_into_with(Path::Auto, x, m, q, k, v)
+        self.forward_into_with(Path::Auto, x, m, q, k_out, v)
     }
 
     /// As [`FusedRmsNormQkv::forward_into`], on a chosen path.
@@ -332,7 +332,7 @@ impl FusedRmsNormQkv {
         x: &impl DevicePtr<bf16>,
         m: usize,
         q: &mut impl DevicePtrMut<bf16>,
-        k: &mut impl DevicePtrMut<bf16>,
+        k_out: &mut impl DevicePtrMut<bf16>,
         v: &mut impl DevicePtrMut<bf16>,
     ) -> Result<()> {
         let s = self.shape;
@@ -340,21 +340,23 @@ impl FusedRmsNormQkv {
         let gpu = &self.gpu;
         let xb = gpu.input("x", x, checked_len("m * hidden", m, s.hidden)?)?;
         let qb = gpu.output("q", q, checked_len("m * q_dim", m, s.q_dim)?)?;
-        let kb = gpu.output("k", k, checked_len("m * kv_dim", m, s.kv_dim)?)?;
+        let kb = gpu.output("k", k_out, checked_len("m * kv_dim", m, s.kv_dim)?)?;
         let vb = gpu.output("v", v, m * s.kv_dim)?;
         let (ones, w) = self.weight_refs();
         check_no_overlap(&[qb, kb, vb], &[xb, ones, w])?;
         if m == 0 {
             return Ok(());
         }
-        let out = QkvPtrs { q: qb.ptr, k: kb.ptr, v: vb.ptr, nq: s.q_dim as u32, nkv: s.kv_dim as u32 };
+        let out = QkvOut { q: qb.ptr, k_out: kb.ptr, v: vb.ptr, nq: s.q_dim as u32, nkv: s.kv_dim as u32 };
+        let inp = Operands { x: xb.ptr, w: w.ptr, m: m as u32, hidden: s.hidden as u32 };
+        let (decode, tiled) = self.fused_ops(ones.ptr);
         let path = if path == Path::Auto { self.auto_path(m) } else { path };
         // SAFETY (all arms): every buffer was checked for length, alignment, context and
         // overlap above; the dims were validated at construction and m < 2^31.
         unsafe {
             match path {
-                Path::Auto | Path::FusedDecode => launch_decode(gpu, &s, &self.tuning, true, w.ptr, xb.ptr, out, m),
-                Path::FusedTiled => launch_tiled(gpu, &s, &self.tuning, Some(ones.ptr), w.ptr, xb.ptr, out, m),
+                Path::Auto | Path::FusedDecode => launch_decode(gpu, &s, &self.tuning, decode, inp, out),
+                Path::FusedTiled => launch_tiled(gpu, &s, &self.tuning, tiled, inp, out),
                 Path::NormCublas => self.norm_cublas_split(xb.ptr, out, m),
             }
         }
@@ -390,17 +392,26 @@ impl FusedRmsNormQkv {
         if m == 0 {
             return Ok(());
         }
-        let out = QkvPtrs { q: yb.ptr, k: 0, v: 0, nq: s.n() as u32, nkv: 0 };
+        let out = QkvOut::packed(yb.ptr, s.n() as u32);
+        let inp = Operands { x: xb.ptr, w: w.ptr, m: m as u32, hidden: s.hidden as u32 };
+        let (decode, tiled) = self.fused_ops(ones.ptr);
         let path = if path == Path::Auto { self.auto_packed_path(m) } else { path };
         // SAFETY (all arms): buffers checked above; dims validated at construction.
         unsafe {
             match path {
-                Path::Auto | Path::FusedDecode => launch_decode(gpu, &s, &self.tuning, true, w.ptr, xb.ptr, out, m),
-                Path::FusedTiled => launch_tiled(gpu, &s, &self.tuning, Some(ones.ptr), w.ptr, xb.ptr, out, m),
+                Path::Auto | Path::FusedDecode => launch_decode(gpu, &s, &self.tuning, decode, inp, out),
+                Path::FusedTiled => launch_tiled(gpu, &s, &self.tuning, tiled, inp, out),
                 Path::NormCublas => self
                     .with_normalized(xb.ptr, m, |xn, blas| blas.gemm_xwt(xn, w.ptr, yb.ptr, m, s.hidden, s.n(), s.n())),
             }
         }
+    }
+
+    /// The fused decode and tiled launches on the folded weight: x natural against the
+    /// interleaved W', and the unit gain `ones` for the tiled kernel.
+    fn fused_ops(&self, ones: u64) -> (DecodeOp, TiledOp) {
+        let eps = self.shape.eps;
+        (DecodeOp::Fused { eps }, TiledOp::Fused { g: ones, eps })
     }
 
     /// The unit gain and the folded weight, as checked references.
@@ -414,7 +425,7 @@ impl FusedRmsNormQkv {
     ///
     /// # Safety
     /// `x [m, hidden]` and the outputs are checked device buffers; `m >= 1`.
-    unsafe fn norm_cublas_split(&self, x: u64, out: QkvPtrs, m: usize) -> Result<()> {
+    unsafe fn norm_cublas_split(&self, x: u64, out: QkvOut, m: usize) -> Result<()> {
         let s = self.shape;
         let w = self.weight_refs().1.ptr;
         let row_bytes = (s.hidden * 2) as u64;
@@ -436,7 +447,7 @@ impl FusedRmsNormQkv {
         unsafe {
             self.with_normalized(x, m, |xn, blas| {
                 blas.gemm_xwt(xn, w, out.q, m, s.hidden, s.q_dim, s.q_dim)?;
-                blas.gemm_xwt(xn, w + s.q_dim as u64 * row_bytes, out.k, m, s.hidden, s.kv_dim, s.kv_dim)?;
+                blas.gemm_xwt(xn, w + s.q_dim as u64 * row_bytes, out.k_out, m, s.hidden, s.kv_dim, s.kv_dim)?;
                 let v_rows = (s.q_dim + s.kv_dim) as u64;
                 blas.gemm_xwt(xn, w + v_rows * row_bytes, out.v, m, s.hidden, s.kv_dim, s.kv_dim)
             })
@@ -457,9 +468,11 @@ impl FusedRmsNormQkv {
         let xn = stream_ref(gpu, scratch, "scratch").ptr;
         let ones = self.weight_refs().0.ptr;
         let blas = gpu.blas()?;
-        // SAFETY: the scratch holds >= m · hidden elements (reserved above); x per the caller.
         // xn in the interleaved order of the folded weight (cuBLAS sums over k in any order).
-        unsafe { gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), x, ones, xn, m as u32, s.hidden as u32, s.eps, true)? };
+        let args =
+            RmsNormArgs { x, g: ones, y: xn, rows: m as u32, hidden: s.hidden as u32, eps: s.eps, interleave: true };
+        // SAFETY: the scratch holds >= m · hidden elements (reserved above); x per the caller.
+        unsafe { gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), args)? };
         then(xn, &blas)
     }
 }
@@ -523,20 +536,21 @@ impl UnfusedRmsNormQkv {
             // the fused kernel takes x natural against the interleaved folded weight); every
             // other GEMM here takes both in natural order.
             let interleave = which == Baseline::NormNanofuse && m <= DECODE_MAX_M;
-            let (xn, rows, k) = (xnb.ptr, m as u32, s.hidden as u32);
-            gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), xb.ptr, gb.ptr, xn, rows, k, s.eps, interleave)?;
+            let (rows, hidden) = (m as u32, s.hidden as u32);
+            let args = RmsNormArgs { x: xb.ptr, g: gb.ptr, y: xnb.ptr, rows, hidden, eps: s.eps, interleave };
+            gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), args)?;
+            let inp = Operands { x: xnb.ptr, w: wb.ptr, m: rows, hidden };
             match which {
-                Baseline::NormCublas => {
-                    ops::gemm_unchecked(gpu, GemmImpl::Cublas, xnb.ptr, wb.ptr, yb.ptr, m, s.hidden, s.n())
-                }
+                Baseline::NormCublas => ops::gemm_unchecked(gpu, GemmImpl::Cublas, inp, yb.ptr, s.n()),
                 Baseline::NormNanofuse => {
                     // The fused kernels' cores with the same launch shapes, so the pair
                     // differs only by the fusion.
-                    let out = QkvPtrs { q: yb.ptr, k: 0, v: 0, nq: s.n() as u32, nkv: 0 };
+                    let out = QkvOut::packed(yb.ptr, s.n() as u32);
                     if m <= DECODE_MAX_M {
-                        launch_decode(gpu, &s, &self.tuning, false, wb.ptr, xnb.ptr, out, m)
+                        let op = DecodeOp::Gemm { interleave_x: false };
+                        launch_decode(gpu, &s, &self.tuning, op, inp, out)
                     } else {
-                        launch_tiled(gpu, &s, &self.tuning, None, wb.ptr, xnb.ptr, out, m)
+                        launch_tiled(gpu, &s, &self.tuning, TiledOp::Gemm, inp, out)
                     }
                 }
             }
@@ -550,47 +564,39 @@ fn stream_ref(gpu: &Gpu, buf: &CudaSlice<bf16>, name: &'static str) -> BufRef {
     BufRef { name, ptr, bytes: (buf.len() * 2) as u64 }
 }
 
-/// The decode kernel, fused (`w` with g folded in) or plain, with the planner's or the
-/// tuned launch shape.
+/// The decode kernel (`op`) with the planner's or the tuned launch shape.
 ///
 /// # Safety
-/// `x [m, hidden]`, `w [n, hidden]` and the outputs are checked device buffers; `m >= 1`.
-#[allow(clippy::too_many_arguments)]
+/// `inp`'s `x [m, hidden]` and `w [n, hidden]` and the outputs are checked device buffers;
+/// `m >= 1`.
 unsafe fn launch_decode(
     gpu: &Gpu,
     s: &QkvShape,
     tuning: &Tuning,
-    fused: bool,
-    w: u64,
-    x: u64,
-    out: QkvPtrs,
-    m: usize,
+    op: DecodeOp,
+    inp: Operands,
+    out: QkvOut,
 ) -> Result<()> {
     let info = gpu.info();
+    let m = inp.m as usize;
     let p = plan::decode_plan(m, s.hidden, s.n(), info.sm_count, info.max_smem_per_block, tuning.decode)?;
     // SAFETY: forwarded to the caller; the plan was made for these sizes.
-    // One of x and W is interleaved (the fused op's folded weight, or baseline (b)'s xn).
-    unsafe {
-        gpu.kernels.decode(gpu.stream(), gpu.pdl(), &p, x, fused, w, false, out, m as u32, s.hidden as u32, s.eps)
-    }
+    unsafe { gpu.kernels.decode(gpu.stream(), gpu.pdl(), &p, op, inp, out) }
 }
 
-/// The tiled kernel, fused (`Some(g)`) or plain.
+/// The tiled kernel (`op`) with the planner's or the tuned tile.
 ///
 /// # Safety
-/// As [`launch_decode`], and `g [hidden]` a checked device buffer.
-#[allow(clippy::too_many_arguments)]
+/// As [`launch_decode`], and a fused `op`'s `g [hidden]` a checked device buffer.
 unsafe fn launch_tiled(
     gpu: &Gpu,
     s: &QkvShape,
     tuning: &Tuning,
-    g: Option<u64>,
-    w: u64,
-    x: u64,
-    out: QkvPtrs,
-    m: usize,
+    op: TiledOp,
+    inp: Operands,
+    out: QkvOut,
 ) -> Result<()> {
-    let p = plan::tiled_plan(m, s.hidden, s.n(), gpu.info().sm_count, tuning.tile)?;
+    let p = plan::tiled_plan(inp.m as usize, s.hidden, s.n(), gpu.info().sm_count, tuning.tile)?;
     // SAFETY: forwarded to the caller; the plan was made for these sizes.
-    unsafe { gpu.kernels.tiled(gpu.stream(), gpu.pdl(), &p, x, g, w, out, m as u32, s.hidden as u32, s.eps) }
+    unsafe { gpu.kernels.tiled(gpu.stream(), gpu.pdl(), &p, op, inp, out) }
 }
