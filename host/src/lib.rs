@@ -33,6 +33,6 @@ pub use gpu::Gpu;
 pub use half::bf16;
 pub use kernels::KernelId;
 pub use qkv::{
-    Baseline, FusedRmsNormQkv, Path, Qkv, QkvShape, SPLIT_MAX_ELEMENTS, Tuning, UnfusedRmsNormQkv, auto_fused_max_m,
+    Baseline, FusedRmsNormQkv, Qkv, QkvShape, Route, SPLIT_MAX_ELEMENTS, Tuning, UnfusedRmsNormQkv, auto_fused_max_m,
     auto_packed_fused_max_m, auto_split_max_m,
 };

@@ -14,7 +14,7 @@ use crate::kernels::{DecodeOp, Operands, QkvOut, RmsNormArgs, TiledOp};
 use crate::ops::{self, GemmImpl};
 use crate::plan::{self, DECODE_MAX_M, DecodeShape, Tile};
 
-/// Largest M for which [`Path::Auto`] of the packed forms runs the fused decode kernel, for
+/// Largest M for which [`Route::Auto`] of the packed forms runs the fused decode kernel, for
 /// hidden size `k`; above it they run RMSNorm + one cuBLAS GEMM, the same kernels as the
 /// unfused baseline, so the packed API is not slower than it.
 ///
@@ -30,7 +30,7 @@ pub fn auto_packed_fused_max_m(_k: usize) -> usize {
     DECODE_MAX_M
 }
 
-/// Largest M for which [`Path::Auto`] runs the fused decode kernel into separate q, k, v,
+/// Largest M for which [`Route::Auto`] runs the fused decode kernel into separate q, k, v,
 /// for hidden size `k`. The alternative there is RMSNorm + one cuBLAS GEMM + the
 /// `split_qkv` copy (no single cuBLAS call writes three tensors), 1-2 µs slower than the
 /// packed fallback at these M. On H100 (docs/RESULTS.md, every M from 1 to 16) the fused
@@ -44,7 +44,7 @@ pub fn auto_fused_max_m(_k: usize) -> usize {
 /// [`auto_split_max_m`]).
 pub const SPLIT_MAX_ELEMENTS: usize = 6 << 20;
 
-/// Largest M for which the separate-output fallback ([`Path::NormCublas`] into q, k, v)
+/// Largest M for which the separate-output fallback ([`Route::NormCublas`] into q, k, v)
 /// runs one cuBLAS GEMM into a packed `[M, N]` scratch and copies it out with the
 /// `split_qkv` kernel; above it, three GEMMs write q, k and v directly. The split costs a
 /// launch and `4 M N` bytes of copying, each extra GEMM a launch and its tail. Measured on
@@ -107,7 +107,7 @@ impl QkvShape {
 
 /// How [`FusedRmsNormQkv`] computes its result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Path {
+pub enum Route {
     /// Pick by M and K: the fused decode kernel up to [`auto_fused_max_m`] (packed forms:
     /// [`auto_packed_fused_max_m`]), RMSNorm + cuBLAS above.
     Auto,
@@ -178,7 +178,7 @@ pub struct Qkv {
 ///
 /// [`reference::interleave_k`]: crate::reference::interleave_k
 ///
-/// [`Path::Auto`] picks the fused kernel only for the M where it was measured faster than
+/// [`Route::Auto`] picks the fused kernel only for the M where it was measured faster than
 /// the unfused path (docs/RESULTS.md). The unfused baselines, which need the weights as
 /// given, are [`UnfusedRmsNormQkv`].
 pub struct FusedRmsNormQkv {
@@ -251,14 +251,14 @@ impl FusedRmsNormQkv {
         self.tuning = tuning;
     }
 
-    /// The path [`Path::Auto`] of [`FusedRmsNormQkv::forward_into`] takes for `m` tokens.
-    pub fn auto_path(&self, m: usize) -> Path {
-        if m <= auto_fused_max_m(self.shape.hidden) { Path::FusedDecode } else { Path::NormCublas }
+    /// The route [`Route::Auto`] of [`FusedRmsNormQkv::forward_into`] takes for `m` tokens.
+    pub fn auto_path(&self, m: usize) -> Route {
+        if m <= auto_fused_max_m(self.shape.hidden) { Route::FusedDecode } else { Route::NormCublas }
     }
 
-    /// The path [`Path::Auto`] of [`FusedRmsNormQkv::forward_packed_into`] takes.
-    pub fn auto_packed_path(&self, m: usize) -> Path {
-        if m <= auto_packed_fused_max_m(self.shape.hidden) { Path::FusedDecode } else { Path::NormCublas }
+    /// The route [`Route::Auto`] of [`FusedRmsNormQkv::forward_packed_into`] takes.
+    pub fn auto_packed_path(&self, m: usize) -> Route {
+        if m <= auto_packed_fused_max_m(self.shape.hidden) { Route::FusedDecode } else { Route::NormCublas }
     }
 
     /// Whether the separate-output fallback splits one GEMM at `m` (else three GEMMs).
@@ -289,7 +289,7 @@ impl FusedRmsNormQkv {
         Ok(())
     }
 
-    /// Allocates q, k, v and runs [`Path::Auto`]. `m` must be at least 1 (use
+    /// Allocates q, k, v and runs [`Route::Auto`]. `m` must be at least 1 (use
     /// [`FusedRmsNormQkv::forward_into`], where `m == 0` is a no-op, to skip empty batches).
     pub fn forward(&self, x: &impl DevicePtr<bf16>, m: usize) -> Result<Qkv> {
         let s = self.shape;
@@ -312,7 +312,7 @@ impl FusedRmsNormQkv {
         Ok(out)
     }
 
-    /// Runs [`Path::Auto`] into caller-provided `q [m, q_dim]`, `k [m, kv_dim]`,
+    /// Runs [`Route::Auto`] into caller-provided `q [m, q_dim]`, `k [m, kv_dim]`,
     /// `v [m, kv_dim]` (any device buffers or views, e.g. slots of a KV cache).
     pub fn forward_into(
         &self,
@@ -322,13 +322,13 @@ impl FusedRmsNormQkv {
         k_out: &mut impl DevicePtrMut<bf16>,
         v: &mut impl DevicePtrMut<bf16>,
     ) -> Result<()> {
-        self.forward_into_with(Path::Auto, x, m, q, k_out, v)
+        self.forward_into_with(Route::Auto, x, m, q, k_out, v)
     }
 
-    /// As [`FusedRmsNormQkv::forward_into`], on a chosen path.
+    /// As [`FusedRmsNormQkv::forward_into`], on a chosen route.
     pub fn forward_into_with(
         &self,
-        path: Path,
+        route: Route,
         x: &impl DevicePtr<bf16>,
         m: usize,
         q: &mut impl DevicePtrMut<bf16>,
@@ -350,19 +350,19 @@ impl FusedRmsNormQkv {
         let out = QkvOut { q: qb.ptr, k_out: kb.ptr, v: vb.ptr, nq: s.q_dim as u32, nkv: s.kv_dim as u32 };
         let inp = Operands { x: xb.ptr, w: w.ptr, m: m as u32, hidden: s.hidden as u32 };
         let (decode, tiled) = self.fused_ops(ones.ptr);
-        let path = if path == Path::Auto { self.auto_path(m) } else { path };
+        let route = if route == Route::Auto { self.auto_path(m) } else { route };
         // SAFETY (all arms): every buffer was checked for length, alignment, context and
         // overlap above; the dims were validated at construction and m < 2^31.
         unsafe {
-            match path {
-                Path::Auto | Path::FusedDecode => launch_decode(gpu, &s, &self.tuning, decode, inp, out),
-                Path::FusedTiled => launch_tiled(gpu, &s, &self.tuning, tiled, inp, out),
-                Path::NormCublas => self.norm_cublas_split(xb.ptr, out, m),
+            match route {
+                Route::Auto | Route::FusedDecode => launch_decode(gpu, &s, &self.tuning, decode, inp, out),
+                Route::FusedTiled => launch_tiled(gpu, &s, &self.tuning, tiled, inp, out),
+                Route::NormCublas => self.norm_cublas_split(xb.ptr, out, m),
             }
         }
     }
 
-    /// Runs [`Path::Auto`] into one `y [m, q_dim + 2 kv_dim]` buffer: row `t` holds q, then
+    /// Runs [`Route::Auto`] into one `y [m, q_dim + 2 kv_dim]` buffer: row `t` holds q, then
     /// k, then v (column ranges, like PyTorch's `split` views of `F.linear`'s output).
     pub fn forward_packed_into(
         &self,
@@ -370,14 +370,14 @@ impl FusedRmsNormQkv {
         m: usize,
         y: &mut impl DevicePtrMut<bf16>,
     ) -> Result<()> {
-        self.forward_packed_into_with(Path::Auto, x, m, y)
+        self.forward_packed_into_with(Route::Auto, x, m, y)
     }
 
-    /// As [`FusedRmsNormQkv::forward_packed_into`], on a chosen path ([`Path::Auto`]: the
+    /// As [`FusedRmsNormQkv::forward_packed_into`], on a chosen route ([`Route::Auto`]: the
     /// fused decode kernel up to [`auto_packed_fused_max_m`], else RMSNorm + one cuBLAS GEMM).
     pub fn forward_packed_into_with(
         &self,
-        path: Path,
+        route: Route,
         x: &impl DevicePtr<bf16>,
         m: usize,
         y: &mut impl DevicePtrMut<bf16>,
@@ -395,13 +395,13 @@ impl FusedRmsNormQkv {
         let out = QkvOut::packed(yb.ptr, s.n() as u32);
         let inp = Operands { x: xb.ptr, w: w.ptr, m: m as u32, hidden: s.hidden as u32 };
         let (decode, tiled) = self.fused_ops(ones.ptr);
-        let path = if path == Path::Auto { self.auto_packed_path(m) } else { path };
+        let route = if route == Route::Auto { self.auto_packed_path(m) } else { route };
         // SAFETY (all arms): buffers checked above; dims validated at construction.
         unsafe {
-            match path {
-                Path::Auto | Path::FusedDecode => launch_decode(gpu, &s, &self.tuning, decode, inp, out),
-                Path::FusedTiled => launch_tiled(gpu, &s, &self.tuning, tiled, inp, out),
-                Path::NormCublas => self
+            match route {
+                Route::Auto | Route::FusedDecode => launch_decode(gpu, &s, &self.tuning, decode, inp, out),
+                Route::FusedTiled => launch_tiled(gpu, &s, &self.tuning, tiled, inp, out),
+                Route::NormCublas => self
                     .with_normalized(xb.ptr, m, |xn, blas| blas.gemm_xwt(xn, w.ptr, yb.ptr, m, s.hidden, s.n(), s.n())),
             }
         }

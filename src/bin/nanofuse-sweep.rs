@@ -28,7 +28,7 @@ use nanofuse::bench::{random_bf16, random_weights};
 use nanofuse::ops::{self, GemmImpl};
 use nanofuse::plan::DECODE_MAX_M;
 use nanofuse::reference::{self, compare, concat_qkv, rms};
-use nanofuse::{Baseline, Error, FusedRmsNormQkv, Gpu, KernelId, Path, QkvShape, UnfusedRmsNormQkv, bf16};
+use nanofuse::{Baseline, Error, FusedRmsNormQkv, Gpu, KernelId, QkvShape, Route, UnfusedRmsNormQkv, bf16};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
@@ -264,12 +264,12 @@ impl<'a> Sweep<'a> {
     fn cases(&self) -> Vec<Case<'a>> {
         let mut cases: Vec<Case<'a>> = Vec::new();
         if self.m <= DECODE_MAX_M {
-            cases.push(("fused-decode", |s| s.forward(Path::FusedDecode)));
+            cases.push(("fused-decode", |s| s.forward(Route::FusedDecode)));
         }
         let rest: [Case<'a>; 8] = [
-            ("fused-tiled", |s| s.forward(Path::FusedTiled)),
-            ("norm+cublas (split)", |s| s.forward(Path::NormCublas)),
-            ("auto", |s| s.forward(Path::Auto)),
+            ("fused-tiled", |s| s.forward(Route::FusedTiled)),
+            ("norm+cublas (split)", |s| s.forward(Route::NormCublas)),
+            ("auto", |s| s.forward(Route::Auto)),
             ("baseline cublas", |s| s.baseline(Baseline::NormCublas)),
             ("baseline nanofuse", |s| s.baseline(Baseline::NormNanofuse)),
             ("ops::rms_norm", Sweep::rms_norm),
@@ -298,7 +298,7 @@ impl<'a> Sweep<'a> {
         Ok(buf)
     }
 
-    fn forward(&self, path: Path) -> CaseResult {
+    fn forward(&self, path: Route) -> CaseResult {
         let (s, m, gpu) = (self.shape(), self.m, self.gpu);
         let dx = gpu.upload(&self.x)?;
         let mut q = self.poisoned(m * s.q_dim)?;
