@@ -23,7 +23,6 @@ pub mod ops;
 pub mod plan;
 mod qkv;
 pub mod reference;
-pub mod timing;
 
 pub use check::BUFFER_ALIGN;
 pub use cudarc;
