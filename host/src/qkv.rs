@@ -15,28 +15,24 @@ use crate::ops::{self, GemmImpl};
 use crate::plan::{self, DECODE_MAX_M, DecodeShape, Tile};
 
 /// Largest M for which [`Route::Auto`] of the packed forms runs the fused decode kernel, for
-/// hidden size `k`; above it they run RMSNorm + one cuBLAS GEMM, the same kernels as the
+/// a hidden size; above it they run RMSNorm + one cuBLAS GEMM, the same kernels as the
 /// unfused baseline, so the packed API is not slower than it.
 ///
 /// The fused decode kernel's time grows with M (every CTA stages the M rows of x it needs
-/// and the MMA work doubles past 8 tokens) while cuBLAS's stays flat. On H100
-/// (docs/RESULTS.md, every M from 1 to 16) it is faster at every M <= 16 on every shape:
-/// on Llama-3-70B (K = 8192) 1.07-1.15x baseline (a) (M = 16: 64.69 against 70.01 µs), since
-/// x is streamed through a ring there instead of K being split across a cluster. (Before
-/// that it was level with (a) at M = 15-16 and up to 4% behind in one run; until the
-/// folded weight was interleaved and x staged with 16-byte copies it lost there, 72.65
-/// against 71.57, and the rule stopped at 8 for K > 4096.)
-pub fn auto_packed_fused_max_m(_k: usize) -> usize {
+/// and the MMA work doubles past 8 tokens) while cuBLAS's stays flat, so the bound is where
+/// the fused kernel stops beating baseline (a). On H100 it beats (a) over the whole decode
+/// range on every measured shape (docs/RESULTS.md), so the bound is the range's end for
+/// every hidden size; it takes the hidden size because the crossover has depended on it.
+pub fn auto_packed_fused_max_m(_hidden: usize) -> usize {
     DECODE_MAX_M
 }
 
 /// Largest M for which [`Route::Auto`] runs the fused decode kernel into separate q, k, v,
-/// for hidden size `k`. The alternative there is RMSNorm + one cuBLAS GEMM + the
-/// `split_qkv` copy (no single cuBLAS call writes three tensors), 1-2 µs slower than the
-/// packed fallback at these M. On H100 (docs/RESULTS.md, every M from 1 to 16) the fused
-/// kernel was faster than that at every M <= 16 on every shape (Llama-3-70B M = 16, before
-/// the x ring: 69.87-69.94 against 72.13-72.17 µs for the fallback; now 64.1-64.7).
-pub fn auto_fused_max_m(_k: usize) -> usize {
+/// for a hidden size (the same bound for every one). The alternative there is RMSNorm + one
+/// cuBLAS GEMM + the `split_qkv` copy (no single cuBLAS call writes three tensors), slower
+/// than the packed fallback. On H100 the fused kernel beats it over the whole decode range
+/// on every measured shape (docs/RESULTS.md).
+pub fn auto_fused_max_m(_hidden: usize) -> usize {
     DECODE_MAX_M
 }
 
@@ -47,10 +43,10 @@ pub const SPLIT_MAX_ELEMENTS: usize = 6 << 20;
 /// Largest M for which the separate-output fallback ([`Route::NormCublas`] into q, k, v)
 /// runs one cuBLAS GEMM into a packed `[M, N]` scratch and copies it out with the
 /// `split_qkv` kernel; above it, three GEMMs write q, k and v directly. The split costs a
-/// launch and `4 M N` bytes of copying, each extra GEMM a launch and its tail. Measured on
-/// H100 (docs/RESULTS.md, M in 32, 128, 512, 2048): the split was faster up to
-/// `M · N = 6.3 M` elements (Llama-3.2-1B at M = 2048, Llama-3-70B at M = 512) and three
-/// GEMMs from `8.4 M` (Qwen3-0.6B at M = 2048).
+/// launch and `4 M N` bytes of copying, each extra GEMM a launch and its tail, so the split
+/// wins while the copy is small: up to [`SPLIT_MAX_ELEMENTS`] elements of `M · N`, between
+/// the largest product where the split measured faster on H100 and the smallest where three
+/// GEMMs did (docs/RESULTS.md).
 pub fn auto_split_max_m(n: usize) -> usize {
     SPLIT_MAX_ELEMENTS / n.max(1)
 }
