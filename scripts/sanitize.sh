@@ -119,7 +119,7 @@ fi
 out=${OUT:-.}
 mkdir -p "$out" || exit 2
 
-# nanofuse's entry points as the binary itself names them (its KERNEL_NAMES), so both modes
+# nanofuse's entry points as the binary itself names them (its KernelId table), so both modes
 # follow kernel renames. One regex alternation: names hold no regex metacharacters.
 ours_regex=
 if [ "$mode" != all ]; then

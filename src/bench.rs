@@ -14,7 +14,7 @@ use rand::{Rng, RngExt, SeedableRng};
 use serde::Serialize;
 
 use crate::timing::{RingGraph, Stats, ring_len};
-use crate::{Baseline, FusedRmsNormQkv, Gpu, Path, QkvShape, Result, Tuning, UnfusedRmsNormQkv, bf16};
+use crate::{Baseline, FusedRmsNormQkv, Gpu, QkvShape, Result, Route, Tuning, UnfusedRmsNormQkv, bf16};
 
 /// A model's attention-input shape.
 #[derive(Clone, Copy, Debug)]
@@ -46,18 +46,18 @@ pub enum Variant {
     NormCublas,
     /// Baseline (b): RMSNorm kernel + nanofuse's GEMM into `[M, N]`.
     NormNanofuse,
-    /// The public API (`Path::Auto`): what an engine calling `forward_into` gets.
+    /// The public API (`Route::Auto`): what an engine calling `forward_into` gets.
     Api,
     /// As `Fused`, launched without programmatic dependent launch (what PDL contributes).
     FusedNoPdl,
-    /// The packed public API (`forward_packed_into`, `Path::Auto`): one `[M, N]` output like
+    /// The packed public API (`forward_packed_into`, `Route::Auto`): one `[M, N]` output like
     /// baseline (a), falling back to exactly baseline (a) where the fused kernel loses.
     ApiPacked,
     /// The fused decode kernel whatever M is (launch-shape sweeps).
     FusedDecode,
     /// The fused tiled kernel whatever M is (launch-shape sweeps).
     FusedTiled,
-    /// The separate-output fallback (`Path::NormCublas`) whatever M is (crossover sweeps).
+    /// The separate-output fallback (`Route::NormCublas`) whatever M is (crossover sweeps).
     Fallback,
 }
 
@@ -190,12 +190,12 @@ impl Workload {
     }
 
     /// The path the fused variant takes at the current M.
-    pub fn fused_path(&self) -> Path {
-        if self.m <= crate::plan::DECODE_MAX_M { Path::FusedDecode } else { Path::FusedTiled }
+    pub fn fused_path(&self) -> Route {
+        if self.m <= crate::plan::DECODE_MAX_M { Route::FusedDecode } else { Route::FusedTiled }
     }
 
-    /// The paths `Path::Auto` takes at the current M: (separate outputs, packed).
-    pub fn auto_paths(&self) -> (Path, Path) {
+    /// The paths `Route::Auto` takes at the current M: (separate outputs, packed).
+    pub fn auto_paths(&self) -> (Route, Route) {
         (self.ops[0].auto_path(self.m), self.ops[0].auto_packed_path(self.m))
     }
 
@@ -209,13 +209,13 @@ impl Workload {
         let (op, base, b, m) = (&self.ops[i], &self.baselines[i], &mut self.bufs[i], self.m);
         match variant {
             Variant::Fused | Variant::FusedNoPdl => {
-                let path = if m <= crate::plan::DECODE_MAX_M { Path::FusedDecode } else { Path::FusedTiled };
+                let path = if m <= crate::plan::DECODE_MAX_M { Route::FusedDecode } else { Route::FusedTiled };
                 op.forward_into_with(path, &b.x, m, &mut b.q, &mut b.k, &mut b.v)
             }
-            Variant::FusedDecode => op.forward_into_with(Path::FusedDecode, &b.x, m, &mut b.q, &mut b.k, &mut b.v),
-            Variant::FusedTiled => op.forward_into_with(Path::FusedTiled, &b.x, m, &mut b.q, &mut b.k, &mut b.v),
+            Variant::FusedDecode => op.forward_into_with(Route::FusedDecode, &b.x, m, &mut b.q, &mut b.k, &mut b.v),
+            Variant::FusedTiled => op.forward_into_with(Route::FusedTiled, &b.x, m, &mut b.q, &mut b.k, &mut b.v),
             Variant::Api => op.forward_into(&b.x, m, &mut b.q, &mut b.k, &mut b.v),
-            Variant::Fallback => op.forward_into_with(Path::NormCublas, &b.x, m, &mut b.q, &mut b.k, &mut b.v),
+            Variant::Fallback => op.forward_into_with(Route::NormCublas, &b.x, m, &mut b.q, &mut b.k, &mut b.v),
             Variant::ApiPacked => op.forward_packed_into(&b.x, m, &mut b.y),
             Variant::NormCublas => base.forward_into(Baseline::NormCublas, &b.x, m, &mut b.xn, &mut b.y),
             Variant::NormNanofuse => base.forward_into(Baseline::NormNanofuse, &b.x, m, &mut b.xn, &mut b.y),

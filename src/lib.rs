@@ -26,6 +26,7 @@ pub use nanofuse_host::*;
 
 pub mod bench;
 pub mod chart;
+pub mod timing;
 
 /// The kernels' PTX, compiled by `build.rs` for [`KERNELS_ARCH`].
 pub const KERNELS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));

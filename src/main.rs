@@ -295,8 +295,8 @@ fn print_table(results: &[Measurement], copy_gbs: f64) {
     println!(
         "no-PDL: the same without it; cuBLAS: RMSNorm + cuBLAS GEMM (PyTorch's path); ours: RMSNorm + nanofuse GEMM;"
     );
-    println!("api: FusedRmsNormQkv::forward_into (separate q, k, v; Path::Auto); packed: forward_packed_into");
-    println!("(one [M, N] output like cuBLAS's; Path::Auto). speedup = cuBLAS / fused;");
+    println!("api: FusedRmsNormQkv::forward_into (separate q, k, v; Route::Auto); packed: forward_packed_into");
+    println!("(one [M, N] output like cuBLAS's; Route::Auto). speedup = cuBLAS / fused;");
     println!("GB/s and TFLOP/s of the fused kernel (minimum bytes: W, g, x, outputs);");
     println!("floor = minimum bytes / copy bandwidth.");
 }

@@ -22,13 +22,13 @@ use std::sync::Arc;
 use nanofuse::bench::{random_bf16, random_weights};
 use nanofuse::plan::DECODE_MAX_M;
 use nanofuse::reference::{self, compare, concat_qkv};
-use nanofuse::{Baseline, FusedRmsNormQkv, Gpu, Path, QkvShape, UnfusedRmsNormQkv, bf16};
+use nanofuse::{Baseline, FusedRmsNormQkv, Gpu, QkvShape, Route, UnfusedRmsNormQkv, bf16};
 use rand::RngExt;
 use rand::rngs::SmallRng;
 
 const SHAPE: QkvShape = QkvShape::new(256, 64, 32, 1e-5);
 const MS: [usize; 3] = [1, 5, 40];
-const PATHS: [Path; 4] = [Path::FusedDecode, Path::FusedTiled, Path::NormCublas, Path::Auto];
+const PATHS: [Route; 4] = [Route::FusedDecode, Route::FusedTiled, Route::NormCublas, Route::Auto];
 const MAX_REL_FROBENIUS: f64 = 4e-3;
 const ELEMENT_TOL: f64 = 0.02;
 const SENTINEL: f32 = 1e30;
@@ -45,7 +45,7 @@ fn run_all(
     let dx = gpu.upload(x).unwrap();
     let mut out = Vec::new();
     for path in PATHS {
-        if path == Path::FusedDecode && m > DECODE_MAX_M {
+        if path == Route::FusedDecode && m > DECODE_MAX_M {
             continue;
         }
         let (mut q, mut k, mut v) = (filled(m * s.q_dim), filled(m * s.kv_dim), filled(m * s.kv_dim));

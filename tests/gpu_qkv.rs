@@ -17,10 +17,10 @@ use common::{gather, sample_rows};
 use nanofuse::bench::{random_bf16, random_weights};
 use nanofuse::plan::{DECODE_MAX_M, DecodeShape};
 use nanofuse::reference::{self, Comparison, compare, concat_qkv, rms};
-use nanofuse::{Baseline, Error, FusedRmsNormQkv, Path, QkvShape, Tuning, UnfusedRmsNormQkv, bf16};
+use nanofuse::{Baseline, Error, FusedRmsNormQkv, QkvShape, Route, Tuning, UnfusedRmsNormQkv, bf16};
 
 const MS: [usize; 9] = [1, 2, 3, 7, 16, 17, 64, 100, 2048];
-const PATHS: [Path; 4] = [Path::FusedDecode, Path::FusedTiled, Path::NormCublas, Path::Auto];
+const PATHS: [Route; 4] = [Route::FusedDecode, Route::FusedTiled, Route::NormCublas, Route::Auto];
 const MAX_REL_FROBENIUS: f64 = 4e-3;
 const ELEMENT_TOL: f64 = 0.02;
 
@@ -44,10 +44,10 @@ fn check_shape(name: &str, shape: QkvShape) {
     let mut failures = Vec::new();
     // Every path; the separate-output fallback both ways (one GEMM + split_qkv, three GEMMs).
     let variants = PATHS.iter().flat_map(|&p| {
-        let splits: &[Option<bool>] = if p == Path::NormCublas { &[Some(true), Some(false)] } else { &[None] };
+        let splits: &[Option<bool>] = if p == Route::NormCublas { &[Some(true), Some(false)] } else { &[None] };
         splits.iter().map(move |&s| (p, s))
     });
-    let variants: Vec<(Path, Option<bool>)> = variants.collect();
+    let variants: Vec<(Route, Option<bool>)> = variants.collect();
 
     for &m in &MS {
         let x = random_bf16(&mut rng, m * k, -3.0, 3.0);
@@ -68,7 +68,7 @@ fn check_shape(name: &str, shape: QkvShape) {
             for _ in 0..2 {
                 let (mut q, mut kk, mut v) = common::poisoned_qkv(&gpu, m, &shape);
                 let r = op.forward_into_with(path, &dx, m, &mut q, &mut kk, &mut v);
-                if path == Path::FusedDecode && m > DECODE_MAX_M {
+                if path == Route::FusedDecode && m > DECODE_MAX_M {
                     assert!(matches!(r, Err(Error::Dimension { arg: "M", .. })), "decode path at M={m}: {r:?}");
                     break;
                 }
@@ -86,7 +86,7 @@ fn check_shape(name: &str, shape: QkvShape) {
             if runs[0].iter().zip(&runs[1]).any(|(a, b)| a.to_bits() != b.to_bits()) {
                 failures.push(format!("M={m} {label}: two runs differ bitwise"));
             }
-            if matches!(path, Path::FusedDecode | Path::FusedTiled) {
+            if matches!(path, Route::FusedDecode | Route::FusedTiled) {
                 fused_outputs.push((path, runs.swap_remove(0)));
             }
         }
@@ -94,7 +94,7 @@ fn check_shape(name: &str, shape: QkvShape) {
         // The packed forms: one [M, N] output.
         op.set_tuning(Tuning::default());
         for path in PATHS {
-            if path == Path::FusedDecode && m > DECODE_MAX_M {
+            if path == Route::FusedDecode && m > DECODE_MAX_M {
                 continue;
             }
             let mut y = gpu.alloc_zeros::<bf16>(m * n).unwrap();
@@ -189,7 +189,7 @@ fn check_decode_shapes(name: &str, shape: QkvShape) {
             let mut runs = Vec::new();
             for _ in 0..2 {
                 let (mut q, mut kk, mut v) = common::poisoned_qkv(&gpu, m, &shape);
-                match op.forward_into_with(Path::FusedDecode, &dx, m, &mut q, &mut kk, &mut v) {
+                match op.forward_into_with(Route::FusedDecode, &dx, m, &mut q, &mut kk, &mut v) {
                     Ok(()) => {}
                     Err(Error::TooLarge { .. }) => break, // this split leaves an empty K slice
                     Err(e) => panic!("M={m} ws={warp_split} ks={k_splits} ring={ring}: {e}"),

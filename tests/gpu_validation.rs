@@ -27,13 +27,13 @@ use nanofuse::cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, Cud
 use nanofuse::ops::{self, GemmImpl};
 use nanofuse::plan::{DECODE_MAX_M, MAX_DIM};
 use nanofuse::reference::{self, compare, concat_qkv, rms};
-use nanofuse::{BUFFER_ALIGN, Baseline, Error, FusedRmsNormQkv, Gpu, Path, QkvShape, Result, UnfusedRmsNormQkv, bf16};
+use nanofuse::{BUFFER_ALIGN, Baseline, Error, FusedRmsNormQkv, Gpu, QkvShape, Result, Route, UnfusedRmsNormQkv, bf16};
 use rand::RngExt;
 
 /// A small op for the error tests: K = 64, N = 24 + 2·8 = 40, M = 3.
 const SHAPE: QkvShape = QkvShape::new(64, 24, 8, 1e-5);
 const M: usize = 3;
-const PATHS: [Path; 4] = [Path::FusedDecode, Path::FusedTiled, Path::NormCublas, Path::Auto];
+const PATHS: [Route; 4] = [Route::FusedDecode, Route::FusedTiled, Route::NormCublas, Route::Auto];
 const MAX_REL_FROBENIUS: f64 = 4e-3;
 const ELEMENT_TOL: f64 = 0.02;
 
@@ -538,10 +538,10 @@ fn bad_dimensions_are_dimension_or_too_large_errors() {
     let mut q2 = gpu.alloc_zeros::<bf16>(m * SHAPE.q_dim).unwrap();
     let mut k2 = gpu.alloc_zeros::<bf16>(m * SHAPE.kv_dim).unwrap();
     let mut v2 = gpu.alloc_zeros::<bf16>(m * SHAPE.kv_dim).unwrap();
-    let r = op.forward_into_with(Path::FusedDecode, &x2, m, &mut q2, &mut k2, &mut v2);
+    let r = op.forward_into_with(Route::FusedDecode, &x2, m, &mut q2, &mut k2, &mut v2);
     expect("FusedDecode M = DECODE_MAX_M + 1", r, &dim("M", m));
     // ... which the other paths serve.
-    for path in [Path::FusedTiled, Path::NormCublas, Path::Auto] {
+    for path in [Route::FusedTiled, Route::NormCublas, Route::Auto] {
         op.forward_into_with(path, &x2, m, &mut q2, &mut k2, &mut v2)
             .unwrap_or_else(|e| panic!("{path:?} M = {m}: {e}"));
     }
@@ -629,7 +629,7 @@ fn random_shapes_match_the_reference_on_every_path() {
                     gpu.fill_nan(b).unwrap();
                 }
                 let r = op.forward_into_with(path, &dx, m, &mut q, &mut kk, &mut v);
-                if path == Path::FusedDecode && m > DECODE_MAX_M {
+                if path == Route::FusedDecode && m > DECODE_MAX_M {
                     if !matches!(r, Err(Error::Dimension { arg: "M", .. })) {
                         failures.push(format!("{name} {path:?}: expected a Dimension error for M, got {r:?}"));
                     }

@@ -16,7 +16,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use nanofuse::{KERNEL_NAMES, KERNEL_PARAM_SIZES, KERNELS_ARCH, KERNELS_PTX};
+use nanofuse::{KERNELS_ARCH, KERNELS_PTX, KernelId};
+
+/// The PTX names of every entry the host launches.
+fn kernel_names() -> impl Iterator<Item = &'static str> {
+    KernelId::ALL.iter().map(|k| k.name())
+}
 
 /// Prints `skipped: <why>` past libtest's output capture.
 fn skip_note(why: &str) {
@@ -53,10 +58,10 @@ fn ptx_has_every_entry_the_host_launches() {
         .filter_map(|l| l.trim().strip_prefix(".visible .entry "))
         .map(|l| l.trim_end_matches('('))
         .collect();
-    for name in KERNEL_NAMES {
+    for name in kernel_names() {
         assert!(entries.contains(&name), "entry `{name}` missing; PTX has {entries:?}");
     }
-    assert_eq!(entries.len(), KERNEL_NAMES.len(), "unexpected entries: {entries:?}");
+    assert_eq!(entries.len(), KernelId::ALL.len(), "unexpected entries: {entries:?}");
 }
 
 /// The byte sizes of an entry's parameters, from its `.param` lines.
@@ -78,8 +83,8 @@ fn param_sizes(name: &str) -> Vec<usize> {
 
 #[test]
 fn ptx_entry_parameters_match_what_the_launchers_pass() {
-    for (name, sizes) in KERNEL_NAMES.iter().zip(KERNEL_PARAM_SIZES) {
-        assert_eq!(param_sizes(name), sizes, "`{name}`: PTX parameter sizes against KERNEL_PARAM_SIZES");
+    for k in KernelId::ALL {
+        assert_eq!(param_sizes(k.name()), k.params(), "`{}`: PTX parameter sizes against KernelId::params", k.name());
     }
 }
 
@@ -155,7 +160,7 @@ fn assemble(ptxas: &Path) -> (PathBuf, BTreeMap<String, Resources>) {
             r.registers = number_before(line, "registers").unwrap_or(0);
         }
     }
-    report.retain(|k, _| KERNEL_NAMES.contains(&k.as_str()));
+    report.retain(|k, _| kernel_names().any(|name| name == k));
     (cubin, report)
 }
 
@@ -170,7 +175,7 @@ fn ptxas_no_spills_no_stack_and_sass_uses_tensor_cores() {
     for (name, r) in &report {
         println!("{name:<32} {:>5} {:>6} {:>7}", r.registers, r.stack_bytes, r.spill_store_bytes + r.spill_load_bytes);
     }
-    for name in KERNEL_NAMES {
+    for name in kernel_names() {
         let r = report.get(name).unwrap_or_else(|| panic!("ptxas reported nothing for `{name}`"));
         assert_eq!(r.spill_store_bytes + r.spill_load_bytes, 0, "`{name}` spills registers");
         assert_eq!(r.stack_bytes, 0, "`{name}` has a stack frame (local memory)");
@@ -200,10 +205,10 @@ fn ptxas_no_spills_no_stack_and_sass_uses_tensor_cores() {
         }
     }
     for name in MMA_KERNELS {
-        assert!(KERNEL_NAMES.contains(&name), "MMA_KERNELS names `{name}`, which the PTX does not export");
+        assert!(kernel_names().any(|k| k == name), "MMA_KERNELS names `{name}`, which the PTX does not export");
     }
     println!("{:<32} {:>5} {:>5} {:>7} {:>7} {:>7}", "kernel", "HMMA", "LDSM", "LDG.128", "LDGSTS", "LDL/STL");
-    for name in KERNEL_NAMES {
+    for name in kernel_names() {
         let c = counts.get(name).cloned().unwrap_or_default();
         let n = |op: &str| c.get(op).copied().unwrap_or(0);
         println!(

@@ -79,8 +79,9 @@ pub enum Error {
 }
 
 impl Error {
-    /// Wraps a driver error with the name of the call that produced it.
-    pub(crate) fn driver(op: &'static str) -> impl FnOnce(DriverError) -> Error {
+    /// Wraps a driver error with the name of the call that produced it (for
+    /// `.map_err(Error::driver("cuStreamSynchronize"))`).
+    pub fn driver(op: &'static str) -> impl FnOnce(DriverError) -> Error {
         move |source| Error::Driver { op, source }
     }
 

@@ -3,36 +3,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::sys::{self, CUdevice_attribute};
-use cudarc::driver::{
-    CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice, ValidAsZeroBits,
-};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use half::bf16;
 
 use crate::blas::Blas;
+use crate::device::{DeviceInfo, check_arch, device_count, query_info};
 use crate::error::{Error, Result};
 use crate::kernels::Kernels;
-
-/// What the launchers and benchmarks need to know about the device.
-#[derive(Clone, Debug)]
-pub struct DeviceInfo {
-    /// Device name, e.g. "NVIDIA H100 80GB HBM3".
-    pub name: String,
-    /// Compute capability (major, minor).
-    pub compute_capability: (i32, i32),
-    /// Streaming multiprocessors.
-    pub sm_count: u32,
-    /// L2 cache bytes.
-    pub l2_bytes: u64,
-    /// Most dynamic shared memory one CTA can opt in to.
-    pub max_smem_per_block: u32,
-    /// Total device memory bytes.
-    pub total_mem: u64,
-    /// CUDA driver version, e.g. 13000 for 13.0.
-    pub driver_version: i32,
-    /// Peak SM clock in MHz, where the driver reports it.
-    pub sm_clock_mhz: Option<u32>,
-}
 
 /// A CUDA device with nanofuse's kernels loaded, and the stream all work is issued on.
 ///
@@ -51,22 +28,6 @@ impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gpu").field("info", &self.info).finish_non_exhaustive()
     }
-}
-
-/// True when the CUDA driver library can be loaded on this machine (it says nothing about
-/// whether a device is present).
-pub fn driver_present() -> bool {
-    // SAFETY: only tries to dlopen the library.
-    unsafe { sys::is_culib_present() }
-}
-
-/// The number of CUDA devices; an error when there is no driver.
-pub fn device_count() -> Result<usize> {
-    if !driver_present() {
-        return Err(Error::NoDriver);
-    }
-    let n = CudaContext::device_count().map_err(Error::driver("cuDeviceGetCount"))?;
-    Ok(n.max(0) as usize)
 }
 
 impl Gpu {
@@ -94,7 +55,7 @@ impl Gpu {
         unsafe { ctx.disable_event_tracking() };
         let info = query_info(&ctx)?;
         check_arch(&info, ptx_arch)?;
-        let kernels = Kernels::load(&ctx, ptx, &info)?;
+        let kernels = Kernels::load(&ctx, ptx, info.max_smem_per_block)?;
         let pdl = AtomicBool::new(info.compute_capability.0 >= 9);
         Ok(Arc::new(Gpu { ctx, stream, kernels, info, blas: Mutex::new(None), pdl }))
     }
@@ -164,155 +125,5 @@ impl Gpu {
         let b = Arc::new(Blas::new(&self.stream)?);
         *slot = Some(b.clone());
         Ok(b)
-    }
-
-    /// Checks that `buf` is on this device, holds exactly `len` elements and is 16-byte
-    /// aligned; returns its device address.
-    pub(crate) fn input<T>(&self, arg: &'static str, buf: &impl DevicePtr<T>, len: usize) -> Result<BufRef> {
-        self.check_context(arg, buf)?;
-        let (ptr, _sync) = buf.device_ptr(&self.stream);
-        check_buffer(arg, ptr, buf.len(), len, size_of::<T>())
-    }
-
-    /// As [`Gpu::input`], for a buffer the kernel writes.
-    pub(crate) fn output<T>(&self, arg: &'static str, buf: &mut impl DevicePtrMut<T>, len: usize) -> Result<BufRef> {
-        self.check_context(arg, buf)?;
-        let got = buf.len();
-        let (ptr, _sync) = buf.device_ptr_mut(&self.stream);
-        check_buffer(arg, ptr, got, len, size_of::<T>())
-    }
-
-    fn check_context<T>(&self, arg: &'static str, buf: &impl DeviceSlice<T>) -> Result<()> {
-        let theirs = buf.stream().context();
-        if theirs.cu_ctx() != self.ctx.cu_ctx() {
-            return Err(Error::WrongDevice { arg, expected: self.ctx.ordinal(), found: theirs.ordinal() });
-        }
-        Ok(())
-    }
-}
-
-/// A validated device buffer: name, address and byte length (for overlap checks).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct BufRef {
-    pub name: &'static str,
-    pub ptr: u64,
-    pub bytes: u64,
-}
-
-/// Alignment every buffer passed to nanofuse's kernels must have (16-byte vector paths).
-pub const BUFFER_ALIGN: u64 = 16;
-
-pub(crate) fn check_buffer(arg: &'static str, ptr: u64, got: usize, len: usize, elem: usize) -> Result<BufRef> {
-    if got != len {
-        return Err(Error::Length { arg, expected: len, got });
-    }
-    if !ptr.is_multiple_of(BUFFER_ALIGN) {
-        return Err(Error::Misaligned { arg, addr: ptr, align: BUFFER_ALIGN });
-    }
-    Ok(BufRef { name: arg, ptr, bytes: (len * elem) as u64 })
-}
-
-/// Error if any written buffer overlaps any other buffer.
-pub(crate) fn check_no_overlap(written: &[BufRef], read: &[BufRef]) -> Result<()> {
-    let overlaps =
-        |a: &BufRef, b: &BufRef| a.bytes > 0 && b.bytes > 0 && a.ptr < b.ptr + b.bytes && b.ptr < a.ptr + a.bytes;
-    for (i, w) in written.iter().enumerate() {
-        for other in written[i + 1..].iter().chain(read) {
-            if overlaps(w, other) {
-                return Err(Error::Overlap { a: w.name, b: other.name });
-            }
-        }
-    }
-    Ok(())
-}
-
-fn query_info(ctx: &Arc<CudaContext>) -> Result<DeviceInfo> {
-    let attr = |a: CUdevice_attribute| ctx.attribute(a).map_err(Error::driver("cuDeviceGetAttribute"));
-    let mut driver_version = 0;
-    // SAFETY: writes one int.
-    unsafe { sys::cuDriverGetVersion(&mut driver_version) }.result().map_err(Error::driver("cuDriverGetVersion"))?;
-    Ok(DeviceInfo {
-        name: ctx.name().map_err(Error::driver("cuDeviceGetName"))?,
-        compute_capability: (
-            attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
-            attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
-        ),
-        sm_count: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
-        l2_bytes: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)? as u64,
-        max_smem_per_block: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as u32,
-        total_mem: ctx.total_mem().map_err(Error::driver("cuDeviceTotalMem"))? as u64,
-        driver_version,
-        sm_clock_mhz: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CLOCK_RATE).ok().map(|khz| (khz / 1000) as u32),
-    })
-}
-
-/// The numeric part of an architecture name: "sm_90" -> 90, "sm_90a" -> 90.
-pub fn arch_number(arch: &str) -> Option<u32> {
-    let digits: String = arch.strip_prefix("sm_")?.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
-
-/// PTX built for `sm_XY` runs on devices of compute capability X.Y or newer.
-pub(crate) fn check_arch(info: &DeviceInfo, ptx_arch: &str) -> Result<()> {
-    let (major, minor) = info.compute_capability;
-    let found = (major * 10 + minor) as u32;
-    let needed = arch_number(ptx_arch)
-        .ok_or_else(|| Error::Module { reason: format!("unknown PTX architecture {ptx_arch:?}") })?;
-    if found < needed {
-        return Err(Error::UnsupportedArch {
-            device: info.name.clone(),
-            found: format!("sm_{found}"),
-            built_for: ptx_arch.to_string(),
-        });
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn device(major: i32, minor: i32) -> DeviceInfo {
-        DeviceInfo {
-            name: "test GPU".into(),
-            compute_capability: (major, minor),
-            sm_count: 108,
-            l2_bytes: 40 << 20,
-            max_smem_per_block: 163 << 10,
-            total_mem: 80 << 30,
-            driver_version: 12080,
-            sm_clock_mhz: None,
-        }
-    }
-
-    #[test]
-    fn an_older_gpu_is_refused_with_the_arch_and_the_variable() {
-        let err = check_arch(&device(8, 0), "sm_90").unwrap_err();
-        assert!(
-            matches!(&err, Error::UnsupportedArch { found, built_for, .. } if found == "sm_80" && built_for == "sm_90")
-        );
-        let msg = err.to_string();
-        assert!(msg.contains("sm_90") && msg.contains("NANOFUSE_CUDA_ARCH"), "{msg}");
-    }
-
-    #[test]
-    fn the_built_arch_and_newer_gpus_are_accepted() {
-        assert!(check_arch(&device(9, 0), "sm_90").is_ok());
-        assert!(check_arch(&device(10, 0), "sm_90").is_ok());
-        assert!(check_arch(&device(9, 0), "sm_90a").is_ok());
-        assert!(check_arch(&device(9, 0), "sm_100").is_err());
-        assert!(matches!(check_arch(&device(9, 0), "compute_90"), Err(Error::Module { .. })));
-    }
-
-    #[test]
-    fn buffers_are_checked_for_length_alignment_and_overlap() {
-        assert!(matches!(check_buffer("x", 256, 10, 12, 2), Err(Error::Length { arg: "x", expected: 12, got: 10 })));
-        assert!(matches!(check_buffer("x", 258, 12, 12, 2), Err(Error::Misaligned { arg: "x", .. })));
-        let a = check_buffer("a", 256, 8, 8, 2).unwrap();
-        let b = check_buffer("b", 256 + 16, 8, 8, 2).unwrap();
-        let c = check_buffer("c", 256 + 8, 8, 8, 2).unwrap_or(BufRef { name: "c", ptr: 264, bytes: 16 });
-        assert!(check_no_overlap(&[a], &[b]).is_ok());
-        assert!(matches!(check_no_overlap(&[a], &[c]), Err(Error::Overlap { a: "a", b: "c" })));
-        assert!(matches!(check_no_overlap(&[b, c], &[]), Err(Error::Overlap { .. })));
     }
 }

@@ -1,418 +1,419 @@
-//! The loaded PTX module and one raw launcher per kernel. Launchers take validated device
-//! addresses and sizes; the public, checked entry points are in `ops` and `qkv`.
+//! The kernel registry and one raw launcher per kernel.
+//!
+//! [`KernelId`] is the one table of every entry point the host launches: its PTX name, the
+//! byte size of each parameter and the dynamic shared memory it may use. [`Kernels::load`]
+//! loads every entry of the table; each launcher builds a [`Launch`], which checks the
+//! arguments against the entry's parameter list before `cuLaunchKernelEx`; `tests/ptx.rs`
+//! checks the table against the PTX. Launchers take validated device addresses and sizes;
+//! the public, checked entry points are in `ops` and `qkv`.
+//!
+//! # Adding a kernel
+//! 1. The kernel in `kernels-gpu/` (its file, its constants in `config.rs`).
+//! 2. One line in the `kernel_table!` below: the variant, the PTX entry name, its parameter
+//!    sizes in order (`PTR` for a pointer, `SCALAR` for a `u32` or `f32`; name the list if
+//!    another entry shares it) and its shared-memory limit ([`Smem`]). Loading, the
+//!    shared-memory attribute and the PTX test (name and parameter sizes) follow from it.
+//!    A decode kernel with another epilogue has four forms (plain, `_early`, `_early_m8`,
+//!    `_ring`): four lines, and a [`DecodeForms`] constant for the plan to pick from.
+//! 3. A launcher in `impl Kernels`: the launch [`Shape`] from `config` or a plan, then
+//!    `Launch::new(self.entry(KernelId::…), shape).pdl(pdl).arg(…)….run(stream)` with the
+//!    arguments in the kernel's order, a `# Safety` section and a `// SAFETY:` note; group
+//!    its pointers and sizes in an argument struct (as [`Operands`], [`QkvOut`]) rather than
+//!    a long parameter list.
+//! 4. A checked entry point in `ops` or an op module: the checks of `check`, then the
+//!    launcher; a plan function in `plan` if it has launch shapes to choose.
 
-use std::ffi::c_void;
 use std::sync::Arc;
 
-use cudarc::driver::sys::{self, CUfunction_attribute, CUlaunchAttributeID};
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
+use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::{CudaContext, CudaStream};
 use cudarc::nvrtc::Ptx;
 use nanofuse_kernels_gpu::config::{self, TileConfig, decode, fold_gain, rms_norm, split_qkv};
 
 use crate::error::{Error, Result};
-use crate::gpu::DeviceInfo;
+use crate::launch::{Entry, Launch, MAX_PARAMS, Shape};
 use crate::plan::{DecodePlan, Tile, TiledPlan};
-
-/// Every kernel entry point the host launches, as named in the PTX.
-pub const KERNEL_NAMES: [&str; 16] = [
-    "rms_norm",
-    "fused_rmsnorm_qkv_decode",
-    "gemm_decode",
-    "fused_rmsnorm_qkv_tiled_large",
-    "fused_rmsnorm_qkv_tiled_small",
-    "gemm_tiled_large",
-    "gemm_tiled_small",
-    "fused_rmsnorm_qkv_decode_early",
-    "gemm_decode_early",
-    "fold_gain",
-    "split_qkv",
-    "fused_rmsnorm_qkv_decode_early_m8",
-    "gemm_decode_early_m8",
-    "rms_norm_interleaved",
-    "fused_rmsnorm_qkv_decode_ring",
-    "gemm_decode_ring",
-];
 
 /// Bytes of a pointer parameter (`.u64`).
 const PTR: usize = 8;
 /// Bytes of a scalar parameter (`.u32`, `.f32`).
 const SCALAR: usize = 4;
+const RMS_NORM: &[usize] = &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR];
 const DECODE_FUSED: &[usize] =
     &[PTR, PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
 const DECODE_GEMM: &[usize] = &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
 const TILED_FUSED: &[usize] = &[PTR, PTR, PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
 const TILED_GEMM: &[usize] = &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR];
-const RMS_NORM: &[usize] = &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR];
 
-/// The byte size of each parameter of each entry in `KERNEL_NAMES`, in order: every launch
-/// is checked against it (a mismatch is an error, not a launch), and `tests/ptx.rs` checks
-/// it against the PTX.
-pub const KERNEL_PARAM_SIZES: [&[usize]; 16] = [
-    RMS_NORM,
-    DECODE_FUSED,
-    DECODE_GEMM,
-    TILED_FUSED,
-    TILED_FUSED,
-    TILED_GEMM,
-    TILED_GEMM,
-    DECODE_FUSED,
-    DECODE_GEMM,
-    &[PTR, PTR, SCALAR, SCALAR],
-    &[PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR],
-    DECODE_FUSED,
-    DECODE_GEMM,
-    RMS_NORM,
-    DECODE_FUSED,
-    DECODE_GEMM,
-];
-
-/// Most parameters of any entry (a launch with more is refused).
-const MAX_PARAMS: usize = 14;
-
-/// One loaded kernel entry with its name and parameter sizes.
-struct Entry {
-    f: CudaFunction,
-    name: &'static str,
-    params: &'static [usize],
+/// The dynamic shared memory an entry may be launched with.
+#[derive(Clone, Copy)]
+enum Smem {
+    /// The default limit (48 KiB); nothing to raise.
+    Default,
+    /// As much as one CTA can opt in to on the device: the decode kernels, whose x staging
+    /// grows with M and the K slice (the planner keeps each launch within it).
+    DeviceMax,
+    /// A fixed size above the default: the tiled kernels' pipeline.
+    Bytes(u32),
 }
 
-/// The entries of one decode kernel (`x`, `x_early`, `x_early_m8`, `x_ring`), which take
-/// the same arguments.
-struct DecodeEntries {
-    plain: Entry,
-    early: Entry,
-    early_m8: Entry,
-    ring: Entry,
+/// Declares [`KernelId`] from the table of entries, one line each:
+/// `Variant = "ptx_name", parameter sizes, shared-memory limit;`.
+macro_rules! kernel_table {
+    ($($id:ident = $name:literal, $params:expr, $smem:expr;)+) => {
+        /// Every kernel entry point the host launches, as the PTX names it.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum KernelId {
+            $(#[doc = concat!("`", $name, "`")] $id,)+
+        }
+
+        impl KernelId {
+            /// Every entry, in table order.
+            pub const ALL: &[KernelId] = &[$(KernelId::$id),+];
+
+            /// The entry's name in the PTX.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(KernelId::$id => $name,)+
+                }
+            }
+
+            /// The byte size of each parameter of the entry, in order: every launch is
+            /// checked against it (a mismatch is an error, not a launch), and `tests/ptx.rs`
+            /// checks it against the PTX.
+            pub const fn params(self) -> &'static [usize] {
+                match self {
+                    $(KernelId::$id => $params,)+
+                }
+            }
+
+            const fn smem(self) -> Smem {
+                match self {
+                    $(KernelId::$id => $smem,)+
+                }
+            }
+        }
+    };
 }
 
-impl DecodeEntries {
-    /// The entry a plan launches.
-    fn pick(&self, plan: &DecodePlan) -> &Entry {
+kernel_table! {
+    RmsNorm = "rms_norm", RMS_NORM, Smem::Default;
+    RmsNormInterleaved = "rms_norm_interleaved", RMS_NORM, Smem::Default;
+    FoldGain = "fold_gain", &[PTR, PTR, SCALAR, SCALAR], Smem::Default;
+    SplitQkv = "split_qkv", &[PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR], Smem::Default;
+    FusedDecode = "fused_rmsnorm_qkv_decode", DECODE_FUSED, Smem::DeviceMax;
+    FusedDecodeEarly = "fused_rmsnorm_qkv_decode_early", DECODE_FUSED, Smem::DeviceMax;
+    FusedDecodeEarlyM8 = "fused_rmsnorm_qkv_decode_early_m8", DECODE_FUSED, Smem::DeviceMax;
+    FusedDecodeRing = "fused_rmsnorm_qkv_decode_ring", DECODE_FUSED, Smem::DeviceMax;
+    GemmDecode = "gemm_decode", DECODE_GEMM, Smem::DeviceMax;
+    GemmDecodeEarly = "gemm_decode_early", DECODE_GEMM, Smem::DeviceMax;
+    GemmDecodeEarlyM8 = "gemm_decode_early_m8", DECODE_GEMM, Smem::DeviceMax;
+    GemmDecodeRing = "gemm_decode_ring", DECODE_GEMM, Smem::DeviceMax;
+    FusedTiledLarge = "fused_rmsnorm_qkv_tiled_large", TILED_FUSED, Smem::Bytes(config::Large::SMEM_BYTES);
+    FusedTiledSmall = "fused_rmsnorm_qkv_tiled_small", TILED_FUSED, Smem::Bytes(config::Small::SMEM_BYTES);
+    GemmTiledLarge = "gemm_tiled_large", TILED_GEMM, Smem::Bytes(config::Large::SMEM_BYTES);
+    GemmTiledSmall = "gemm_tiled_small", TILED_GEMM, Smem::Bytes(config::Small::SMEM_BYTES);
+}
+
+// `Kernels::entry` indexes by variant; a launch carries at most `MAX_PARAMS` arguments.
+const _: () = {
+    let mut i = 0;
+    while i < KernelId::ALL.len() {
+        assert!(KernelId::ALL[i] as usize == i, "KernelId::ALL out of declaration order");
+        assert!(KernelId::ALL[i].params().len() <= MAX_PARAMS, "an entry takes more than launch::MAX_PARAMS");
+        i += 1;
+    }
+};
+
+/// The four forms of one decode kernel, which take the same arguments: plain, `_early`,
+/// `_early_m8` and `_ring` (see `DecodePlan`).
+struct DecodeForms {
+    plain: KernelId,
+    early: KernelId,
+    early_m8: KernelId,
+    ring: KernelId,
+}
+
+const FUSED_DECODE: DecodeForms = DecodeForms {
+    plain: KernelId::FusedDecode,
+    early: KernelId::FusedDecodeEarly,
+    early_m8: KernelId::FusedDecodeEarlyM8,
+    ring: KernelId::FusedDecodeRing,
+};
+
+const GEMM_DECODE: DecodeForms = DecodeForms {
+    plain: KernelId::GemmDecode,
+    early: KernelId::GemmDecodeEarly,
+    early_m8: KernelId::GemmDecodeEarlyM8,
+    ring: KernelId::GemmDecodeRing,
+};
+
+impl DecodeForms {
+    /// The form a plan launches.
+    fn pick(&self, plan: &DecodePlan) -> KernelId {
         match (plan.ring, plan.early, plan.token_tiles) {
-            (true, _, _) => &self.ring,
-            (false, false, _) => &self.plain,
-            (false, true, 1) => &self.early_m8,
-            (false, true, _) => &self.early,
+            (true, _, _) => self.ring,
+            (false, false, _) => self.plain,
+            (false, true, 1) => self.early_m8,
+            (false, true, _) => self.early,
         }
     }
 }
 
-/// The kernels of one loaded module.
+/// The kernels of one loaded module, one [`Entry`] per [`KernelId`].
 pub(crate) struct Kernels {
-    rms_norm: Entry,
-    rms_norm_interleaved: Entry,
-    fused_decode: DecodeEntries,
-    gemm_decode: DecodeEntries,
-    fused_tiled_large: Entry,
-    fused_tiled_small: Entry,
-    gemm_tiled_large: Entry,
-    gemm_tiled_small: Entry,
-    fold_gain: Entry,
-    split_qkv: Entry,
+    entries: Vec<Entry>,
 }
 
-/// Output pointers and widths of a fused launch.
+/// `y = rmsnorm(x)` for `rows` rows of `hidden` elements.
 #[derive(Clone, Copy)]
-pub(crate) struct QkvPtrs {
+pub(crate) struct RmsNormArgs {
+    /// `x [rows, hidden]`.
+    pub x: u64,
+    /// `g [hidden]`.
+    pub g: u64,
+    /// `y [rows, hidden]`, in the k-interleaved order (`config::interleave`) with `interleave`.
+    pub y: u64,
+    pub rows: u32,
+    pub hidden: u32,
+    pub eps: f32,
+    pub interleave: bool,
+}
+
+/// The inputs of a decode or tiled launch: `x [m, hidden]` and `w [n, hidden]` (n is the
+/// total width of the [`QkvOut`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Operands {
+    pub x: u64,
+    pub w: u64,
+    pub m: u32,
+    pub hidden: u32,
+}
+
+/// Where a decode or tiled launch writes, named as the kernels' parameters: `q [m, nq]`,
+/// `k_out [m, nkv]`, `v [m, nkv]`; or one packed `[m, nq]` ([`QkvOut::packed`]).
+#[derive(Clone, Copy)]
+pub(crate) struct QkvOut {
     pub q: u64,
-    pub k: u64,
+    pub k_out: u64,
     pub v: u64,
     pub nq: u32,
     pub nkv: u32,
 }
 
-/// Grid, block, cluster (along x; 1 = no cluster) and dynamic shared memory of a launch.
-struct Shape {
-    grid: (u32, u32),
-    block: u32,
-    cluster_x: u32,
-    smem: u32,
+impl QkvOut {
+    /// One `y [m, n]` (q, k, v side by side for the fused kernels; the plain GEMMs' output).
+    pub(crate) fn packed(y: u64, n: u32) -> Self {
+        QkvOut { q: y, k_out: 0, v: 0, nq: n, nkv: 0 }
+    }
 }
 
-/// One kernel argument: its address, as `cuLaunchKernelEx` takes them, and its size.
-struct Arg {
-    ptr: *mut c_void,
-    size: usize,
+/// What a decode launch computes.
+#[derive(Clone, Copy)]
+pub(crate) enum DecodeOp {
+    /// RMSNorm + QKV on the folded weight: x and W in opposite k orders (one of them
+    /// k-interleaved, `config::interleave`).
+    Fused { eps: f32 },
+    /// `y = x · Wᵀ` into the packed output. `interleave_x`: x and W are in the same k order
+    /// (both natural), so the kernel interleaves x while staging it; otherwise exactly one of
+    /// them is k-interleaved.
+    Gemm { interleave_x: bool },
 }
 
-fn arg<T>(v: &T) -> Arg {
-    Arg { ptr: v as *const T as *mut c_void, size: std::mem::size_of::<T>() }
-}
-
-/// Launches `e` on `stream`. With `pdl`, the launch carries programmatic stream
-/// serialization: the kernel may start before the previous kernel in the stream has
-/// finished, and must execute `griddepcontrol.wait` before touching memory that kernel
-/// writes or reads (every nanofuse kernel does, before anything but weight reads). With
-/// `shape.cluster_x > 1`, CTAs form clusters of that many along x. Arguments whose number or
-/// sizes differ from the entry's parameters (`KERNEL_PARAM_SIZES`) are an error.
-///
-/// # Safety
-/// `args` point at values of the kernel's parameter types, alive for the call.
-unsafe fn launch(stream: &CudaStream, e: &Entry, shape: Shape, pdl: bool, args: &[Arg]) -> Result<()> {
-    let mismatch = args.iter().zip(e.params).any(|(a, &size)| a.size != size);
-    if args.len() != e.params.len() || args.len() > MAX_PARAMS || mismatch {
-        let sizes: Vec<usize> = args.iter().map(|a| a.size).collect();
-        return Err(Error::Module {
-            reason: format!("`{}` takes parameters of {:?} bytes, the launcher passed {sizes:?}", e.name, e.params),
-        });
-    }
-    let mut ptrs = [std::ptr::null_mut(); MAX_PARAMS];
-    for (p, a) in ptrs.iter_mut().zip(args) {
-        *p = a.ptr;
-    }
-    stream.context().bind_to_thread().map_err(Error::driver("cuCtxSetCurrent"))?;
-    // SAFETY: plain C structs of integers and a union; zero is a valid bit pattern.
-    let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
-    let mut n = 0;
-    if pdl {
-        attrs[n].id = CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-        attrs[n].value.programmaticStreamSerializationAllowed = 1;
-        n += 1;
-    }
-    if shape.cluster_x > 1 {
-        attrs[n].id = CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-        attrs[n].value.clusterDim.x = shape.cluster_x;
-        attrs[n].value.clusterDim.y = 1;
-        attrs[n].value.clusterDim.z = 1;
-        n += 1;
-    }
-    let cfg = sys::CUlaunchConfig {
-        gridDimX: shape.grid.0,
-        gridDimY: shape.grid.1,
-        gridDimZ: 1,
-        blockDimX: shape.block,
-        blockDimY: 1,
-        blockDimZ: 1,
-        sharedMemBytes: shape.smem,
-        hStream: stream.cu_stream(),
-        attrs: attrs.as_mut_ptr(),
-        numAttrs: n as u32,
-    };
-    // SAFETY: the config, attributes and pointers outlive the call; the argument count and
-    // sizes match the entry's (checked above), their values per the caller.
-    unsafe { sys::cuLaunchKernelEx(&cfg, e.f.cu_function(), ptrs.as_mut_ptr(), std::ptr::null_mut()) }
-        .result()
-        .map_err(Error::driver("cuLaunchKernelEx"))
+/// What a tiled launch computes.
+#[derive(Clone, Copy)]
+pub(crate) enum TiledOp {
+    /// RMSNorm with gain `g [hidden]` + QKV.
+    Fused { g: u64, eps: f32 },
+    /// `y = x · Wᵀ` into the packed output.
+    Gemm,
 }
 
 impl Kernels {
-    /// Loads the module and every kernel; raises the dynamic shared-memory limit of the
-    /// kernels that may need more than 48 KiB.
-    pub(crate) fn load(ctx: &Arc<CudaContext>, ptx: &str, info: &DeviceInfo) -> Result<Kernels> {
+    /// Loads the module and every entry of [`KernelId`]; raises the dynamic shared-memory
+    /// limit of the entries that may need more than 48 KiB (`max_smem`: the device's opt-in
+    /// maximum per CTA).
+    pub(crate) fn load(ctx: &Arc<CudaContext>, ptx: &str, max_smem: u32) -> Result<Kernels> {
         let module = ctx.load_module(Ptx::from_src(ptx)).map_err(|e| Error::Module {
             reason: format!("{e} (the PTX must target this GPU's architecture or an older one)"),
         })?;
-        let get = |i: usize| {
-            let name = KERNEL_NAMES[i];
+        let load = |id: KernelId| {
+            let name = id.name();
             let f = module
                 .load_function(name)
                 .map_err(|e| Error::Module { reason: format!("kernel `{name}` not found: {e}") })?;
-            Ok::<_, Error>(Entry { f, name, params: KERNEL_PARAM_SIZES[i] })
-        };
-        let k = Kernels {
-            rms_norm: get(0)?,
-            rms_norm_interleaved: get(13)?,
-            fused_decode: DecodeEntries { plain: get(1)?, early: get(7)?, early_m8: get(11)?, ring: get(14)? },
-            gemm_decode: DecodeEntries { plain: get(2)?, early: get(8)?, early_m8: get(12)?, ring: get(15)? },
-            fused_tiled_large: get(3)?,
-            fused_tiled_small: get(4)?,
-            gemm_tiled_large: get(5)?,
-            gemm_tiled_small: get(6)?,
-            fold_gain: get(9)?,
-            split_qkv: get(10)?,
-        };
-        let raise = |e: &Entry, bytes: u32| {
-            e.f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
-                .map_err(Error::driver("cuFuncSetAttribute"))
-        };
-        for e in [&k.fused_decode, &k.gemm_decode] {
-            for f in [&e.plain, &e.early, &e.early_m8, &e.ring] {
-                raise(f, info.max_smem_per_block)?;
+            let limit = match id.smem() {
+                Smem::Default => None,
+                Smem::DeviceMax => Some(max_smem),
+                Smem::Bytes(bytes) => Some(bytes),
+            };
+            if let Some(bytes) = limit {
+                f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
+                    .map_err(Error::driver("cuFuncSetAttribute"))?;
             }
-        }
-        raise(&k.fused_tiled_large, config::Large::SMEM_BYTES)?;
-        raise(&k.gemm_tiled_large, config::Large::SMEM_BYTES)?;
-        raise(&k.fused_tiled_small, config::Small::SMEM_BYTES)?;
-        raise(&k.gemm_tiled_small, config::Small::SMEM_BYTES)?;
-        Ok(k)
+            Ok(Entry { f, name, params: id.params() })
+        };
+        let entries = KernelId::ALL.iter().map(|&id| load(id)).collect::<Result<_>>()?;
+        Ok(Kernels { entries })
     }
 
-    /// `y = rmsnorm(x)`, `x, y [rows, k]`; y in the k-interleaved order
-    /// (`config::interleave`) with `interleave`.
+    fn entry(&self, id: KernelId) -> &Entry {
+        // `entries` follows `KernelId::ALL`, whose order is the variants' (asserted above).
+        &self.entries[id as usize]
+    }
+
+    /// `y = rmsnorm(x)` (see [`RmsNormArgs`]).
     ///
     /// # Safety
-    /// `x`, `g`, `y` are 16-byte aligned device buffers of `rows·k`, `k`, `rows·k` bf16
-    /// on this context; `y` overlaps neither input; `k % 8 == 0`; `1 <= rows < 2^31`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn rms_norm(
-        &self,
-        stream: &CudaStream,
-        pdl: bool,
-        x: u64,
-        g: u64,
-        y: u64,
-        rows: u32,
-        k: u32,
-        eps: f32,
-        interleave: bool,
-    ) -> Result<()> {
-        let shape = Shape { grid: (rows, 1), block: rms_norm::THREADS, cluster_x: 1, smem: rms_norm::SMEM_BYTES };
-        let args = [arg(&x), arg(&g), arg(&y), arg(&rows), arg(&k), arg(&eps)];
-        let f = if interleave { &self.rms_norm_interleaved } else { &self.rms_norm };
-        // SAFETY: the argument list matches `rms_norm` (and `rms_norm_interleaved`, which
-        // takes the same); buffers per the caller.
-        unsafe { launch(stream, f, shape, pdl, &args) }
+    /// `x`, `g`, `y` are 16-byte aligned device buffers of `rows·hidden`, `hidden`,
+    /// `rows·hidden` bf16 on this context; `y` overlaps neither input; `hidden % 8 == 0`;
+    /// `1 <= rows < 2^31`.
+    pub(crate) unsafe fn rms_norm(&self, stream: &CudaStream, pdl: bool, a: RmsNormArgs) -> Result<()> {
+        let id = if a.interleave { KernelId::RmsNormInterleaved } else { KernelId::RmsNorm };
+        let shape = Shape { grid: (a.rows, 1), block: rms_norm::THREADS, cluster_x: 1, smem: rms_norm::SMEM_BYTES };
+        let launch = Launch::new(self.entry(id), shape).pdl(pdl);
+        // SAFETY: the arguments in `rms_norm`'s order (`rms_norm_interleaved` takes the
+        // same); buffers per the caller.
+        unsafe { launch.arg(a.x).arg(a.g).arg(a.y).arg(a.rows).arg(a.hidden).arg(a.eps).run(stream) }
     }
 
-    /// `W [n, k] <- bf16(W · diag(g))` in place, stored in the k-interleaved order
+    /// `W [n, hidden] <- bf16(W · diag(g))` in place, stored in the k-interleaved order
     /// (`config::interleave`; no PDL: run once, at construction).
     ///
     /// # Safety
-    /// `w` and `g` are 16-byte aligned device buffers of `n·k` and `k` bf16 on this
-    /// context, not overlapping; `k % 8 == 0`; `1 <= n < 2^31`.
-    pub(crate) unsafe fn fold_gain(&self, stream: &CudaStream, w: u64, g: u64, n: u32, k: u32) -> Result<()> {
+    /// `w` and `g` are 16-byte aligned device buffers of `n·hidden` and `hidden` bf16 on
+    /// this context, not overlapping; `hidden % 8 == 0`; `1 <= n < 2^31`.
+    pub(crate) unsafe fn fold_gain(&self, stream: &CudaStream, w: u64, g: u64, n: u32, hidden: u32) -> Result<()> {
         let grid = n.clamp(1, fold_gain::MAX_CTAS);
         let shape = Shape { grid: (grid, 1), block: fold_gain::THREADS, cluster_x: 1, smem: 0 };
-        let args = [arg(&w), arg(&g), arg(&n), arg(&k)];
-        // SAFETY: the argument list matches `fold_gain`; buffers per the caller.
-        unsafe { launch(stream, &self.fold_gain, shape, false, &args) }
+        let launch = Launch::new(self.entry(KernelId::FoldGain), shape);
+        // SAFETY: the arguments in `fold_gain`'s order; buffers per the caller.
+        unsafe { launch.arg(w).arg(g).arg(n).arg(hidden).run(stream) }
     }
 
-    /// Copies the packed `y [m, out.nq + 2 out.nkv]` into `out`'s q, k, v.
+    /// Copies the packed `y [m, out.nq + 2 out.nkv]` into `out`'s q, k_out and v.
     ///
     /// # Safety
     /// `y` and the outputs are 16-byte aligned device buffers on this context of `m` rows
     /// each, the outputs disjoint from `y`; `1 <= m < 2^31`.
-    pub(crate) unsafe fn split_qkv(&self, stream: &CudaStream, pdl: bool, y: u64, out: QkvPtrs, m: u32) -> Result<()> {
+    pub(crate) unsafe fn split_qkv(&self, stream: &CudaStream, pdl: bool, y: u64, out: QkvOut, m: u32) -> Result<()> {
         let grid = m.clamp(1, split_qkv::MAX_CTAS);
         let shape = Shape { grid: (grid, 1), block: split_qkv::THREADS, cluster_x: 1, smem: 0 };
-        let args = [arg(&y), arg(&out.q), arg(&out.k), arg(&out.v), arg(&m), arg(&out.nq), arg(&out.nkv)];
-        // SAFETY: the argument list matches `split_qkv`; buffers per the caller.
-        unsafe { launch(stream, &self.split_qkv, shape, pdl, &args) }
+        let launch = Launch::new(self.entry(KernelId::SplitQkv), shape).pdl(pdl);
+        // SAFETY: the arguments in `split_qkv`'s order; buffers per the caller.
+        unsafe { launch.arg(y).arg(out.q).arg(out.k_out).arg(out.v).arg(m).arg(out.nq).arg(out.nkv).run(stream) }
     }
 
-    /// The decode kernel, fused (`fused`: W with g folded in, q/k/v outputs) or plain (y in
-    /// `out.q` with `out.nq = N`, `out.nkv = 0`). `interleave_x`: x and W are in the same k
-    /// order (both natural), so the kernel interleaves x while staging it; otherwise exactly
-    /// one of them must be in the k-interleaved order (`config::interleave`).
+    /// The decode kernel: `op` fused (W with g folded in, q/k/v outputs) or plain (y in the
+    /// packed `out`), in the entry `plan` picks.
     ///
     /// # Safety
-    /// Buffers as in the kernel's documentation (x `[m, k]`, W `[N, k]`, outputs
+    /// Buffers as in the kernel's documentation (x `[m, hidden]`, W `[N, hidden]`, outputs
     /// `[m, width]`), 16-byte aligned, outputs disjoint from inputs; `plan` was made by
     /// `plan::decode_plan` for these sizes and this device.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn decode(
         &self,
         stream: &CudaStream,
         pdl: bool,
         plan: &DecodePlan,
-        x: u64,
-        fused: bool,
-        w: u64,
-        interleave_x: bool,
-        out: QkvPtrs,
-        m: u32,
-        k: u32,
-        eps: f32,
+        op: DecodeOp,
+        inp: Operands,
+        out: QkvOut,
     ) -> Result<()> {
         let shape =
             Shape { grid: plan.grid, block: decode::THREADS, cluster_x: plan.k_splits(), smem: plan.smem_bytes };
-        let interleave_x = u32::from(interleave_x);
-        let (split, chunk) = (plan.warp_split, plan.k_chunk);
-        let trigger_first = u32::from(if fused { plan.trigger_first } else { plan.gemm_trigger_first });
         // The entry's token tiles hold m (else the kernel traps): the plan was made for m.
-        debug_assert!(m <= plan.token_tiles * decode::TOKEN_TILE, "plan for a smaller M");
-        if fused {
-            let args = [
-                arg(&x),
-                arg(&w),
-                arg(&out.q),
-                arg(&out.k),
-                arg(&out.v),
-                arg(&m),
-                arg(&k),
-                arg(&out.nq),
-                arg(&out.nkv),
-                arg(&eps),
-                arg(&split),
-                arg(&chunk),
-                arg(&trigger_first),
-                arg(&interleave_x),
-            ];
-            let f = self.fused_decode.pick(plan);
-            // SAFETY: the argument list matches `fused_rmsnorm_qkv_decode` (and its `_early`
-            // forms, which take the same); buffers per the caller; the plan's entry takes m.
-            unsafe { launch(stream, f, shape, pdl, &args) }
-        } else {
-            let args = [
-                arg(&x),
-                arg(&w),
-                arg(&out.q),
-                arg(&m),
-                arg(&k),
-                arg(&out.nq),
-                arg(&split),
-                arg(&chunk),
-                arg(&trigger_first),
-                arg(&interleave_x),
-            ];
-            let f = self.gemm_decode.pick(plan);
-            // SAFETY: the argument list matches `gemm_decode` (and its `_early` forms);
-            // buffers per the caller; the plan's entry takes m.
-            unsafe { launch(stream, f, shape, pdl, &args) }
+        debug_assert!(inp.m <= plan.token_tiles * decode::TOKEN_TILE, "plan for a smaller M");
+        let (split, chunk) = (plan.warp_split, plan.k_chunk);
+        match op {
+            DecodeOp::Fused { eps } => {
+                let launch = Launch::new(self.entry(FUSED_DECODE.pick(plan)), shape).pdl(pdl);
+                // SAFETY: the arguments in `fused_rmsnorm_qkv_decode`'s order (its other
+                // forms take the same); buffers per the caller; the plan's entry takes m.
+                // The fused op's x and W are in opposite k orders: interleave_x = 0.
+                unsafe {
+                    launch
+                        .arg(inp.x)
+                        .arg(inp.w)
+                        .arg(out.q)
+                        .arg(out.k_out)
+                        .arg(out.v)
+                        .arg(inp.m)
+                        .arg(inp.hidden)
+                        .arg(out.nq)
+                        .arg(out.nkv)
+                        .arg(eps)
+                        .arg(split)
+                        .arg(chunk)
+                        .arg(u32::from(plan.trigger_first))
+                        .arg(0u32)
+                        .run(stream)
+                }
+            }
+            DecodeOp::Gemm { interleave_x } => {
+                let launch = Launch::new(self.entry(GEMM_DECODE.pick(plan)), shape).pdl(pdl);
+                // SAFETY: the arguments in `gemm_decode`'s order (its other forms take the
+                // same); buffers per the caller; the plan's entry takes m.
+                unsafe {
+                    launch
+                        .arg(inp.x)
+                        .arg(inp.w)
+                        .arg(out.q)
+                        .arg(inp.m)
+                        .arg(inp.hidden)
+                        .arg(out.nq)
+                        .arg(split)
+                        .arg(chunk)
+                        .arg(u32::from(plan.gemm_trigger_first))
+                        .arg(u32::from(interleave_x))
+                        .run(stream)
+                }
+            }
         }
     }
 
-    /// The tiled kernel, fused (`Some(g)`, q/k/v outputs) or plain (`None`, y in `out.q`
-    /// with `out.nq = N`, `out.nkv = 0`).
+    /// The tiled kernel: `op` fused (q/k/v outputs) or plain (y in the packed `out`).
     ///
     /// # Safety
-    /// As [`Kernels::decode`], with `plan` from `plan::tiled_plan`.
-    #[allow(clippy::too_many_arguments)]
+    /// As [`Kernels::decode`], with `plan` from `plan::tiled_plan`, and `g [hidden]` a
+    /// device buffer on this context.
     pub(crate) unsafe fn tiled(
         &self,
         stream: &CudaStream,
         pdl: bool,
         plan: &TiledPlan,
-        x: u64,
-        g: Option<u64>,
-        w: u64,
-        out: QkvPtrs,
-        m: u32,
-        k: u32,
-        eps: f32,
+        op: TiledOp,
+        inp: Operands,
+        out: QkvOut,
     ) -> Result<()> {
         let shape = Shape { grid: plan.grid, block: plan.block, cluster_x: 1, smem: plan.smem_bytes };
-        match g {
-            Some(g) => {
-                let f = match plan.tile {
-                    Tile::Large => &self.fused_tiled_large,
-                    Tile::Small => &self.fused_tiled_small,
-                };
-                let args = [
-                    arg(&x),
-                    arg(&g),
-                    arg(&w),
-                    arg(&out.q),
-                    arg(&out.k),
-                    arg(&out.v),
-                    arg(&m),
-                    arg(&k),
-                    arg(&out.nq),
-                    arg(&out.nkv),
-                    arg(&eps),
-                ];
-                // SAFETY: the argument list matches `fused_rmsnorm_qkv_tiled_*`; see above.
-                unsafe { launch(stream, f, shape, pdl, &args) }
+        let large = plan.tile == Tile::Large;
+        match op {
+            TiledOp::Fused { g, eps } => {
+                let id = if large { KernelId::FusedTiledLarge } else { KernelId::FusedTiledSmall };
+                let launch = Launch::new(self.entry(id), shape).pdl(pdl);
+                // SAFETY: the arguments in `fused_rmsnorm_qkv_tiled_*`'s order; see above.
+                unsafe {
+                    launch
+                        .arg(inp.x)
+                        .arg(g)
+                        .arg(inp.w)
+                        .arg(out.q)
+                        .arg(out.k_out)
+                        .arg(out.v)
+                        .arg(inp.m)
+                        .arg(inp.hidden)
+                        .arg(out.nq)
+                        .arg(out.nkv)
+                        .arg(eps)
+                        .run(stream)
+                }
             }
-            None => {
-                let f = match plan.tile {
-                    Tile::Large => &self.gemm_tiled_large,
-                    Tile::Small => &self.gemm_tiled_small,
-                };
-                let args = [arg(&x), arg(&w), arg(&out.q), arg(&m), arg(&k), arg(&out.nq)];
-                // SAFETY: the argument list matches `gemm_tiled_*`; see above.
-                unsafe { launch(stream, f, shape, pdl, &args) }
+            TiledOp::Gemm => {
+                let id = if large { KernelId::GemmTiledLarge } else { KernelId::GemmTiledSmall };
+                let launch = Launch::new(self.entry(id), shape).pdl(pdl);
+                // SAFETY: the arguments in `gemm_tiled_*`'s order; see above.
+                unsafe { launch.arg(inp.x).arg(inp.w).arg(out.q).arg(inp.m).arg(inp.hidden).arg(out.nq).run(stream) }
             }
         }
     }

@@ -13,21 +13,25 @@
 //! `nanofuse-kernels-gpu` (a prebuilt module).
 
 mod blas;
+mod check;
+mod device;
 pub mod error;
 mod gpu;
 mod kernels;
+mod launch;
 pub mod ops;
 pub mod plan;
 mod qkv;
 pub mod reference;
-pub mod timing;
 
+pub use check::BUFFER_ALIGN;
 pub use cudarc;
+pub use device::{DeviceInfo, arch_number, device_count, driver_present};
 pub use error::{Error, Result};
-pub use gpu::{BUFFER_ALIGN, DeviceInfo, Gpu, arch_number, device_count, driver_present};
+pub use gpu::Gpu;
 pub use half::bf16;
-pub use kernels::{KERNEL_NAMES, KERNEL_PARAM_SIZES};
+pub use kernels::KernelId;
 pub use qkv::{
-    Baseline, FusedRmsNormQkv, Path, Qkv, QkvShape, SPLIT_MAX_ELEMENTS, Tuning, UnfusedRmsNormQkv, auto_fused_max_m,
+    Baseline, FusedRmsNormQkv, Qkv, QkvShape, Route, SPLIT_MAX_ELEMENTS, Tuning, UnfusedRmsNormQkv, auto_fused_max_m,
     auto_packed_fused_max_m, auto_split_max_m,
 };

@@ -4,19 +4,11 @@
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 use half::bf16;
 
-use crate::error::{Error, Result};
-use crate::gpu::{Gpu, check_no_overlap};
-use crate::kernels::QkvPtrs;
-use crate::plan::{self, DECODE_MAX_M, checked_len};
-
-/// `eps` must be finite and non-negative.
-pub(crate) fn check_eps(eps: f32) -> Result<()> {
-    if eps.is_finite() && eps >= 0.0 {
-        Ok(())
-    } else {
-        Err(Error::Value { arg: "eps", expected: "finite and >= 0", got: eps.to_string() })
-    }
-}
+use crate::check::{check_dims, check_eps, check_no_overlap, checked_len};
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::kernels::{DecodeOp, Operands, QkvOut, RmsNormArgs, TiledOp};
+use crate::plan::{self, DECODE_MAX_M};
 
 /// `y[r, :] = bf16(x[r, :] · rsqrt(mean(x[r, :]²) + eps) · g)` for `rows` rows of `k`
 /// elements. `rows == 0` is a no-op.
@@ -33,7 +25,7 @@ pub fn rms_norm(
     k: usize,
     eps: f32,
 ) -> Result<()> {
-    rms_norm_in_order(gpu, x, g, y, rows, k, eps, false)
+    rms_norm_in_order::<false>(gpu, x, g, y, rows, k, eps)
 }
 
 /// [`rms_norm`] with each row of `y` written in the k-interleaved order of
@@ -49,12 +41,11 @@ pub fn rms_norm_interleaved(
     k: usize,
     eps: f32,
 ) -> Result<()> {
-    rms_norm_in_order(gpu, x, g, y, rows, k, eps, true)
+    rms_norm_in_order::<true>(gpu, x, g, y, rows, k, eps)
 }
 
-/// The checks and launch of both orders.
-#[allow(clippy::too_many_arguments)]
-fn rms_norm_in_order(
+/// The checks and launch of both orders (`INTERLEAVE`: y in the k-interleaved order).
+fn rms_norm_in_order<const INTERLEAVE: bool>(
     gpu: &Gpu,
     x: &impl DevicePtr<bf16>,
     g: &impl DevicePtr<bf16>,
@@ -62,9 +53,8 @@ fn rms_norm_in_order(
     rows: usize,
     k: usize,
     eps: f32,
-    interleave: bool,
 ) -> Result<()> {
-    plan::check_dims(rows, k, 1)?;
+    check_dims(rows, k, 1)?;
     check_eps(eps)?;
     let len = checked_len("rows * k", rows, k)?;
     let xb = gpu.input("x", x, len)?;
@@ -74,11 +64,11 @@ fn rms_norm_in_order(
     if rows == 0 {
         return Ok(());
     }
+    let (rows, hidden) = (rows as u32, k as u32);
+    let args = RmsNormArgs { x: xb.ptr, g: gb.ptr, y: yb.ptr, rows, hidden, eps, interleave: INTERLEAVE };
     // SAFETY: lengths, alignment, context and overlap were checked above; k % 8 == 0 and
     // rows, k < 2^31 (check_dims).
-    unsafe {
-        gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), xb.ptr, gb.ptr, yb.ptr, rows as u32, k as u32, eps, interleave)
-    }
+    unsafe { gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), args) }
 }
 
 /// Which GEMM computes `y = x · Wᵀ`.
@@ -106,7 +96,7 @@ pub fn gemm(
     k: usize,
     n: usize,
 ) -> Result<()> {
-    plan::check_dims(m, k, n)?;
+    check_dims(m, k, n)?;
     let xb = gpu.input("x", x, checked_len("m * k", m, k)?)?;
     let wb = gpu.input("w", w, checked_len("n * k", n, k)?)?;
     let yb = gpu.output("y", y, checked_len("m * n", m, n)?)?;
@@ -114,40 +104,34 @@ pub fn gemm(
     if m == 0 {
         return Ok(());
     }
-    // SAFETY (all arms): buffers checked above, dims within range.
-    unsafe { gemm_unchecked(gpu, which, xb.ptr, wb.ptr, yb.ptr, m, k, n) }
+    let inp = Operands { x: xb.ptr, w: wb.ptr, m: m as u32, hidden: k as u32 };
+    // SAFETY: buffers checked above, dims within range.
+    unsafe { gemm_unchecked(gpu, which, inp, yb.ptr, n) }
 }
 
-/// [`gemm`] on validated addresses.
+/// [`gemm`] on validated addresses: `y [m, n] = x [m, k] · w [n, k]ᵀ` with `inp`'s x, w, m
+/// and k (`hidden`).
 ///
 /// # Safety
 /// `x [m, k]`, `w [n, k]`, `y [m, n]` are valid, 16-byte aligned device buffers on `gpu`'s
-/// context, `y` disjoint from the inputs, and `plan::check_dims(m, k, n)` holds.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_unchecked(
-    gpu: &Gpu,
-    which: GemmImpl,
-    x: u64,
-    w: u64,
-    y: u64,
-    m: usize,
-    k: usize,
-    n: usize,
-) -> Result<()> {
+/// context, `y` disjoint from the inputs, and `check_dims(m, k, n)` holds.
+pub(crate) unsafe fn gemm_unchecked(gpu: &Gpu, which: GemmImpl, inp: Operands, y: u64, n: usize) -> Result<()> {
     let info = gpu.info();
-    let out = QkvPtrs { q: y, k: 0, v: 0, nq: n as u32, nkv: 0 };
+    let (m, k) = (inp.m as usize, inp.hidden as usize);
+    let out = QkvOut::packed(y, n as u32);
     // SAFETY (all arms): forwarded to the caller; plans are made for these sizes.
     unsafe {
         match which {
-            GemmImpl::Cublas => gpu.blas()?.gemm_xwt(x, w, y, m, k, n, n),
+            GemmImpl::Cublas => gpu.blas()?.gemm_xwt(inp.x, inp.w, y, m, k, n, n),
             GemmImpl::Nanofuse if m <= DECODE_MAX_M => {
                 let p = plan::decode_plan(m, k, n, info.sm_count, info.max_smem_per_block, None)?;
                 // x and W both in natural order: the kernel interleaves x as it stages it.
-                gpu.kernels.decode(gpu.stream(), gpu.pdl(), &p, x, false, w, true, out, m as u32, k as u32, 0.0)
+                let op = DecodeOp::Gemm { interleave_x: true };
+                gpu.kernels.decode(gpu.stream(), gpu.pdl(), &p, op, inp, out)
             }
             GemmImpl::Nanofuse => {
                 let p = plan::tiled_plan(m, k, n, info.sm_count, None)?;
-                gpu.kernels.tiled(gpu.stream(), gpu.pdl(), &p, x, None, w, out, m as u32, k as u32, 0.0)
+                gpu.kernels.tiled(gpu.stream(), gpu.pdl(), &p, TiledOp::Gemm, inp, out)
             }
         }
     }

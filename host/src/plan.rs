@@ -3,15 +3,14 @@
 
 use nanofuse_kernels_gpu::config::{self, TileConfig, decode};
 
+// The dimension checks the planners run, public here since before `check` gathered them.
+pub use crate::check::{MAX_DIM, check_dims, checked_len};
 use crate::error::{Error, Result};
 
 /// The largest M the decode kernel serves (two token tiles of 8).
 pub const DECODE_MAX_M: usize = decode::MAX_TOKENS as usize;
 const DECODE_M_RANGE: &str = "1..=16 for the decode kernel";
 const _: () = assert!(DECODE_MAX_M == 16, "update DECODE_M_RANGE");
-
-/// Largest value of M, K or N the kernels' 32-bit index arithmetic accepts.
-pub const MAX_DIM: usize = i32::MAX as usize;
 
 /// Largest grid y (CUDA's limit).
 const MAX_GRID_Y: u64 = 65_535;
@@ -26,13 +25,13 @@ pub struct DecodePlan {
     /// Whether each warp requests its first two W batches (not one) before waiting for the
     /// previous kernel (the `*_early` kernels): when that is all of the warp's K part, so
     /// every weight byte of the CTA is requested before the wait, or, at M <= 8, when a
-    /// warp has at most 32 K steps in a one-wave grid (see `decode_plan`'s rules). One batch
-    /// was measured faster otherwise (Llama-3-70B, M = 1: 63.9 against 65.5 µs).
+    /// warp has at most 32 K steps in a one-wave grid (see `decode_plan`'s rules). Elsewhere
+    /// one batch measured faster (docs/RESULTS.md).
     pub early: bool,
     /// Token tiles of 8 the kernel entry handles: 1 (the `*_early_m8` entries) for the
-    /// `*_early` kernels at M <= 8, else 2. One tile measured 0.1-0.35 µs faster for the
-    /// `_early` entries (Llama-3.2-1B, M = 1-8) and 0.6-1.0 µs slower for the plain ones
-    /// (Llama-3-70B), which therefore have only the two-tile form.
+    /// `*_early` kernels at M <= 8, else 2. The one-tile form is faster for the `_early`
+    /// entries and was slower for the plain ones, which therefore have only the two-tile
+    /// form.
     pub token_tiles: u32,
     /// Whether x goes through the two-phase ring in shared memory (the `*_ring` entries)
     /// instead of being staged whole for the CTA's K range.
@@ -42,8 +41,8 @@ pub struct DecodePlan {
     /// entry requests every weight byte before the dependency wait (see `decode_plan`'s
     /// rules). The plain GEMM triggers first only at M = 1 (`gemm_trigger_first`).
     pub trigger_first: bool,
-    /// The same for the plain decode GEMM (baseline (b)): at M = 1 only; triggering first at
-    /// M = 2 made it slower (Qwen3-0.6B: 5.36 against 4.86 µs).
+    /// The same for the plain decode GEMM (baseline (b)): at M = 1 only; triggering first
+    /// from M = 2 made it slower.
     pub gemm_trigger_first: bool,
     /// Grid (k_splits, row_tiles); the k_splits CTAs of a row tile form a cluster.
     pub grid: (u32, u32),
@@ -82,14 +81,12 @@ const TRIGGER_FIRST_MAX_M: usize = 8;
 ///
 /// An SM's shared memory and L1 share one array (H100: 256 KiB). The driver sets the
 /// shared part (the carve-out) to the smallest of its sizes (H100: 0, 8, 16, 32, 64, 100,
-/// 132, 164, 196 or 228 KiB) that holds the resident CTAs; the rest is L1 (our reading of
-/// the figures below: the decode kernel's W loads, though `L1::no_allocate`, pass through it
-/// on their way to registers, so a smaller L1 holds fewer bytes in flight). Padding only the dynamic shared memory of one launch shape (same grid,
-/// same code; H100, `nanofuse tune`): Llama-3-8B M = 9, 81 / 89 / 105 KiB per CTA
-/// (carve-outs 164 / 196 / 228 KiB): 20.0 / 21.4 / 25.7 µs; Llama-3-70B M = 4, 73 / 89 / 105
-/// KiB: 62.4 / 66.0 / 84.5 µs; Llama-3-70B M = 1, 25 / 73 KiB (64 / 164 KiB): 59.1 / 59.6 µs.
-/// Without this bound the planner gave Llama-3-70B 105 KiB per CTA at M = 6 and 12-13
-/// (83-90 µs, cuBLAS 68-69) and Llama-3-8B at M = 12-13 (25.5 µs, cuBLAS 23.7).
+/// 132, 164, 196 or 228 KiB) that holds the resident CTAs; the rest is L1. The decode
+/// kernel's W loads, though `L1::no_allocate`, appear to pass through L1 on their way to
+/// registers, so a smaller L1 holds fewer bytes in flight: padding only the dynamic shared
+/// memory of one launch shape (same grid, same code) past a 164 KiB carve-out made it
+/// slower, the more the larger the carve-out, and without this bound the planner picked
+/// such shapes at some M and fell behind cuBLAS there (docs/RESULTS.md).
 const DECODE_SMEM_PER_SM: u64 = 164 * 1024;
 
 /// Largest M at which the planner shortens each warp's K part past two CTAs per SM (see its
@@ -180,38 +177,23 @@ pub fn decode_plan(
     //   CTAs per SM, and consecutive launches overlap through the second slot) within
     //   `DECODE_SMEM_PER_SM`, which leaves the SM a large L1: where the M rows of x for the
     //   whole K range do not fit that, x goes through the ring (`DecodePlan::ring`) instead
-    //   of staying whole. Until the ring, K was split across a cluster there, which cost
-    //   2-7 µs (`nanofuse tune`, same run: Llama-3-8B M = 12 / 16 19.63 / 19.74 µs with the
-    //   ring against 21.91 / 21.80 with two K splits; Llama-3-70B M = 5 60.82 against 63.65
-    //   with two, M = 12 / 16 64.04 / 64.03 against 69.29 / 70.51 with four).
+    //   of staying whole; splitting K across a cluster there instead was slower.
     // * warps per row group: if some split gives at most one CTA per SM and leaves each
     //   warp at most the two W batches the prologue requests, the most warps per row group
     //   among those: every weight byte is requested before the dependency wait and the
-    //   next launch's CTAs fit beside this one's, so consecutive ops overlap (Qwen3-0.6B:
-    //   4.3 µs against 5.3 µs at two CTAs per SM); otherwise the most warps per row group
-    //   (fewest rows per CTA) that keeps the grid within two CTAs per SM, so every weight
-    //   byte is requested in the first wave; otherwise the fewest that leave each warp at
-    //   most 32 steps (Llama-3-70B M = 16, four K splits: 640 CTAs with 32 steps per warp
-    //   74.2 µs against 320 with 64 steps 77.7 µs).
+    //   next launch's CTAs fit beside this one's, so consecutive ops overlap; otherwise the
+    //   most warps per row group (fewest rows per CTA) that keeps the grid within two CTAs
+    //   per SM, so every weight byte is requested in the first wave; otherwise the fewest
+    //   that leave each warp at most 32 steps (more, shorter CTAs beat fewer, longer ones).
     // * at M <= 7 (`SHORT_WARPS_MAX_M`), more warps per row group if a warp would have
     //   more than 32 steps (1,024 elements of K), even past two CTAs per SM: more, shorter
-    //   CTAs (Llama-3-70B M = 1: 640 CTAs 60.3 µs against 160 CTAs 62.9 µs; since x is
-    //   staged by 16-byte copies, bench, two runs: M = 3-4 60.2-61.1 against 62.6-63.4,
-    //   M = 5-7 (two K splits) 63.7-64.1 against 64.8-65.4). Past that every CTA's copy of
-    //   x costs more than the shorter CTAs save (M = 8: 64.9-65.2 against 64.2-64.7; M = 9,
-    //   `tune`: 69.0 against 66.5).
+    //   CTAs. Past that every CTA's copy of x costs more than the shorter CTAs save.
     // * the `*_early` entries wherever each warp's K part fits the two prologue batches
-    //   (`fits_prologue`; Llama-3.2-1B M = 1: 6.27 against 6.34 µs, M = 16: 8.52 against
-    //   8.71 µs), and at M <= 8 (their one-tile form) wherever a warp has at most 32 steps
-    //   and the grid fits two CTAs per SM (Llama-3-8B M = 1: 19.54-19.60 against
-    //   19.71 µs, M = 8: 20.16-20.19 against 20.67-20.73; not on Llama-3-70B's 640-CTA grid
-    //   at M <= 2, 1 µs slower there).
-    // * the trigger before the W loads (`DecodePlan::trigger_first`) at M = 1 (Qwen3-0.6B
-    //   4.32 -> 3.69 µs, Llama-3-8B 18.75 -> 18.34), and at M = 2-8 where every warp requests
-    //   all its W before the wait (Qwen3-0.6B M = 2-8: 4.37-4.47 -> 3.94-4.19 µs; Llama-3.2-1B,
-    //   192 CTAs, since its warps run no main loop: M = 2-8 6.08-6.13 -> 5.36-5.66); not on
-    //   Llama-3-8B (M = 2-4 0.1-0.35 µs faster, M = 8 0.2 µs slower, in earlier kernels), nor
-    //   at M = 9-16 (Qwen3-0.6B 4.59-4.62 against 4.26-4.31 µs).
+    //   (`fits_prologue`), and at M <= 8 (their one-tile form) wherever a warp has at most
+    //   32 steps and the grid fits two CTAs per SM (on larger grids they were slower).
+    // * the trigger before the W loads (`DecodePlan::trigger_first`) at M = 1, and at
+    //   M = 2-8 where every warp requests all its W before the wait; not where warps still
+    //   load W after the wait (the gain was mixed there), nor at M = 9-16 (slower).
     // Whatever the rule picks must fit (shared memory, grid); otherwise the next candidate.
     // Shared memory per SM is the per-CTA opt-in maximum plus the 1 KiB the driver
     // reserves per CTA (H100: 227 + 1 KiB); two CTAs each pay the reservation, and they
@@ -300,30 +282,4 @@ pub fn tiled_plan(m: usize, k: usize, n: usize, sm_count: u32, tile: Option<Tile
         });
     }
     Ok(TiledPlan { tile, grid: (m.div_ceil(bm as usize) as u32, grid_y as u32), block, smem_bytes })
-}
-
-/// M, K and N within the kernels' index range; K a positive multiple of 8; N positive.
-pub fn check_dims(m: usize, k: usize, n: usize) -> Result<()> {
-    if k == 0 || !k.is_multiple_of(config::VEC as usize) {
-        return Err(Error::Dimension { arg: "K", expected: "a positive multiple of 8", got: k });
-    }
-    if n == 0 {
-        return Err(Error::Dimension { arg: "N", expected: "positive", got: n });
-    }
-    for (arg, v) in [("M", m), ("K", k), ("N", n)] {
-        if v > MAX_DIM {
-            return Err(Error::TooLarge { arg, got: v as u64, limit: MAX_DIM as u64, why: "32-bit index arithmetic" });
-        }
-    }
-    Ok(())
-}
-
-/// `a * b`, or a `TooLarge` error naming `arg` when it overflows.
-pub fn checked_len(arg: &'static str, a: usize, b: usize) -> Result<usize> {
-    a.checked_mul(b).ok_or(Error::TooLarge {
-        arg,
-        got: u64::MAX,
-        limit: usize::MAX as u64,
-        why: "element count overflows",
-    })
 }

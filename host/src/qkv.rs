@@ -7,35 +7,32 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use half::bf16;
 
 use crate::blas::Blas;
+use crate::check::{BufRef, MAX_DIM, check_dims, check_eps, check_m, check_no_overlap, checked_len};
 use crate::error::{Error, Result};
-use crate::gpu::{BufRef, Gpu, check_no_overlap};
-use crate::kernels::QkvPtrs;
-use crate::ops::{self, GemmImpl, check_eps};
-use crate::plan::{self, DECODE_MAX_M, DecodeShape, MAX_DIM, Tile, checked_len};
+use crate::gpu::Gpu;
+use crate::kernels::{DecodeOp, Operands, QkvOut, RmsNormArgs, TiledOp};
+use crate::ops::{self, GemmImpl};
+use crate::plan::{self, DECODE_MAX_M, DecodeShape, Tile};
 
-/// Largest M for which [`Path::Auto`] of the packed forms runs the fused decode kernel, for
-/// hidden size `k`; above it they run RMSNorm + one cuBLAS GEMM, the same kernels as the
+/// Largest M for which [`Route::Auto`] of the packed forms runs the fused decode kernel, for
+/// a hidden size; above it they run RMSNorm + one cuBLAS GEMM, the same kernels as the
 /// unfused baseline, so the packed API is not slower than it.
 ///
 /// The fused decode kernel's time grows with M (every CTA stages the M rows of x it needs
-/// and the MMA work doubles past 8 tokens) while cuBLAS's stays flat. On H100
-/// (docs/RESULTS.md, every M from 1 to 16) it is faster at every M <= 16 on every shape:
-/// on Llama-3-70B (K = 8192) 1.07-1.15x baseline (a) (M = 16: 64.69 against 70.01 µs), since
-/// x is streamed through a ring there instead of K being split across a cluster. (Before
-/// that it was level with (a) at M = 15-16 and up to 4% behind in one run; until the
-/// folded weight was interleaved and x staged with 16-byte copies it lost there, 72.65
-/// against 71.57, and the rule stopped at 8 for K > 4096.)
-pub fn auto_packed_fused_max_m(_k: usize) -> usize {
+/// and the MMA work doubles past 8 tokens) while cuBLAS's stays flat, so the bound is where
+/// the fused kernel stops beating baseline (a). On H100 it beats (a) over the whole decode
+/// range on every measured shape (docs/RESULTS.md), so the bound is the range's end for
+/// every hidden size; it takes the hidden size because the crossover has depended on it.
+pub fn auto_packed_fused_max_m(_hidden: usize) -> usize {
     DECODE_MAX_M
 }
 
-/// Largest M for which [`Path::Auto`] runs the fused decode kernel into separate q, k, v,
-/// for hidden size `k`. The alternative there is RMSNorm + one cuBLAS GEMM + the
-/// `split_qkv` copy (no single cuBLAS call writes three tensors), 1-2 µs slower than the
-/// packed fallback at these M. On H100 (docs/RESULTS.md, every M from 1 to 16) the fused
-/// kernel was faster than that at every M <= 16 on every shape (Llama-3-70B M = 16, before
-/// the x ring: 69.87-69.94 against 72.13-72.17 µs for the fallback; now 64.1-64.7).
-pub fn auto_fused_max_m(_k: usize) -> usize {
+/// Largest M for which [`Route::Auto`] runs the fused decode kernel into separate q, k, v,
+/// for a hidden size (the same bound for every one). The alternative there is RMSNorm + one
+/// cuBLAS GEMM + the `split_qkv` copy (no single cuBLAS call writes three tensors), slower
+/// than the packed fallback. On H100 the fused kernel beats it over the whole decode range
+/// on every measured shape (docs/RESULTS.md).
+pub fn auto_fused_max_m(_hidden: usize) -> usize {
     DECODE_MAX_M
 }
 
@@ -43,13 +40,13 @@ pub fn auto_fused_max_m(_k: usize) -> usize {
 /// [`auto_split_max_m`]).
 pub const SPLIT_MAX_ELEMENTS: usize = 6 << 20;
 
-/// Largest M for which the separate-output fallback ([`Path::NormCublas`] into q, k, v)
+/// Largest M for which the separate-output fallback ([`Route::NormCublas`] into q, k, v)
 /// runs one cuBLAS GEMM into a packed `[M, N]` scratch and copies it out with the
 /// `split_qkv` kernel; above it, three GEMMs write q, k and v directly. The split costs a
-/// launch and `4 M N` bytes of copying, each extra GEMM a launch and its tail. Measured on
-/// H100 (docs/RESULTS.md, M in 32, 128, 512, 2048): the split was faster up to
-/// `M · N = 6.3 M` elements (Llama-3.2-1B at M = 2048, Llama-3-70B at M = 512) and three
-/// GEMMs from `8.4 M` (Qwen3-0.6B at M = 2048).
+/// launch and `4 M N` bytes of copying, each extra GEMM a launch and its tail, so the split
+/// wins while the copy is small: up to [`SPLIT_MAX_ELEMENTS`] elements of `M · N`, between
+/// the largest product where the split measured faster on H100 and the smallest where three
+/// GEMMs did (docs/RESULTS.md).
 pub fn auto_split_max_m(n: usize) -> usize {
     SPLIT_MAX_ELEMENTS / n.max(1)
 }
@@ -95,7 +92,7 @@ impl QkvShape {
                 why: "32-bit index arithmetic",
             });
         }
-        plan::check_dims(0, self.hidden, n).map_err(|e| match e {
+        check_dims(0, self.hidden, n).map_err(|e| match e {
             Error::Dimension { arg: "K", expected, got } => Error::Dimension { arg: "hidden", expected, got },
             Error::TooLarge { arg: "K", got, limit, why } => Error::TooLarge { arg: "hidden", got, limit, why },
             other => other,
@@ -106,7 +103,7 @@ impl QkvShape {
 
 /// How [`FusedRmsNormQkv`] computes its result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Path {
+pub enum Route {
     /// Pick by M and K: the fused decode kernel up to [`auto_fused_max_m`] (packed forms:
     /// [`auto_packed_fused_max_m`]), RMSNorm + cuBLAS above.
     Auto,
@@ -138,14 +135,6 @@ pub struct Tuning {
     /// The separate-output fallback: `Some(true)` one GEMM + `split_qkv`, `Some(false)`
     /// three GEMMs; `None` splits up to [`auto_split_max_m`].
     pub split: Option<bool>,
-}
-
-/// `m` within the kernels' 32-bit index range.
-fn check_m(m: usize) -> Result<()> {
-    if m > MAX_DIM {
-        return Err(Error::TooLarge { arg: "m", got: m as u64, limit: MAX_DIM as u64, why: "32-bit index arithmetic" });
-    }
-    Ok(())
 }
 
 /// q, k, v as three separate device tensors.
@@ -185,7 +174,7 @@ pub struct Qkv {
 ///
 /// [`reference::interleave_k`]: crate::reference::interleave_k
 ///
-/// [`Path::Auto`] picks the fused kernel only for the M where it was measured faster than
+/// [`Route::Auto`] picks the fused kernel only for the M where it was measured faster than
 /// the unfused path (docs/RESULTS.md). The unfused baselines, which need the weights as
 /// given, are [`UnfusedRmsNormQkv`].
 pub struct FusedRmsNormQkv {
@@ -258,14 +247,14 @@ impl FusedRmsNormQkv {
         self.tuning = tuning;
     }
 
-    /// The path [`Path::Auto`] of [`FusedRmsNormQkv::forward_into`] takes for `m` tokens.
-    pub fn auto_path(&self, m: usize) -> Path {
-        if m <= auto_fused_max_m(self.shape.hidden) { Path::FusedDecode } else { Path::NormCublas }
+    /// The route [`Route::Auto`] of [`FusedRmsNormQkv::forward_into`] takes for `m` tokens.
+    pub fn auto_path(&self, m: usize) -> Route {
+        if m <= auto_fused_max_m(self.shape.hidden) { Route::FusedDecode } else { Route::NormCublas }
     }
 
-    /// The path [`Path::Auto`] of [`FusedRmsNormQkv::forward_packed_into`] takes.
-    pub fn auto_packed_path(&self, m: usize) -> Path {
-        if m <= auto_packed_fused_max_m(self.shape.hidden) { Path::FusedDecode } else { Path::NormCublas }
+    /// The route [`Route::Auto`] of [`FusedRmsNormQkv::forward_packed_into`] takes.
+    pub fn auto_packed_path(&self, m: usize) -> Route {
+        if m <= auto_packed_fused_max_m(self.shape.hidden) { Route::FusedDecode } else { Route::NormCublas }
     }
 
     /// Whether the separate-output fallback splits one GEMM at `m` (else three GEMMs).
@@ -296,7 +285,7 @@ impl FusedRmsNormQkv {
         Ok(())
     }
 
-    /// Allocates q, k, v and runs [`Path::Auto`]. `m` must be at least 1 (use
+    /// Allocates q, k, v and runs [`Route::Auto`]. `m` must be at least 1 (use
     /// [`FusedRmsNormQkv::forward_into`], where `m == 0` is a no-op, to skip empty batches).
     pub fn forward(&self, x: &impl DevicePtr<bf16>, m: usize) -> Result<Qkv> {
         let s = self.shape;
@@ -319,27 +308,27 @@ impl FusedRmsNormQkv {
         Ok(out)
     }
 
-    /// Runs [`Path::Auto`] into caller-provided `q [m, q_dim]`, `k [m, kv_dim]`,
+    /// Runs [`Route::Auto`] into caller-provided `q [m, q_dim]`, `k [m, kv_dim]`,
     /// `v [m, kv_dim]` (any device buffers or views, e.g. slots of a KV cache).
     pub fn forward_into(
         &self,
         x: &impl DevicePtr<bf16>,
         m: usize,
         q: &mut impl DevicePtrMut<bf16>,
-        k: &mut impl DevicePtrMut<bf16>,
+        k_out: &mut impl DevicePtrMut<bf16>,
         v: &mut impl DevicePtrMut<bf16>,
     ) -> Result<()> {
-        self.forward_into_with(Path::Auto, x, m, q, k, v)
+        self.forward_into_with(Route::Auto, x, m, q, k_out, v)
     }
 
-    /// As [`FusedRmsNormQkv::forward_into`], on a chosen path.
+    /// As [`FusedRmsNormQkv::forward_into`], on a chosen route.
     pub fn forward_into_with(
         &self,
-        path: Path,
+        route: Route,
         x: &impl DevicePtr<bf16>,
         m: usize,
         q: &mut impl DevicePtrMut<bf16>,
-        k: &mut impl DevicePtrMut<bf16>,
+        k_out: &mut impl DevicePtrMut<bf16>,
         v: &mut impl DevicePtrMut<bf16>,
     ) -> Result<()> {
         let s = self.shape;
@@ -347,27 +336,29 @@ impl FusedRmsNormQkv {
         let gpu = &self.gpu;
         let xb = gpu.input("x", x, checked_len("m * hidden", m, s.hidden)?)?;
         let qb = gpu.output("q", q, checked_len("m * q_dim", m, s.q_dim)?)?;
-        let kb = gpu.output("k", k, checked_len("m * kv_dim", m, s.kv_dim)?)?;
+        let kb = gpu.output("k", k_out, checked_len("m * kv_dim", m, s.kv_dim)?)?;
         let vb = gpu.output("v", v, m * s.kv_dim)?;
         let (ones, w) = self.weight_refs();
         check_no_overlap(&[qb, kb, vb], &[xb, ones, w])?;
         if m == 0 {
             return Ok(());
         }
-        let out = QkvPtrs { q: qb.ptr, k: kb.ptr, v: vb.ptr, nq: s.q_dim as u32, nkv: s.kv_dim as u32 };
-        let path = if path == Path::Auto { self.auto_path(m) } else { path };
+        let out = QkvOut { q: qb.ptr, k_out: kb.ptr, v: vb.ptr, nq: s.q_dim as u32, nkv: s.kv_dim as u32 };
+        let inp = Operands { x: xb.ptr, w: w.ptr, m: m as u32, hidden: s.hidden as u32 };
+        let (decode, tiled) = self.fused_ops(ones.ptr);
+        let route = if route == Route::Auto { self.auto_path(m) } else { route };
         // SAFETY (all arms): every buffer was checked for length, alignment, context and
         // overlap above; the dims were validated at construction and m < 2^31.
         unsafe {
-            match path {
-                Path::Auto | Path::FusedDecode => launch_decode(gpu, &s, &self.tuning, true, w.ptr, xb.ptr, out, m),
-                Path::FusedTiled => launch_tiled(gpu, &s, &self.tuning, Some(ones.ptr), w.ptr, xb.ptr, out, m),
-                Path::NormCublas => self.norm_cublas_split(xb.ptr, out, m),
+            match route {
+                Route::Auto | Route::FusedDecode => launch_decode(gpu, &s, &self.tuning, decode, inp, out),
+                Route::FusedTiled => launch_tiled(gpu, &s, &self.tuning, tiled, inp, out),
+                Route::NormCublas => self.norm_cublas_split(xb.ptr, out, m),
             }
         }
     }
 
-    /// Runs [`Path::Auto`] into one `y [m, q_dim + 2 kv_dim]` buffer: row `t` holds q, then
+    /// Runs [`Route::Auto`] into one `y [m, q_dim + 2 kv_dim]` buffer: row `t` holds q, then
     /// k, then v (column ranges, like PyTorch's `split` views of `F.linear`'s output).
     pub fn forward_packed_into(
         &self,
@@ -375,14 +366,14 @@ impl FusedRmsNormQkv {
         m: usize,
         y: &mut impl DevicePtrMut<bf16>,
     ) -> Result<()> {
-        self.forward_packed_into_with(Path::Auto, x, m, y)
+        self.forward_packed_into_with(Route::Auto, x, m, y)
     }
 
-    /// As [`FusedRmsNormQkv::forward_packed_into`], on a chosen path ([`Path::Auto`]: the
+    /// As [`FusedRmsNormQkv::forward_packed_into`], on a chosen route ([`Route::Auto`]: the
     /// fused decode kernel up to [`auto_packed_fused_max_m`], else RMSNorm + one cuBLAS GEMM).
     pub fn forward_packed_into_with(
         &self,
-        path: Path,
+        route: Route,
         x: &impl DevicePtr<bf16>,
         m: usize,
         y: &mut impl DevicePtrMut<bf16>,
@@ -397,17 +388,26 @@ impl FusedRmsNormQkv {
         if m == 0 {
             return Ok(());
         }
-        let out = QkvPtrs { q: yb.ptr, k: 0, v: 0, nq: s.n() as u32, nkv: 0 };
-        let path = if path == Path::Auto { self.auto_packed_path(m) } else { path };
+        let out = QkvOut::packed(yb.ptr, s.n() as u32);
+        let inp = Operands { x: xb.ptr, w: w.ptr, m: m as u32, hidden: s.hidden as u32 };
+        let (decode, tiled) = self.fused_ops(ones.ptr);
+        let route = if route == Route::Auto { self.auto_packed_path(m) } else { route };
         // SAFETY (all arms): buffers checked above; dims validated at construction.
         unsafe {
-            match path {
-                Path::Auto | Path::FusedDecode => launch_decode(gpu, &s, &self.tuning, true, w.ptr, xb.ptr, out, m),
-                Path::FusedTiled => launch_tiled(gpu, &s, &self.tuning, Some(ones.ptr), w.ptr, xb.ptr, out, m),
-                Path::NormCublas => self
+            match route {
+                Route::Auto | Route::FusedDecode => launch_decode(gpu, &s, &self.tuning, decode, inp, out),
+                Route::FusedTiled => launch_tiled(gpu, &s, &self.tuning, tiled, inp, out),
+                Route::NormCublas => self
                     .with_normalized(xb.ptr, m, |xn, blas| blas.gemm_xwt(xn, w.ptr, yb.ptr, m, s.hidden, s.n(), s.n())),
             }
         }
+    }
+
+    /// The fused decode and tiled launches on the folded weight: x natural against the
+    /// interleaved W', and the unit gain `ones` for the tiled kernel.
+    fn fused_ops(&self, ones: u64) -> (DecodeOp, TiledOp) {
+        let eps = self.shape.eps;
+        (DecodeOp::Fused { eps }, TiledOp::Fused { g: ones, eps })
     }
 
     /// The unit gain and the folded weight, as checked references.
@@ -421,7 +421,7 @@ impl FusedRmsNormQkv {
     ///
     /// # Safety
     /// `x [m, hidden]` and the outputs are checked device buffers; `m >= 1`.
-    unsafe fn norm_cublas_split(&self, x: u64, out: QkvPtrs, m: usize) -> Result<()> {
+    unsafe fn norm_cublas_split(&self, x: u64, out: QkvOut, m: usize) -> Result<()> {
         let s = self.shape;
         let w = self.weight_refs().1.ptr;
         let row_bytes = (s.hidden * 2) as u64;
@@ -443,7 +443,7 @@ impl FusedRmsNormQkv {
         unsafe {
             self.with_normalized(x, m, |xn, blas| {
                 blas.gemm_xwt(xn, w, out.q, m, s.hidden, s.q_dim, s.q_dim)?;
-                blas.gemm_xwt(xn, w + s.q_dim as u64 * row_bytes, out.k, m, s.hidden, s.kv_dim, s.kv_dim)?;
+                blas.gemm_xwt(xn, w + s.q_dim as u64 * row_bytes, out.k_out, m, s.hidden, s.kv_dim, s.kv_dim)?;
                 let v_rows = (s.q_dim + s.kv_dim) as u64;
                 blas.gemm_xwt(xn, w + v_rows * row_bytes, out.v, m, s.hidden, s.kv_dim, s.kv_dim)
             })
@@ -464,9 +464,11 @@ impl FusedRmsNormQkv {
         let xn = stream_ref(gpu, scratch, "scratch").ptr;
         let ones = self.weight_refs().0.ptr;
         let blas = gpu.blas()?;
-        // SAFETY: the scratch holds >= m · hidden elements (reserved above); x per the caller.
         // xn in the interleaved order of the folded weight (cuBLAS sums over k in any order).
-        unsafe { gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), x, ones, xn, m as u32, s.hidden as u32, s.eps, true)? };
+        let args =
+            RmsNormArgs { x, g: ones, y: xn, rows: m as u32, hidden: s.hidden as u32, eps: s.eps, interleave: true };
+        // SAFETY: the scratch holds >= m · hidden elements (reserved above); x per the caller.
+        unsafe { gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), args)? };
         then(xn, &blas)
     }
 }
@@ -515,7 +517,7 @@ impl UnfusedRmsNormQkv {
     ) -> Result<()> {
         let s = self.shape;
         let gpu = &self.gpu;
-        plan::check_dims(m, s.hidden, s.n())?;
+        check_dims(m, s.hidden, s.n())?;
         let xb = gpu.input("x", x, checked_len("m * hidden", m, s.hidden)?)?;
         let xnb = gpu.output("xn", xn, m * s.hidden)?;
         let yb = gpu.output("y", y, checked_len("m * n", m, s.n())?)?;
@@ -530,20 +532,21 @@ impl UnfusedRmsNormQkv {
             // the fused kernel takes x natural against the interleaved folded weight); every
             // other GEMM here takes both in natural order.
             let interleave = which == Baseline::NormNanofuse && m <= DECODE_MAX_M;
-            let (xn, rows, k) = (xnb.ptr, m as u32, s.hidden as u32);
-            gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), xb.ptr, gb.ptr, xn, rows, k, s.eps, interleave)?;
+            let (rows, hidden) = (m as u32, s.hidden as u32);
+            let args = RmsNormArgs { x: xb.ptr, g: gb.ptr, y: xnb.ptr, rows, hidden, eps: s.eps, interleave };
+            gpu.kernels.rms_norm(gpu.stream(), gpu.pdl(), args)?;
+            let inp = Operands { x: xnb.ptr, w: wb.ptr, m: rows, hidden };
             match which {
-                Baseline::NormCublas => {
-                    ops::gemm_unchecked(gpu, GemmImpl::Cublas, xnb.ptr, wb.ptr, yb.ptr, m, s.hidden, s.n())
-                }
+                Baseline::NormCublas => ops::gemm_unchecked(gpu, GemmImpl::Cublas, inp, yb.ptr, s.n()),
                 Baseline::NormNanofuse => {
                     // The fused kernels' cores with the same launch shapes, so the pair
                     // differs only by the fusion.
-                    let out = QkvPtrs { q: yb.ptr, k: 0, v: 0, nq: s.n() as u32, nkv: 0 };
+                    let out = QkvOut::packed(yb.ptr, s.n() as u32);
                     if m <= DECODE_MAX_M {
-                        launch_decode(gpu, &s, &self.tuning, false, wb.ptr, xnb.ptr, out, m)
+                        let op = DecodeOp::Gemm { interleave_x: false };
+                        launch_decode(gpu, &s, &self.tuning, op, inp, out)
                     } else {
-                        launch_tiled(gpu, &s, &self.tuning, None, wb.ptr, xnb.ptr, out, m)
+                        launch_tiled(gpu, &s, &self.tuning, TiledOp::Gemm, inp, out)
                     }
                 }
             }
@@ -557,47 +560,39 @@ fn stream_ref(gpu: &Gpu, buf: &CudaSlice<bf16>, name: &'static str) -> BufRef {
     BufRef { name, ptr, bytes: (buf.len() * 2) as u64 }
 }
 
-/// The decode kernel, fused (`w` with g folded in) or plain, with the planner's or the
-/// tuned launch shape.
+/// The decode kernel (`op`) with the planner's or the tuned launch shape.
 ///
 /// # Safety
-/// `x [m, hidden]`, `w [n, hidden]` and the outputs are checked device buffers; `m >= 1`.
-#[allow(clippy::too_many_arguments)]
+/// `inp`'s `x [m, hidden]` and `w [n, hidden]` and the outputs are checked device buffers;
+/// `m >= 1`.
 unsafe fn launch_decode(
     gpu: &Gpu,
     s: &QkvShape,
     tuning: &Tuning,
-    fused: bool,
-    w: u64,
-    x: u64,
-    out: QkvPtrs,
-    m: usize,
+    op: DecodeOp,
+    inp: Operands,
+    out: QkvOut,
 ) -> Result<()> {
     let info = gpu.info();
+    let m = inp.m as usize;
     let p = plan::decode_plan(m, s.hidden, s.n(), info.sm_count, info.max_smem_per_block, tuning.decode)?;
     // SAFETY: forwarded to the caller; the plan was made for these sizes.
-    // One of x and W is interleaved (the fused op's folded weight, or baseline (b)'s xn).
-    unsafe {
-        gpu.kernels.decode(gpu.stream(), gpu.pdl(), &p, x, fused, w, false, out, m as u32, s.hidden as u32, s.eps)
-    }
+    unsafe { gpu.kernels.decode(gpu.stream(), gpu.pdl(), &p, op, inp, out) }
 }
 
-/// The tiled kernel, fused (`Some(g)`) or plain.
+/// The tiled kernel (`op`) with the planner's or the tuned tile.
 ///
 /// # Safety
-/// As [`launch_decode`], and `g [hidden]` a checked device buffer.
-#[allow(clippy::too_many_arguments)]
+/// As [`launch_decode`], and a fused `op`'s `g [hidden]` a checked device buffer.
 unsafe fn launch_tiled(
     gpu: &Gpu,
     s: &QkvShape,
     tuning: &Tuning,
-    g: Option<u64>,
-    w: u64,
-    x: u64,
-    out: QkvPtrs,
-    m: usize,
+    op: TiledOp,
+    inp: Operands,
+    out: QkvOut,
 ) -> Result<()> {
-    let p = plan::tiled_plan(m, s.hidden, s.n(), gpu.info().sm_count, tuning.tile)?;
+    let p = plan::tiled_plan(inp.m as usize, s.hidden, s.n(), gpu.info().sm_count, tuning.tile)?;
     // SAFETY: forwarded to the caller; the plan was made for these sizes.
-    unsafe { gpu.kernels.tiled(gpu.stream(), gpu.pdl(), &p, x, g, w, out, m as u32, s.hidden as u32, s.eps) }
+    unsafe { gpu.kernels.tiled(gpu.stream(), gpu.pdl(), &p, op, inp, out) }
 }

@@ -14,7 +14,7 @@
 //! decode kernels at one token, a few, and past 16 tokens, and the tiled kernels, whose
 //! planner picks the small tiles at these M; one more M on the model shape (the smallest
 //! with as many 128 x 128 output tiles as the GPU has SMs, plus a row tail) makes it pick
-//! the large tiles too, so every entry point in `KERNEL_NAMES` runs.
+//! the large tiles too, so every entry point in `KernelId::ALL` runs.
 //!
 //! Exit status: 0 when every case passed, 1 on any mismatch, unwritten element or CUDA
 //! error, 2 when this machine has no CUDA driver or device.
@@ -28,7 +28,7 @@ use nanofuse::bench::{random_bf16, random_weights};
 use nanofuse::ops::{self, GemmImpl};
 use nanofuse::plan::DECODE_MAX_M;
 use nanofuse::reference::{self, compare, concat_qkv, rms};
-use nanofuse::{Baseline, Error, FusedRmsNormQkv, Gpu, KERNEL_NAMES, Path, QkvShape, UnfusedRmsNormQkv, bf16};
+use nanofuse::{Baseline, Error, FusedRmsNormQkv, Gpu, KernelId, QkvShape, Route, UnfusedRmsNormQkv, bf16};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
@@ -137,8 +137,8 @@ impl Tally {
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.list_kernels {
-        for name in KERNEL_NAMES {
-            println!("{name}");
+        for k in KernelId::ALL {
+            println!("{}", k.name());
         }
         return ExitCode::SUCCESS;
     }
@@ -264,12 +264,12 @@ impl<'a> Sweep<'a> {
     fn cases(&self) -> Vec<Case<'a>> {
         let mut cases: Vec<Case<'a>> = Vec::new();
         if self.m <= DECODE_MAX_M {
-            cases.push(("fused-decode", |s| s.forward(Path::FusedDecode)));
+            cases.push(("fused-decode", |s| s.forward(Route::FusedDecode)));
         }
         let rest: [Case<'a>; 8] = [
-            ("fused-tiled", |s| s.forward(Path::FusedTiled)),
-            ("norm+cublas (split)", |s| s.forward(Path::NormCublas)),
-            ("auto", |s| s.forward(Path::Auto)),
+            ("fused-tiled", |s| s.forward(Route::FusedTiled)),
+            ("norm+cublas (split)", |s| s.forward(Route::NormCublas)),
+            ("auto", |s| s.forward(Route::Auto)),
             ("baseline cublas", |s| s.baseline(Baseline::NormCublas)),
             ("baseline nanofuse", |s| s.baseline(Baseline::NormNanofuse)),
             ("ops::rms_norm", Sweep::rms_norm),
@@ -298,7 +298,7 @@ impl<'a> Sweep<'a> {
         Ok(buf)
     }
 
-    fn forward(&self, path: Path) -> CaseResult {
+    fn forward(&self, path: Route) -> CaseResult {
         let (s, m, gpu) = (self.shape(), self.m, self.gpu);
         let dx = gpu.upload(&self.x)?;
         let mut q = self.poisoned(m * s.q_dim)?;

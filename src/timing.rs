@@ -3,11 +3,9 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
-use cudarc::driver::{CudaEvent, CudaSlice};
-
-use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
+use crate::cudarc::driver::{CudaEvent, CudaGraph, CudaSlice};
+use crate::{Error, Gpu, Result};
 
 /// Summary of repeated measurements, in microseconds per op.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -68,7 +66,7 @@ impl EventTimer {
 /// A captured ring: one CUDA graph that runs `enqueue(0..ring)` once.
 pub struct RingGraph {
     gpu: Arc<Gpu>,
-    graph: cudarc::driver::CudaGraph,
+    graph: CudaGraph,
     ring: usize,
     timer: EventTimer,
 }
