@@ -65,7 +65,37 @@ impl Blas {
         n: usize,
         ldy: usize,
     ) -> Result<()> {
-        let (alpha, beta) = (1.0f32, 0.0f32);
+        // SAFETY: forwarded to the caller.
+        unsafe { self.gemm_ex(x, w, y, m, k, n, ldy, 0.0) }
+    }
+
+    /// Row-major `y[m, n] += x[m, k] · W[n, k]ᵀ` (`beta = 1`: cuBLAS reads y, adds the
+    /// product in f32 and rounds once; the projection's fused residual add on its fallback).
+    ///
+    /// # Safety
+    /// As [`Blas::gemm_xwt`]; `y` holds the residual.
+    pub(crate) unsafe fn gemm_xwt_add(&self, x: u64, w: u64, y: u64, m: usize, k: usize, n: usize) -> Result<()> {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.gemm_ex(x, w, y, m, k, n, n, 1.0) }
+    }
+
+    /// `cublasGemmEx` for the row-major `y = x · Wᵀ + beta · y` (see [`Blas::gemm_xwt`]).
+    ///
+    /// # Safety
+    /// As [`Blas::gemm_xwt`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_ex(
+        &self,
+        x: u64,
+        w: u64,
+        y: u64,
+        m: usize,
+        k: usize,
+        n: usize,
+        ldy: usize,
+        beta: f32,
+    ) -> Result<()> {
+        let alpha = 1.0f32;
         let bf16 = sys::cudaDataType::CUDA_R_16BF;
         // SAFETY: forwarded to the caller; alpha/beta are host scalars (default pointer mode).
         unsafe {

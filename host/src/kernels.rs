@@ -28,7 +28,7 @@ use std::sync::Arc;
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaContext, CudaStream};
 use cudarc::nvrtc::Ptx;
-use nanofuse_kernels_gpu::config::{self, TileConfig, decode, fold_gain, rms_norm, split_qkv};
+use nanofuse_kernels_gpu::config::{self, TileConfig, decode, elementwise, fold_gain, rms_norm, split_qkv};
 
 use crate::error::{Error, Result};
 use crate::launch::{Entry, Launch, MAX_PARAMS, Shape};
@@ -44,6 +44,8 @@ const DECODE_FUSED: &[usize] =
 const DECODE_GEMM: &[usize] = &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
 const TILED_FUSED: &[usize] = &[PTR, PTR, PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
 const TILED_GEMM: &[usize] = &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR];
+const DECODE_GATE_UP: &[usize] = &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
+const DECODE_PROJ: &[usize] = &[PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
 
 /// The dynamic shared memory an entry may be launched with.
 #[derive(Clone, Copy)]
@@ -113,6 +115,16 @@ kernel_table! {
     FusedTiledSmall = "fused_rmsnorm_qkv_tiled_small", TILED_FUSED, Smem::Bytes(config::Small::SMEM_BYTES);
     GemmTiledLarge = "gemm_tiled_large", TILED_GEMM, Smem::Bytes(config::Large::SMEM_BYTES);
     GemmTiledSmall = "gemm_tiled_small", TILED_GEMM, Smem::Bytes(config::Small::SMEM_BYTES);
+    GateUpDecode = "fused_rmsnorm_gate_up_decode", DECODE_GATE_UP, Smem::DeviceMax;
+    GateUpDecodeEarly = "fused_rmsnorm_gate_up_decode_early", DECODE_GATE_UP, Smem::DeviceMax;
+    GateUpDecodeEarlyM8 = "fused_rmsnorm_gate_up_decode_early_m8", DECODE_GATE_UP, Smem::DeviceMax;
+    GateUpDecodeRing = "fused_rmsnorm_gate_up_decode_ring", DECODE_GATE_UP, Smem::DeviceMax;
+    ProjDecode = "proj_residual_decode", DECODE_PROJ, Smem::DeviceMax;
+    ProjDecodeEarly = "proj_residual_decode_early", DECODE_PROJ, Smem::DeviceMax;
+    ProjDecodeEarlyM8 = "proj_residual_decode_early_m8", DECODE_PROJ, Smem::DeviceMax;
+    ProjDecodeRing = "proj_residual_decode_ring", DECODE_PROJ, Smem::DeviceMax;
+    SiluMul = "silu_mul", &[PTR, PTR, SCALAR, SCALAR, SCALAR], Smem::Default;
+    ResidualAdd = "residual_add", &[PTR, PTR, PTR, SCALAR], Smem::Default;
 }
 
 // `Kernels::entry` indexes by variant; a launch carries at most `MAX_PARAMS` arguments.
@@ -146,6 +158,20 @@ const GEMM_DECODE: DecodeForms = DecodeForms {
     early: KernelId::GemmDecodeEarly,
     early_m8: KernelId::GemmDecodeEarlyM8,
     ring: KernelId::GemmDecodeRing,
+};
+
+const GATE_UP_DECODE: DecodeForms = DecodeForms {
+    plain: KernelId::GateUpDecode,
+    early: KernelId::GateUpDecodeEarly,
+    early_m8: KernelId::GateUpDecodeEarlyM8,
+    ring: KernelId::GateUpDecodeRing,
+};
+
+const PROJ_DECODE: DecodeForms = DecodeForms {
+    plain: KernelId::ProjDecode,
+    early: KernelId::ProjDecodeEarly,
+    early_m8: KernelId::ProjDecodeEarlyM8,
+    ring: KernelId::ProjDecodeRing,
 };
 
 impl DecodeForms {
@@ -218,6 +244,24 @@ pub(crate) enum DecodeOp {
     /// (both natural), so the kernel interleaves x while staging it; otherwise exactly one of
     /// them is k-interleaved.
     Gemm { interleave_x: bool },
+    /// RMSNorm + gate/up + SiLU·mul into `a [m, inter]` (the packed output's `q`, with
+    /// `nq = inter`), on the blocked, folded, k-interleaved gate/up weight (`config::mlp`).
+    GateUp { eps: f32 },
+    /// `out = residual + x · Wᵀ` (the packed output's `q` is `out`, `nq = N`), x and W both
+    /// in natural k order (the kernel interleaves x while staging it).
+    Proj { residual: u64 },
+}
+
+/// `a [m, inter] = silu(gate) · up` of a packed `y [m, 2 inter]` whose gate and up columns
+/// alternate in blocks of `block` (`inter`: PyTorch's merged layout, all gate columns then
+/// all up columns; 8: the fused op's blocked weight, `config::mlp`).
+#[derive(Clone, Copy)]
+pub(crate) struct SiluMulArgs {
+    pub y: u64,
+    pub a: u64,
+    pub m: u32,
+    pub inter: u32,
+    pub block: u32,
 }
 
 /// What a tiled launch computes.
@@ -369,7 +413,86 @@ impl Kernels {
                         .run(stream)
                 }
             }
+            DecodeOp::GateUp { eps } => {
+                let launch = Launch::new(self.entry(GATE_UP_DECODE.pick(plan)), shape).pdl(pdl);
+                // SAFETY: the arguments in `fused_rmsnorm_gate_up_decode`'s order (its other
+                // forms take the same); buffers per the caller; the plan's entry takes m and
+                // has no K split (the SiLU·mul epilogue traps on one). The folded weight is
+                // k-interleaved, h natural: interleave_x = 0. The trigger as the fused QKV
+                // entries place it (the same norm and the same staging).
+                unsafe {
+                    launch
+                        .arg(inp.x)
+                        .arg(inp.w)
+                        .arg(out.q)
+                        .arg(inp.m)
+                        .arg(inp.hidden)
+                        .arg(out.nq)
+                        .arg(eps)
+                        .arg(split)
+                        .arg(chunk)
+                        .arg(u32::from(plan.trigger_first))
+                        .arg(0u32)
+                        .run(stream)
+                }
+            }
+            DecodeOp::Proj { residual } => {
+                let launch = Launch::new(self.entry(PROJ_DECODE.pick(plan)), shape).pdl(pdl);
+                // SAFETY: the arguments in `proj_residual_decode`'s order (its other forms
+                // take the same); buffers per the caller; the plan's entry takes m. x and W
+                // are both natural: interleave_x = 1. The trigger as the plain GEMM's (no norm).
+                unsafe {
+                    launch
+                        .arg(inp.x)
+                        .arg(inp.w)
+                        .arg(residual)
+                        .arg(out.q)
+                        .arg(inp.m)
+                        .arg(inp.hidden)
+                        .arg(out.nq)
+                        .arg(split)
+                        .arg(chunk)
+                        .arg(u32::from(plan.gemm_trigger_first))
+                        .arg(1u32)
+                        .run(stream)
+                }
+            }
         }
+    }
+
+    /// `a [m, inter] = silu(gate) · up` of the packed `y [m, 2 inter]` (see [`SiluMulArgs`]).
+    ///
+    /// # Safety
+    /// `y` and `a` are 16-byte aligned device buffers on this context of `m · 2 inter` and
+    /// `m · inter` bf16, disjoint; `inter % 8 == 0`, `block % 8 == 0`, `1 <= m < 2^31`.
+    pub(crate) unsafe fn silu_mul(&self, stream: &CudaStream, pdl: bool, a: SiluMulArgs) -> Result<()> {
+        let grid = a.m.clamp(1, elementwise::MAX_CTAS);
+        let shape = Shape { grid: (grid, 1), block: elementwise::THREADS, cluster_x: 1, smem: 0 };
+        let launch = Launch::new(self.entry(KernelId::SiluMul), shape).pdl(pdl);
+        // SAFETY: the arguments in `silu_mul`'s order; buffers per the caller.
+        unsafe { launch.arg(a.y).arg(a.a).arg(a.m).arg(a.inter).arg(a.block).run(stream) }
+    }
+
+    /// `out = bf16(residual + y)` over `len` elements (`out` may be `residual`).
+    ///
+    /// # Safety
+    /// The three are 16-byte aligned device buffers on this context of `len` bf16, `y`
+    /// disjoint from `out`; `len % 8 == 0`, `1 <= len < 2^32`.
+    pub(crate) unsafe fn residual_add(
+        &self,
+        stream: &CudaStream,
+        pdl: bool,
+        residual: u64,
+        y: u64,
+        out: u64,
+        len: u32,
+    ) -> Result<()> {
+        let per_cta = elementwise::THREADS * config::VEC;
+        let grid = len.div_ceil(per_cta).clamp(1, elementwise::MAX_CTAS);
+        let shape = Shape { grid: (grid, 1), block: elementwise::THREADS, cluster_x: 1, smem: 0 };
+        let launch = Launch::new(self.entry(KernelId::ResidualAdd), shape).pdl(pdl);
+        // SAFETY: the arguments in `residual_add`'s order; buffers per the caller.
+        unsafe { launch.arg(residual).arg(y).arg(out).arg(len).run(stream) }
     }
 
     /// The tiled kernel: `op` fused (q/k/v outputs) or plain (y in the packed `out`).

@@ -19,6 +19,7 @@ pub mod error;
 mod gpu;
 mod kernels;
 mod launch;
+mod mlp;
 pub mod ops;
 pub mod plan;
 mod qkv;
@@ -31,6 +32,7 @@ pub use error::{Error, Result};
 pub use gpu::Gpu;
 pub use half::bf16;
 pub use kernels::KernelId;
+pub use mlp::{FusedRmsNormGateUp, MlpShape, ProjResidual, UnfusedMlp, auto_mlp_fused_max_m};
 pub use qkv::{
     Baseline, FusedRmsNormQkv, Qkv, QkvShape, Route, SPLIT_MAX_ELEMENTS, Tuning, UnfusedRmsNormQkv, auto_fused_max_m,
     auto_packed_fused_max_m, auto_split_max_m,

@@ -71,6 +71,46 @@ pub fn gemm_rows(x: &[bf16], w: &[bf16], k: usize, n: usize, rows: &[usize]) -> 
     matmul_rows(&xr, w, k, n)
 }
 
+/// Rows `rows` of the MLP's gate/up op, `a = silu(rmsnorm(h) · Wgᵀ) ⊙ (rmsnorm(h) · Wuᵀ)`,
+/// `h [m, hidden]`, `wg, wu [inter, hidden]`, as f32 `[rows.len(), inter]`: normalized
+/// activations in f32 and dot products in f64 (as [`qkv_rows`]), then rounded like PyTorch's
+/// unfused ops on bf16 tensors: gate and up to bf16, `silu(gate)` (in f32) to bf16, and the
+/// product left unrounded.
+#[allow(clippy::too_many_arguments)]
+pub fn gate_up_rows(
+    h: &[bf16],
+    g: &[bf16],
+    wg: &[bf16],
+    wu: &[bf16],
+    hidden: usize,
+    inter: usize,
+    eps: f32,
+    rows: &[usize],
+) -> Vec<f32> {
+    let gate = qkv_rows(h, g, wg, hidden, inter, eps, rows);
+    let up = qkv_rows(h, g, wu, hidden, inter, eps, rows);
+    let round = |v: f32| bf16::from_f32(v).to_f32();
+    gate.iter().zip(&up).map(|(&gv, &uv)| round(silu(round(gv))) * round(uv)).collect()
+}
+
+/// `v / (1 + e^-v)` in f32.
+pub fn silu(v: f32) -> f32 {
+    v / (1.0 + (-v).exp())
+}
+
+/// Rows `rows` of `out = residual + x · Wᵀ`, `x [m, k]`, `w [n, k]`, `residual [m, n]`, as
+/// f32 `[rows.len(), n]`: the product in f64, rounded to bf16 (as PyTorch's `linear` output),
+/// plus the residual, unrounded.
+pub fn proj_residual_rows(x: &[bf16], w: &[bf16], residual: &[bf16], k: usize, n: usize, rows: &[usize]) -> Vec<f32> {
+    let y = gemm_rows(x, w, k, n, rows);
+    let mut out = Vec::with_capacity(y.len());
+    for (i, &r) in rows.iter().enumerate() {
+        let res = &residual[r * n..(r + 1) * n];
+        out.extend(y[i * n..(i + 1) * n].iter().zip(res).map(|(&v, &h)| bf16::from_f32(v).to_f32() + h.to_f32()));
+    }
+    out
+}
+
 fn matmul_rows(xr: &[Vec<f32>], w: &[bf16], k: usize, n: usize) -> Vec<f32> {
     assert_eq!(w.len(), n * k, "w length");
     let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
