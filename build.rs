@@ -7,6 +7,7 @@
 //! target is PTX. The GPU architecture is `sm_90` unless `NANOFUSE_CUDA_ARCH` says
 //! otherwise (e.g. `NANOFUSE_CUDA_ARCH=sm_100`); the kernels use Hopper instructions
 //! (thread-block clusters, programmatic dependent launch), so they need sm_90 or newer.
+//! The PTX ISA version follows from the architecture ([`ptx_isa`]).
 //!
 //! The inner build always uses the nightly pinned in `rust-toolchain.toml` next to this
 //! file, run through rustup (`rustup run <channel> cargo ...`), whatever toolchain builds
@@ -53,11 +54,49 @@ fn main() {
     }
     println!("cargo:rustc-env=NANOFUSE_PTX_ARCH={arch}");
 
+    let ptx_isa = ptx_isa(&arch).unwrap_or_else(|| {
+        let known: Vec<&str> = PTX_ISA.iter().map(|(a, _)| *a).collect();
+        fail(&format!("{ARCH_ENV}={arch}: no PTX ISA version known for it; build.rs knows {}", known.join(", ")))
+    });
     let channel = pinned_channel(&root);
     let (cargo, via_rustup) = kernel_cargo(&channel);
-    let inner = Inner { cargo, via_rustup, channel: &channel, arch: &arch };
+    let inner = Inner { cargo, via_rustup, channel: &channel, arch: &arch, ptx_isa };
     let ptx = add_launch_bounds(build_ptx(inner, &root, &out_dir.join("kernels-target")));
     fs::write(out_dir.join("kernels.ptx"), ptx).expect("write kernels.ptx");
+}
+
+/// The PTX ISA version (`.version`, as LLVM's `ptxNN` feature) for each architecture:
+/// the minimum the PTX ISA's target notes give for `.target sm_XX`, which is also what the
+/// pinned LLVM defaults to for that CPU (it rejects anything lower), but at least 8.0, for
+/// the sm_90 instructions the kernels use (cluster barriers with `.release`/`.acquire`,
+/// `cp.async.bulk.prefetch`). A higher version needs a newer driver to JIT the PTX: 8.0
+/// CUDA 12.0, 8.6 CUDA 12.7, 8.7 CUDA 12.8, 8.8 CUDA 12.9, 9.0 CUDA 13.0.
+/// sm_101 is sm_110 from CUDA 13 on (whose ptxas no longer accepts sm_101).
+const PTX_ISA: [(&str, u32); 20] = [
+    ("sm_90", 80), // sm_90 itself needs only 7.8
+    ("sm_90a", 80),
+    ("sm_100", 86),
+    ("sm_100a", 86),
+    ("sm_100f", 88),
+    ("sm_101", 86),
+    ("sm_101a", 86),
+    ("sm_101f", 88),
+    ("sm_103", 88),
+    ("sm_103a", 88),
+    ("sm_103f", 88),
+    ("sm_110", 90),
+    ("sm_110a", 90),
+    ("sm_110f", 90),
+    ("sm_120", 87),
+    ("sm_120a", 87),
+    ("sm_120f", 88),
+    ("sm_121", 88),
+    ("sm_121a", 88),
+    ("sm_121f", 88),
+];
+
+fn ptx_isa(arch: &str) -> Option<u32> {
+    PTX_ISA.iter().find(|(a, _)| *a == arch).map(|&(_, v)| v)
 }
 
 /// The `channel` of `[toolchain]` in `rust-toolchain.toml`.
@@ -232,11 +271,12 @@ struct Inner<'a> {
     via_rustup: bool,
     channel: &'a str,
     arch: &'a str,
+    ptx_isa: u32,
 }
 
 /// Runs the inner cargo and returns the PTX text.
 fn build_ptx(inner: Inner, root: &Path, target_dir: &Path) -> String {
-    let Inner { cargo: mut cmd, via_rustup, channel, arch } = inner;
+    let Inner { cargo: mut cmd, via_rustup, channel, arch, ptx_isa } = inner;
     cmd.current_dir(root)
         .args(["rustc", "--package", KERNEL_PACKAGE, "--lib", "--release", "--target", TARGET])
         .args(["-Zbuild-std=core", "--crate-type", "staticlib", "--target-dir"])
@@ -249,11 +289,9 @@ fn build_ptx(inner: Inner, root: &Path, target_dir: &Path) -> String {
     // and with LLVM's default threshold the tiled epilogue stays rolled, which moves the
     // accumulators to local memory (a stack frame in the ptxas report; the tests check
     // that every kernel has none).
-    // PTX ISA 8.0 (CUDA 12.0 drivers and newer) for the sm_90 instructions the kernels use
-    // (cluster barriers with .release/.acquire, cp.async.bulk.prefetch).
     let flags = [
         format!("-Ctarget-cpu={arch}"),
-        "-Ctarget-feature=+ptx80".to_string(),
+        format!("-Ctarget-feature=+ptx{ptx_isa}"),
         "-Cllvm-args=-unroll-threshold=2000".to_string(),
     ];
     cmd.env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"));
@@ -285,9 +323,10 @@ fn build_ptx(inner: Inner, root: &Path, target_dir: &Path) -> String {
     let output = cmd.output().unwrap_or_else(|e| fail(&format!("could not run {program}: {e}{hint}")));
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
+        let (major, minor) = (ptx_isa / 10, ptx_isa % 10);
         let toolchain = if via_rustup { channel } else { &program };
         let mut msg = format!(
-            "compiling {KERNEL_PACKAGE} for {TARGET} ({arch}) with {toolchain} \
+            "compiling {KERNEL_PACKAGE} for {TARGET} ({arch}, PTX ISA {major}.{minor}) with {toolchain} \
              failed:\n{stderr}{hint}"
         );
         if via_rustup && (stderr.contains("rust-src") || stderr.contains("library/Cargo.lock")) {
@@ -308,8 +347,9 @@ fn build_ptx(inner: Inner, root: &Path, target_dir: &Path) -> String {
         .max_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok());
     let path = newest.unwrap_or_else(|| fail(&format!("no PTX (.s) file in {}", deps.display())));
     let ptx = fs::read_to_string(&path).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
-    if !ptx.contains(&format!(".target {arch}")) {
-        fail(&format!("{} does not target {arch}", path.display()));
+    let head = format!(".version {}.{}\n.target {arch}\n", ptx_isa / 10, ptx_isa % 10);
+    if !ptx.contains(&head) {
+        fail(&format!("{} lacks {head:?}", path.display()));
     }
     ptx
 }
