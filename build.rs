@@ -7,6 +7,15 @@
 //! target is PTX. The GPU architecture is `sm_90` unless `NANOFUSE_CUDA_ARCH` says
 //! otherwise (e.g. `NANOFUSE_CUDA_ARCH=sm_100`); the kernels use Hopper instructions
 //! (thread-block clusters, programmatic dependent launch), so they need sm_90 or newer.
+//! The PTX ISA version follows from the architecture ([`ptx_isa`]).
+//!
+//! The inner build always uses the nightly pinned in `rust-toolchain.toml` next to this
+//! file, run through rustup (`rustup run <channel> cargo ...`), whatever toolchain builds
+//! the outer crate: an engine on stable Rust that depends on nanofuse gets the same PTX.
+//! rustup applies `rust-toolchain.toml` only to commands run inside this repository, and
+//! `$CARGO` is the outer toolchain's cargo. A missing toolchain (or its `rust-src`) is
+//! installed on first use, as rustup itself does for `rust-toolchain.toml`, unless
+//! `RUSTUP_AUTO_INSTALL=0` or `CARGO_NET_OFFLINE=true`; the error then names the command.
 
 use std::env;
 use std::fs;
@@ -45,8 +54,200 @@ fn main() {
     }
     println!("cargo:rustc-env=NANOFUSE_PTX_ARCH={arch}");
 
-    let ptx = add_launch_bounds(build_ptx(&root, &out_dir.join("kernels-target"), &arch));
+    let ptx_isa = ptx_isa(&arch).unwrap_or_else(|| {
+        let known: Vec<&str> = PTX_ISA.iter().map(|(a, _)| *a).collect();
+        fail(&format!("{ARCH_ENV}={arch}: no PTX ISA version known for it; build.rs knows {}", known.join(", ")))
+    });
+    let channel = pinned_channel(&root);
+    let (cargo, via_rustup) = kernel_cargo(&channel);
+    let inner = Inner { cargo, via_rustup, channel: &channel, arch: &arch, ptx_isa };
+    let ptx = add_launch_bounds(build_ptx(inner, &root, &out_dir.join("kernels-target")));
     fs::write(out_dir.join("kernels.ptx"), ptx).expect("write kernels.ptx");
+}
+
+/// The PTX ISA version (`.version`, as LLVM's `ptxNN` feature) for each architecture:
+/// the minimum the PTX ISA's target notes give for `.target sm_XX`, which is also what the
+/// pinned LLVM defaults to for that CPU (it rejects anything lower), but at least 8.0, for
+/// the sm_90 instructions the kernels use (cluster barriers with `.release`/`.acquire`,
+/// `cp.async.bulk.prefetch`). A higher version needs a newer driver to JIT the PTX: 8.0
+/// CUDA 12.0, 8.6 CUDA 12.7, 8.7 CUDA 12.8, 8.8 CUDA 12.9, 9.0 CUDA 13.0.
+/// sm_101 is sm_110 from CUDA 13 on (whose ptxas no longer accepts sm_101).
+const PTX_ISA: [(&str, u32); 20] = [
+    ("sm_90", 80), // sm_90 itself needs only 7.8
+    ("sm_90a", 80),
+    ("sm_100", 86),
+    ("sm_100a", 86),
+    ("sm_100f", 88),
+    ("sm_101", 86),
+    ("sm_101a", 86),
+    ("sm_101f", 88),
+    ("sm_103", 88),
+    ("sm_103a", 88),
+    ("sm_103f", 88),
+    ("sm_110", 90),
+    ("sm_110a", 90),
+    ("sm_110f", 90),
+    ("sm_120", 87),
+    ("sm_120a", 87),
+    ("sm_120f", 88),
+    ("sm_121", 88),
+    ("sm_121a", 88),
+    ("sm_121f", 88),
+];
+
+fn ptx_isa(arch: &str) -> Option<u32> {
+    PTX_ISA.iter().find(|(a, _)| *a == arch).map(|&(_, v)| v)
+}
+
+/// The `channel` of `[toolchain]` in `rust-toolchain.toml`.
+fn pinned_channel(root: &Path) -> String {
+    let path = root.join("rust-toolchain.toml");
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
+    let mut section = "";
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line;
+        } else if section == "[toolchain]" {
+            let value = line.strip_prefix("channel").map(str::trim_start).and_then(|l| l.strip_prefix('='));
+            if let Some(channel) = value.and_then(|v| v.trim().strip_prefix('"')).and_then(|v| v.split('"').next()) {
+                return channel.to_string();
+            }
+        }
+    }
+    fail(&format!("{}: no `channel = \"...\"` in [toolchain]", path.display()))
+}
+
+/// The command that runs the pinned toolchain's cargo: `rustup run <channel> cargo`, with
+/// the toolchain installed first if needed, and whether rustup was found. Without rustup,
+/// the outer build's cargo, which works when it is a nightly with rust-src.
+fn kernel_cargo(channel: &str) -> (Command, bool) {
+    let rustup = find_rustup();
+    let mut cmd = match &rustup {
+        Some(rustup) => {
+            if !has_rust_src(rustup, channel) {
+                install_toolchain(rustup, channel);
+            }
+            let mut cmd = Command::new(rustup);
+            cmd.args(["run", channel, "cargo"]);
+            cmd
+        }
+        None => Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into())),
+    };
+    // The outer build's toolchain, flags and wrappers are not for this one.
+    for (name, _) in env::vars_os() {
+        if name.to_str().is_some_and(leaks_into_inner_build) {
+            cmd.env_remove(name);
+        }
+    }
+    if rustup.is_some() {
+        // What the inner cargo runs through rustup's proxies resolves to `channel` too.
+        cmd.env("RUSTUP_TOOLCHAIN", channel);
+    }
+    (cmd, rustup.is_some())
+}
+
+/// `rustup` on PATH, else in `$CARGO_HOME/bin` (where rustup-init puts it).
+fn find_rustup() -> Option<PathBuf> {
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
+    let candidates = std::iter::once(PathBuf::from("rustup")).chain(cargo_home.map(|h| h.join("bin").join("rustup")));
+    candidates
+        .into_iter()
+        .find(|rustup| Command::new(rustup).arg("--version").output().is_ok_and(|out| out.status.success()))
+}
+
+/// Whether `channel` is installed with rust-src, without letting rustup install anything.
+fn has_rust_src(rustup: &Path, channel: &str) -> bool {
+    let out = Command::new(rustup)
+        .args(["run", channel, "rustc", "--print", "sysroot"])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env("RUSTUP_AUTO_INSTALL", "0")
+        .output();
+    let Ok(out) = out else { return false };
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    out.status.success() && sysroot.join("lib/rustlib/src/rust/library/Cargo.lock").is_file()
+}
+
+/// The command that installs what the inner build needs, for messages.
+fn install_command(channel: &str) -> String {
+    format!("rustup toolchain install {channel} --profile minimal --component rust-src")
+}
+
+/// Installs `channel` with rust-src, or fails naming the command when that is switched off
+/// or does not work (offline).
+fn install_toolchain(rustup: &Path, channel: &str) {
+    let needs = format!(
+        "nanofuse compiles its GPU kernels with the toolchain pinned in its rust-toolchain.toml, \
+         {channel}, and its rust-src component"
+    );
+    let switched_off = [("RUSTUP_AUTO_INSTALL", "0"), ("CARGO_NET_OFFLINE", "true")]
+        .into_iter()
+        .find(|(var, value)| env::var(var).is_ok_and(|v| v.eq_ignore_ascii_case(value)));
+    if let Some((var, value)) = switched_off {
+        fail(&format!(
+            "{needs}, which are not installed, and {var}={value} says not to download them now. \
+             Install them once with:\n  {}\n",
+            install_command(channel)
+        ));
+    }
+    println!("cargo:warning=installing {channel} with rust-src for nanofuse's GPU kernels (once)");
+    let out = Command::new(rustup)
+        .args(["toolchain", "install", channel, "--profile", "minimal", "--component", "rust-src"])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .output();
+    let log = match &out {
+        Ok(out) => format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        Err(e) => e.to_string(),
+    };
+    if !has_rust_src(rustup, channel) {
+        fail(&format!(
+            "{needs}; installing them failed (offline?):\n{log}\nInstall them once with:\n  {}\n",
+            install_command(channel)
+        ));
+    }
+}
+
+/// Whether an environment variable of this build script must not reach the inner cargo:
+/// what the outer cargo sets for build scripts (`RUSTC` and `RUSTDOC` point at the outer
+/// toolchain, `CARGO_CFG_*`/`CARGO_FEATURE_*` describe the outer package and target), what
+/// rustup sets for the outer toolchain, and build configuration meant for the host target
+/// (flags, wrappers, target and target directory, profiles). Kept: `CARGO_HOME`,
+/// `RUSTUP_HOME`, the jobserver (`CARGO_MAKEFLAGS`), network and registry settings.
+fn leaks_into_inner_build(name: &str) -> bool {
+    const NAMES: [&str; 20] = [
+        "CARGO",
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_LINKER",
+        "RUSTFLAGS",
+        "RUSTDOCFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_ENCODED_RUSTDOCFLAGS",
+        "CARGO_INCREMENTAL",
+        "RUSTUP_TOOLCHAIN",
+        "RUSTUP_TOOLCHAIN_SOURCE",
+        "OUT_DIR",
+        "TARGET",
+        "HOST",
+        "NUM_JOBS",
+        "OPT_LEVEL",
+        "DEBUG",
+        "PROFILE",
+    ];
+    const PREFIXES: [&str; 8] = [
+        "CARGO_BUILD_",
+        "CARGO_TARGET_", // CARGO_TARGET_DIR, CARGO_TARGET_<TRIPLE>_RUSTFLAGS/LINKER/RUNNER
+        "CARGO_PROFILE_",
+        "CARGO_CFG_",
+        "CARGO_FEATURE_",
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "__CARGO",
+    ];
+    NAMES.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 /// Inserts `config::LAUNCH_BOUNDS` into the PTX: the performance directives go between an
@@ -63,28 +264,24 @@ fn add_launch_bounds(mut ptx: String) -> String {
     ptx
 }
 
+/// The inner build: its cargo, the pinned channel and the GPU target.
+struct Inner<'a> {
+    /// From [`kernel_cargo`].
+    cargo: Command,
+    via_rustup: bool,
+    channel: &'a str,
+    arch: &'a str,
+    ptx_isa: u32,
+}
+
 /// Runs the inner cargo and returns the PTX text.
-fn build_ptx(root: &Path, target_dir: &Path, arch: &str) -> String {
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let mut cmd = Command::new(cargo);
+fn build_ptx(inner: Inner, root: &Path, target_dir: &Path) -> String {
+    let Inner { cargo: mut cmd, via_rustup, channel, arch, ptx_isa } = inner;
     cmd.current_dir(root)
         .args(["rustc", "--package", KERNEL_PACKAGE, "--lib", "--release", "--target", TARGET])
         .args(["-Zbuild-std=core", "--crate-type", "staticlib", "--target-dir"])
         .arg(target_dir)
         .args(["--", "--emit=asm"]);
-    // The outer build's flags and wrappers are for the host target, not for this one.
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET_DIR",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_BUILD_RUSTC_WRAPPER",
-    ] {
-        cmd.env_remove(var);
-    }
     // Code-generation flags go through CARGO_ENCODED_RUSTFLAGS, which cargo fingerprints
     // (arguments after `--` are not: changing the arch would not rebuild).
     // The unroll threshold plays the role of CUDA's `#pragma unroll`: the kernels index
@@ -92,11 +289,9 @@ fn build_ptx(root: &Path, target_dir: &Path, arch: &str) -> String {
     // and with LLVM's default threshold the tiled epilogue stays rolled, which moves the
     // accumulators to local memory (a stack frame in the ptxas report; the tests check
     // that every kernel has none).
-    // PTX ISA 8.0 (CUDA 12.0 drivers and newer) for the sm_90 instructions the kernels use
-    // (cluster barriers with .release/.acquire, cp.async.bulk.prefetch).
     let flags = [
         format!("-Ctarget-cpu={arch}"),
-        "-Ctarget-feature=+ptx80".to_string(),
+        format!("-Ctarget-feature=+ptx{ptx_isa}"),
         "-Cllvm-args=-unroll-threshold=2000".to_string(),
     ];
     cmd.env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"));
@@ -114,15 +309,28 @@ fn build_ptx(root: &Path, target_dir: &Path, arch: &str) -> String {
         cmd.env(format!("CARGO_PROFILE_RELEASE_{key}"), value);
     }
 
-    let output = cmd.output().unwrap_or_else(|e| fail(&format!("could not run cargo: {e}")));
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let hint = if via_rustup {
+        String::new()
+    } else {
+        format!(
+            "\nhint: rustup was not found, so this ran the outer build's cargo ({program}); nanofuse \
+             compiles its kernels with {channel} (rust-toolchain.toml) and its rust-src: install \
+             rustup (https://rustup.rs), then\n  {}\n",
+            install_command(channel)
+        )
+    };
+    let output = cmd.output().unwrap_or_else(|e| fail(&format!("could not run {program}: {e}{hint}")));
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
-        let mut msg = format!("compiling {KERNEL_PACKAGE} for {TARGET} ({arch}) failed:\n{stderr}");
-        if stderr.contains("rust-src") || stderr.contains("library/Cargo.lock") {
-            msg.push_str(
-                "\nhint: -Zbuild-std needs the rust-src component of the pinned toolchain:\n  \
-                 rustup component add rust-src   (run in this repository)\n",
-            );
+        let (major, minor) = (ptx_isa / 10, ptx_isa % 10);
+        let toolchain = if via_rustup { channel } else { &program };
+        let mut msg = format!(
+            "compiling {KERNEL_PACKAGE} for {TARGET} ({arch}, PTX ISA {major}.{minor}) with {toolchain} \
+             failed:\n{stderr}{hint}"
+        );
+        if via_rustup && (stderr.contains("rust-src") || stderr.contains("library/Cargo.lock")) {
+            msg.push_str(&format!("\nhint: -Zbuild-std needs rust-src:\n  {}\n", install_command(channel)));
         }
         fail(&msg);
     }
@@ -139,8 +347,9 @@ fn build_ptx(root: &Path, target_dir: &Path, arch: &str) -> String {
         .max_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok());
     let path = newest.unwrap_or_else(|| fail(&format!("no PTX (.s) file in {}", deps.display())));
     let ptx = fs::read_to_string(&path).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
-    if !ptx.contains(&format!(".target {arch}")) {
-        fail(&format!("{} does not target {arch}", path.display()));
+    let head = format!(".version {}.{}\n.target {arch}\n", ptx_isa / 10, ptx_isa % 10);
+    if !ptx.contains(&head) {
+        fail(&format!("{} lacks {head:?}", path.display()));
     }
     ptx
 }
