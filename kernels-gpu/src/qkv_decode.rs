@@ -5,7 +5,7 @@
 //! `gemm_decode` is the same kernel without the norm (`y = x · Wᵀ`, x already normalized),
 //! for the unfused baseline (b) and `ops::gemm`. Both are instances of the decode kernel
 //! (`decode`: W streaming, x staging, MMA loop, split-K reduction) with the epilogues
-//! `QkvStore` and `GemmStore`, each in the four schedules the planner picks from.
+//! `RowStore<true>` and `RowStore<false>`, each in the four schedules the planner picks from.
 //!
 //! # Parameters
 //! `x [M, K]`, `W' [N, K]` (PyTorch `Linear` layout, rows of Q then K then V,
@@ -18,7 +18,7 @@
 //! As the decode kernel: `2 N K` bytes of W read once, `2 M N` bytes written; block 256,
 //! grid `(k_splits, ceil(N / R))`.
 
-use crate::decode::{GemmStore, QkvStore, decode_entries};
+use crate::decode::{RowStore, decode_entries};
 use crate::qkv_out::QkvOut;
 
 decode_entries! {
@@ -41,7 +41,7 @@ decode_entries! {
         nkv: u32,
         eps: f32,
     ),
-    run = (x, w, QkvStore(QkvOut { q, k: k_out, v, nq, nkv }), m, k, eps),
+    run = (x, w, RowStore::<true>(QkvOut { q, k: k_out, v, nq, nkv }), m, k, eps),
 }
 
 decode_entries! {
@@ -49,5 +49,5 @@ decode_entries! {
     /// fused norm, for the unfused baseline that isolates what fusion buys.
     names = [gemm_decode, gemm_decode_early, gemm_decode_early_m8, gemm_decode_ring],
     params = (x: *const u16, w: *const u16, y: *mut u16, m: u32, k: u32, n: u32),
-    run = (x, w, GemmStore(QkvOut { q: y, k: core::ptr::null_mut(), v: core::ptr::null_mut(), nq: n, nkv: 0 }), m, k, 0.0),
+    run = (x, w, RowStore::<false>(QkvOut { q: y, k: core::ptr::null_mut(), v: core::ptr::null_mut(), nq: n, nkv: 0 }), m, k, 0.0),
 }

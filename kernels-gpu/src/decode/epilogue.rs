@@ -4,8 +4,9 @@
 //! part-0 warp: lane `(g, q)` holds element `i` of `[row g + 8 (i / 2), token 2q + i % 2]`
 //! of the warp's 16 W rows (scaled by inv_rms when the epilogue asks for the norm). An
 //! [`Epilogue`] says what those values become:
-//! * [`QkvStore`]: the GEMM's columns split into q, k and v (the fused QKV op), or all of
-//!   them into one `y` (`nkv = 0`: the plain decode GEMM, baseline (b));
+//! * [`RowStore`]: the GEMM's columns split into q, k and v (the fused QKV op, with the
+//!   norm), or all of them into one `y` (`nkv = 0`, without it: the plain decode GEMM,
+//!   baseline (b));
 //! * [`SiluMul`]: the fused MLP's gate/up op. Its weight holds gate and up rows in blocks
 //!   of 8 (`config::mlp::GATE_UP_BLOCK`): a warp's rows `g` and `g + 8` are gate row
 //!   `j` and up row `j` of the same intermediate index, so each lane holds both halves of
@@ -97,8 +98,8 @@ unsafe fn stage_rows(stage: SharedPtr<u8>, t: u32, gq: u32, qq: u32, a: [f32; 4]
     }
 }
 
-impl Epilogue for QkvStore {
-    const NORM: bool = true;
+impl<const NORM: bool> Epilogue for RowStore<NORM> {
+    const NORM: bool = NORM;
     const ELEMENTWISE: bool = true;
 
     #[inline(always)]
@@ -132,49 +133,11 @@ impl Epilogue for QkvStore {
     }
 }
 
-impl Epilogue for GemmStore {
-    const NORM: bool = false;
-    const ELEMENTWISE: bool = true;
-
-    #[inline(always)]
-    fn rows(&self) -> u32 {
-        self.0.n()
-    }
-
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2], m: u32) {
-        // SAFETY: forwarded to the caller.
-        unsafe { store_rows_direct(&self.0, row0, t, gq, qq, a, sc, m) }
-    }
-
-    #[inline(always)]
-    unsafe fn stage(&self, stage: SharedPtr<u8>, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2]) {
-        // SAFETY: forwarded to the caller.
-        unsafe { stage_rows(stage, t, gq, qq, a, sc) }
-    }
-
-    #[inline(always)]
-    unsafe fn store_staged(&self, stage: SharedPtr<u8>, lane: u32, row0: u32, m: u32) {
-        // SAFETY: forwarded to the caller.
-        unsafe { store_rows_staged(&self.0, stage, lane, row0, m) }
-    }
-
-    #[inline(always)]
-    unsafe fn store_element(&self, token: u32, row: u32, value: f32) {
-        // SAFETY: forwarded to the caller.
-        unsafe { self.0.store(token, row, value) }
-    }
-}
-
-/// The fused QKV op's epilogue: RMSNorm scale, columns into q, k, v.
+/// W rows straight to output columns (`QkvOut`: split into q, k, v, or one `y` with
+/// `nkv = 0`); with `NORM`, scaled by the row's inv_rms. `RowStore<true>` is the fused QKV
+/// op's epilogue, `RowStore<false>` the plain decode GEMM's.
 #[derive(Clone, Copy)]
-pub struct QkvStore(pub QkvOut);
-
-/// The plain decode GEMM's epilogue: no norm, every column into `y` (`QkvOut` with
-/// `nkv = 0`).
-#[derive(Clone, Copy)]
-pub struct GemmStore(pub QkvOut);
+pub struct RowStore<const NORM: bool>(pub QkvOut);
 
 /// Element `i` of a fragment: `(row, token)`.
 #[inline(always)]
