@@ -43,6 +43,32 @@ fn unknown_shape_and_bad_m_are_rejected_before_touching_the_gpu() {
 }
 
 #[test]
+fn bench_help_lists_the_ops_and_the_shapes() {
+    let (code, text) = nanofuse(&["bench", "--help"]);
+    assert_eq!(code, 0, "{text}");
+    for op in ["qkv", "mlp", "gate-up", "down", "oproj"] {
+        assert!(text.contains(op), "help lacks op {op}: {text}");
+    }
+    for model in &MODELS {
+        assert!(text.contains(model.name), "help lacks {}: {text}", model.name);
+    }
+    assert!(text.contains("8192 x 28672"), "help lacks Llama-3-70B's down weight: {text}");
+    let (code, text) = nanofuse(&["bench", "--op", "attention"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("--op"), "{text}");
+}
+
+#[test]
+fn without_a_gpu_mlp_bench_says_so_and_fails() {
+    if nanofuse::driver_present() {
+        return;
+    }
+    let (code, text) = nanofuse(&["bench", "--op", "mlp", "--quick"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("cannot open a GPU"), "{text}");
+}
+
+#[test]
 fn without_a_gpu_bench_says_so_and_fails() {
     if nanofuse::driver_present() {
         return; // a GPU host: `nanofuse bench` would run for real
