@@ -187,6 +187,8 @@ def load_nanofuse(path):
         raise SystemExit(f"compare_torch: {path} has no 'measurements' list (is it from `nanofuse bench --json`?)")
     cells = {}
     for meas in report["measurements"]:
+        if isinstance(meas, dict) and meas.get("op", "qkv") != "qkv":
+            continue  # an MLP op's row (`bench --op mlp`): this script compares the QKV op
         try:
             cells[(str(meas["model"]).lower(), int(meas["m"]), str(meas["variant"]))] = meas
         except (KeyError, TypeError, ValueError):

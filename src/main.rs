@@ -1,23 +1,24 @@
-//! `nanofuse`: benchmarks of the fused RMSNorm + QKV kernels against the unfused path.
+//! `nanofuse`: benchmarks of the fused kernels (RMSNorm + QKV; the MLP ops) against the
+//! unfused path.
 //!
-//! `nanofuse bench` is the main job (see README.md); `nanofuse tune` sweeps launch shapes;
-//! `nanofuse info` prints the device and build.
+//! `nanofuse bench` is the main job (see README.md; `--op` picks the ops); `nanofuse tune`
+//! sweeps launch shapes; `nanofuse info` prints the device and build.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use nanofuse::bench::{BENCH_MS, MODELS, Measurement, Model, Variant, Workload, min_bytes};
-use nanofuse::chart;
+use nanofuse::bench::{BENCH_MS, MLP_MS, MODELS, Measurement, Model, Op, Variant, Workload, min_bytes};
 use nanofuse::plan::{self, DECODE_MAX_M, Tile};
-use nanofuse::timing::{RingGraph, copy_bandwidth_gbs};
+use nanofuse::timing::copy_bandwidth_gbs;
 use nanofuse::{Gpu, Tuning};
+use nanofuse::{bench, chart};
 use serde::Serialize;
 
 #[derive(Parser)]
-#[command(name = "nanofuse", version, about = "Fused RMSNorm + QKV projection kernels: benchmarks")]
+#[command(name = "nanofuse", version, about = "Fused LLM-inference kernels (RMSNorm + QKV, the MLP ops): benchmarks")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -25,8 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Time the fused op, the unfused baselines and the public API over model shapes and
-    /// batch sizes; print a table, optionally write JSON and an SVG chart.
+    /// Time the fused ops, the unfused baselines and the public API over model shapes and
+    /// batch sizes; print a table per op, optionally write JSON and an SVG chart.
     Bench(BenchArgs),
     /// Sweep launch shapes (decode k_split, tiled tile size) per shape and M.
     Tune(TuneArgs),
@@ -36,12 +37,43 @@ enum Cmd {
     Info,
 }
 
+/// The ops `bench --op` takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OpArg {
+    /// RMSNorm + QKV projection (FusedRmsNormQkv)
+    Qkv,
+    /// gate-up, down and oproj
+    Mlp,
+    /// RMSNorm + gate/up projection + SiLU·mul (FusedRmsNormGateUp)
+    #[value(alias = "gate_up")]
+    GateUp,
+    /// the MLP's down projection + residual (ProjResidual)
+    Down,
+    /// the attention output projection + residual (ProjResidual)
+    Oproj,
+}
+
+impl OpArg {
+    fn ops(self) -> &'static [Op] {
+        match self {
+            OpArg::Qkv => &[Op::Qkv],
+            OpArg::Mlp => &[Op::GateUp, Op::Down, Op::Oproj],
+            OpArg::GateUp => &[Op::GateUp],
+            OpArg::Down => &[Op::Down],
+            OpArg::Oproj => &[Op::Oproj],
+        }
+    }
+}
+
 #[derive(Args)]
 struct BenchArgs {
-    /// Shapes to run (comma-separated names, case-insensitive), default all four.
+    /// Ops to run (comma-separated), each in its own table.
+    #[arg(long, value_delimiter = ',', default_value = "qkv")]
+    op: Vec<OpArg>,
+    /// Shapes to run (comma-separated names, case-insensitive; listed below), default all four.
     #[arg(long, value_delimiter = ',')]
     shapes: Vec<String>,
-    /// Batch sizes (tokens), default 1,16,128,2048.
+    /// Batch sizes (tokens), default 1,16,128,2048 for qkv and 1,8,16,128 for the MLP ops.
     #[arg(long, value_delimiter = ',')]
     m: Vec<usize>,
     /// Fewer replays (20 instead of 100) for a fast look.
@@ -50,7 +82,7 @@ struct BenchArgs {
     /// Write all measurements as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Write an SVG chart of time vs M per shape, with the bandwidth floor.
+    /// Write an SVG chart of time vs M per op and shape, with the bandwidth floor.
     #[arg(long)]
     chart: Option<PathBuf>,
     /// Seed of the random weights and inputs.
@@ -87,7 +119,8 @@ struct TuneArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cmd = Cli::command().mut_subcommand("bench", |c| c.after_help(shapes_help()));
+    let cli = Cli::from_arg_matches(&cmd.get_matches()).unwrap_or_else(|e| e.exit());
     let result = match cli.cmd {
         Cmd::Bench(a) => bench(a),
         Cmd::Tune(a) => tune(a),
@@ -107,6 +140,23 @@ type AppResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn open() -> AppResult<Arc<Gpu>> {
     nanofuse::open(0).map_err(|e| format!("cannot open a GPU: {e}").into())
+}
+
+/// `bench --help`'s list of the shapes and each op's weight there.
+fn shapes_help() -> String {
+    let mut text = String::from("Shapes (--shapes) and each op's weight [out, in] in them:\n");
+    text += &format!("  {:<13}", "shape");
+    for op in Op::ALL {
+        text += &format!(" {:>13}", op.label().replace('_', "-"));
+    }
+    for model in &MODELS {
+        text += &format!("\n  {:<13}", model.name);
+        for op in Op::ALL {
+            let (k, n) = op.problem(model).weight_dims();
+            text += &format!(" {:>13}", format!("{n} x {k}"));
+        }
+    }
+    text
 }
 
 fn select_models(names: &[String]) -> AppResult<Vec<Model>> {
@@ -173,51 +223,46 @@ const ROUNDS: usize = 10;
 
 fn bench(a: BenchArgs) -> AppResult<()> {
     let models = select_models(&a.shapes)?;
-    let ms = if a.m.is_empty() { BENCH_MS.to_vec() } else { a.m.clone() };
-    check_ms(&ms)?;
+    check_ms(&a.m)?;
+    let mut ops: Vec<Op> = Vec::new();
+    for op in a.op.iter().flat_map(|o| o.ops()) {
+        if !ops.contains(op) {
+            ops.push(*op);
+        }
+    }
     let gpu = open()?;
     let (warmup, replays) = if a.quick { (3, 20) } else { (10, 100) };
     let copy_gbs = copy_bandwidth_gbs(&gpu, 1 << 30, 20)?;
     print_header(&gpu, Some(copy_gbs));
     println!("method: {METHOD}; {replays} replays");
 
-    let cells = (models.len() * ms.len() * Variant::ALL.len()) as u64;
-    let bar = ProgressBar::new(cells).with_style(
+    let ms_of = |op: Op| match (a.m.is_empty(), op) {
+        (false, _) => a.m.clone(),
+        (true, Op::Qkv) => BENCH_MS.to_vec(),
+        (true, _) => MLP_MS.to_vec(),
+    };
+    let cells: usize = ops.iter().map(|&op| models.len() * ms_of(op).len()).sum();
+    let bar = ProgressBar::new(cells as u64).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut results: Vec<Measurement> = Vec::new();
-    for model in &models {
-        bar.set_message(format!("{}: random weights", model.name));
-        let mut wl = Workload::new(&gpu, *model, a.seed)?;
-        for &m in &ms {
-            wl.set_m(m)?;
-            let fused_path = wl.fused_path();
-            let (api_path, packed_path) = wl.auto_paths();
-            // The API runs the fused kernel where Auto picks it: same launch, same time.
-            let timed: Vec<Variant> =
-                Variant::ALL.into_iter().filter(|&v| !(v == Variant::Api && api_path == fused_path)).collect();
-            bar.set_message(format!("{} M={m}: capturing", model.name));
-            let graphs = timed.iter().map(|&v| wl.capture(v)).collect::<Result<Vec<_>, _>>()?;
-            bar.set_message(format!("{} M={m}: timing {} variants interleaved", model.name, graphs.len()));
-            let stats = RingGraph::time_interleaved(&graphs, warmup, replays, ROUNDS)?;
-            drop(graphs);
-            for v in Variant::ALL {
-                let path = match v {
-                    Variant::Fused => format!("{fused_path:?}"),
-                    Variant::Api => format!("{api_path:?}"),
-                    Variant::ApiPacked => format!("{packed_path:?}"),
-                    _ => String::new(),
-                };
-                // An untimed Api shares Fused's time.
-                let same = if timed.contains(&v) { v } else { Variant::Fused };
-                let i = timed.iter().position(|&t| t == same).ok_or("variant not timed")?;
-                results.push(Measurement::new(model, m, v, path, wl.ring(), stats[i]));
+    for &op in &ops {
+        for model in &models {
+            bar.set_message(format!("{} {}: random weights", op.label(), model.name));
+            let mut sweep = bench::workload(&gpu, op, *model, a.seed)?;
+            for m in ms_of(op) {
+                sweep.set_m(m)?;
+                bar.set_message(format!("{} {} M={m}: capturing and timing, interleaved", op.label(), model.name));
+                results.extend(bench::measure(&mut *sweep, warmup, replays, ROUNDS)?);
                 bar.inc(1);
             }
         }
     }
     bar.finish_and_clear();
-    print_table(&results, copy_gbs);
+    if ops.contains(&Op::Qkv) {
+        print_table(&results, copy_gbs);
+    }
+    print_mlp_tables(&results, copy_gbs);
 
     if let Some(path) = &a.json {
         let i = gpu.info();
@@ -244,6 +289,7 @@ fn bench(a: BenchArgs) -> AppResult<()> {
 }
 
 fn print_table(results: &[Measurement], copy_gbs: f64) {
+    let results: Vec<Measurement> = results.iter().filter(|r| r.op == Op::Qkv).cloned().collect();
     let get =
         |model: &str, m: usize, v: Variant| results.iter().find(|r| r.model == model && r.m == m && r.variant == v);
     println!();
@@ -301,13 +347,80 @@ fn print_table(results: &[Measurement], copy_gbs: f64) {
     println!("floor = minimum bytes / copy bandwidth.");
 }
 
+/// A time in µs in a `width`-wide column, `-` where the variant was not run.
+fn us_cell(t: Option<f64>, width: usize) -> String {
+    t.map_or_else(|| format!("{:>width$}", "-"), |t| format!("{t:>width$.2}"))
+}
+
+/// One table per MLP op in `results`, then what the columns mean.
+fn print_mlp_tables(results: &[Measurement], copy_gbs: f64) {
+    let mlp_ops = [Op::GateUp, Op::Down, Op::Oproj];
+    let printed: Vec<Op> = mlp_ops.into_iter().filter(|&op| results.iter().any(|r| r.op == op)).collect();
+    for &op in &printed {
+        let rows: Vec<&Measurement> = results.iter().filter(|r| r.op == op).collect();
+        print_mlp_table(op, &rows, copy_gbs);
+    }
+    if printed.is_empty() {
+        return;
+    }
+    println!("fused: the fused decode kernel (M <= 16; none above); cuBLAS (a): RMSNorm + cuBLAS GEMM + silu_mul");
+    println!("(gate/up), cuBLAS GEMM + residual_add (projections), what PyTorch runs; ours (b): the same with");
+    println!("nanofuse's GEMM; api: forward_into (Route::Auto: the fused kernel for M <= 16, above it RMSNorm +");
+    println!("cuBLAS + silu_mul, or one cuBLAS GEMM with beta = 1). Projections run in place (h += x W^T).");
+    println!("speedup = cuBLAS / api; GB/s, % copy and TFLOP/s of api (minimum bytes: gate/up W, h, a;");
+    println!("projections W, x, residual, h); floor = minimum bytes / copy bandwidth.");
+}
+
+/// The table of one MLP op: per shape and M, fused, (a), (b), api, and the floor.
+fn print_mlp_table(op: Op, rows: &[&Measurement], copy_gbs: f64) {
+    let get = |r: &Measurement, v: Variant| rows.iter().find(|x| x.model == r.model && x.m == r.m && x.variant == v);
+    println!();
+    println!("{}: {}", op.label(), op.title());
+    println!(
+        "{:<13} {:>5} {:>13} {:>9} {:>10} {:>10} {:>9} {:>8} {:>8} {:>7} {:>8} {:>9}  api path",
+        "shape",
+        "M",
+        "W [out, in]",
+        "fused µs",
+        "cuBLAS µs",
+        "ours µs",
+        "api µs",
+        "speedup",
+        "GB/s",
+        "% copy",
+        "TFLOP/s",
+        "floor µs"
+    );
+    for api in rows.iter().filter(|r| r.variant == Variant::Api) {
+        let t = |v| get(api, v).map(|x| x.median_us);
+        let dims = format!("{} x {}", api.out_features.unwrap_or(0), api.in_features.unwrap_or(0));
+        println!(
+            "{:<13} {:>5} {:>13} {} {} {} {:>9.2} {:>7.2}x {:>8.0} {:>6.1}% {:>8.1} {:>9.2}  {}",
+            api.model,
+            api.m,
+            dims,
+            us_cell(t(Variant::Fused), 9),
+            us_cell(t(Variant::NormCublas), 10),
+            us_cell(t(Variant::NormNanofuse), 10),
+            api.median_us,
+            t(Variant::NormCublas).unwrap_or(f64::NAN) / api.median_us,
+            api.gbs,
+            100.0 * api.gbs / copy_gbs,
+            api.tflops,
+            api.bytes as f64 / (copy_gbs * 1e9) * 1e6,
+            api.path,
+        );
+    }
+}
+
 fn tune(a: TuneArgs) -> AppResult<()> {
     let mut models = if a.shapes.is_empty() && !a.custom.is_empty() { Vec::new() } else { select_models(&a.shapes)? };
     if let [k, nq, nkv] = a.custom[..] {
         let name: &'static str = Box::leak(format!("custom-{k}x{nq}x{nkv}").into_boxed_str());
         let shape = nanofuse::QkvShape::new(k, nq, nkv, 1e-5);
         shape.validate()?;
-        models.push(Model { name, shape });
+        // The MLP's size is not used by `tune` (QKV only).
+        models.push(Model { name, shape, inter: 4 * k });
     }
     let ms = if a.m.is_empty() { vec![1, 16] } else { a.m.clone() };
     check_ms(&ms)?;

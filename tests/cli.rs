@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use nanofuse::bench::{MODELS, Measurement, Variant, min_bytes};
+use nanofuse::bench::{Case, MLP_MS, MODELS, Measurement, Op, Variant, min_bytes};
 use nanofuse::timing::Stats;
 
 /// The program: where cargo built it, or (tests staged on a GPU host by
@@ -43,6 +43,32 @@ fn unknown_shape_and_bad_m_are_rejected_before_touching_the_gpu() {
 }
 
 #[test]
+fn bench_help_lists_the_ops_and_the_shapes() {
+    let (code, text) = nanofuse(&["bench", "--help"]);
+    assert_eq!(code, 0, "{text}");
+    for op in ["qkv", "mlp", "gate-up", "down", "oproj"] {
+        assert!(text.contains(op), "help lacks op {op}: {text}");
+    }
+    for model in &MODELS {
+        assert!(text.contains(model.name), "help lacks {}: {text}", model.name);
+    }
+    assert!(text.contains("8192 x 28672"), "help lacks Llama-3-70B's down weight: {text}");
+    let (code, text) = nanofuse(&["bench", "--op", "attention"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("--op"), "{text}");
+}
+
+#[test]
+fn without_a_gpu_mlp_bench_says_so_and_fails() {
+    if nanofuse::driver_present() {
+        return;
+    }
+    let (code, text) = nanofuse(&["bench", "--op", "mlp", "--quick"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("cannot open a GPU"), "{text}");
+}
+
+#[test]
 fn without_a_gpu_bench_says_so_and_fails() {
     if nanofuse::driver_present() {
         return; // a GPU host: `nanofuse bench` would run for real
@@ -73,4 +99,37 @@ fn chart_renders_every_shape_and_the_floor() {
         assert!(svg.contains(model.name), "chart lacks {}", model.name);
     }
     assert!(svg.contains("bandwidth floor") && svg.contains("fused"));
+}
+
+#[test]
+fn chart_renders_a_panel_per_mlp_op_and_shape() {
+    let copy_gbs = 3000.0;
+    let mut results = Vec::new();
+    for op in [Op::GateUp, Op::Down, Op::Oproj] {
+        for model in &MODELS {
+            let case = Case { op, model: model.name, problem: op.problem(model) };
+            for m in MLP_MS {
+                let floor = case.problem.min_bytes(m) as f64 / (copy_gbs * 1e3);
+                let mut variants = vec![(Variant::NormCublas, 2.0), (Variant::NormNanofuse, 1.5), (Variant::Api, 1.1)];
+                if m <= 16 {
+                    variants.push((Variant::Fused, 1.1));
+                }
+                for (v, scale) in variants {
+                    let st = Stats { median_us: floor * scale, min_us: floor, max_us: floor * 3.0, samples: 20 };
+                    results.push(Measurement::of(&case, m, v, String::new(), 4, st));
+                }
+            }
+        }
+    }
+    let path = std::env::temp_dir().join(format!("nanofuse-mlp-chart-{}.svg", std::process::id()));
+    nanofuse::chart::write_svg(&path, &results, copy_gbs, "test device").unwrap();
+    let svg = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_file(&path).ok();
+    for op in ["gate_up", "down", "oproj"] {
+        for model in &MODELS {
+            let caption = format!("{op}: {}", model.name);
+            assert!(svg.contains(&caption), "chart lacks {caption}");
+        }
+    }
+    assert!(svg.contains("bandwidth floor") && svg.contains("api") && svg.contains("SiLU"));
 }

@@ -1,11 +1,12 @@
-//! Checked launchers for the building blocks: RMSNorm and `y = x · Wᵀ` (nanofuse's GEMM
-//! or cuBLAS). The unfused baselines are compositions of these.
+//! Checked launchers for the building blocks: RMSNorm, `y = x · Wᵀ` (nanofuse's GEMM or
+//! cuBLAS) and the residual add. The unfused baselines are compositions of these.
 
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 use half::bf16;
+use nanofuse_kernels_gpu::config;
 
 use crate::check::{check_dims, check_eps, check_no_overlap, checked_len};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::{DecodeOp, Operands, QkvOut, RmsNormArgs, TiledOp};
 use crate::plan::{self, DECODE_MAX_M};
@@ -135,4 +136,31 @@ pub(crate) unsafe fn gemm_unchecked(gpu: &Gpu, which: GemmImpl, inp: Operands, y
             }
         }
     }
+}
+
+/// `h = bf16(h + y)` over `len` elements: the unfused residual add after a projection (what
+/// [`UnfusedMlp::down_into`](crate::UnfusedMlp::down_into) runs after its GEMM; the
+/// benchmark's projection baselines compose [`gemm`] and this). `len == 0` is a no-op.
+///
+/// Errors: `len` not a multiple of 8 or not below 2^32; buffer lengths other than `len`;
+/// buffers not 16-byte aligned or on another device; `y` overlapping `h`.
+pub fn residual_add(gpu: &Gpu, y: &impl DevicePtr<bf16>, h: &mut impl DevicePtrMut<bf16>, len: usize) -> Result<()> {
+    if !len.is_multiple_of(config::VEC as usize) {
+        return Err(Error::Dimension { arg: "len", expected: "a multiple of 8", got: len });
+    }
+    let len32 = u32::try_from(len).map_err(|_| Error::TooLarge {
+        arg: "len",
+        got: len as u64,
+        limit: u32::MAX as u64,
+        why: "32-bit length",
+    })?;
+    let yb = gpu.input("y", y, len)?;
+    let hb = gpu.output("h", h, len)?;
+    check_no_overlap(&[hb], &[yb])?;
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: both buffers checked for length, alignment and context, and disjoint; h is
+    // both the residual and the output (allowed); len % 8 == 0 and 1 <= len < 2^32.
+    unsafe { gpu.kernels.residual_add(gpu.stream(), gpu.pdl(), hb.ptr, yb.ptr, hb.ptr, len32) }
 }
