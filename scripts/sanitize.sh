@@ -20,8 +20,10 @@
 # Which kernels each run checks:
 #   default        every kernel the sweep launches: nanofuse's entry points (rms_norm, the
 #                  fused and plain decode kernels, the fused and plain tiled kernels, large and
-#                  small tiles; `nanofuse-sweep --list-kernels` names them) and cuBLAS's own
-#                  kernels (the NormCublas paths, ops::gemm with GemmImpl::Cublas). Any report
+#                  small tiles, the MLP's gate/up and projection decode kernels, silu_mul,
+#                  residual_add; `nanofuse-sweep --list-kernels` names them) and cuBLAS's own
+#                  kernels (the NormCublas paths, ops::gemm with GemmImpl::Cublas, the MLP
+#                  fallbacks and baseline (a)). Any report
 #                  fails the run, cuBLAS's included. On an H100 with CUDA 13.0 and
 #                  compute-sanitizer 2025.3.1, racecheck reports thousands of WAR hazards inside
 #                  cuBLAS's nvjet_sm90_* GEMM kernels (same value read and written), so the
@@ -54,8 +56,9 @@
 # Like `bash .gpu/run`, it puts /usr/local/cuda/lib64 and
 # /usr/local/cuda/targets/x86_64-linux/lib (where they exist) on LD_LIBRARY_PATH for cuBLAS.
 #
-# How long: the sweep alone takes about 5 s (under 1 s of GPU work, the rest CUDA start-up
-# and CPU references). Measured on an H100: memcheck, synccheck and initcheck 1-5 s each,
+# How long: measured before the sweep's MLP cases were added (they about double its
+# launches): the sweep alone takes about 5 s (under 1 s of GPU work, the rest CUDA start-up and CPU
+# references). Measured on an H100: memcheck, synccheck and initcheck 1-5 s each,
 # racecheck about 30-40 s (instrumenting cuBLAS's kernels dominates); under a minute for all
 # four in any mode. --ours-only prints every report (racecheck's log is about 2 MB then).
 #

@@ -1,7 +1,8 @@
 //! `nanofuse-sweep`: every kernel the host launches, once per case, over a sweep of shapes
 //! with tails, each result checked against the CPU reference. It is the program
-//! `scripts/sanitize.sh` runs under compute-sanitizer, so it stays small: about 5 s on an
-//! H100 (under 1 s of it GPU work), under a minute under each sanitizer tool.
+//! `scripts/sanitize.sh` runs under compute-sanitizer, so it stays small: before the MLP
+//! cases, about 5 s on an H100 (under 1 s of it GPU work) and under a minute under each
+//! sanitizer tool; the MLP cases about double the launches (not yet measured).
 //!
 //! Per shape (K, Nq, Nkv) and M, with random weights and x, outputs poisoned with NaN first:
 //! * `forward_into_with` on `FusedDecode` (M <= `DECODE_MAX_M`), `FusedTiled`, `NormCublas`
@@ -9,6 +10,21 @@
 //! * `UnfusedRmsNormQkv::forward_into` for `NormCublas` and `NormNanofuse`, against the same rows;
 //! * `ops::rms_norm` against `reference::rms_norm_f32` (every row);
 //! * `ops::gemm` with nanofuse's GEMM and with cuBLAS, against `reference::gemm_rows`.
+//!
+//! Per MLP shape (H, I) and M, the same way:
+//! * `FusedRmsNormGateUp::forward_into_with` on `FusedDecode` (the four
+//!   `fused_rmsnorm_gate_up_decode*` entries), `NormCublas` (RMSNorm, cuBLAS, `silu_mul` on
+//!   the blocked columns) and `Auto`, against `reference::gate_up_rows`;
+//! * `ProjResidual` (the down projection, K = I, N = H) in place and out of place on
+//!   `FusedDecode` (the four `proj_residual_decode*` entries) and `NormCublas` (cuBLAS with
+//!   `beta = 1`), in place on `Auto`, against `reference::proj_residual_rows`;
+//! * `UnfusedMlp::gate_up_into` and `down_into` for `NormCublas` and `NormNanofuse` (their
+//!   GEMMs, `silu_mul` on PyTorch's merged layout, `residual_add`), against the same rows.
+//!
+//! The decode cases run at every M from 1 to `DECODE_MAX_M`, the others (the fallbacks and
+//! baselines, whose cuBLAS kernels dominate a sanitizer run) at a few M; after the MLP shapes one
+//! more case checks that the planner picked each of the eight MLP decode entries somewhere
+//! (the shapes are chosen for that on an H100).
 //!
 //! Launch shapes are the default planner's (no `Tuning`). M in {1, 3, 17, 100} runs the
 //! decode kernels at one token, a few, and past 16 tokens, and the tiled kernels, whose
@@ -25,12 +41,16 @@ use std::time::Instant;
 
 use clap::Parser;
 use nanofuse::bench::{random_bf16, random_weights};
+use nanofuse::cudarc::driver::CudaSlice;
 use nanofuse::ops::{self, GemmImpl};
-use nanofuse::plan::DECODE_MAX_M;
+use nanofuse::plan::{self, DECODE_MAX_M, DecodePlan};
 use nanofuse::reference::{self, compare, concat_qkv, rms};
-use nanofuse::{Baseline, Error, FusedRmsNormQkv, Gpu, KernelId, QkvShape, Route, UnfusedRmsNormQkv, bf16};
-use rand::SeedableRng;
+use nanofuse::{
+    Baseline, Error, FusedRmsNormGateUp, FusedRmsNormQkv, Gpu, KernelId, MlpShape, ProjResidual, QkvShape, Route,
+    UnfusedMlp, UnfusedRmsNormQkv, bf16,
+};
 use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 /// The shapes of the sweep: (name, K, Nq, Nkv).
 const SHAPES: [(&str, usize, usize, usize); 4] = [
@@ -61,6 +81,32 @@ const LARGE_TILE_ROWS: usize = 128;
 /// `0.02·rms(ref) + 0.02·|ref|`, relative Frobenius error at most 4e-3.
 const ELEMENT_TOL: f64 = 0.02;
 const MAX_REL_FROBENIUS: f64 = 4e-3;
+
+/// The MLP shapes of the sweep: (name, H, I), all H and I odd multiples of 8 (every K loop
+/// ends in a partial 32-element block). On an H100 the planner picks:
+const MLP_SHAPES: [(&str, usize, usize); 3] = [
+    // gate/up and down: `_early_m8` at M <= 8, `_early` above.
+    ("mlp-tails", 1000, 2008),
+    // gate/up: the plain entry at M <= 3, the ring from M = 4 (x rows too long to stage
+    // whole); down: the plain entry.
+    ("mlp-long-h", 12296, 2056),
+    // gate/up: `_early_m8`, `_early`; down (K = 12296): the plain entry at M <= 3, the
+    // ring from M = 4.
+    ("mlp-long-i", 136, 12296),
+];
+
+/// Batch sizes of the MLP cases: every M of the decode kernels, one past, a small batch.
+const MLP_MS: [usize; 18] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 100];
+
+/// The M at which the MLP's other cases (cuBLAS, the baselines) run too.
+const MLP_FULL_MS: [usize; 6] = [1, 3, 9, 16, 17, 100];
+
+/// Bounds of the gate/up op (as in `tests/gpu_mlp.rs`, which says why they are looser than
+/// the projection's): every element within `0.08·rms(ref) + 0.04·|ref|`, relative
+/// Frobenius error at most 8e-3.
+const GATE_UP_ATOL_RMS: f64 = 0.08;
+const GATE_UP_RTOL: f64 = 0.04;
+const GATE_UP_MAX_REL_FROBENIUS: f64 = 8e-3;
 
 /// Bounds of RMSNorm (as in `tests/gpu_rms_norm.rs`): one bf16 ulp per element, 2e-3 overall.
 const NORM_RTOL: f64 = 1.0 / 128.0;
@@ -204,6 +250,9 @@ fn main() -> ExitCode {
             }
         }
     }
+    if !tally.driver_error {
+        mlp_sweep(&gpu, &mut tally, &mut rng);
+    }
     if tally.driver_error {
         println!("aborted: a CUDA driver error leaves the context unusable; the remaining cases did not run");
     } else if let Err(e) = gpu.synchronize() {
@@ -292,10 +341,8 @@ impl<'a> Sweep<'a> {
     }
 
     /// A new device buffer of `len` bf16, filled with NaN.
-    fn poisoned(&self, len: usize) -> Result<nanofuse::cudarc::driver::CudaSlice<bf16>, Error> {
-        let mut buf = self.gpu.alloc_zeros::<bf16>(len)?;
-        self.gpu.fill_nan(&mut buf)?;
-        Ok(buf)
+    fn poisoned(&self, len: usize) -> Result<CudaSlice<bf16>, Error> {
+        poisoned(self.gpu, len)
     }
 
     fn forward(&self, path: Route) -> CaseResult {
@@ -368,6 +415,13 @@ fn check(
     if c.passes(max_rel_frobenius) { Ok(c.to_string()) } else { Err(CaseError::Mismatch(c.to_string())) }
 }
 
+/// A new device buffer of `len` bf16, filled with NaN.
+fn poisoned(gpu: &Gpu, len: usize) -> Result<CudaSlice<bf16>, Error> {
+    let mut buf = gpu.alloc_zeros::<bf16>(len)?;
+    gpu.fill_nan(&mut buf)?;
+    Ok(buf)
+}
+
 /// Rows compared with the reference: all of them up to 17, else the first two, the middle
 /// and the last two (the others are still checked for being written).
 fn sample_rows(m: usize) -> Vec<usize> {
@@ -377,5 +431,246 @@ fn sample_rows(m: usize) -> Vec<usize> {
         let mut r = vec![0, 1, m / 2, m - 2, m - 1];
         r.dedup();
         r
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The MLP ops
+
+/// The four forms of each MLP decode kernel, indexed by `decode_form`.
+const GATE_UP_FORMS: [KernelId; 4] =
+    [KernelId::GateUpDecode, KernelId::GateUpDecodeEarly, KernelId::GateUpDecodeEarlyM8, KernelId::GateUpDecodeRing];
+const PROJ_FORMS: [KernelId; 4] =
+    [KernelId::ProjDecode, KernelId::ProjDecodeEarly, KernelId::ProjDecodeEarlyM8, KernelId::ProjDecodeRing];
+
+/// The form a decode plan launches, as the host picks it: the ring; else the plain entry
+/// unless `early`; of the `_early` entries the one-tile form at one token tile.
+fn decode_form(p: &DecodePlan) -> usize {
+    match (p.ring, p.early, p.token_tiles) {
+        (true, _, _) => 3,
+        (false, false, _) => 0,
+        (false, true, 1) => 2,
+        (false, true, _) => 1,
+    }
+}
+
+/// The MLP ops of one shape on one set of random weights (the projection is the down
+/// projection, K = I, N = H).
+struct MlpOps {
+    gate_up: FusedRmsNormGateUp,
+    proj: ProjResidual,
+    base: UnfusedMlp,
+}
+
+/// `[rows, cols]` weights with variance `1 / cols` (as `bench::random_weights`).
+fn mlp_weights(rng: &mut impl Rng, rows: usize, cols: usize) -> Vec<bf16> {
+    let a = (3.0 / cols as f32).sqrt();
+    random_bf16(rng, rows * cols, -a, a)
+}
+
+/// Every MLP shape and M, then the case that checks which decode entries were planned.
+fn mlp_sweep(gpu: &Arc<Gpu>, tally: &mut Tally, rng: &mut SmallRng) {
+    let info = gpu.info();
+    let mut planned: Vec<KernelId> = Vec::new();
+    for (name, h, i) in MLP_SHAPES {
+        let shape = MlpShape::new(h, i, EPS);
+        let g = random_bf16(rng, h, 0.5, 1.5);
+        let (wg, wu, wd) = (mlp_weights(rng, i, h), mlp_weights(rng, i, h), mlp_weights(rng, h, i));
+        let built = FusedRmsNormGateUp::new(gpu, shape, &g, &wg, &wu).and_then(|gate_up| {
+            let proj = ProjResidual::new(gpu, i, h, &wd)?;
+            Ok(MlpOps { gate_up, proj, base: UnfusedMlp::new(gpu, shape, &g, &wg, &wu, &wd)? })
+        });
+        let ops = match built {
+            Ok(ops) => ops,
+            Err(e) => {
+                tally.record(&format!("{name} setup"), Err(e.into()));
+                if tally.driver_error {
+                    return;
+                }
+                continue;
+            }
+        };
+        println!("== {name}: H={h} I={i}, eps {EPS:e}, M in {MLP_MS:?} (cuBLAS and baselines at {MLP_FULL_MS:?})");
+        for s in MlpSweep::all(gpu, &ops, rng, &g, [&wg, &wu, &wd]) {
+            if s.m <= DECODE_MAX_M {
+                for (k, n, forms) in [(h, 2 * i, &GATE_UP_FORMS), (i, h, &PROJ_FORMS)] {
+                    // A planning error shows up as the case's own error.
+                    if let Ok(p) = plan::decode_plan(s.m, k, n, info.sm_count, info.max_smem_per_block, None) {
+                        planned.push(forms[decode_form(&p)]);
+                    }
+                }
+            }
+            for (case, run) in s.cases() {
+                tally.record(&format!("{name:<10} M={:<3} {case:<25}", s.m), run(&s));
+                if tally.driver_error {
+                    return;
+                }
+            }
+        }
+    }
+    let missing: Vec<&str> =
+        GATE_UP_FORMS.iter().chain(&PROJ_FORMS).filter(|id| !planned.contains(id)).map(|id| id.name()).collect();
+    let coverage = if missing.is_empty() {
+        Ok("each of the 8 planned at least once".to_string())
+    } else {
+        Err(CaseError::Mismatch(format!("never planned (change MLP_SHAPES): {}", missing.join(", "))))
+    };
+    tally.record("MLP decode entries", coverage);
+}
+
+/// One (MLP shape, M) point: the inputs and the references at the sampled rows.
+struct MlpSweep<'a> {
+    gpu: &'a Arc<Gpu>,
+    ops: &'a MlpOps,
+    m: usize,
+    /// The gate/up op's input `h [m, H]`.
+    h: Vec<bf16>,
+    /// The projection's input `x [m, I]` and residual `[m, H]`.
+    x: Vec<bf16>,
+    residual: Vec<bf16>,
+    /// Rows compared with the references (all rows are checked for being written).
+    rows: Vec<usize>,
+    /// `silu(rmsnorm(h) · Wgᵀ) ⊙ (rmsnorm(h) · Wuᵀ)` at `rows`, `[rows.len(), I]`.
+    want_gate_up: Vec<f32>,
+    /// `residual + x · Wdᵀ` at `rows`, `[rows.len(), H]`.
+    want_proj: Vec<f32>,
+}
+
+type MlpCase<'a> = (&'static str, fn(&MlpSweep<'a>) -> CaseResult);
+
+impl<'a> MlpSweep<'a> {
+    /// The points of every M in `MLP_MS` with random inputs, and their references from one
+    /// call per op (the sampled rows of every M stacked: each call widens the whole weight
+    /// to f32 first). `w`: the gate, up and down weights as given.
+    fn all(gpu: &'a Arc<Gpu>, ops: &'a MlpOps, rng: &mut SmallRng, g: &[bf16], w: [&[bf16]; 3]) -> Vec<Self> {
+        let s = *ops.gate_up.shape();
+        let (h, i) = (s.hidden, s.inter);
+        let mut points: Vec<Self> = MLP_MS
+            .iter()
+            .map(|&m| MlpSweep {
+                gpu,
+                ops,
+                m,
+                h: random_bf16(rng, m * h, -3.0, 3.0),
+                x: random_bf16(rng, m * i, -3.0, 3.0),
+                residual: random_bf16(rng, m * h, -3.0, 3.0),
+                rows: sample_rows(m),
+                want_gate_up: Vec::new(),
+                want_proj: Vec::new(),
+            })
+            .collect();
+        let stack = |part: fn(&Self) -> &[bf16], width: usize| -> Vec<bf16> {
+            let mut v = Vec::new();
+            for p in &points {
+                for &r in &p.rows {
+                    v.extend_from_slice(&part(p)[r * width..(r + 1) * width]);
+                }
+            }
+            v
+        };
+        let (hs, xs, rs) = (stack(|p| &p.h, h), stack(|p| &p.x, i), stack(|p| &p.residual, h));
+        let all: Vec<usize> = (0..hs.len() / h).collect();
+        let want_gate_up = reference::gate_up_rows(&hs, g, w[0], w[1], h, i, s.eps, &all);
+        let want_proj = reference::proj_residual_rows(&xs, w[2], &rs, i, h, &all);
+        let (mut gu, mut pr) = (want_gate_up.as_slice(), want_proj.as_slice());
+        for p in &mut points {
+            let n = p.rows.len();
+            (p.want_gate_up, p.want_proj) = (gu[..n * i].to_vec(), pr[..n * h].to_vec());
+            (gu, pr) = (&gu[n * i..], &pr[n * h..]);
+        }
+        points
+    }
+
+    /// The cases that apply at this M.
+    fn cases(&self) -> Vec<MlpCase<'a>> {
+        let mut cases: Vec<MlpCase<'a>> = Vec::new();
+        if self.m <= DECODE_MAX_M {
+            let decode: [MlpCase<'a>; 3] = [
+                ("gate-up fused-decode", |s| s.gate_up(Route::FusedDecode)),
+                ("proj fused-decode", |s| s.proj(Route::FusedDecode, false)),
+                ("proj fused-decode (out)", |s| s.proj(Route::FusedDecode, true)),
+            ];
+            cases.extend(decode);
+        }
+        if MLP_FULL_MS.contains(&self.m) {
+            let rest: [MlpCase<'a>; 9] = [
+                ("gate-up norm+cublas", |s| s.gate_up(Route::NormCublas)),
+                ("gate-up auto", |s| s.gate_up(Route::Auto)),
+                ("gate-up baseline cublas", |s| s.gate_up_baseline(Baseline::NormCublas)),
+                ("gate-up baseline nanofuse", |s| s.gate_up_baseline(Baseline::NormNanofuse)),
+                ("proj cublas", |s| s.proj(Route::NormCublas, false)),
+                ("proj cublas (out)", |s| s.proj(Route::NormCublas, true)),
+                ("proj auto", |s| s.proj(Route::Auto, false)),
+                ("down baseline cublas", |s| s.down_baseline(Baseline::NormCublas)),
+                ("down baseline nanofuse", |s| s.down_baseline(Baseline::NormNanofuse)),
+            ];
+            cases.extend(rest);
+        }
+        cases
+    }
+
+    fn shape(&self) -> MlpShape {
+        *self.ops.gate_up.shape()
+    }
+
+    /// Checks an `a [m, I]` against the gate/up reference.
+    fn check_gate_up(&self, a: &[bf16]) -> CaseResult {
+        let want = &self.want_gate_up;
+        let atol = GATE_UP_ATOL_RMS * rms(want);
+        check(a, self.shape().inter, &self.rows, want, atol, GATE_UP_RTOL, GATE_UP_MAX_REL_FROBENIUS)
+    }
+
+    /// Checks an `out [m, H]` against the projection's reference.
+    fn check_proj(&self, out: &[bf16]) -> CaseResult {
+        let want = &self.want_proj;
+        check(out, self.shape().hidden, &self.rows, want, ELEMENT_TOL * rms(want), ELEMENT_TOL, MAX_REL_FROBENIUS)
+    }
+
+    fn gate_up(&self, route: Route) -> CaseResult {
+        let (s, m, gpu) = (self.shape(), self.m, self.gpu);
+        let dh = gpu.upload(&self.h)?;
+        let mut a = poisoned(gpu, m * s.inter)?;
+        self.ops.gate_up.forward_into_with(route, &dh, m, &mut a)?;
+        self.check_gate_up(&gpu.download(&a)?)
+    }
+
+    fn gate_up_baseline(&self, which: Baseline) -> CaseResult {
+        let (s, m, gpu) = (self.shape(), self.m, self.gpu);
+        let dh = gpu.upload(&self.h)?;
+        let mut xn = poisoned(gpu, m * s.hidden)?;
+        let mut y = poisoned(gpu, m * 2 * s.inter)?;
+        let mut a = poisoned(gpu, m * s.inter)?;
+        self.ops.base.gate_up_into(which, &dh, m, &mut xn, &mut y, &mut a)?;
+        self.check_gate_up(&gpu.download(&a)?)
+    }
+
+    /// The projection in place (h holds the residual) or out of place (out poisoned; the
+    /// residual must be left as it was).
+    fn proj(&self, route: Route, out_of_place: bool) -> CaseResult {
+        let (s, m, gpu) = (self.shape(), self.m, self.gpu);
+        let dx = gpu.upload(&self.x)?;
+        let mut dres = gpu.upload(&self.residual)?;
+        let got = if out_of_place {
+            let mut out = poisoned(gpu, m * s.hidden)?;
+            self.ops.proj.forward_out_of_place(route, &dx, m, &dres, &mut out)?;
+            let res = gpu.download(&dres)?;
+            if let Some(j) = res.iter().zip(&self.residual).position(|(a, b)| a.to_bits() != b.to_bits()) {
+                return Err(CaseError::Mismatch(format!("the residual was written, first at {j}")));
+            }
+            gpu.download(&out)?
+        } else {
+            self.ops.proj.forward_into_with(route, &dx, m, &mut dres)?;
+            gpu.download(&dres)?
+        };
+        self.check_proj(&got)
+    }
+
+    fn down_baseline(&self, which: Baseline) -> CaseResult {
+        let (s, m, gpu) = (self.shape(), self.m, self.gpu);
+        let dx = gpu.upload(&self.x)?;
+        let mut y = poisoned(gpu, m * s.hidden)?;
+        let mut dh = gpu.upload(&self.residual)?;
+        self.ops.base.down_into(which, &dx, m, &mut y, &mut dh)?;
+        self.check_proj(&gpu.download(&dh)?)
     }
 }
