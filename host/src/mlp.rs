@@ -55,6 +55,18 @@ impl MlpShape {
     }
 }
 
+/// The routes the MLP ops have (no tiled kernel).
+fn check_route(route: Route) -> Result<()> {
+    if route == Route::FusedTiled {
+        return Err(Error::Value {
+            arg: "route",
+            expected: "Auto, FusedDecode or NormCublas",
+            got: "FusedTiled".into(),
+        });
+    }
+    Ok(())
+}
+
 /// A positive multiple of 8 within the kernels' 32-bit index range.
 fn check_features(arg: &'static str, v: usize) -> Result<()> {
     if v == 0 || !v.is_multiple_of(8) {
@@ -200,6 +212,7 @@ impl FusedRmsNormGateUp {
         a: &mut impl DevicePtrMut<bf16>,
     ) -> Result<()> {
         let s = self.shape;
+        check_route(route)?;
         check_m(m)?;
         let gpu = &self.gpu;
         let hb = gpu.input("h", h, checked_len("m * hidden", m, s.hidden)?)?;
@@ -319,6 +332,7 @@ impl ProjResidual {
         m: usize,
         h: &mut impl DevicePtrMut<bf16>,
     ) -> Result<()> {
+        check_route(route)?;
         check_m(m)?;
         let gpu = &self.gpu;
         let xb = gpu.input("x", x, checked_len("m * in_features", m, self.in_features)?)?;
@@ -338,6 +352,7 @@ impl ProjResidual {
         residual: &impl DevicePtr<bf16>,
         out: &mut impl DevicePtrMut<bf16>,
     ) -> Result<()> {
+        check_route(route)?;
         check_m(m)?;
         let gpu = &self.gpu;
         let len = checked_len("m * out_features", m, self.out_features)?;
