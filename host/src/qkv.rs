@@ -149,9 +149,10 @@ pub struct Qkv {
 
 /// RMSNorm fused with the QKV projection, built once from the weights.
 ///
-/// `forward_into` allocates nothing (except the first time the large-M fallback runs,
-/// unless [`FusedRmsNormQkv::reserve`] was called), so an engine can call it every token
-/// and capture it in a CUDA graph.
+/// `forward_into` allocates nothing once [`FusedRmsNormQkv::reserve`] has run for the
+/// largest M it will see (the fallback's scratch, the cuBLAS handle and its workspace;
+/// without it they are created on the first call above the decode range), so an engine
+/// can call it every token and capture it in a CUDA graph.
 ///
 /// At construction the RMSNorm gain is folded into the weight, `W' = bf16(W · diag(g))`
 /// (one rounding per element, on the device), and the op keeps only `W'`: then
@@ -273,11 +274,13 @@ impl FusedRmsNormQkv {
         }
     }
 
-    /// Allocates the fallback path's scratch for up to `max_m` tokens now (for example
-    /// before capturing a CUDA graph, where allocation is not allowed).
+    /// Creates now everything a later call for up to `max_m` tokens needs, on any route:
+    /// the fallback's scratch, and the cuBLAS handle with its workspace (for example before
+    /// capturing a CUDA graph, where neither `cublasCreate` nor an allocation may run).
     pub fn reserve(&self, max_m: usize) -> Result<()> {
         let split_m = max_m.min(auto_split_max_m(self.shape.n()));
         let len = self.scratch_len(max_m)?.max(self.scratch_len(split_m)?);
+        self.gpu.blas()?;
         let mut slot = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         if slot.as_ref().is_none_or(|s| s.len() < len) {
             *slot = Some(self.gpu.alloc_zeros(len.max(1))?);
