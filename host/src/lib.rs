@@ -14,6 +14,7 @@
 
 mod blas;
 mod check;
+mod current;
 mod device;
 pub mod error;
 mod gpu;
@@ -24,6 +25,7 @@ pub mod ops;
 pub mod plan;
 mod qkv;
 pub mod reference;
+mod shared;
 
 pub use check::BUFFER_ALIGN;
 pub use cudarc;

@@ -13,6 +13,7 @@ use crate::gpu::Gpu;
 use crate::kernels::{DecodeOp, Operands, QkvOut, RmsNormArgs, TiledOp};
 use crate::ops::{self, GemmImpl};
 use crate::plan::{self, DECODE_MAX_M, DecodeShape, Tile};
+use crate::shared::{Folded, Shared};
 
 /// Largest M for which [`Route::Auto`] of the packed forms runs the fused decode kernel, for
 /// a hidden size; above it they run RMSNorm + one cuBLAS GEMM, the same kernels as the
@@ -178,14 +179,18 @@ pub struct Qkv {
 /// [`Route::Auto`] picks the fused kernel only for the M where it was measured faster than
 /// the unfused path (docs/RESULTS.md). The unfused baselines, which need the weights as
 /// given, are [`UnfusedRmsNormQkv`].
+///
+/// # Streams
+/// The op issues on its [`Gpu`]'s stream. [`FusedRmsNormQkv::on`] gives a view of it on
+/// another stream (a [`Gpu::on_stream`] view) that shares the folded weight.
 pub struct FusedRmsNormQkv {
     gpu: Arc<Gpu>,
     shape: QkvShape,
-    /// `bf16(W · diag(g))`.
-    w: CudaSlice<bf16>,
-    /// `[hidden]` ones: the gain of the tiled kernel and of the fallback's RMSNorm.
-    ones: CudaSlice<bf16>,
+    /// `w`: `bf16(W · diag(g))`; `ones`: `[hidden]` ones, the gain of the tiled kernel and
+    /// of the fallback's RMSNorm. Shared with the op's views.
+    weights: Shared<Folded>,
     tuning: Tuning,
+    /// The fallback's scratch, this view's own.
     scratch: Mutex<Option<CudaSlice<bf16>>>,
 }
 
@@ -223,7 +228,28 @@ impl FusedRmsNormQkv {
         // Release g only after the fold has run.
         gpu.stream().synchronize().map_err(Error::driver("cuStreamSynchronize"))?;
         drop(g);
-        Ok(FusedRmsNormQkv { gpu: gpu.clone(), shape, w, ones, tuning: Tuning::default(), scratch: Mutex::new(None) })
+        let weights = Shared::new(Folded { w, ones }, gpu.stream());
+        Ok(FusedRmsNormQkv { gpu: gpu.clone(), shape, weights, tuning: Tuning::default(), scratch: Mutex::new(None) })
+    }
+
+    /// A view of this op that issues on `gpu`'s stream: `gpu` is a view of the op's
+    /// [`Gpu`] on another stream of its context ([`Gpu::on_stream`]; another context is
+    /// [`Error::WrongDevice`]). The view shares the folded weight (nothing is copied), and
+    /// has a copy of the tuning and its own fallback scratch and cuBLAS handle (call
+    /// [`FusedRmsNormQkv::reserve`] on the view before capturing it in a graph). Views on
+    /// different streams may run at the same time.
+    ///
+    /// `gpu`'s stream first waits (on the device) for the work queued so far on the op's
+    /// stream, so the weight is ready. The weight is freed when the op and all its views
+    /// are dropped, after the work they queued.
+    pub fn on(&self, gpu: &Arc<Gpu>) -> Result<Self> {
+        Ok(FusedRmsNormQkv {
+            gpu: gpu.clone(),
+            shape: self.shape,
+            weights: self.weights.view(&self.gpu, gpu)?,
+            tuning: self.tuning,
+            scratch: Mutex::new(None),
+        })
     }
 
     /// The op's shape.
@@ -239,7 +265,7 @@ impl FusedRmsNormQkv {
     /// The weight the op streams: `bf16(W · diag(g))`, `[q_dim + 2 kv_dim, hidden]`, each row
     /// in the k-interleaved order (`reference::interleave_k` of the natural rows).
     pub fn folded_weight(&self) -> &CudaSlice<bf16> {
-        &self.w
+        &self.weights.w
     }
 
     /// Overrides launch shapes (for benchmark sweeps). Forcing `split` on can enlarge the
@@ -415,7 +441,7 @@ impl FusedRmsNormQkv {
 
     /// The unit gain and the folded weight, as checked references.
     fn weight_refs(&self) -> (BufRef, BufRef) {
-        (stream_ref(&self.gpu, &self.ones, "g"), stream_ref(&self.gpu, &self.w, "w"))
+        (stream_ref(&self.gpu, &self.weights.ones, "g"), stream_ref(&self.gpu, &self.weights.w, "w"))
     }
 
     /// RMSNorm into the scratch buffer, then either one cuBLAS GEMM into the scratch's
