@@ -36,6 +36,6 @@ pub use half::bf16;
 pub use kernels::KernelId;
 pub use mlp::{FusedRmsNormGateUp, MlpShape, ProjResidual, UnfusedMlp, auto_mlp_fused_max_m};
 pub use qkv::{
-    Baseline, FusedRmsNormQkv, Qkv, QkvShape, Route, SPLIT_MAX_ELEMENTS, Tuning, UnfusedRmsNormQkv, auto_fused_max_m,
-    auto_packed_fused_max_m, auto_split_max_m,
+    Baseline, FromDeviceError, FusedRmsNormQkv, Qkv, QkvShape, Route, SPLIT_MAX_ELEMENTS, Tuning, UnfusedRmsNormQkv,
+    auto_fused_max_m, auto_packed_fused_max_m, auto_split_max_m,
 };
