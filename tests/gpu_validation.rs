@@ -297,7 +297,7 @@ fn bad_weights_are_rejected() {
         let g2 = up(&random_bf16(&mut rng, gl.wrapping_add_signed(d), 0.5, 1.5));
         expect_length(
             "from_device, g",
-            FusedRmsNormQkv::from_device(&gpu, SHAPE, g2, up(&w)),
+            FusedRmsNormQkv::from_device(&gpu, SHAPE, g2, up(&w)).map_err(Error::from),
             "g",
             gl,
             gl.wrapping_add_signed(d),
@@ -305,7 +305,7 @@ fn bad_weights_are_rejected() {
         let w2 = up(&random_bf16(&mut rng, wl.wrapping_add_signed(d), -1.0, 1.0));
         expect_length(
             "from_device, w",
-            FusedRmsNormQkv::from_device(&gpu, SHAPE, up(&g), w2),
+            FusedRmsNormQkv::from_device(&gpu, SHAPE, up(&g), w2).map_err(Error::from),
             "w",
             wl,
             wl.wrapping_add_signed(d),
@@ -322,7 +322,7 @@ fn bad_weights_are_rejected() {
     for arg in ["g", "w"] {
         let dg = if arg == "g" { foreign.clone_htod(&g).unwrap() } else { gpu.upload(&g).unwrap() };
         let dw = if arg == "w" { foreign.clone_htod(&w).unwrap() } else { gpu.upload(&w).unwrap() };
-        match FusedRmsNormQkv::from_device(&gpu, SHAPE, dg, dw) {
+        match FusedRmsNormQkv::from_device(&gpu, SHAPE, dg, dw).map_err(Error::from) {
             Err(Error::WrongDevice { arg: a, .. }) if a == arg => {}
             other => failures.push(format!("from_device, `{arg}` foreign: got {:?}", other.err())),
         }

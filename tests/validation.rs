@@ -245,13 +245,13 @@ fn decode_plan_invalid_forced_shape_is_rejected() {
 }
 
 #[test]
-fn decode_plan_forced_shape_with_an_empty_k_slice_is_too_large() {
+fn decode_plan_forced_shape_with_an_empty_k_slice_names_the_split() {
     // K = 8 split over two CTAs: the K slices are whole 32-element steps, so the second one
-    // is empty.
+    // is empty. The error names the split, not K (K is not too large).
     let f = forced(1, 2);
     let e = err(plan::decode_plan(1, 8, 64, SMS, SMEM, Some(f)), "K = 8 over 2 splits");
-    assert!(matches!(e, Error::TooLarge { arg: "K", got: 8, .. }), "{e:?}");
-    assert_names(&e, "K");
+    assert!(matches!(e, Error::Value { arg: "k_splits", .. }), "{e:?}");
+    assert_names(&e, "k_splits");
     // One split of the same K is fine.
     plan::decode_plan(1, 8, 64, SMS, SMEM, Some(forced(1, 1))).unwrap();
 }

@@ -7,16 +7,20 @@ use std::sync::Arc;
 use cudarc::cublas::{CudaBlas, result as cublas, sys};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 
+use crate::current::Current;
 use crate::error::{Error, Result};
 
 /// Workspace handed to cuBLAS (PyTorch's default size on Hopper). An explicit workspace
 /// keeps cuBLAS from allocating inside CUDA-graph capture.
 const WORKSPACE_BYTES: usize = 32 << 20;
 
-/// A cuBLAS handle bound to nanofuse's stream, with its workspace.
+/// A cuBLAS handle bound to one stream (a [`Gpu`](crate::Gpu)'s), with its workspace: a
+/// handle is bound to one stream and its workspace must not be used by two streams at once,
+/// so every `Gpu`, views of one included, has its own.
 pub(crate) struct Blas {
     handle: CudaBlas,
     _workspace: CudaSlice<u8>,
+    stream: Arc<CudaStream>,
 }
 
 impl Blas {
@@ -30,6 +34,7 @@ impl Blas {
                     .into(),
             });
         }
+        let _current = Current::save()?;
         let handle = CudaBlas::new(stream.clone()).map_err(Error::cublas("cublasCreate"))?;
         let workspace = stream.alloc_zeros::<u8>(WORKSPACE_BYTES).map_err(Error::driver("cuMemAlloc"))?;
         {
@@ -40,7 +45,7 @@ impl Blas {
                 .result()
                 .map_err(Error::cublas("cublasSetWorkspace"))?;
         }
-        Ok(Blas { handle, _workspace: workspace })
+        Ok(Blas { handle, _workspace: workspace, stream: stream.clone() })
     }
 
     /// Row-major `y[m, n] = x[m, k] · W[n, k]ᵀ` (leading dimension of y: `ldy`), bf16 in
@@ -97,6 +102,8 @@ impl Blas {
     ) -> Result<()> {
         let alpha = 1.0f32;
         let bf16 = sys::cudaDataType::CUDA_R_16BF;
+        // cuBLAS launches in the thread's current context: the handle's, for this call only.
+        let _current = Current::bind(self.stream.context())?;
         // SAFETY: forwarded to the caller; alpha/beta are host scalars (default pointer mode).
         unsafe {
             cublas::gemm_ex(

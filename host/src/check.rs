@@ -88,9 +88,15 @@ impl Gpu {
     /// Checks that `buf` is on this device, holds exactly `len` elements and is 16-byte
     /// aligned; returns its device address.
     pub(crate) fn input<T>(&self, arg: &'static str, buf: &impl DevicePtr<T>, len: usize) -> Result<BufRef> {
+        let (ptr, got) = self.address(arg, buf)?;
+        check_buffer(arg, ptr, got, len, size_of::<T>())
+    }
+
+    /// Checks that `buf` is on this device; returns its device address and element count.
+    pub(crate) fn address<T>(&self, arg: &'static str, buf: &impl DevicePtr<T>) -> Result<(u64, usize)> {
         self.check_context(arg, buf)?;
         let (ptr, _sync) = buf.device_ptr(self.stream());
-        check_buffer(arg, ptr, buf.len(), len, size_of::<T>())
+        Ok((ptr, buf.len()))
     }
 
     /// As [`Gpu::input`], for a buffer the kernel writes.

@@ -1,12 +1,14 @@
-//! [`Gpu`]: one CUDA device, one stream, the loaded kernels and (lazily) cuBLAS.
+//! [`Gpu`]: one CUDA context, one stream, the loaded kernels (one module per context and
+//! PTX, shared by every `Gpu` on it) and (lazily) cuBLAS.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use half::bf16;
 
 use crate::blas::Blas;
+use crate::current::Current;
 use crate::device::{DeviceInfo, check_arch, device_count, query_info};
 use crate::error::{Error, Result};
 use crate::kernels::Kernels;
@@ -15,10 +17,40 @@ use crate::kernels::Kernels;
 ///
 /// Create it once and share it (`Arc<Gpu>`) between ops. Everything nanofuse issues goes
 /// to [`Gpu::stream`], in order; nothing synchronizes the host unless a function says so.
+///
+/// # Streams
+/// A `Gpu` issues on one stream. To run ops on another stream of the same context (one per
+/// engine worker, say), make a view with [`Gpu::on_stream`] and views of the ops with their
+/// `on` method (e.g. [`FusedRmsNormQkv::on`](crate::FusedRmsNormQkv::on)): a view shares
+/// the loaded kernels and the op's weights (no copy, no JIT), and has its own stream,
+/// cuBLAS handle and scratch, so views on different streams may run at the same time.
+///
+/// The PTX module is JIT-compiled once per context and PTX text: a second [`Gpu::new`] or
+/// [`Gpu::with_stream`] on a context that already has it (while any `Gpu` using it lives)
+/// shares it ([`Gpu::shares_module`]).
+///
+/// # Effects on the caller's context
+/// * **Current context.** Every nanofuse call leaves the calling thread's current CUDA
+///   context as it found it: launches and cuBLAS calls make the op's context current and
+///   restore the previous one, and so do the helpers here (`upload`, `download`, ...) and
+///   the constructors. cudarc's own methods (on [`Gpu::stream`], say) and the drops of
+///   cudarc objects make their context current and leave it so, as cudarc always does.
+/// * **Event tracking.** A `Gpu` turns off cudarc's per-buffer event tracking on the
+///   `CudaContext` handle of its stream ([`CudaContext::disable_event_tracking`]): buffers
+///   allocated through that handle afterwards carry no events, so cudarc no longer orders
+///   their uses across streams. nanofuse needs this for CUDA graphs: an op waiting on an
+///   event recorded before the capture is a capture-isolation error. With [`Gpu::new`]
+///   the handle is nanofuse's own and nothing else is affected; with
+///   [`Gpu::with_stream`] and [`Gpu::on_stream`] it is the handle the caller's stream
+///   came from. An engine that wants cudarc's tracking for its own buffers can keep it on a
+///   handle of its own (`CudaContext::new` again) and pass nanofuse streams of
+///   `gpu.context()`. Across streams, the caller orders the uses of its buffers (events,
+///   `CudaStream::join`).
 pub struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    pub(crate) kernels: Kernels,
+    /// One `Kernels` per context and PTX text, shared (see `shared_kernels`).
+    pub(crate) kernels: Arc<Kernels>,
     info: DeviceInfo,
     blas: Mutex<Option<Arc<Blas>>>,
     pdl: AtomicBool,
@@ -30,14 +62,45 @@ impl std::fmt::Debug for Gpu {
     }
 }
 
+/// A loaded module in the process-wide cache: its context (as an address), the PTX text it
+/// was loaded from, and the kernels, held weakly (the `Gpu`s hold them).
+struct CachedModule {
+    ctx: usize,
+    ptx: Box<str>,
+    kernels: Weak<Kernels>,
+}
+
+/// The modules loaded in this process. A live entry's kernels hold their module, which
+/// holds its context, so a context's address cannot be reused by another while its entry
+/// lives; dead entries are dropped at the next lookup.
+static MODULES: Mutex<Vec<CachedModule>> = Mutex::new(Vec::new());
+
+/// The kernels of `ptx` loaded in `ctx`: from the cache if a live `Gpu` on this context
+/// loaded the same PTX, else loaded now (the JIT compilation: about a second for
+/// nanofuse's module). The lock is held while loading, so two threads opening the same
+/// context load it once.
+fn shared_kernels(ctx: &Arc<CudaContext>, ptx: &str, max_smem: u32) -> Result<Arc<Kernels>> {
+    let mut cache = MODULES.lock().unwrap_or_else(PoisonError::into_inner);
+    cache.retain(|m| m.kernels.strong_count() > 0);
+    let key = ctx.cu_ctx() as usize;
+    if let Some(kernels) = cache.iter().find(|m| m.ctx == key && *m.ptx == *ptx).and_then(|m| m.kernels.upgrade()) {
+        return Ok(kernels);
+    }
+    let kernels = Arc::new(Kernels::load(ctx, ptx, max_smem)?);
+    cache.push(CachedModule { ctx: key, ptx: ptx.into(), kernels: Arc::downgrade(&kernels) });
+    Ok(kernels)
+}
+
 impl Gpu {
-    /// Opens device `ordinal` with its own new stream and loads `ptx`, which was built for
-    /// `ptx_arch` (e.g. "sm_90"). The root `nanofuse` crate passes its embedded PTX.
+    /// Opens device `ordinal` (its primary context, through a `CudaContext` handle of
+    /// nanofuse's own) with a new stream and loads `ptx`, which was built for `ptx_arch`
+    /// (e.g. "sm_90"). The root `nanofuse` crate passes its embedded PTX.
     pub fn new(ordinal: usize, ptx: &str, ptx_arch: &str) -> Result<Arc<Gpu>> {
         let count = device_count()?;
         if ordinal >= count {
             return Err(Error::NoDevice { ordinal, count });
         }
+        let _current = Current::save()?;
         let ctx = CudaContext::new(ordinal).map_err(Error::driver("cuDevicePrimaryCtxRetain"))?;
         let stream = ctx.new_stream().map_err(Error::driver("cuStreamCreate"))?;
         Self::with_stream(stream, ptx, ptx_arch)
@@ -45,19 +108,66 @@ impl Gpu {
 
     /// Uses the caller's stream (and its context), for engines that own their CUDA setup.
     ///
-    /// nanofuse orders its work on this one stream, so it turns off cudarc's per-buffer
-    /// event tracking for the context (events recorded on every launch would end up inside
-    /// captured CUDA graphs). Buffers shared with other streams must be synchronized by the
-    /// caller.
+    /// Turns off cudarc's event tracking on the stream's `CudaContext` handle (see
+    /// "Effects on the caller's context" above). Buffers shared with other streams must be
+    /// synchronized by the caller.
     pub fn with_stream(stream: Arc<CudaStream>, ptx: &str, ptx_arch: &str) -> Result<Arc<Gpu>> {
+        let _current = Current::save()?;
         let ctx = stream.context().clone();
         // SAFETY: see above; nanofuse issues everything on `stream`.
         unsafe { ctx.disable_event_tracking() };
         let info = query_info(&ctx)?;
         check_arch(&info, ptx_arch)?;
-        let kernels = Kernels::load(&ctx, ptx, info.max_smem_per_block)?;
+        let kernels = shared_kernels(&ctx, ptx, info.max_smem_per_block)?;
         let pdl = AtomicBool::new(info.compute_capability.0 >= 9);
         Ok(Arc::new(Gpu { ctx, stream, kernels, info, blas: Mutex::new(None), pdl }))
+    }
+
+    /// A view of this `Gpu` that issues on `stream`, a stream of the same CUDA context
+    /// (from any `CudaContext` handle of it; another context is [`Error::WrongDevice`]).
+    ///
+    /// The view shares the loaded kernels (no JIT) and starts with this `Gpu`'s PDL setting
+    /// (each view has its own afterwards); it has its own cuBLAS handle and workspace,
+    /// created when first needed or by an op's `reserve`. Pass it to an op's `on` to run
+    /// the op on `stream`. As [`Gpu::with_stream`], it turns off cudarc's event tracking
+    /// on `stream`'s `CudaContext` handle (nothing changes when that is this `Gpu`'s,
+    /// e.g. a stream from `gpu.context().new_stream()`).
+    pub fn on_stream(&self, stream: Arc<CudaStream>) -> Result<Arc<Gpu>> {
+        let ctx = stream.context().clone();
+        if ctx.cu_ctx() != self.ctx.cu_ctx() {
+            return Err(Error::WrongDevice { arg: "stream", expected: self.ctx.ordinal(), found: ctx.ordinal() });
+        }
+        // SAFETY: as in `with_stream`.
+        unsafe { ctx.disable_event_tracking() };
+        Ok(Arc::new(Gpu {
+            ctx,
+            stream,
+            kernels: self.kernels.clone(),
+            info: self.info.clone(),
+            blas: Mutex::new(None),
+            pdl: AtomicBool::new(self.pdl()),
+        }))
+    }
+
+    /// Whether `self` and `other` launch from the same loaded module: true for any two
+    /// `Gpu`s on one context made from the same PTX text while either lives (the module is
+    /// JIT-compiled once; see "Streams" in the type's docs).
+    pub fn shares_module(&self, other: &Gpu) -> bool {
+        Arc::ptr_eq(&self.kernels, &other.kernels)
+    }
+
+    /// Checks that `view` runs in this `Gpu`'s context (an op's view on it may then use
+    /// this `Gpu`'s buffers), and makes `view`'s stream wait for the work issued so far on
+    /// this one (the op's weights being uploaded and folded).
+    pub(crate) fn adopt(&self, arg: &'static str, view: &Gpu) -> Result<()> {
+        if view.ctx.cu_ctx() != self.ctx.cu_ctx() {
+            return Err(Error::WrongDevice { arg, expected: self.ctx.ordinal(), found: view.ctx.ordinal() });
+        }
+        if view.stream.cu_stream() != self.stream.cu_stream() {
+            let _current = Current::save()?;
+            view.stream.join(&self.stream).map_err(Error::driver("cuStreamWaitEvent"))?;
+        }
+        Ok(())
     }
 
     /// Whether nanofuse's kernels are launched with programmatic dependent launch (PDL, sm_90
@@ -92,31 +202,37 @@ impl Gpu {
 
     /// Waits until all work issued on the stream has finished.
     pub fn synchronize(&self) -> Result<()> {
+        let _current = Current::save()?;
         self.stream.synchronize().map_err(Error::driver("cuStreamSynchronize"))
     }
 
     /// Copies host data to a new device buffer.
     pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+        let _current = Current::save()?;
         self.stream.clone_htod(host).map_err(Error::driver("cuMemcpyHtoD"))
     }
 
     /// Copies a device buffer back to the host (synchronizes the stream).
     pub fn download<T: DeviceRepr + Default + Clone>(&self, dev: &CudaSlice<T>) -> Result<Vec<T>> {
+        let _current = Current::save()?;
         self.stream.clone_dtoh(dev).map_err(Error::driver("cuMemcpyDtoH"))
     }
 
     /// A new zero-filled device buffer of `len` elements.
     pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
+        let _current = Current::save()?;
         self.stream.alloc_zeros(len).map_err(Error::driver("cuMemAlloc"))
     }
 
     /// Fills a bf16 buffer with NaN (poisoning outputs before a test run).
     pub fn fill_nan(&self, buf: &mut CudaSlice<bf16>) -> Result<()> {
         let nan = vec![bf16::NAN; buf.len()];
+        let _current = Current::save()?;
         self.stream.memcpy_htod(&nan, buf).map_err(Error::driver("cuMemcpyHtoD"))
     }
 
-    /// The cuBLAS handle on this stream, created on first use.
+    /// The cuBLAS handle on this stream, created on first use (an op's `reserve` creates it
+    /// before any graph capture).
     pub(crate) fn blas(&self) -> Result<Arc<Blas>> {
         let mut slot = self.blas.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(b) = slot.as_ref() {

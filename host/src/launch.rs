@@ -7,6 +7,7 @@ use std::ffi::c_void;
 use cudarc::driver::sys::{self, CUlaunchAttributeID};
 use cudarc::driver::{CudaFunction, CudaStream};
 
+use crate::current::Current;
 use crate::error::{Error, Result};
 
 /// Most arguments one launch carries (`kernels` asserts that every entry takes at most this).
@@ -108,7 +109,8 @@ impl<'a> Launch<'a> {
         for (p, slot) in ptrs.iter_mut().zip(self.slots.iter_mut()) {
             *p = (slot as *mut u64).cast();
         }
-        stream.context().bind_to_thread().map_err(Error::driver("cuCtxSetCurrent"))?;
+        // The stream's context current for the launch, the caller's again after it.
+        let _current = Current::bind(stream.context())?;
         // SAFETY: plain C structs of integers and a union; zero is a valid bit pattern.
         let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
         let mut n_attrs = 0;

@@ -14,6 +14,7 @@
 
 mod blas;
 mod check;
+mod current;
 mod device;
 pub mod error;
 mod gpu;
@@ -24,6 +25,7 @@ pub mod ops;
 pub mod plan;
 mod qkv;
 pub mod reference;
+mod shared;
 
 pub use check::BUFFER_ALIGN;
 pub use cudarc;
@@ -34,6 +36,6 @@ pub use half::bf16;
 pub use kernels::KernelId;
 pub use mlp::{FusedRmsNormGateUp, MlpShape, ProjResidual, UnfusedMlp, auto_mlp_fused_max_m};
 pub use qkv::{
-    Baseline, FusedRmsNormQkv, Qkv, QkvShape, Route, SPLIT_MAX_ELEMENTS, Tuning, UnfusedRmsNormQkv, auto_fused_max_m,
-    auto_packed_fused_max_m, auto_split_max_m,
+    Baseline, FromDeviceError, FusedRmsNormQkv, Qkv, QkvShape, Route, SPLIT_MAX_ELEMENTS, Tuning, UnfusedRmsNormQkv,
+    auto_fused_max_m, auto_packed_fused_max_m, auto_split_max_m,
 };

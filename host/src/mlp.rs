@@ -16,12 +16,14 @@ use half::bf16;
 use nanofuse_kernels_gpu::config::mlp::gate_up_row;
 
 use crate::check::{BufRef, MAX_DIM, check_dims, check_eps, check_m, check_no_overlap, checked_len};
+use crate::current::Current;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::{DecodeOp, Operands, QkvOut, RmsNormArgs, SiluMulArgs};
 use crate::ops::{self, GemmImpl};
 use crate::plan::{self, DECODE_MAX_M};
 use crate::qkv::{Baseline, Route};
+use crate::shared::{Folded, Shared};
 
 /// Largest M for which [`Route::Auto`] of the MLP ops runs the fused decode kernels; above
 /// it they run the unfused kernels (cuBLAS), like PyTorch.
@@ -114,14 +116,14 @@ unsafe fn launch_decode(gpu: &Gpu, op: DecodeOp, inp: Operands, n: usize, out: Q
 ///
 /// `forward_into` allocates nothing once [`FusedRmsNormGateUp::reserve`] has run (the
 /// fallback's scratch and the cuBLAS handle), so it can be captured in a CUDA graph.
+/// [`FusedRmsNormGateUp::on`] gives a view on another stream sharing the weight.
 pub struct FusedRmsNormGateUp {
     gpu: Arc<Gpu>,
     shape: MlpShape,
-    /// The blocked, folded, k-interleaved `W' [2I, H]`.
-    w: CudaSlice<bf16>,
-    /// `[H]` ones: the gain of the fallback's RMSNorm (g is in W').
-    ones: CudaSlice<bf16>,
-    /// The fallback's `xn [m, H]` then `y [m, 2I]`.
+    /// `w`: the blocked, folded, k-interleaved `W' [2I, H]`; `ones`: `[H]` ones, the gain
+    /// of the fallback's RMSNorm (g is in W'). Shared with the op's views.
+    weights: Shared<Folded>,
+    /// The fallback's `xn [m, H]` then `y [m, 2I]`, this view's own.
     scratch: Mutex<Option<CudaSlice<bf16>>>,
 }
 
@@ -164,7 +166,16 @@ impl FusedRmsNormGateUp {
         let ones = gpu.upload(&vec![bf16::ONE; h])?;
         gpu.stream().synchronize().map_err(Error::driver("cuStreamSynchronize"))?;
         drop(gd);
-        Ok(FusedRmsNormGateUp { gpu: gpu.clone(), shape, w, ones, scratch: Mutex::new(None) })
+        let weights = Shared::new(Folded { w, ones }, gpu.stream());
+        Ok(FusedRmsNormGateUp { gpu: gpu.clone(), shape, weights, scratch: Mutex::new(None) })
+    }
+
+    /// A view of this op that issues on `gpu`'s stream, sharing the weight; as
+    /// [`FusedRmsNormQkv::on`](crate::FusedRmsNormQkv::on) (own scratch and cuBLAS handle:
+    /// `reserve` the view before capturing it).
+    pub fn on(&self, gpu: &Arc<Gpu>) -> Result<Self> {
+        let weights = self.weights.view(&self.gpu, gpu)?;
+        Ok(FusedRmsNormGateUp { gpu: gpu.clone(), shape: self.shape, weights, scratch: Mutex::new(None) })
     }
 
     /// The op's shape.
@@ -175,7 +186,7 @@ impl FusedRmsNormGateUp {
     /// The weight the op streams: `[2I, H]`, rows blocked (`config::mlp::gate_up_row`),
     /// g folded in, each row k-interleaved.
     pub fn folded_weight(&self) -> &CudaSlice<bf16> {
-        &self.w
+        &self.weights.w
     }
 
     /// The route [`Route::Auto`] takes for `m` tokens.
@@ -217,7 +228,7 @@ impl FusedRmsNormGateUp {
         let gpu = &self.gpu;
         let hb = gpu.input("h", h, checked_len("m * hidden", m, s.hidden)?)?;
         let ab = gpu.output("a", a, checked_len("m * inter", m, s.inter)?)?;
-        let (ones, w) = (stream_ref(gpu, &self.ones, "g"), stream_ref(gpu, &self.w, "w"));
+        let (ones, w) = (stream_ref(gpu, &self.weights.ones, "g"), stream_ref(gpu, &self.weights.w, "w"));
         check_no_overlap(&[ab], &[hb, ones, w])?;
         if m == 0 {
             return Ok(());
@@ -255,8 +266,8 @@ impl FusedRmsNormGateUp {
         let xn = stream_ref(gpu, scratch, "scratch").ptr;
         let y = xn + (m * s.hidden * 2) as u64;
         let blas = gpu.blas()?;
-        let ones = stream_ref(gpu, &self.ones, "g").ptr;
-        let w = stream_ref(gpu, &self.w, "w").ptr;
+        let ones = stream_ref(gpu, &self.weights.ones, "g").ptr;
+        let w = stream_ref(gpu, &self.weights.w, "w").ptr;
         let args =
             RmsNormArgs { x: h, g: ones, y: xn, rows: m as u32, hidden: s.hidden as u32, eps: s.eps, interleave: true };
         // SAFETY: the scratch holds xn [m, H] and y [m, 2I] (reserved above), private to the
@@ -281,11 +292,14 @@ impl FusedRmsNormGateUp {
 ///
 /// Rounding as PyTorch's `h + linear(x)`: the product rounded to bf16, then the sum
 /// rounded (the cuBLAS fallback adds in f32 and rounds once).
+///
+/// [`ProjResidual::on`] gives a view on another stream sharing the weight.
 pub struct ProjResidual {
     gpu: Arc<Gpu>,
     in_features: usize,
     out_features: usize,
-    w: CudaSlice<bf16>,
+    /// Shared with the op's views.
+    w: Shared<CudaSlice<bf16>>,
 }
 
 impl ProjResidual {
@@ -297,7 +311,16 @@ impl ProjResidual {
         if w.len() != wlen {
             return Err(Error::Length { arg: "w", expected: wlen, got: w.len() });
         }
-        Ok(ProjResidual { gpu: gpu.clone(), in_features, out_features, w: gpu.upload(w)? })
+        let w = Shared::new(gpu.upload(w)?, gpu.stream());
+        Ok(ProjResidual { gpu: gpu.clone(), in_features, out_features, w })
+    }
+
+    /// A view of this op that issues on `gpu`'s stream, sharing the weight; as
+    /// [`FusedRmsNormQkv::on`](crate::FusedRmsNormQkv::on) (own cuBLAS handle: `reserve`
+    /// the view before capturing it).
+    pub fn on(&self, gpu: &Arc<Gpu>) -> Result<Self> {
+        let w = self.w.view(&self.gpu, gpu)?;
+        Ok(ProjResidual { gpu: gpu.clone(), in_features: self.in_features, out_features: self.out_features, w })
     }
 
     /// `(in_features, out_features)`: K and N.
@@ -384,6 +407,7 @@ impl ProjResidual {
                 let blas = gpu.blas()?;
                 if out != residual {
                     let bytes = m * n * 2;
+                    let _current = Current::bind(gpu.context())?;
                     // SAFETY: both are checked device buffers of m·N bf16, disjoint.
                     unsafe {
                         cudarc::driver::result::memcpy_dtod_async(out, residual, bytes, gpu.stream().cu_stream())

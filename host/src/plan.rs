@@ -123,18 +123,21 @@ pub fn decode_plan(
                 early: Option<bool>,
                 trigger: Option<bool>,
                 ring: Option<bool>|
-     -> Option<DecodePlan> {
+     -> Result<DecodePlan, Misfit> {
         let ring = ring.unwrap_or(false);
         // The ring has no `*_early` form.
         let early = if ring { Some(false) } else { early };
         let k_chunk = (k.div_ceil(k_splits as usize).div_ceil(32) * 32) as u32;
         if (k_splits as usize - 1) * k_chunk as usize >= k {
-            return None; // an empty K slice
+            return Err(Misfit::EmptySlice);
         }
         let smem = decode::smem_layout(m as u32, decode::x_cols(ring, warp_split, k_chunk)).bytes;
         let row_tiles = n.div_ceil(decode::rows_per_cta(warp_split) as usize) as u64;
-        if smem > max_smem as u64 || row_tiles > MAX_GRID_Y {
-            return None;
+        if row_tiles > MAX_GRID_Y {
+            return Err(Misfit::Grid);
+        }
+        if smem > max_smem as u64 {
+            return Err(Misfit::Smem);
         }
         let ctas = row_tiles * k_splits as u64;
         let whole_part = fits_prologue(warp_split, k_chunk);
@@ -145,7 +148,7 @@ pub fn decode_plan(
             .unwrap_or(whole_part || (m <= decode::TOKEN_TILE as usize && steps <= LONG_WARP_STEPS && ctas <= 2 * sms));
         // Every W byte of the CTA requested before the dependency wait.
         let all_before_wait = early && whole_part;
-        Some(DecodePlan {
+        Ok(DecodePlan {
             warp_split,
             k_chunk,
             early,
@@ -165,12 +168,29 @@ pub fn decode_plan(
                 got: format!("warp_split {} k_splits {}", f.warp_split, f.k_splits),
             });
         }
-        return make(f.warp_split, f.k_splits, f.early, f.trigger_first, f.ring).ok_or(Error::TooLarge {
-            arg: "K",
-            got: k as u64,
-            limit: (f.k_splits as u64) * max_decode_k(max_smem, m) as u64,
-            why: "the forced decode shape leaves an empty K slice or does not fit in shared memory",
+        return make(f.warp_split, f.k_splits, f.early, f.trigger_first, f.ring).map_err(|misfit| match misfit {
+            Misfit::EmptySlice => Error::Value {
+                arg: "k_splits",
+                expected: "a K split that leaves every CTA a part of K (the parts are whole 32-element steps)",
+                got: format!("{} for K = {k}", f.k_splits),
+            },
+            Misfit::Grid => grid_error(
+                n,
+                f.warp_split,
+                "the decode grid's y holds 65,535 row tiles of 128 / warp_split rows, here of the forced warp split",
+            ),
+            Misfit::Smem => Error::TooLarge {
+                arg: "K",
+                got: k as u64,
+                limit: (f.k_splits as u64) * max_decode_k(max_smem, m) as u64,
+                why: "the forced decode shape's K slice does not fit in shared memory",
+            },
         });
+    }
+    // N past the grid even with the most rows per CTA (one warp per row group): no K split
+    // or x ring helps.
+    if n.div_ceil(decode::rows_per_cta(1) as usize) as u64 > MAX_GRID_Y {
+        return Err(grid_error(n, 1, "the decode grid's y holds 65,535 row tiles of at most 128 rows"));
     }
     // Rules fitted to the H100 sweeps of `nanofuse tune` (docs/RESULTS.md):
     // * K is not split across CTAs. Two CTAs must share an SM (the grid is sized for two
@@ -216,12 +236,28 @@ pub fn decode_plan(
     // forward call.
     let mut candidates =
         [(ws, 1, ring), (1, 1, true)].into_iter().chain((1..=decode::MAX_K_SPLITS).map(|ks| (1, ks, false)));
-    candidates.find_map(|(ws, ks, ring)| make(ws, ks, None, None, Some(ring))).ok_or(Error::TooLarge {
+    candidates.find_map(|(ws, ks, ring)| make(ws, ks, None, None, Some(ring)).ok()).ok_or(Error::TooLarge {
         arg: "K",
         got: k as u64,
         limit: decode::MAX_K_SPLITS as u64 * max_decode_k(max_smem, m) as u64,
         why: "the decode kernel's K slices must fit in shared memory",
     })
+}
+
+/// Why a decode launch shape does not fit a problem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Misfit {
+    /// A K split past the K range: the last CTA's slice would be empty.
+    EmptySlice,
+    /// More row tiles than grid y holds.
+    Grid,
+    /// The x staging of the K slice past the shared memory of one CTA.
+    Smem,
+}
+
+/// N past the decode grid: at most [`MAX_GRID_Y`] row tiles of `rows_per_cta(warp_split)`.
+fn grid_error(n: usize, warp_split: u32, why: &'static str) -> Error {
+    Error::TooLarge { arg: "N", got: n as u64, limit: MAX_GRID_Y * decode::rows_per_cta(warp_split) as u64, why }
 }
 
 /// Largest K slice one decode CTA can hold for `m` tokens.
@@ -282,4 +318,64 @@ pub fn tiled_plan(m: usize, k: usize, n: usize, sm_count: u32, tile: Option<Tile
         });
     }
     Ok(TiledPlan { tile, grid: (m.div_ceil(bm as usize) as u32, grid_y as u32), block, smem_bytes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// H100: 132 SMs, 227 KiB of shared memory per CTA.
+    const SMS: u32 = 132;
+    const SMEM: u32 = 227 << 10;
+
+    fn forced(warp_split: u32, k_splits: u32) -> DecodeShape {
+        DecodeShape { warp_split, k_splits, early: None, trigger_first: None, ring: None }
+    }
+
+    #[test]
+    fn n_past_the_decode_grid_is_named_as_n() {
+        // 65,535 row tiles of 128 rows (one warp per row group) is the most the grid holds.
+        let limit = MAX_GRID_Y * decode::rows_per_cta(1) as u64;
+        assert_eq!(limit, 8_388_480);
+        for m in [1, 16] {
+            let e = decode_plan(m, 64, limit as usize + 1, SMS, SMEM, None).unwrap_err();
+            assert!(matches!(e, Error::TooLarge { arg: "N", got: 8_388_481, limit: 8_388_480, .. }), "M = {m}: {e:?}");
+            let msg = e.to_string();
+            assert!(msg.contains("`N` = 8388481") && msg.contains("65,535 row tiles"), "{msg}");
+            assert!(!msg.contains("`K`"), "{msg}");
+            decode_plan(m, 64, limit as usize, SMS, SMEM, None).unwrap();
+        }
+        // A forced warp split names its own limit: 8 warps per row group, 16 rows per CTA.
+        let e = decode_plan(1, 64, 65_535 * 16 + 1, SMS, SMEM, Some(forced(8, 1))).unwrap_err();
+        assert!(matches!(e, Error::TooLarge { arg: "N", limit: 1_048_560, .. }), "{e:?}");
+        decode_plan(1, 64, 65_535 * 16, SMS, SMEM, Some(forced(8, 1))).unwrap();
+    }
+
+    #[test]
+    fn a_forced_split_with_an_empty_k_slice_names_the_split() {
+        // K = 8 over two CTAs: the slices are whole 32-element steps, the second is empty.
+        let e = decode_plan(1, 8, 64, SMS, SMEM, Some(forced(1, 2))).unwrap_err();
+        assert!(matches!(&e, Error::Value { arg: "k_splits", got, .. } if got == "2 for K = 8"), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.contains("`k_splits` = 2 for K = 8") && !msg.contains("too large"), "{msg}");
+        // Emptiness is not monotone in the split: K = 104 leaves an empty slice over 3 CTAs
+        // (slices of 64) but not over 4 (slices of 32), so there is no "at most" to state.
+        let e = decode_plan(1, 104, 64, SMS, SMEM, Some(forced(1, 3)));
+        assert!(matches!(e, Err(Error::Value { arg: "k_splits", .. })), "{e:?}");
+        decode_plan(1, 104, 64, SMS, SMEM, Some(forced(1, 4))).unwrap();
+        decode_plan(1, 8, 64, SMS, SMEM, Some(forced(1, 1))).unwrap();
+    }
+
+    #[test]
+    fn k_past_shared_memory_is_still_named_as_k() {
+        let limit = decode::MAX_K_SPLITS as usize * max_decode_k(SMEM, 16);
+        let k = (limit + 32).div_ceil(8) * 8;
+        let e = decode_plan(16, k, 64, SMS, SMEM, None);
+        // The ring holds any K in one CTA; a device with a small shared memory does not.
+        assert!(e.is_ok(), "{e:?}");
+        let small = 64 << 10;
+        let k = decode::MAX_K_SPLITS as usize * max_decode_k(small, 16) + 64;
+        let e = decode_plan(16, k, 64, SMS, small, Some(forced(1, 8))).unwrap_err();
+        assert!(matches!(e, Error::TooLarge { arg: "K", .. }), "{e:?}");
+    }
 }

@@ -3,16 +3,19 @@
 
 use std::sync::{Arc, Mutex};
 
+use cudarc::driver::result::memcpy_dtod_async;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use half::bf16;
 
 use crate::blas::Blas;
-use crate::check::{BufRef, MAX_DIM, check_dims, check_eps, check_m, check_no_overlap, checked_len};
+use crate::check::{BufRef, MAX_DIM, check_buffer, check_dims, check_eps, check_m, check_no_overlap, checked_len};
+use crate::current::Current;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::{DecodeOp, Operands, QkvOut, RmsNormArgs, TiledOp};
 use crate::ops::{self, GemmImpl};
 use crate::plan::{self, DECODE_MAX_M, DecodeShape, Tile};
+use crate::shared::{Folded, Shared};
 
 /// Largest M for which [`Route::Auto`] of the packed forms runs the fused decode kernel, for
 /// a hidden size; above it they run RMSNorm + one cuBLAS GEMM, the same kernels as the
@@ -149,9 +152,10 @@ pub struct Qkv {
 
 /// RMSNorm fused with the QKV projection, built once from the weights.
 ///
-/// `forward_into` allocates nothing (except the first time the large-M fallback runs,
-/// unless [`FusedRmsNormQkv::reserve`] was called), so an engine can call it every token
-/// and capture it in a CUDA graph.
+/// `forward_into` allocates nothing once [`FusedRmsNormQkv::reserve`] has run for the
+/// largest M it will see (the fallback's scratch, the cuBLAS handle and its workspace;
+/// without it they are created on the first call above the decode range), so an engine
+/// can call it every token and capture it in a CUDA graph.
 ///
 /// At construction the RMSNorm gain is folded into the weight, `W' = bf16(W · diag(g))`
 /// (one rounding per element, on the device), and the op keeps only `W'`: then
@@ -177,14 +181,18 @@ pub struct Qkv {
 /// [`Route::Auto`] picks the fused kernel only for the M where it was measured faster than
 /// the unfused path (docs/RESULTS.md). The unfused baselines, which need the weights as
 /// given, are [`UnfusedRmsNormQkv`].
+///
+/// # Streams
+/// The op issues on its [`Gpu`]'s stream. [`FusedRmsNormQkv::on`] gives a view of it on
+/// another stream (a [`Gpu::on_stream`] view) that shares the folded weight.
 pub struct FusedRmsNormQkv {
     gpu: Arc<Gpu>,
     shape: QkvShape,
-    /// `bf16(W · diag(g))`.
-    w: CudaSlice<bf16>,
-    /// `[hidden]` ones: the gain of the tiled kernel and of the fallback's RMSNorm.
-    ones: CudaSlice<bf16>,
+    /// `w`: `bf16(W · diag(g))`; `ones`: `[hidden]` ones, the gain of the tiled kernel and
+    /// of the fallback's RMSNorm. Shared with the op's views.
+    weights: Shared<Folded>,
     tuning: Tuning,
+    /// The fallback's scratch, this view's own.
     scratch: Mutex<Option<CudaSlice<bf16>>>,
 }
 
@@ -201,28 +209,164 @@ fn upload_weights(gpu: &Gpu, shape: &QkvShape, g: &[bf16], w: &[bf16]) -> Result
     Ok((gpu.upload(g)?, gpu.upload(w)?))
 }
 
+/// The error of [`FusedRmsNormQkv::from_device`] (boxed there), with the buffers it took
+/// given back.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct FromDeviceError {
+    /// What went wrong.
+    pub error: Error,
+    /// The gain, as given.
+    pub g: CudaSlice<bf16>,
+    /// The weight: as given unless `w_modified`.
+    pub w: CudaSlice<bf16>,
+    /// Whether the fold had been launched on `w` when the error came (its contents are then
+    /// unspecified).
+    pub w_modified: bool,
+}
+
+impl From<FromDeviceError> for Error {
+    fn from(e: FromDeviceError) -> Error {
+        e.error
+    }
+}
+
+impl From<Box<FromDeviceError>> for Error {
+    fn from(e: Box<FromDeviceError>) -> Error {
+        e.error
+    }
+}
+
+/// The checks of the fold's operands past their context, on addresses and element counts
+/// (so the CPU tests them): `g [hidden]` and `w [n, hidden]` of those lengths and 16-byte
+/// aligned, and, for the fold in place (`in_place`: it writes w while reading g), disjoint.
+/// The shape was validated.
+fn check_fold_operands(
+    shape: &QkvShape,
+    (g_ptr, g_len): (u64, usize),
+    (w_ptr, w_len): (u64, usize),
+    in_place: bool,
+) -> Result<(BufRef, BufRef)> {
+    let g = check_buffer("g", g_ptr, g_len, shape.hidden, 2)?;
+    let w = check_buffer("w", w_ptr, w_len, checked_len("n * hidden", shape.n(), shape.hidden)?, 2)?;
+    if in_place {
+        check_no_overlap(&[w], &[g])?;
+    }
+    Ok((g, w))
+}
+
 impl FusedRmsNormQkv {
     /// Uploads `g [hidden]` and `w [q_dim + 2 kv_dim, hidden]` (rows of Q, then K, then V)
     /// and folds g into the weight.
     pub fn new(gpu: &Arc<Gpu>, shape: QkvShape, g: &[bf16], w: &[bf16]) -> Result<Self> {
         let (g, w) = upload_weights(gpu, &shape, g, w)?;
-        Self::from_device(gpu, shape, g, w)
+        Ok(Self::from_device(gpu, shape, g, w)?)
     }
 
-    /// Takes weights already on the device: `w` is consumed and overwritten in place with
-    /// `bf16(W · diag(g))` in the k-interleaved order; `g` is released.
-    pub fn from_device(gpu: &Arc<Gpu>, shape: QkvShape, g: CudaSlice<bf16>, mut w: CudaSlice<bf16>) -> Result<Self> {
-        shape.validate()?;
-        let gb = gpu.input("g", &g, shape.hidden)?;
-        let wb = gpu.output("w", &mut w, shape.n() * shape.hidden)?;
-        // SAFETY: both buffers were checked for length, alignment and context; two owned
-        // allocations do not overlap; the dims were validated (k % 8 == 0, n < 2^31).
-        unsafe { gpu.kernels.fold_gain(gpu.stream(), wb.ptr, gb.ptr, shape.n() as u32, shape.hidden as u32)? };
-        let ones = gpu.upload(&vec![bf16::ONE; shape.hidden])?;
+    /// Takes weights already on the device and folds g into `w` in place: `w` becomes the
+    /// op's folded weight, `bf16(W · diag(g))` in the k-interleaved order, and `g` is
+    /// released once the fold has run (the call waits for it). Nothing is allocated for W.
+    ///
+    /// On an error the buffers come back in the [`FromDeviceError`] (`?` turns it into its
+    /// [`Error`], dropping them): `w` as it was given unless the error came after the fold
+    /// was launched ([`FromDeviceError::w_modified`]). Errors: the shape; `g` and `w` of
+    /// other lengths than `[hidden]` and `[q_dim + 2 kv_dim, hidden]`, not 16-byte aligned
+    /// or in another context; `g` and `w` overlapping ([`Error::Overlap`]: two slices over
+    /// one allocation). To build from views into a weight arena, which this op must not
+    /// own or rewrite, use [`FusedRmsNormQkv::from_device_copy`].
+    pub fn from_device(
+        gpu: &Arc<Gpu>,
+        shape: QkvShape,
+        g: CudaSlice<bf16>,
+        w: CudaSlice<bf16>,
+    ) -> Result<Self, Box<FromDeviceError>> {
+        let give_back = |error, g, w, w_modified| Box::new(FromDeviceError { error, g, w, w_modified });
+        let (gb, wb, ones) = match Self::check_in_place(gpu, &shape, &g, &w) {
+            Ok(checked) => checked,
+            Err(e) => return Err(give_back(e, g, w, false)),
+        };
+        // SAFETY: both buffers were checked for length, alignment, context and overlap; the
+        // dims were validated (k % 8 == 0, n < 2^31).
+        let folded =
+            unsafe { gpu.kernels.fold_gain(gpu.stream(), wb.ptr, gb.ptr, shape.n() as u32, shape.hidden as u32) };
         // Release g only after the fold has run.
-        gpu.stream().synchronize().map_err(Error::driver("cuStreamSynchronize"))?;
+        if let Err(e) = folded.and_then(|()| gpu.synchronize()) {
+            return Err(give_back(e, g, w, true));
+        }
         drop(g);
-        Ok(FusedRmsNormQkv { gpu: gpu.clone(), shape, w, ones, tuning: Tuning::default(), scratch: Mutex::new(None) })
+        let weights = Shared::new(Folded { w, ones }, gpu.stream());
+        Ok(FusedRmsNormQkv { gpu: gpu.clone(), shape, weights, tuning: Tuning::default(), scratch: Mutex::new(None) })
+    }
+
+    /// `from_device`'s checks, then the unit gain uploaded (before the fold, so that an
+    /// error after it can only come from the fold).
+    fn check_in_place(
+        gpu: &Gpu,
+        shape: &QkvShape,
+        g: &CudaSlice<bf16>,
+        w: &CudaSlice<bf16>,
+    ) -> Result<(BufRef, BufRef, CudaSlice<bf16>)> {
+        shape.validate()?;
+        let g = gpu.address("g", g)?;
+        let w = gpu.address("w", w)?;
+        let (gb, wb) = check_fold_operands(shape, g, w, true)?;
+        Ok((gb, wb, gpu.upload(&vec![bf16::ONE; shape.hidden])?))
+    }
+
+    /// Builds the op from weights on the device that it only reads: `g [hidden]` and
+    /// `w [q_dim + 2 kv_dim, hidden]` may be any device buffers or views of this context
+    /// (slices of one weight arena, say; they may even overlap). The op copies W into an
+    /// allocation of its own and folds g into the copy there, so the caller's buffers are
+    /// left as they are; the call returns once the copy and the fold have run, after which
+    /// the caller may free or rewrite them.
+    ///
+    /// Errors: the shape; lengths other than `[hidden]` and `[q_dim + 2 kv_dim, hidden]`;
+    /// buffers not 16-byte aligned or in another context.
+    pub fn from_device_copy(
+        gpu: &Arc<Gpu>,
+        shape: QkvShape,
+        g: &impl DevicePtr<bf16>,
+        w: &impl DevicePtr<bf16>,
+    ) -> Result<Self> {
+        shape.validate()?;
+        let (gb, wb) = check_fold_operands(&shape, gpu.address("g", g)?, gpu.address("w", w)?, false)?;
+        let mut folded = gpu.alloc_zeros::<bf16>(shape.n() * shape.hidden)?;
+        let fb = gpu.output("folded weight", &mut folded, shape.n() * shape.hidden)?;
+        let ones = gpu.upload(&vec![bf16::ONE; shape.hidden])?;
+        {
+            let _current = Current::bind(gpu.context())?;
+            // SAFETY: `w` and the new allocation are device buffers of `wb.bytes` bytes on
+            // this context (checked), disjoint (the allocation is new).
+            unsafe { memcpy_dtod_async(fb.ptr, wb.ptr, wb.bytes as usize, gpu.stream().cu_stream()) }
+                .map_err(Error::driver("cuMemcpyDtoDAsync"))?;
+        }
+        // SAFETY: the copy and g were checked for length, alignment and context; the copy
+        // is the op's own allocation, disjoint from g; the dims were validated.
+        unsafe { gpu.kernels.fold_gain(gpu.stream(), fb.ptr, gb.ptr, shape.n() as u32, shape.hidden as u32)? };
+        // The caller's buffers are read until here.
+        gpu.synchronize()?;
+        let weights = Shared::new(Folded { w: folded, ones }, gpu.stream());
+        Ok(FusedRmsNormQkv { gpu: gpu.clone(), shape, weights, tuning: Tuning::default(), scratch: Mutex::new(None) })
+    }
+
+    /// A view of this op that issues on `gpu`'s stream: `gpu` is a view of the op's
+    /// [`Gpu`] on another stream of its context ([`Gpu::on_stream`]; another context is
+    /// [`Error::WrongDevice`]). The view shares the folded weight (nothing is copied), and
+    /// has a copy of the tuning and its own fallback scratch and cuBLAS handle (call
+    /// [`FusedRmsNormQkv::reserve`] on the view before capturing it in a graph). Views on
+    /// different streams may run at the same time.
+    ///
+    /// `gpu`'s stream first waits (on the device) for the work queued so far on the op's
+    /// stream, so the weight is ready. The weight is freed when the op and all its views
+    /// are dropped, after the work they queued.
+    pub fn on(&self, gpu: &Arc<Gpu>) -> Result<Self> {
+        Ok(FusedRmsNormQkv {
+            gpu: gpu.clone(),
+            shape: self.shape,
+            weights: self.weights.view(&self.gpu, gpu)?,
+            tuning: self.tuning,
+            scratch: Mutex::new(None),
+        })
     }
 
     /// The op's shape.
@@ -238,7 +382,7 @@ impl FusedRmsNormQkv {
     /// The weight the op streams: `bf16(W · diag(g))`, `[q_dim + 2 kv_dim, hidden]`, each row
     /// in the k-interleaved order (`reference::interleave_k` of the natural rows).
     pub fn folded_weight(&self) -> &CudaSlice<bf16> {
-        &self.w
+        &self.weights.w
     }
 
     /// Overrides launch shapes (for benchmark sweeps). Forcing `split` on can enlarge the
@@ -273,11 +417,13 @@ impl FusedRmsNormQkv {
         }
     }
 
-    /// Allocates the fallback path's scratch for up to `max_m` tokens now (for example
-    /// before capturing a CUDA graph, where allocation is not allowed).
+    /// Creates now everything a later call for up to `max_m` tokens needs, on any route:
+    /// the fallback's scratch, and the cuBLAS handle with its workspace (for example before
+    /// capturing a CUDA graph, where neither `cublasCreate` nor an allocation may run).
     pub fn reserve(&self, max_m: usize) -> Result<()> {
         let split_m = max_m.min(auto_split_max_m(self.shape.n()));
         let len = self.scratch_len(max_m)?.max(self.scratch_len(split_m)?);
+        self.gpu.blas()?;
         let mut slot = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         if slot.as_ref().is_none_or(|s| s.len() < len) {
             *slot = Some(self.gpu.alloc_zeros(len.max(1))?);
@@ -412,7 +558,7 @@ impl FusedRmsNormQkv {
 
     /// The unit gain and the folded weight, as checked references.
     fn weight_refs(&self) -> (BufRef, BufRef) {
-        (stream_ref(&self.gpu, &self.ones, "g"), stream_ref(&self.gpu, &self.w, "w"))
+        (stream_ref(&self.gpu, &self.weights.ones, "g"), stream_ref(&self.gpu, &self.weights.w, "w"))
     }
 
     /// RMSNorm into the scratch buffer, then either one cuBLAS GEMM into the scratch's
@@ -595,4 +741,45 @@ unsafe fn launch_tiled(
     let p = plan::tiled_plan(inp.m as usize, s.hidden, s.n(), gpu.info().sm_count, tuning.tile)?;
     // SAFETY: forwarded to the caller; the plan was made for these sizes.
     unsafe { gpu.kernels.tiled(gpu.stream(), gpu.pdl(), &p, op, inp, out) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// K = 64, N = 24 + 2·8 = 40.
+    const SHAPE: QkvShape = QkvShape::new(64, 24, 8, 1e-5);
+    const G: usize = 64;
+    const W: usize = 40 * 64;
+
+    #[test]
+    fn fold_operands_of_the_wrong_length_name_the_buffer() {
+        let (g, w) = ((1 << 20, G), (2 << 20, W));
+        assert!(check_fold_operands(&SHAPE, g, w, true).is_ok());
+        for (g_len, w_len, arg) in [(G - 1, W, "g"), (G + 8, W, "g"), (G, W - 1, "w"), (G, W + 64, "w")] {
+            for in_place in [true, false] {
+                let e = check_fold_operands(&SHAPE, (g.0, g_len), (w.0, w_len), in_place).unwrap_err();
+                assert!(matches!(e, Error::Length { arg: a, .. } if a == arg), "{g_len} {w_len}: {e:?}");
+            }
+        }
+        let e = check_fold_operands(&SHAPE, (g.0 + 2, G), w, false).unwrap_err();
+        assert!(matches!(e, Error::Misaligned { arg: "g", .. }), "{e:?}");
+    }
+
+    #[test]
+    fn overlapping_fold_operands_are_refused_in_place_only() {
+        let w = (1 << 20, W);
+        // g inside w, at its start, and straddling its end.
+        for g_ptr in [w.0, w.0 + 1024, w.0 + (W * 2) as u64 - 16] {
+            let e = check_fold_operands(&SHAPE, (g_ptr, G), w, true).unwrap_err();
+            assert!(matches!(e, Error::Overlap { a: "w", b: "g" }), "{e:?}");
+            assert!(e.to_string().contains("`w` and `g` overlap"), "{e}");
+            // The copying form only reads both.
+            assert!(check_fold_operands(&SHAPE, (g_ptr, G), w, false).is_ok());
+        }
+        // Adjacent on either side is fine.
+        for g_ptr in [w.0 - (G * 2) as u64, w.0 + (W * 2) as u64] {
+            assert!(check_fold_operands(&SHAPE, (g_ptr, G), w, true).is_ok());
+        }
+    }
 }
