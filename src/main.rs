@@ -88,6 +88,10 @@ struct BenchArgs {
     /// Seed of the random weights and inputs.
     #[arg(long, default_value_t = 0x5eed)]
     seed: u64,
+    /// Force the fused ops' decode launch shape `WARP_SPLIT,K_SPLITS,RING` (RING 0 or 1),
+    /// for a sweep of the MLP ops (`nanofuse tune` sweeps the QKV op's).
+    #[arg(long, value_delimiter = ',', num_args = 3)]
+    decode: Vec<u32>,
 }
 
 #[derive(Args)]
@@ -250,6 +254,11 @@ fn bench(a: BenchArgs) -> AppResult<()> {
         for model in &models {
             bar.set_message(format!("{} {}: random weights", op.label(), model.name));
             let mut sweep = bench::workload(&gpu, op, *model, a.seed)?;
+            if let [warp_split, k_splits, ring] = a.decode[..] {
+                let shape =
+                    plan::DecodeShape { warp_split, k_splits, early: None, trigger_first: None, ring: Some(ring != 0) };
+                sweep.set_decode_shape(Some(shape));
+            }
             for m in ms_of(op) {
                 sweep.set_m(m)?;
                 bar.set_message(format!("{} {} M={m}: capturing and timing, interleaved", op.label(), model.name));

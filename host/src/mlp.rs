@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::{DecodeOp, Operands, QkvOut, RmsNormArgs, SiluMulArgs};
 use crate::ops::{self, GemmImpl};
-use crate::plan::{self, DECODE_MAX_M};
+use crate::plan::{self, DECODE_MAX_M, DecodeShape};
 use crate::qkv::{Baseline, Route};
 use crate::shared::{Folded, Shared};
 
@@ -91,9 +91,21 @@ fn stream_ref(gpu: &Gpu, buf: &CudaSlice<bf16>, name: &'static str) -> BufRef {
 ///
 /// # Safety
 /// Checked device buffers of those sizes; `1 <= m <= DECODE_MAX_M`.
-unsafe fn launch_decode(gpu: &Gpu, op: DecodeOp, inp: Operands, n: usize, out: QkvOut) -> Result<()> {
+unsafe fn launch_decode(
+    gpu: &Gpu,
+    op: DecodeOp,
+    inp: Operands,
+    n: usize,
+    out: QkvOut,
+    force: Option<DecodeShape>,
+) -> Result<()> {
     let info = gpu.info();
-    let p = plan::decode_plan(inp.m as usize, inp.hidden as usize, n, info.sm_count, info.max_smem_per_block, None)?;
+    let mut p =
+        plan::decode_plan(inp.m as usize, inp.hidden as usize, n, info.sm_count, info.max_smem_per_block, force)?;
+    // A forced trigger applies to the projection too (its entries read the plain GEMM's flag).
+    if let Some(t) = force.and_then(|f| f.trigger_first) {
+        p.gemm_trigger_first = t;
+    }
     if matches!(op, DecodeOp::GateUp { .. }) && p.k_splits() > 1 {
         // The SiLU·mul epilogue needs gate and up of an output in one CTA (the planner does
         // not split K; this guards a future rule).
@@ -125,6 +137,8 @@ pub struct FusedRmsNormGateUp {
     weights: Shared<Folded>,
     /// The fallback's `xn [m, H]` then `y [m, 2I]`, this view's own.
     scratch: Mutex<Option<CudaSlice<bf16>>>,
+    /// A forced decode launch shape (benchmark sweeps); `None`: the planner's.
+    decode: Option<DecodeShape>,
 }
 
 /// Checks `g [H]`, `wg [I, H]`, `wu [I, H]`.
@@ -167,7 +181,7 @@ impl FusedRmsNormGateUp {
         gpu.stream().synchronize().map_err(Error::driver("cuStreamSynchronize"))?;
         drop(gd);
         let weights = Shared::new(Folded { w, ones }, gpu.stream());
-        Ok(FusedRmsNormGateUp { gpu: gpu.clone(), shape, weights, scratch: Mutex::new(None) })
+        Ok(FusedRmsNormGateUp { gpu: gpu.clone(), shape, weights, scratch: Mutex::new(None), decode: None })
     }
 
     /// A view of this op that issues on `gpu`'s stream, sharing the weight; as
@@ -175,7 +189,13 @@ impl FusedRmsNormGateUp {
     /// `reserve` the view before capturing it).
     pub fn on(&self, gpu: &Arc<Gpu>) -> Result<Self> {
         let weights = self.weights.view(&self.gpu, gpu)?;
-        Ok(FusedRmsNormGateUp { gpu: gpu.clone(), shape: self.shape, weights, scratch: Mutex::new(None) })
+        Ok(FusedRmsNormGateUp {
+            gpu: gpu.clone(),
+            shape: self.shape,
+            weights,
+            scratch: Mutex::new(None),
+            decode: self.decode,
+        })
     }
 
     /// The op's shape.
@@ -192,6 +212,13 @@ impl FusedRmsNormGateUp {
     /// The route [`Route::Auto`] takes for `m` tokens.
     pub fn auto_route(&self, m: usize) -> Route {
         if m <= auto_mlp_fused_max_m(self.shape.hidden) { Route::FusedDecode } else { Route::NormCublas }
+    }
+
+    /// Forces the decode kernel's launch shape (benchmark sweeps; `None`: the planner's).
+    /// A K split across CTAs is refused at launch: the SiLU·mul epilogue needs gate and up of
+    /// an output in one CTA.
+    pub fn set_decode_shape(&mut self, shape: Option<DecodeShape>) {
+        self.decode = shape;
     }
 
     /// Allocates the fallback's scratch for up to `max_m` tokens and creates the cuBLAS
@@ -239,7 +266,7 @@ impl FusedRmsNormGateUp {
             Route::Auto | Route::FusedDecode => {
                 let out = QkvOut::packed(ab.ptr, s.inter as u32);
                 // SAFETY: buffers checked above; dims validated at construction.
-                unsafe { launch_decode(gpu, DecodeOp::GateUp { eps: s.eps }, inp, 2 * s.inter, out) }
+                unsafe { launch_decode(gpu, DecodeOp::GateUp { eps: s.eps }, inp, 2 * s.inter, out, self.decode) }
             }
             Route::NormCublas => {
                 // SAFETY: as above.
@@ -300,6 +327,8 @@ pub struct ProjResidual {
     out_features: usize,
     /// Shared with the op's views.
     w: Shared<CudaSlice<bf16>>,
+    /// A forced decode launch shape (benchmark sweeps); `None`: the planner's.
+    decode: Option<DecodeShape>,
 }
 
 impl ProjResidual {
@@ -312,7 +341,7 @@ impl ProjResidual {
             return Err(Error::Length { arg: "w", expected: wlen, got: w.len() });
         }
         let w = Shared::new(gpu.upload(w)?, gpu.stream());
-        Ok(ProjResidual { gpu: gpu.clone(), in_features, out_features, w })
+        Ok(ProjResidual { gpu: gpu.clone(), in_features, out_features, w, decode: None })
     }
 
     /// A view of this op that issues on `gpu`'s stream, sharing the weight; as
@@ -320,7 +349,13 @@ impl ProjResidual {
     /// the view before capturing it).
     pub fn on(&self, gpu: &Arc<Gpu>) -> Result<Self> {
         let w = self.w.view(&self.gpu, gpu)?;
-        Ok(ProjResidual { gpu: gpu.clone(), in_features: self.in_features, out_features: self.out_features, w })
+        Ok(ProjResidual {
+            gpu: gpu.clone(),
+            in_features: self.in_features,
+            out_features: self.out_features,
+            w,
+            decode: self.decode,
+        })
     }
 
     /// `(in_features, out_features)`: K and N.
@@ -331,6 +366,11 @@ impl ProjResidual {
     /// The route [`Route::Auto`] takes for `m` tokens.
     pub fn auto_route(&self, m: usize) -> Route {
         if m <= auto_mlp_fused_max_m(self.out_features) { Route::FusedDecode } else { Route::NormCublas }
+    }
+
+    /// Forces the decode kernel's launch shape (benchmark sweeps; `None`: the planner's).
+    pub fn set_decode_shape(&mut self, shape: Option<DecodeShape>) {
+        self.decode = shape;
     }
 
     /// Creates the cuBLAS handle of the fallback now (before capturing a CUDA graph). The
@@ -401,7 +441,9 @@ impl ProjResidual {
             Route::Auto | Route::FusedDecode => {
                 let inp = Operands { x, w, m: m as u32, hidden: k as u32 };
                 // SAFETY: forwarded to the caller.
-                unsafe { launch_decode(gpu, DecodeOp::Proj { residual }, inp, n, QkvOut::packed(out, n as u32)) }
+                unsafe {
+                    launch_decode(gpu, DecodeOp::Proj { residual }, inp, n, QkvOut::packed(out, n as u32), self.decode)
+                }
             }
             Route::NormCublas => {
                 let blas = gpu.blas()?;

@@ -19,7 +19,7 @@ use rand::rngs::SmallRng;
 use super::{Case, Entry, Model, Op, Problem, Ring, Row, Sweep, Variant, random_bf16, random_weight};
 use crate::cudarc::driver::CudaSlice;
 use crate::ops::{self, GemmImpl};
-use crate::plan::DECODE_MAX_M;
+use crate::plan::{DECODE_MAX_M, DecodeShape};
 use crate::timing::RingGraph;
 use crate::{Baseline, FusedRmsNormGateUp, Gpu, ProjResidual, Result, Route, UnfusedMlp, bf16};
 
@@ -190,24 +190,33 @@ impl ProjWorkload {
     }
 }
 
-/// The route `Route::Auto` of an entry's fused op takes.
-pub trait AutoRoute {
+/// An entry's fused op: the route `Route::Auto` takes, and a forced decode shape.
+pub trait FusedOp {
     fn auto_route(&self, m: usize) -> Route;
+    fn set_decode_shape(&mut self, shape: Option<DecodeShape>);
 }
 
-impl AutoRoute for GateUpEntry {
+impl FusedOp for GateUpEntry {
     fn auto_route(&self, m: usize) -> Route {
         self.fused.auto_route(m)
     }
-}
 
-impl AutoRoute for ProjEntry {
-    fn auto_route(&self, m: usize) -> Route {
-        self.fused.auto_route(m)
+    fn set_decode_shape(&mut self, shape: Option<DecodeShape>) {
+        self.fused.set_decode_shape(shape);
     }
 }
 
-impl<E: Entry + AutoRoute> Sweep for MlpWorkload<E> {
+impl FusedOp for ProjEntry {
+    fn auto_route(&self, m: usize) -> Route {
+        self.fused.auto_route(m)
+    }
+
+    fn set_decode_shape(&mut self, shape: Option<DecodeShape>) {
+        self.fused.set_decode_shape(shape);
+    }
+}
+
+impl<E: Entry + FusedOp> Sweep for MlpWorkload<E> {
     fn case(&self) -> Case {
         self.case
     }
@@ -231,6 +240,12 @@ impl<E: Entry + AutoRoute> Sweep for MlpWorkload<E> {
 
     fn capture(&mut self, variant: Variant) -> Result<RingGraph> {
         self.ring.capture(variant)
+    }
+
+    fn set_decode_shape(&mut self, shape: Option<DecodeShape>) {
+        for e in self.ring.entries_mut() {
+            e.set_decode_shape(shape);
+        }
     }
 }
 

@@ -375,6 +375,9 @@ pub trait Sweep {
     fn rows(&self) -> Vec<Row>;
     /// Captures `variant` over the ring.
     fn capture(&mut self, variant: Variant) -> Result<RingGraph>;
+    /// Forces the fused op's decode launch shape (and, for QKV, baseline (b)'s), for
+    /// sweeps; `None`: the planner's.
+    fn set_decode_shape(&mut self, shape: Option<crate::plan::DecodeShape>);
 }
 
 /// Builds the ring of `op` for `model`.

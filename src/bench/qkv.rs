@@ -189,4 +189,8 @@ impl Sweep for Workload {
     fn capture(&mut self, variant: Variant) -> Result<RingGraph> {
         self.ring.capture(variant)
     }
+
+    fn set_decode_shape(&mut self, shape: Option<crate::plan::DecodeShape>) {
+        self.set_tuning(Tuning { decode: shape, ..Tuning::default() });
+    }
 }
