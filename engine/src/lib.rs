@@ -18,6 +18,8 @@
 pub mod config;
 pub mod error;
 pub mod rope;
+pub mod weights;
 
 pub use config::{Arch, ModelConfig, RopeScaling};
 pub use error::{Error, Result};
+pub use weights::{ModelWeights, Tensor};
