@@ -17,6 +17,7 @@
 
 pub mod config;
 pub mod error;
+pub mod gguf;
 pub mod rope;
 pub mod weights;
 
