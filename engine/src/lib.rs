@@ -19,8 +19,10 @@ pub mod config;
 pub mod error;
 pub mod gguf;
 pub mod rope;
+pub mod tokenizer;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig, RopeScaling};
 pub use error::{Error, Result};
+pub use tokenizer::Tokenizer;
 pub use weights::{ModelWeights, Tensor};
