@@ -18,6 +18,7 @@
 pub mod config;
 pub mod error;
 pub mod gguf;
+pub mod reference;
 pub mod rope;
 pub mod tokenizer;
 pub mod weights;
