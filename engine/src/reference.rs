@@ -136,9 +136,10 @@ impl<'w> Reference<'w> {
             let mut q = matmul(&xn, n, &w.q_proj);
             let mut k = matmul(&xn, n, &w.k_proj);
             let v = matmul(&xn, n, &w.v_proj);
-            if let (Some(gq), Some(gk)) = (&w.q_norm, &w.k_norm) {
-                q = rms_norm_rows(&q, cfg.head_dim, gq, cfg.rms_norm_eps);
-                k = rms_norm_rows(&k, cfg.head_dim, gk, cfg.rms_norm_eps);
+            if cfg.arch.has_qk_norm() {
+                let (gq, gk) = (w.q_norm.as_ref(), w.k_norm.as_ref());
+                q = rms_norm_rows(&q, cfg.head_dim, gq.expect("checked in new"), cfg.rms_norm_eps);
+                k = rms_norm_rows(&k, cfg.head_dim, gk.expect("checked in new"), cfg.rms_norm_eps);
             }
             for t in 0..n {
                 for head in q[t * cfg.q_dim()..(t + 1) * cfg.q_dim()].chunks_exact_mut(cfg.head_dim) {
@@ -163,7 +164,9 @@ impl<'w> Reference<'w> {
         }
         cache.len = start + n;
         let xn = rms_norm_rows(&x, h, &self.weights.final_norm, cfg.rms_norm_eps);
-        Ok(matmul(&xn, n, self.weights.lm_head()))
+        // The config decides: a tied model uses the embedding even if an LM head was loaded.
+        let head = if cfg.tie_word_embeddings { &self.weights.embed_tokens } else { self.weights.lm_head() };
+        Ok(matmul(&xn, n, head))
     }
 
     /// Causal grouped-query attention of `n` query rows (positions `start..start + n`)
