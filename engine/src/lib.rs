@@ -1,0 +1,29 @@
+//! # nanofuse-engine
+//!
+//! The foundation of a decode engine that runs whole Qwen3 and Llama models on nanofuse's
+//! fused kernels: everything that can be built and tested on a CPU.
+//!
+//! * [`config`]: [`ModelConfig`] from a Hugging Face `config.json`, GGUF metadata or a
+//!   named preset of a real model's shapes;
+//! * [`rope`]: rotary inverse frequencies (Llama 3.1 scaling included) and cos/sin tables;
+//! * [`weights`]: bf16 [`ModelWeights`] in Hugging Face's layout, from safetensors, GGUF
+//!   ([`gguf`]: a reader, dequantization, the llama.cpp tensor mapping) or seeded random;
+//! * [`tokenizer`]: `tokenizer.json` or a GGUF's vocabulary through the `tokenizers` crate;
+//! * [`reference`]: a plain-loop f32 forward pass with a KV cache, the correctness
+//!   reference for the GPU engine.
+//!
+//! The crate sits above `nanofuse-host` (the GPU forward will drive its fused ops); nothing
+//! below depends on it.
+
+pub mod config;
+pub mod error;
+pub mod gguf;
+pub mod reference;
+pub mod rope;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::{Arch, ModelConfig, RopeScaling};
+pub use error::{Error, Result};
+pub use tokenizer::Tokenizer;
+pub use weights::{ModelWeights, Tensor};
