@@ -43,7 +43,7 @@ use nanofuse::plan::{self, DECODE_MAX_M, DecodePlan, MAX_DIM};
 use nanofuse::reference::{self, Comparison, compare, rms};
 use nanofuse::{
     BUFFER_ALIGN, Baseline, Error, FusedRmsNormGateUp, Gpu, MlpShape, ProjResidual, Result, Route, UnfusedMlp,
-    auto_mlp_fused_max_m, bf16,
+    auto_mlp_fused_max_m, auto_proj_fused_max_m, bf16,
 };
 use rand::Rng;
 
@@ -367,7 +367,8 @@ fn check_proj(gpu: &Gpu, op: &ProjResidual, base: &UnfusedMlp, p: &ProjPoint, fa
 
     // Auto is the route auto_route names, bitwise.
     let auto = op.auto_route(m);
-    let want_auto = if m <= auto_mlp_fused_max_m(n) { Route::FusedDecode } else { Route::NormCublas };
+    let (k_in, n_out) = op.dims();
+    let want_auto = if m <= auto_proj_fused_max_m(k_in, n_out) { Route::FusedDecode } else { Route::NormCublas };
     if auto != want_auto {
         fail.push(format!("proj M={m}: auto_route is {auto:?}, expected {want_auto:?}"));
     }

@@ -34,7 +34,10 @@ pub use error::{Error, Result};
 pub use gpu::Gpu;
 pub use half::bf16;
 pub use kernels::KernelId;
-pub use mlp::{FusedRmsNormGateUp, MlpShape, ProjResidual, UnfusedMlp, auto_mlp_fused_max_m};
+pub use mlp::{
+    FusedRmsNormGateUp, MlpShape, PROJ_LONG_K_FUSED_MAX_M, ProjResidual, UnfusedMlp, auto_mlp_fused_max_m,
+    auto_proj_fused_max_m,
+};
 pub use qkv::{
     Baseline, FromDeviceError, FusedRmsNormQkv, Qkv, QkvShape, Route, SPLIT_MAX_ELEMENTS, Tuning, UnfusedRmsNormQkv,
     auto_fused_max_m, auto_packed_fused_max_m, auto_split_max_m,

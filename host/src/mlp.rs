@@ -31,6 +31,18 @@ pub fn auto_mlp_fused_max_m(_hidden: usize) -> usize {
     DECODE_MAX_M
 }
 
+/// Largest M for which [`Route::Auto`] of [`ProjResidual`] runs the fused decode kernel, for
+/// a weight `[out_features, in_features]`. Where K is more than twice N (the MLP's down
+/// projection) the fused kernel stages long rows of x by 4-byte scatter copies and falls
+/// behind one cuBLAS GEMM with `beta = 1` as M grows (docs/RESULTS.md), so it runs only up to
+/// [`PROJ_LONG_K_FUSED_MAX_M`] there.
+pub fn auto_proj_fused_max_m(in_features: usize, out_features: usize) -> usize {
+    if in_features > 2 * out_features { PROJ_LONG_K_FUSED_MAX_M } else { DECODE_MAX_M }
+}
+
+/// [`auto_proj_fused_max_m`] for K > 2N.
+pub const PROJ_LONG_K_FUSED_MAX_M: usize = 3;
+
 /// The shape of a layer's MLP: hidden size H, intermediate size I, RMSNorm epsilon.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MlpShape {
@@ -365,7 +377,11 @@ impl ProjResidual {
 
     /// The route [`Route::Auto`] takes for `m` tokens.
     pub fn auto_route(&self, m: usize) -> Route {
-        if m <= auto_mlp_fused_max_m(self.out_features) { Route::FusedDecode } else { Route::NormCublas }
+        if m <= auto_proj_fused_max_m(self.in_features, self.out_features) {
+            Route::FusedDecode
+        } else {
+            Route::NormCublas
+        }
     }
 
     /// Forces the decode kernel's launch shape (benchmark sweeps; `None`: the planner's).
