@@ -8,6 +8,7 @@
 //! | | M, K, N at most [`MAX_DIM`] (32-bit index arithmetic) | [`Error::TooLarge`] (`M`, `K`, `N`) |
 //! | [`check_m`] | M at most [`MAX_DIM`] | [`Error::TooLarge`] (`m`) |
 //! | [`checked_len`] | an element count `a · b` that does not overflow | [`Error::TooLarge`] (the count's name) |
+//! | [`checked_u32`] | a length that fits a kernel's 32-bit argument | [`Error::TooLarge`] (the length's name) |
 //! | [`check_eps`] | eps finite and non-negative | [`Error::Value`] (`eps`) |
 //! | [`Gpu::input`], [`Gpu::output`] | the buffer belongs to the op's CUDA context | [`Error::WrongDevice`] |
 //! | [`check_buffer`] (and the two above) | exactly the expected number of elements | [`Error::Length`] |
@@ -65,6 +66,11 @@ pub fn checked_len(arg: &'static str, a: usize, b: usize) -> Result<usize> {
         limit: usize::MAX as u64,
         why: "element count overflows",
     })
+}
+
+/// `v` as a kernel's 32-bit length argument.
+pub(crate) fn checked_u32(arg: &'static str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::TooLarge { arg, got: v as u64, limit: u32::MAX as u64, why: "32-bit length" })
 }
 
 /// `eps` must be finite and non-negative.

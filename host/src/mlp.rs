@@ -15,7 +15,7 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use half::bf16;
 use nanofuse_kernels_gpu::config::mlp::gate_up_row;
 
-use crate::check::{BufRef, MAX_DIM, check_dims, check_eps, check_m, check_no_overlap, checked_len};
+use crate::check::{BufRef, MAX_DIM, check_dims, check_eps, check_m, check_no_overlap, checked_len, checked_u32};
 use crate::current::Current;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -593,12 +593,7 @@ impl UnfusedMlp {
         }
         let w = stream_ref(gpu, &self.w_down, "w_down").ptr;
         let inp = Operands { x: ab.ptr, w, m: m as u32, hidden: s.inter as u32 };
-        let len = u32::try_from(len).map_err(|_| Error::TooLarge {
-            arg: "m * hidden",
-            got: len as u64,
-            limit: u32::MAX as u64,
-            why: "32-bit length",
-        })?;
+        let len = checked_u32("m * hidden", len)?;
         // SAFETY: buffers checked above.
         unsafe {
             baseline_gemm(gpu, which, inp, yb.ptr, s.hidden, false)?;

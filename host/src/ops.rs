@@ -5,7 +5,7 @@ use cudarc::driver::{DevicePtr, DevicePtrMut};
 use half::bf16;
 use nanofuse_kernels_gpu::config;
 
-use crate::check::{check_dims, check_eps, check_no_overlap, checked_len};
+use crate::check::{check_dims, check_eps, check_no_overlap, checked_len, checked_u32};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::{DecodeOp, Operands, QkvOut, RmsNormArgs, TiledOp};
@@ -148,12 +148,7 @@ pub fn residual_add(gpu: &Gpu, y: &impl DevicePtr<bf16>, h: &mut impl DevicePtrM
     if !len.is_multiple_of(config::VEC as usize) {
         return Err(Error::Dimension { arg: "len", expected: "a multiple of 8", got: len });
     }
-    let len32 = u32::try_from(len).map_err(|_| Error::TooLarge {
-        arg: "len",
-        got: len as u64,
-        limit: u32::MAX as u64,
-        why: "32-bit length",
-    })?;
+    let len32 = checked_u32("len", len)?;
     let yb = gpu.input("y", y, len)?;
     let hb = gpu.output("h", h, len)?;
     check_no_overlap(&[hb], &[yb])?;
