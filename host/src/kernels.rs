@@ -28,7 +28,9 @@ use std::sync::Arc;
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaContext, CudaStream};
 use cudarc::nvrtc::Ptx;
-use nanofuse_kernels_gpu::config::{self, TileConfig, decode, elementwise, fold_gain, rms_norm, split_qkv};
+use nanofuse_kernels_gpu::config::{
+    self, TileConfig, argmax, attention, decode, elementwise, fold_gain, rms_norm, rope, split_qkv, step,
+};
 
 use crate::error::{Error, Result};
 use crate::launch::{Entry, Launch, MAX_PARAMS, Shape};
@@ -46,6 +48,10 @@ const TILED_FUSED: &[usize] = &[PTR, PTR, PTR, PTR, PTR, PTR, SCALAR, SCALAR, SC
 const TILED_GEMM: &[usize] = &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR];
 const DECODE_GATE_UP: &[usize] = &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
 const DECODE_PROJ: &[usize] = &[PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
+const DECODE_ARGMAX: &[usize] = &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
+const QK_NORM_ROPE: &[usize] =
+    &[PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
+const ATTENTION: &[usize] = &[PTR, PTR, PTR, PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
 
 /// The dynamic shared memory an entry may be launched with.
 #[derive(Clone, Copy)]
@@ -125,6 +131,14 @@ kernel_table! {
     ProjDecodeRing = "proj_residual_decode_ring", DECODE_PROJ, Smem::DeviceMax;
     SiluMul = "silu_mul", &[PTR, PTR, SCALAR, SCALAR, SCALAR], Smem::Default;
     ResidualAdd = "residual_add", &[PTR, PTR, PTR, SCALAR], Smem::Default;
+    ArgmaxDecode = "fused_rmsnorm_argmax_decode", DECODE_ARGMAX, Smem::DeviceMax;
+    ArgmaxDecodeEarly = "fused_rmsnorm_argmax_decode_early", DECODE_ARGMAX, Smem::DeviceMax;
+    ArgmaxDecodeEarlyM8 = "fused_rmsnorm_argmax_decode_early_m8", DECODE_ARGMAX, Smem::DeviceMax;
+    ArgmaxDecodeRing = "fused_rmsnorm_argmax_decode_ring", DECODE_ARGMAX, Smem::DeviceMax;
+    StepBegin = "decode_step_begin", &[PTR, PTR, PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR], Smem::Default;
+    QkNormRope = "qk_norm_rope", QK_NORM_ROPE, Smem::Default;
+    AttentionDecode = "attention_decode", ATTENTION, Smem::Default;
+    ArgmaxBf16 = "argmax_bf16", &[PTR, SCALAR, PTR], Smem::Default;
 }
 
 // `Kernels::entry` indexes by variant; a launch carries at most `MAX_PARAMS` arguments.
@@ -172,6 +186,13 @@ const PROJ_DECODE: DecodeForms = DecodeForms {
     early: KernelId::ProjDecodeEarly,
     early_m8: KernelId::ProjDecodeEarlyM8,
     ring: KernelId::ProjDecodeRing,
+};
+
+const ARGMAX_DECODE: DecodeForms = DecodeForms {
+    plain: KernelId::ArgmaxDecode,
+    early: KernelId::ArgmaxDecodeEarly,
+    early_m8: KernelId::ArgmaxDecodeEarlyM8,
+    ring: KernelId::ArgmaxDecodeRing,
 };
 
 impl DecodeForms {
@@ -250,6 +271,60 @@ pub(crate) enum DecodeOp {
     /// `out = residual + x · Wᵀ` (the packed output's `q` is `out`, `nq = N`), x and W both
     /// in natural k order (the kernel interleaves x while staging it).
     Proj { residual: u64 },
+    /// RMSNorm + LM head + argmax into the u64 slots `[m]` (the packed output's `q`, with
+    /// `nq` = the vocabulary), on the folded, k-interleaved weight (as `Fused`).
+    Argmax { eps: f32 },
+}
+
+/// `decode_step_begin`'s buffers (device addresses) and sizes.
+#[derive(Clone, Copy)]
+pub(crate) struct StepArgs {
+    pub embed: u64,
+    pub prompt: u64,
+    pub state: u64,
+    pub slot: u64,
+    pub tokens: u64,
+    pub h: u64,
+    pub vocab: u32,
+    pub hidden: u32,
+    pub max_seq: u32,
+}
+
+/// `qk_norm_rope`'s buffers (device addresses; `q_w`, `k_w` 0 without the norm) and sizes.
+#[derive(Clone, Copy)]
+pub(crate) struct RopeArgs {
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    pub q_w: u64,
+    pub k_w: u64,
+    pub rope: u64,
+    pub state: u64,
+    pub k_cache: u64,
+    pub v_cache: u64,
+    pub num_heads: u32,
+    pub num_kv_heads: u32,
+    pub head_dim: u32,
+    pub max_seq: u32,
+    pub eps: f32,
+    pub norm: bool,
+}
+
+/// `attention_decode`'s buffers (device addresses), sizes and split count.
+#[derive(Clone, Copy)]
+pub(crate) struct AttnArgs {
+    pub q: u64,
+    pub k_cache: u64,
+    pub v_cache: u64,
+    pub state: u64,
+    pub partial: u64,
+    pub counters: u64,
+    pub out: u64,
+    pub num_heads: u32,
+    pub num_kv_heads: u32,
+    pub head_dim: u32,
+    pub max_seq: u32,
+    pub splits: u32,
 }
 
 /// `a [m, inter] = silu(gate) · up` of a packed `y [m, 2 inter]` whose gate and up columns
@@ -457,7 +532,140 @@ impl Kernels {
                         .run(stream)
                 }
             }
+            DecodeOp::Argmax { eps } => {
+                let launch = Launch::new(self.entry(ARGMAX_DECODE.pick(plan)), shape).pdl(pdl);
+                // SAFETY: the arguments in `fused_rmsnorm_argmax_decode`'s order (its other
+                // forms take the same); buffers per the caller (the packed output's `q` is
+                // the u64 slots `[m]`); the plan's entry takes m. The folded weight is
+                // k-interleaved, h natural: interleave_x = 0; the trigger as the fused QKV
+                // entries place it (the same norm and staging).
+                unsafe {
+                    launch
+                        .arg(inp.x)
+                        .arg(inp.w)
+                        .arg(out.q)
+                        .arg(inp.m)
+                        .arg(inp.hidden)
+                        .arg(out.nq)
+                        .arg(eps)
+                        .arg(split)
+                        .arg(chunk)
+                        .arg(u32::from(plan.trigger_first))
+                        .arg(0u32)
+                        .run(stream)
+                }
+            }
         }
+    }
+
+    /// `decode_step_begin` (see [`StepArgs`]): one CTA.
+    ///
+    /// # Safety
+    /// `embed [vocab, hidden]` bf16, `prompt [max_seq]` u32, `state [step::LEN]` u32,
+    /// `slot [1]` u64, `tokens [max_seq]` u32, `h [hidden]` bf16: 16-byte aligned device
+    /// buffers on this context, the written ones (state, slot, tokens, h) disjoint from
+    /// every other; `hidden % 8 == 0`.
+    pub(crate) unsafe fn step_begin(&self, stream: &CudaStream, pdl: bool, a: StepArgs) -> Result<()> {
+        let shape = Shape { grid: (1, 1), block: step::THREADS, cluster_x: 1, smem: 0 };
+        let launch = Launch::new(self.entry(KernelId::StepBegin), shape).pdl(pdl);
+        // SAFETY: the arguments in `decode_step_begin`'s order; buffers per the caller.
+        unsafe {
+            launch
+                .arg(a.embed)
+                .arg(a.prompt)
+                .arg(a.state)
+                .arg(a.slot)
+                .arg(a.tokens)
+                .arg(a.h)
+                .arg(a.vocab)
+                .arg(a.hidden)
+                .arg(a.max_seq)
+                .run(stream)
+        }
+    }
+
+    /// `qk_norm_rope` (see [`RopeArgs`]): one warp per q and k head.
+    ///
+    /// # Safety
+    /// `q [num_heads·hd]`, `k, v [num_kv_heads·hd]`, with the norm `q_w, k_w [hd]` bf16,
+    /// `rope [max_seq, hd]` f32, `state [step::LEN]` u32, `k_cache, v_cache [num_kv_heads,
+    /// max_seq, hd]` bf16: 16-byte aligned device buffers on this context, the written ones
+    /// (q, state, the caches) disjoint from each other and from the read ones (q is read
+    /// and written in place); hd 64, 128 or 256; `num_heads + num_kv_heads < 2^31`.
+    pub(crate) unsafe fn qk_norm_rope(&self, stream: &CudaStream, pdl: bool, a: RopeArgs) -> Result<()> {
+        let grid = (a.num_heads + a.num_kv_heads).div_ceil(rope::WARPS);
+        let shape = Shape { grid: (grid, 1), block: rope::THREADS, cluster_x: 1, smem: 0 };
+        let launch = Launch::new(self.entry(KernelId::QkNormRope), shape).pdl(pdl);
+        // SAFETY: the arguments in `qk_norm_rope`'s order; buffers per the caller.
+        unsafe {
+            launch
+                .arg(a.q)
+                .arg(a.k)
+                .arg(a.v)
+                .arg(a.q_w)
+                .arg(a.k_w)
+                .arg(a.rope)
+                .arg(a.state)
+                .arg(a.k_cache)
+                .arg(a.v_cache)
+                .arg(a.num_heads)
+                .arg(a.num_kv_heads)
+                .arg(a.head_dim)
+                .arg(a.max_seq)
+                .arg(a.eps)
+                .arg(u32::from(a.norm))
+                .run(stream)
+        }
+    }
+
+    /// `attention_decode` (see [`AttnArgs`]): grid `(num_kv_heads, splits)`.
+    ///
+    /// # Safety
+    /// `q, out [num_heads·hd]`, `k_cache, v_cache [num_kv_heads, max_seq, hd]` bf16,
+    /// `state [step::LEN]` u32, `partial [num_heads, splits, ML + hd]` f32 and
+    /// `counters [num_kv_heads]` u32 (zero) of one scratch used by one stream at a time:
+    /// 16-byte aligned device buffers on this context, out disjoint from the rest; the shape
+    /// validated (`AttnShape::validate`) and `1 <= splits <= MAX_SPLITS`.
+    pub(crate) unsafe fn attention(&self, stream: &CudaStream, pdl: bool, a: AttnArgs) -> Result<()> {
+        let shape = Shape {
+            grid: (a.num_kv_heads, a.splits),
+            block: attention::THREADS,
+            cluster_x: 1,
+            smem: attention::SMEM_BYTES,
+        };
+        let launch = Launch::new(self.entry(KernelId::AttentionDecode), shape).pdl(pdl);
+        let scale_log2 = std::f32::consts::LOG2_E / (a.head_dim as f32).sqrt();
+        // SAFETY: the arguments in `attention_decode`'s order; buffers per the caller.
+        unsafe {
+            launch
+                .arg(a.q)
+                .arg(a.k_cache)
+                .arg(a.v_cache)
+                .arg(a.state)
+                .arg(a.partial)
+                .arg(a.counters)
+                .arg(a.out)
+                .arg(a.num_heads)
+                .arg(a.num_kv_heads)
+                .arg(a.head_dim)
+                .arg(a.max_seq)
+                .arg(scale_log2)
+                .run(stream)
+        }
+    }
+
+    /// `argmax_bf16`: `slot = max(slot, key of the largest of logits [n])`.
+    ///
+    /// # Safety
+    /// `logits [n]` bf16 and `slot [1]` u64: 16-byte aligned device buffers on this
+    /// context, disjoint; `1 <= n < 2^32`.
+    pub(crate) unsafe fn argmax(&self, stream: &CudaStream, pdl: bool, logits: u64, n: u32, slot: u64) -> Result<()> {
+        let per_cta = argmax::THREADS * config::VEC;
+        let grid = n.div_ceil(per_cta).clamp(1, argmax::MAX_CTAS);
+        let shape = Shape { grid: (grid, 1), block: argmax::THREADS, cluster_x: 1, smem: argmax::SMEM_BYTES };
+        let launch = Launch::new(self.entry(KernelId::ArgmaxBf16), shape).pdl(pdl);
+        // SAFETY: the arguments in `argmax_bf16`'s order; buffers per the caller.
+        unsafe { launch.arg(logits).arg(n).arg(slot).run(stream) }
     }
 
     /// `a [m, inter] = silu(gate) · up` of the packed `y [m, 2 inter]` (see [`SiluMulArgs`]).

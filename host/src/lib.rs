@@ -12,6 +12,7 @@
 //! `build.rs` and re-exports this crate; `Gpu::new` also accepts any PTX text built from
 //! `nanofuse-kernels-gpu` (a prebuilt module).
 
+mod attention;
 mod blas;
 mod check;
 mod current;
@@ -25,8 +26,10 @@ pub mod ops;
 pub mod plan;
 mod qkv;
 pub mod reference;
+mod sample;
 mod shared;
 
+pub use attention::{AttnScratch, AttnShape, QkNorm, attention_decode, attention_splits, qk_norm_rope};
 pub use check::BUFFER_ALIGN;
 pub use cudarc;
 pub use device::{DeviceInfo, arch_number, device_count, driver_present};
@@ -38,7 +41,10 @@ pub use mlp::{
     FusedRmsNormGateUp, MlpShape, PROJ_LONG_K_FUSED_MAX_M, ProjResidual, UnfusedMlp, auto_mlp_fused_max_m,
     auto_proj_fused_max_m,
 };
+/// The decode state layout (`state [step::LEN]` u32: `POS`, `PROMPT_LEN`, `FLAGS`).
+pub use nanofuse_kernels_gpu::config::step;
 pub use qkv::{
     Baseline, FromDeviceError, FusedRmsNormQkv, Qkv, QkvShape, Route, SPLIT_MAX_ELEMENTS, Tuning, UnfusedRmsNormQkv,
     auto_fused_max_m, auto_packed_fused_max_m, auto_split_max_m,
 };
+pub use sample::{FusedRmsNormArgmax, argmax, argmax_key, argmax_token, step_begin};

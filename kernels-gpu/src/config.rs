@@ -13,7 +13,7 @@ pub const SMEM_SYMBOL: &str = "NANOFUSE_SMEM";
 /// Launch bounds the build adds to kernels' PTX entries (`.maxntid THREADS, 1, 1` and
 /// `.minnctapersm MIN_CTAS`, CUDA's `__launch_bounds__`, which rustc does not emit): ptxas
 /// then keeps each kernel's registers low enough for `MIN_CTAS` CTAs per SM.
-pub const LAUNCH_BOUNDS: [(&str, u32, u32); 16] = [
+pub const LAUNCH_BOUNDS: [(&str, u32, u32); 23] = [
     ("fused_rmsnorm_qkv_decode", decode::THREADS, decode::MIN_CTAS_PER_SM),
     ("fused_rmsnorm_qkv_decode_early", decode::THREADS, decode::MIN_CTAS_PER_SM),
     ("fused_rmsnorm_qkv_decode_early_m8", decode::THREADS, decode::MIN_CTAS_PER_SM),
@@ -30,7 +30,130 @@ pub const LAUNCH_BOUNDS: [(&str, u32, u32); 16] = [
     ("proj_residual_decode_early", decode::THREADS, decode::MIN_CTAS_PER_SM),
     ("proj_residual_decode_early_m8", decode::THREADS, decode::MIN_CTAS_PER_SM),
     ("proj_residual_decode_ring", decode::THREADS, decode::MIN_CTAS_PER_SM),
+    ("fused_rmsnorm_argmax_decode", decode::THREADS, decode::MIN_CTAS_PER_SM),
+    ("fused_rmsnorm_argmax_decode_early", decode::THREADS, decode::MIN_CTAS_PER_SM),
+    ("fused_rmsnorm_argmax_decode_early_m8", decode::THREADS, decode::MIN_CTAS_PER_SM),
+    ("fused_rmsnorm_argmax_decode_ring", decode::THREADS, decode::MIN_CTAS_PER_SM),
+    ("attention_decode", attention::THREADS, attention::MIN_CTAS_PER_SM),
+    ("qk_norm_rope", rope::THREADS, 1),
+    ("argmax_bf16", argmax::THREADS, 1),
 ];
+
+/// The decode engine's per-sequence device state: `state [LEN]` u32, read and advanced on
+/// the device so that one captured CUDA graph replays every step.
+pub mod step {
+    /// Elements of the state array.
+    pub const LEN: usize = 4;
+    /// Position of the current step's token (`u32::MAX` before the first step:
+    /// `decode_step_begin` adds one, wrapping).
+    pub const POS: usize = 0;
+    /// Tokens of the prompt buffer to feed: a position below it takes its token from the
+    /// prompt, others from the argmax slot.
+    pub const PROMPT_LEN: usize = 1;
+    /// Error bits the kernels OR in instead of reading or writing out of bounds.
+    pub const FLAGS: usize = 2;
+    /// The position reached `max_seq`: nothing was written at it.
+    pub const FLAG_OVERFLOW: u32 = 1;
+    /// A token at or past the vocabulary (or an empty argmax slot): its embedding is zeros.
+    pub const FLAG_BAD_TOKEN: u32 = 2;
+    /// Threads of `decode_step_begin`'s one CTA.
+    pub const THREADS: u32 = 256;
+}
+
+/// The argmax slot: one `u64` per token that `atom.global.max.u64` reduces into.
+///
+/// `key(logit, i) = (ord(bits) << 32) | (u32::MAX - i)`: the largest logit wins, and among
+/// equal logits the lowest index (`torch.argmax`). `ord` maps f32 bits to a u32 whose
+/// unsigned order is the float order (`-0.0` is taken as `+0.0`). A NaN's key is 0, the
+/// empty slot: NaN logits are ignored, and a slot of all-NaN logits stays empty, whose
+/// [`argmax::token`] is `u32::MAX` (past any vocabulary: `decode_step_begin` flags it).
+pub mod argmax {
+    /// Threads per CTA of `argmax_bf16`.
+    pub const THREADS: u32 = 256;
+    /// Most CTAs of an `argmax_bf16` launch (each thread then takes several 16-byte chunks).
+    pub const MAX_CTAS: u32 = 512;
+    /// Dynamic shared memory of `argmax_bf16`: one u64 key per warp.
+    pub const SMEM_BYTES: u32 = THREADS / 32 * 8;
+
+    /// The order-preserving map of f32 bits to u32 (NaN excluded).
+    pub const fn ord(bits: u32) -> u32 {
+        let bits = if bits == 0x8000_0000 { 0 } else { bits };
+        if bits & 0x8000_0000 != 0 { !bits } else { bits | 0x8000_0000 }
+    }
+
+    /// The slot key of f32 `bits` at index `i`; 0 (never chosen) for a NaN.
+    pub const fn key(bits: u32, i: u32) -> u64 {
+        if bits & 0x7fff_ffff > 0x7f80_0000 {
+            return 0;
+        }
+        ((ord(bits) as u64) << 32) | (u32::MAX - i) as u64
+    }
+
+    /// The index a slot holds (`u32::MAX` for the empty slot 0).
+    pub const fn token(key: u64) -> u32 {
+        u32::MAX - key as u32
+    }
+}
+
+/// `qk_norm_rope`: one warp per q or k head of one token.
+pub mod rope {
+    /// Warps (heads) per CTA.
+    pub const WARPS: u32 = 4;
+    /// Threads per CTA.
+    pub const THREADS: u32 = WARPS * 32;
+    /// The head dimensions the kernel takes (lane `l` holds `hd / 32` contiguous elements,
+    /// its rotate-half partner is lane `l ^ 16`).
+    pub const HEAD_DIMS: [u32; 3] = [64, 128, 256];
+}
+
+/// `attention_decode`: flash-decoding for one token, the context split across CTAs.
+pub mod attention {
+    /// Warps per CTA; each takes every `WARPS`-th position of the CTA's chunk.
+    pub const WARPS: u32 = 4;
+    /// Threads per CTA.
+    pub const THREADS: u32 = WARPS * 32;
+    /// CTAs per SM the launch bounds ask ptxas to fit.
+    pub const MIN_CTAS_PER_SM: u32 = 2;
+    /// Positions a warp loads per iteration (K and V rows in flight together).
+    pub const UNROLL: u32 = 4;
+    /// Fewest positions a split takes: `active = min(splits, ceil(len / MIN_CHUNK))`.
+    pub const MIN_CHUNK: u32 = 32;
+    /// Most splits (CTAs per kv head) of a launch.
+    pub const MAX_SPLITS: u32 = 64;
+    /// Most q heads per kv head.
+    pub const MAX_GROUP: u32 = 8;
+    /// The head dimensions the kernel takes.
+    pub const HEAD_DIMS: [u32; 2] = [64, 128];
+    /// The largest of them (shared memory is sized for it).
+    pub const MAX_HEAD_DIM: u32 = 128;
+    /// f32 per (q head, split) partial: `m`, `l`, then `o [head_dim]` (`ML` floats first so
+    /// that `o` stays 16-byte aligned).
+    pub const ML: u32 = 4;
+
+    /// Dynamic shared memory: every warp's `(m, l, o)` per q head (`MAX_GROUP` of them),
+    /// then the last-CTA flag.
+    pub const SMEM_BYTES: u32 = WARPS * MAX_GROUP * (ML + MAX_HEAD_DIM) * 4 + 16;
+
+    /// Splits for a device of `sm_count` SMs: about two CTAs per SM over the kv heads.
+    pub const fn splits(sm_count: u32, num_kv_heads: u32) -> u32 {
+        let kv = if num_kv_heads == 0 { 1 } else { num_kv_heads };
+        let s = (2 * sm_count).div_ceil(kv);
+        if s < 1 {
+            1
+        } else if s > MAX_SPLITS {
+            MAX_SPLITS
+        } else {
+            s
+        }
+    }
+
+    /// Splits that take positions for a context of `len` positions.
+    pub const fn active(splits: u32, len: u32) -> u32 {
+        let a = len.div_ceil(MIN_CHUNK);
+        let a = if a < splits { a } else { splits };
+        if a == 0 { 1 } else { a }
+    }
+}
 
 /// The k-interleaved order in which the fused op stores its weight (`fold_gain`) and in
 /// which `rms_norm_interleaved` writes its output, so that the decode kernel stages x with 16-byte

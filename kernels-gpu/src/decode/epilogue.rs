@@ -12,7 +12,9 @@
 //!   `j` and up row `j` of the same intermediate index, so each lane holds both halves of
 //!   its outputs and `a = silu(gate) · up` needs no exchange;
 //! * [`ResidualAdd`]: `out = residual + y` (the MLP's down projection and the attention
-//!   output projection), in place when `out` is the residual.
+//!   output projection), in place when `out` is the residual;
+//! * [`ArgMax`]: the LM head's greedy pick, `slot[t] = max key(bf16(logit), row)` by
+//!   `atom.global.max.u64` (`config::argmax`); the `[M, vocab]` logits never go to memory.
 //!
 //! Two ways out, chosen by the body: the two-token-tile entries stage a warp's rounded
 //! results in its own shared-memory slots (`stage`), then lane `l` writes one 16-byte
@@ -24,6 +26,8 @@
 //! activation or the residual add, which are computed in f32 and rounded once more.
 
 use crate::activation::{add_bf16x8, round_bf16, silu_mul};
+use crate::argmax_key::{key_bf16, max_bfly_u64};
+use crate::ptx::atomic::atom_global_max_u64;
 use crate::ptx::convert::cvt_rn_bf16x2_f32;
 use crate::ptx::global::{ld_global_cg_v4_u32, st_global_v4_u32};
 use crate::ptx::shared::{SharedPtr, ld_shared_v4_u32, st_shared_u16};
@@ -328,5 +332,115 @@ impl Epilogue for ResidualAdd {
     unsafe fn store_element(&self, token: u32, row: u32, value: f32) {
         // SAFETY: forwarded to the caller.
         unsafe { self.add_one(token, row, value) }
+    }
+}
+
+/// The LM head's epilogue: `slot[t] = max(slot[t], max_row key(bf16(logit[t, row]), row))`
+/// (`config::argmax::key`: the largest logit, the lowest row among equal ones, NaN
+/// ignored), so the greedy token of each of the `m` rows is chosen without writing the
+/// `[M, vocab]` logits. Each logit is rounded to bf16 first, as the argmax of PyTorch's
+/// bf16 logits sees them. The slots must hold 0 before the launch.
+///
+/// The direct path (`store_fragment`) reduces a token's keys over the 8 lanes that hold it
+/// (`lane / 4`, butterflies 4, 8, 16), the staged path over the 2 lanes of a token's
+/// 16-byte row pair; then one atomic per token per warp. With a K split across a cluster
+/// each finished element is one atomic (`store_element`).
+#[derive(Clone, Copy)]
+pub struct ArgMax {
+    /// `slot [M]` u64.
+    pub slot: *mut u64,
+    /// W rows: the vocabulary size.
+    pub n: u32,
+}
+
+impl ArgMax {
+    /// One atomic max of `key` into token `tok`'s slot (skipped for the empty key).
+    ///
+    /// # Safety
+    /// `tok` below the M the slots hold.
+    #[inline(always)]
+    unsafe fn put(&self, tok: u32, key: u64) {
+        if key != 0 {
+            // SAFETY: forwarded to the caller.
+            unsafe { atom_global_max_u64(self.slot.add(tok as usize), key) };
+        }
+    }
+}
+
+/// The bf16 bits of `value` (nearest-even).
+#[inline(always)]
+fn bf16_bits(value: f32) -> u16 {
+    cvt_rn_bf16x2_f32(value, 0.0) as u16
+}
+
+impl Epilogue for ArgMax {
+    const NORM: bool = true;
+    const ELEMENTWISE: bool = true;
+
+    #[inline(always)]
+    fn rows(&self) -> u32 {
+        self.n
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2], m: u32) {
+        // Called by every lane of the warp (the body's epilogue loop is warp-uniform).
+        for j in 0..2u32 {
+            let tok = t * 8 + 2 * qq + j;
+            let mut best = 0u64;
+            for half in 0..2u32 {
+                let row = row0 + gq + 8 * half;
+                if row < self.n && tok < m {
+                    let v = a[(2 * half + j) as usize] * sc[j as usize];
+                    best = best.max(key_bf16(bf16_bits(v), row));
+                }
+            }
+            // The 8 lanes of one qq (lane bits 2..4) hold the token's 16 rows.
+            best = max_bfly_u64(best, 4);
+            best = max_bfly_u64(best, 8);
+            best = max_bfly_u64(best, 16);
+            if gq == 0 && tok < m {
+                // SAFETY: tok < M.
+                unsafe { self.put(tok, best) };
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn stage(&self, stage: SharedPtr<u8>, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2]) {
+        // SAFETY: forwarded to the caller.
+        unsafe { stage_rows(stage, t, gq, qq, a, sc) }
+    }
+
+    #[inline(always)]
+    unsafe fn store_staged(&self, stage: SharedPtr<u8>, lane: u32, row0: u32, m: u32) {
+        // Lane l: the staged bf16 rows 8 (l % 2) .. + 8 of token l / 2; called by every lane.
+        let (tok, row) = (lane / 2, row0 + 8 * (lane % 2));
+        // SAFETY: the warp's own staged tile.
+        let words = unsafe { ld_shared_v4_u32(stage.byte_add(lane * 16).cast()) };
+        let mut best = 0u64;
+        if tok < m {
+            for (i, &w) in words.iter().enumerate() {
+                let r = row + 2 * i as u32;
+                if r < self.n {
+                    best = best.max(key_bf16(w as u16, r));
+                }
+                if r + 1 < self.n {
+                    best = best.max(key_bf16((w >> 16) as u16, r + 1));
+                }
+            }
+        }
+        best = max_bfly_u64(best, 1);
+        if lane.is_multiple_of(2) && tok < m {
+            // SAFETY: tok < M.
+            unsafe { self.put(tok, best) };
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn store_element(&self, token: u32, row: u32, value: f32) {
+        // SAFETY: forwarded to the caller (row < N, token < M).
+        unsafe { self.put(token, key_bf16(bf16_bits(value), row)) }
     }
 }

@@ -104,7 +104,7 @@ mod reduce;
 mod stage;
 mod w_stream;
 
-pub use epilogue::{Epilogue, ResidualAdd, RowStore, SiluMul};
+pub use epilogue::{ArgMax, Epilogue, ResidualAdd, RowStore, SiluMul};
 use w_stream::{WPrefetch, w_batch_loader};
 
 use crate::config::VEC;

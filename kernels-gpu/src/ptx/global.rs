@@ -79,3 +79,67 @@ pub unsafe fn st_global_v4_u32(p: *mut [u32; 4], v: [u32; 4]) {
              options(nostack));
     }
 }
+
+/// `ld.global.nc.u32 d, [p];` — 4 bytes through the read-only (non-coherent) path.
+///
+/// # Safety
+/// `p` is 4-byte aligned, points at 4 readable bytes of global memory, and nothing writes
+/// them during the kernel.
+#[inline(always)]
+pub unsafe fn ld_global_nc_u32(p: *const u32) -> u32 {
+    let d: u32;
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        asm!("ld.global.nc.u32 {d}, [{p}];", d = out(reg32) d, p = in(reg64) p,
+             options(pure, readonly, nostack));
+    }
+    d
+}
+
+/// `ld.global.nc.v2.u32 {a,b}, [p];` — 8 bytes through the read-only (non-coherent) path.
+///
+/// # Safety
+/// `p` is 8-byte aligned, points at 8 readable bytes of global memory, and nothing writes
+/// them during the kernel.
+#[inline(always)]
+pub unsafe fn ld_global_nc_v2_u32(p: *const [u32; 2]) -> [u32; 2] {
+    let (a, b): (u32, u32);
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        asm!("ld.global.nc.v2.u32 {{{a}, {b}}}, [{p}];", a = out(reg32) a, b = out(reg32) b, p = in(reg64) p,
+             options(pure, readonly, nostack));
+    }
+    [a, b]
+}
+
+/// `ld.global.cg.v2.f32 {a,b}, [p];` — 8 bytes cached in L2 only (not L1): data other CTAs
+/// of this kernel wrote (the attention's split partials).
+///
+/// # Safety
+/// `p` is 8-byte aligned and points at 8 readable bytes of global memory.
+#[inline(always)]
+pub unsafe fn ld_global_cg_v2_f32(p: *const [f32; 2]) -> [f32; 2] {
+    let (a, b): (f32, f32);
+    // SAFETY: forwarded to the caller. Not `pure`: other CTAs write the address.
+    unsafe {
+        asm!("ld.global.cg.v2.f32 {{{a}, {b}}}, [{p}];", a = out(reg32) a, b = out(reg32) b, p = in(reg64) p,
+             options(readonly, nostack));
+    }
+    [a, b]
+}
+
+/// `ld.global.cg.v4.f32 {a,b,c,d}, [p];` — 16 bytes cached in L2 only (not L1).
+///
+/// # Safety
+/// `p` is 16-byte aligned and points at 16 readable bytes of global memory.
+#[inline(always)]
+pub unsafe fn ld_global_cg_v4_f32(p: *const [f32; 4]) -> [f32; 4] {
+    let (a, b, c, d): (f32, f32, f32, f32);
+    // SAFETY: forwarded to the caller. Not `pure`: other CTAs write the address.
+    unsafe {
+        asm!("ld.global.cg.v4.f32 {{{a}, {b}, {c}, {d}}}, [{p}];",
+             a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
+             p = in(reg64) p, options(readonly, nostack));
+    }
+    [a, b, c, d]
+}

@@ -8,6 +8,7 @@
 //! Addresses of shared memory are 32-bit `.shared` window addresses ([`shared::SharedPtr`]);
 //! global addresses are ordinary 64-bit pointers.
 
+pub mod atomic;
 pub mod cluster;
 pub mod convert;
 pub mod cp_async;

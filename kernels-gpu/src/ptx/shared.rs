@@ -107,6 +107,21 @@ pub unsafe fn st_shared_u16(p: SharedPtr<u16>, v: u16) {
     }
 }
 
+/// `ld.shared.u32 d, [p];`
+///
+/// # Safety
+/// `p` is 4-byte aligned and inside the launch's shared memory.
+#[inline(always)]
+pub unsafe fn ld_shared_u32(p: SharedPtr<u32>) -> u32 {
+    let d: u32;
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        asm!("ld.shared.u32 {d}, [{p}];", d = out(reg32) d, p = in(reg32) p.addr,
+             options(pure, readonly, nostack));
+    }
+    d
+}
+
 /// `st.shared.u32 [p], v;`
 ///
 /// # Safety

@@ -21,6 +21,22 @@ pub fn shfl_sync_bfly_f32(v: f32, lane_mask: u32) -> f32 {
     d
 }
 
+/// `shfl.sync.bfly.b32 d, v, lane_mask, 0x1f, 0xffffffff;` on a `u32` (as
+/// [`shfl_sync_bfly_f32`]).
+#[inline(always)]
+pub fn shfl_sync_bfly_u32(v: u32, lane_mask: u32) -> u32 {
+    let d: u32;
+    // SAFETY: register-only; all kernels call this from warp-uniform control flow.
+    unsafe {
+        asm!(
+            "shfl.sync.bfly.b32 {d}, {v}, {m}, 0x1f, 0xffffffff;",
+            d = out(reg32) d, v = in(reg32) v, m = in(reg32) lane_mask,
+            options(nomem, nostack),
+        );
+    }
+    d
+}
+
 /// `shfl.sync.idx.b32 d, v, src_lane, 0x1f, 0xffffffff;` — returns `v` of lane `src_lane`
 /// (0..32). Every lane of the warp must call it.
 #[inline(always)]

@@ -1,0 +1,350 @@
+//! # Flash-decoding attention for one token (GQA), with the split merge in the last CTA
+//!
+//! `out[h] = softmax(q_h · K_{kvh}ᵀ / sqrt(hd)) · V_{kvh}` over positions `0..len`,
+//! `len = pos + 1` (`pos = state[POS]`, read on the device, so a captured CUDA graph
+//! replays at any length; `len = max_seq` if `pos >= max_seq`), `kvh = h / group`,
+//! `group = num_heads / num_kv_heads`. Scores, softmax and sums in f32, in the base-2
+//! domain (`scale_log2 = log2(e) / sqrt(hd)` folded into q, `ex2.approx`); out rounded
+//! once to bf16.
+//!
+//! # Parameters
+//! `q [num_heads · hd]`, `k_cache, v_cache [num_kv_heads, max_seq, hd]` (element
+//! `(h, p, d)` at `(h·max_seq + p)·hd + d`), `state [config::step::LEN]` u32,
+//! `partial [num_heads, splits, ML + hd]` f32 scratch, `counters [num_kv_heads]` u32 (zero
+//! between launches: the kernel leaves them so), `out [num_heads · hd]`. bf16 unless
+//! stated, 16-byte aligned; `hd` 64 or 128, `group <= 8`.
+//!
+//! # Split and thread mapping
+//! Grid `(num_kv_heads, splits)`: CTA `(kvh, s)` takes kv head `kvh` with all its `group` q
+//! heads, and chunk `s` of the context: `active = min(splits, ceil(len / MIN_CHUNK))`
+//! splits take `chunk = ceil(len / active)` positions each, the others none (they still
+//! count in the merge protocol). Warp `w` of the CTA takes positions `start + w + 4 i`,
+//! `UNROLL` at a time (their K and V rows loaded together, so several loads are in
+//! flight), with an online softmax per q head. Lane `l` holds elements `[l·hd/32, …)` of
+//! every row (module `head`), so a score is a warp sum.
+//!
+//! # Merge
+//! 1. The CTA's four warps combine their `(m, l, o)` per q head through shared memory
+//!    (log-sum-exp rule) and write one partial per (q head, split) to `partial`.
+//! 2. Every thread fences (`fence.acq_rel.gpu`), a CTA barrier, thread 0 adds 1 to
+//!    `counters[kvh]` (`atom.global.add`) and fences again: the CTA that sees
+//!    `splits − 1` is the last of its kv head (threadFenceReduction). It resets the
+//!    counter to 0 for the next launch (every other CTA of the kv head has already added),
+//!    reads the active splits' partials with `ld.global.cg` (L2, never a stale L1 line) and
+//!    writes `out`: `o = Σ_s o_s 2^(m_s − M) / Σ_s l_s 2^(m_s − M)`, `M = max_s m_s`, over
+//!    the splits in order (bitwise the same whichever CTA is last).
+//!
+//! # Traffic
+//! `4 hd len num_kv_heads` bytes of K and V (each row read once), plus per active split
+//! `4 (ML + hd) num_heads` bytes of partials written and read back (L2).
+//!
+//! # Launch
+//! grid `(num_kv_heads, splits)` (`config::attention::splits`), block `(128, 1, 1)`,
+//! dynamic shared memory `config::attention::SMEM_BYTES`; optionally with programmatic
+//! stream serialization (everything but the launch-shape checks after
+//! `griddepcontrol.wait`).
+
+use crate::config::attention::{MAX_GROUP, MAX_HEAD_DIM, MAX_SPLITS, ML, THREADS, UNROLL, WARPS, active};
+use crate::config::step::POS;
+use crate::head::{ld_words_nc, pack_words, unpack_words};
+use crate::ptx::atomic::{atom_global_add_u32, fence_acq_rel_gpu};
+use crate::ptx::convert::{ex2_approx_f32, rcp_approx_f32};
+use crate::ptx::global::{ld_global_cg_v2_f32, ld_global_cg_v4_f32};
+use crate::ptx::shared::{SharedPtr, dynamic_shared_base, ld_shared_f32, ld_shared_u32, st_shared_f32, st_shared_u32};
+use crate::ptx::sync::{griddepcontrol_launch_dependents, griddepcontrol_wait};
+use crate::ptx::thread::{
+    block_dim_x, block_idx_x, block_idx_y, grid_dim_x, grid_dim_y, lane_id, sync_threads, thread_idx_x, warp_id,
+};
+use crate::ptx::trap;
+use crate::ptx::warp::warp_sum_f32;
+
+const G: usize = MAX_GROUP as usize;
+const U: usize = UNROLL as usize;
+
+/// The pointers and sizes of one launch.
+#[derive(Clone, Copy)]
+struct Args {
+    q: *const u16,
+    k_cache: *const u16,
+    v_cache: *const u16,
+    state: *const u32,
+    partial: *mut f32,
+    counters: *mut u32,
+    out: *mut u16,
+    group: u32,
+    max_seq: u32,
+    scale_log2: f32,
+}
+
+/// See the module documentation.
+///
+/// # Safety
+/// The pointers satisfy the layout above (`partial` for `splits = gridDim.y`); the launch
+/// has the documented shape, `num_heads % num_kv_heads == 0`, `group <= 8`, `head_dim`
+/// 64 or 128 and `splits <= MAX_SPLITS` (else it traps).
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "gpu-kernel" fn attention_decode(
+    q: *const u16,
+    k_cache: *const u16,
+    v_cache: *const u16,
+    state: *const u32,
+    partial: *mut f32,
+    counters: *mut u32,
+    out: *mut u16,
+    num_heads: u32,
+    num_kv_heads: u32,
+    head_dim: u32,
+    max_seq: u32,
+    scale_log2: f32,
+) {
+    let splits = grid_dim_y();
+    if block_dim_x() != THREADS
+        || num_kv_heads == 0
+        || grid_dim_x() != num_kv_heads
+        || splits > MAX_SPLITS
+        || !num_heads.is_multiple_of(num_kv_heads)
+        || num_heads / num_kv_heads > MAX_GROUP
+        || num_heads == 0
+        || max_seq == 0
+        || !matches!(head_dim, 64 | 128)
+    {
+        trap();
+    }
+    let group = num_heads / num_kv_heads;
+    let a = Args { q, k_cache, v_cache, state, partial, counters, out, group, max_seq, scale_log2 };
+    // SAFETY: forwarded to the caller.
+    unsafe { if head_dim == 64 { run::<1, 2>(a) } else { run::<2, 4>(a) } }
+}
+
+/// The weight `2^(m − big)` of a partial with maximum `m` (0 for an empty one, `m = −inf`).
+#[inline(always)]
+fn weight(m: f32, big: f32) -> f32 {
+    if m == f32::NEG_INFINITY { 0.0 } else { ex2_approx_f32(m - big) }
+}
+
+/// The kernel for `hd = 32 E` (`W = E / 2` words per lane).
+///
+/// # Safety
+/// As the kernel's, shape checked.
+// Index loops over the small register arrays: by-value array iterators (`zip`, `into_iter`)
+// put arrays in local memory (seen in `qk_norm_rope`'s first version).
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn run<const W: usize, const E: usize>(a: Args) {
+    let hd = 32 * E as u32;
+    let (kvh, split, splits) = (block_idx_x(), block_idx_y(), grid_dim_y());
+    let (warp, lane, tid) = (warp_id(), lane_id(), thread_idx_x());
+    let group = a.group;
+    let smem = dynamic_shared_base().cast::<f32>();
+    // Warp w's partial of q head g: m, l, pad, then o [hd].
+    let slot = |w: u32, g: u32| smem.add((w * MAX_GROUP + g) * (ML + hd));
+    let last_flag: SharedPtr<u32> = smem.add(WARPS * MAX_GROUP * (ML + MAX_HEAD_DIM)).cast();
+    let entry =
+        |h: u32, s: u32| a.partial.wrapping_add((h as usize * splits as usize + s as usize) * (ML + hd) as usize);
+
+    griddepcontrol_launch_dependents();
+    griddepcontrol_wait();
+
+    // SAFETY: state holds LEN words.
+    let pos = unsafe { a.state.add(POS).read_volatile() };
+    let len = if pos < a.max_seq { pos + 1 } else { a.max_seq };
+    let act = active(splits, len);
+    let chunk = len.div_ceil(act);
+    let start = split.saturating_mul(chunk).min(len);
+    let end = start.saturating_add(chunk).min(len);
+    let elem0 = lane * E as u32;
+
+    // 1. This warp's positions, online softmax per q head.
+    if split < act {
+        let kv_row = |p: u32| (kvh as usize * a.max_seq as usize + p as usize) * hd as usize + elem0 as usize;
+        let mut qf = [[0.0f32; E]; G];
+        for (g, qg) in qf.iter_mut().enumerate() {
+            if (g as u32) < group {
+                let h = kvh * group + g as u32;
+                // SAFETY: q holds num_heads rows of hd; the lane's words are aligned.
+                let words = unsafe { (a.q.add((h * hd + elem0) as usize) as *const [u32; W]).read() };
+                let v: [f32; E] = unpack_words(words);
+                *qg = v.map(|x| x * a.scale_log2);
+            }
+        }
+        let mut m = [f32::NEG_INFINITY; G];
+        let mut l = [0.0f32; G];
+        let mut acc = [[0.0f32; E]; G];
+        let mut p = start + warp;
+        while p < end {
+            let mut kw = [[0u32; W]; U];
+            let mut vw = [[0u32; W]; U];
+            for u in 0..U {
+                let pp = p + u as u32 * WARPS;
+                if pp < end {
+                    // SAFETY: position pp < len <= max_seq of kv head kvh; the caches are not
+                    // written during the kernel.
+                    unsafe {
+                        kw[u] = ld_words_nc::<W>(a.k_cache.add(kv_row(pp)));
+                        vw[u] = ld_words_nc::<W>(a.v_cache.add(kv_row(pp)));
+                    }
+                }
+            }
+            let mut s = [[f32::NEG_INFINITY; G]; U];
+            for u in 0..U {
+                if p + (u as u32) * WARPS < end {
+                    let kf: [f32; E] = unpack_words(kw[u]);
+                    for g in 0..G {
+                        if (g as u32) < group {
+                            let mut d = 0.0f32;
+                            for e in 0..E {
+                                d += qf[g][e] * kf[e];
+                            }
+                            s[u][g] = warp_sum_f32(d);
+                        }
+                    }
+                }
+            }
+            let vf: [[f32; E]; U] = vw.map(unpack_words);
+            for g in 0..G {
+                if (g as u32) < group {
+                    let mut mx = m[g];
+                    for su in s.iter() {
+                        mx = mx.max(su[g]);
+                    }
+                    // mx is finite: position p (u = 0) is below end.
+                    let corr = weight(m[g], mx);
+                    l[g] *= corr;
+                    for e in 0..E {
+                        acc[g][e] *= corr;
+                    }
+                    for u in 0..U {
+                        let pw = ex2_approx_f32(s[u][g] - mx);
+                        l[g] += pw;
+                        for e in 0..E {
+                            acc[g][e] += pw * vf[u][e];
+                        }
+                    }
+                    m[g] = mx;
+                }
+            }
+            p += UNROLL * WARPS;
+        }
+        for g in 0..G {
+            if (g as u32) < group {
+                let at = slot(warp, g as u32);
+                // SAFETY: the warp's own slots inside SMEM_BYTES.
+                unsafe {
+                    if lane == 0 {
+                        st_shared_f32(at, m[g]);
+                        st_shared_f32(at.add(1), l[g]);
+                    }
+                    for e in 0..E {
+                        st_shared_f32(at.add(ML + elem0 + e as u32), acc[g][e]);
+                    }
+                }
+            }
+        }
+    }
+    // SAFETY: uniform: every thread of the CTA reaches it.
+    unsafe { sync_threads() };
+
+    // 2. The CTA's partial per q head: warp w combines the four warps' partials of heads
+    // w, w + 4.
+    if split < act {
+        let mut g = warp;
+        while g < group {
+            // SAFETY: slots written above, published by the barrier; the entry of (h, split)
+            // lies inside partial [num_heads, splits, ML + hd].
+            unsafe {
+                let mw: [f32; WARPS as usize] = core::array::from_fn(|w| ld_shared_f32(slot(w as u32, g)));
+                let big = mw.iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y));
+                let ww = mw.map(|x| weight(x, big));
+                let mut lsum = 0.0f32;
+                let mut o = [0.0f32; E];
+                for (w, &wt) in ww.iter().enumerate() {
+                    lsum += wt * ld_shared_f32(slot(w as u32, g).add(1));
+                    for (e, oe) in o.iter_mut().enumerate() {
+                        *oe += wt * ld_shared_f32(slot(w as u32, g).add(ML + elem0 + e as u32));
+                    }
+                }
+                let dst = entry(kvh * group + g, split);
+                if lane == 0 {
+                    dst.write(big);
+                    dst.add(1).write(lsum);
+                }
+                for (e, &oe) in o.iter().enumerate() {
+                    dst.add((ML + elem0) as usize + e).write(oe);
+                }
+            }
+            g += WARPS;
+        }
+    }
+
+    // 3. Count the CTA in; the last of the kv head merges.
+    fence_acq_rel_gpu();
+    // SAFETY: uniform barriers; counters [num_kv_heads], kvh < num_kv_heads; the flag
+    // inside SMEM_BYTES.
+    let last = unsafe {
+        sync_threads();
+        if tid == 0 {
+            let counter = a.counters.add(kvh as usize);
+            let before = atom_global_add_u32(counter, 1);
+            let last = before == splits - 1;
+            if last {
+                counter.write_volatile(0);
+            }
+            fence_acq_rel_gpu();
+            st_shared_u32(last_flag, u32::from(last));
+        }
+        sync_threads();
+        ld_shared_u32(last_flag) != 0
+    };
+    if !last {
+        return;
+    }
+    let mut g = warp;
+    while g < group {
+        let h = kvh * group + g;
+        // SAFETY: entries (h, s < act) written by the grid's CTAs before their counter add,
+        // read through L2; out holds num_heads rows of hd.
+        unsafe {
+            let mut big = f32::NEG_INFINITY;
+            for s in 0..act {
+                big = big.max(ld_global_cg_v2_f32(entry(h, s) as *const [f32; 2])[0]);
+            }
+            let mut lsum = 0.0f32;
+            let mut o = [0.0f32; E];
+            for s in 0..act {
+                let src = entry(h, s);
+                let [ms, ls] = ld_global_cg_v2_f32(src as *const [f32; 2]);
+                let wt = weight(ms, big);
+                let os = load_o::<E>(src.add((ML + elem0) as usize));
+                lsum += wt * ls;
+                for e in 0..E {
+                    o[e] += wt * os[e];
+                }
+            }
+            let inv = if lsum > 0.0 { rcp_approx_f32(lsum) } else { 0.0 };
+            let words: [u32; W] = pack_words(o.map(|x| x * inv));
+            (a.out.add((h * hd + elem0) as usize) as *mut [u32; W]).write(words);
+        }
+        g += WARPS;
+    }
+}
+
+/// The lane's `E` (2 or 4) floats of a partial's `o`, through L2.
+///
+/// # Safety
+/// `p` is `4 E`-byte aligned and points at `E` readable floats.
+#[inline(always)]
+unsafe fn load_o<const E: usize>(p: *const f32) -> [f32; E] {
+    let mut o = [0.0f32; E];
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        if E == 4 {
+            o[..4].copy_from_slice(&ld_global_cg_v4_f32(p as *const [f32; 4]));
+        } else {
+            for i in (0..E).step_by(2) {
+                o[i..i + 2].copy_from_slice(&ld_global_cg_v2_f32(p.add(i) as *const [f32; 2]));
+            }
+        }
+    }
+    o
+}
