@@ -242,3 +242,166 @@ pub fn compare(got: &[bf16], want: &[f32], atol: f64, rtol: f64) -> Comparison {
 pub fn rms(v: &[f32]) -> f64 {
     (v.iter().map(|&x| x as f64 * x as f64).sum::<f64>() / v.len().max(1) as f64).sqrt()
 }
+
+/// One token's q or k heads `x [heads · head_dim]` after the optional per-head RMSNorm
+/// (`norm = Some((w [head_dim], eps))`: `x · 1/sqrt(mean(x²) + eps) · w`) and rotate-half
+/// RoPE with the table row `rope_row [head_dim]` (cos for `i < hd/2`, then sin), in f32,
+/// unrounded: what `qk_norm_rope` computes before its one rounding. `None` when the
+/// lengths do not fit (`head_dim` even and positive, `x` whole heads, `w` and the row
+/// `head_dim` long).
+pub fn qk_norm_rope_rows(
+    x: &[bf16],
+    head_dim: usize,
+    norm: Option<(&[bf16], f32)>,
+    rope_row: &[f32],
+) -> Option<Vec<f32>> {
+    let hd = head_dim;
+    if hd == 0 || !hd.is_multiple_of(2) || !x.len().is_multiple_of(hd) || rope_row.len() != hd {
+        return None;
+    }
+    if norm.is_some_and(|(w, _)| w.len() != hd) {
+        return None;
+    }
+    let half = hd / 2;
+    let mut out = Vec::with_capacity(x.len());
+    for head in x.chunks_exact(hd) {
+        let mut v: Vec<f32> = head.iter().map(|e| e.to_f32()).collect();
+        if let Some((w, eps)) = norm {
+            let ss: f32 = v.iter().map(|e| e * e).sum();
+            let inv = 1.0 / (ss / hd as f32 + eps).sqrt();
+            for (e, g) in v.iter_mut().zip(w) {
+                *e = *e * inv * g.to_f32();
+            }
+        }
+        let mut r = vec![0.0f32; hd];
+        for i in 0..half {
+            let (c, s) = (rope_row[i], rope_row[half + i]);
+            r[i] = v[i] * c - v[i + half] * s;
+            r[i + half] = v[i + half] * c + v[i] * s;
+        }
+        out.extend(r);
+    }
+    Some(out)
+}
+
+/// One token's decode attention with GQA: `out[h] = softmax(q_h · K_{kvh}ᵀ / sqrt(hd)) ·
+/// V_{kvh}` over positions `0..len`, `kvh = h / (num_heads / num_kv_heads)`, for
+/// `q [num_heads · hd]` and `k_cache, v_cache [num_kv_heads, max_seq, hd]` (element
+/// `(h, p, d)` at `(h·max_seq + p)·hd + d`), scores and sums in f64, as f32
+/// `[num_heads · hd]`. `None` when the shape or lengths do not fit (`1 <= len <= max_seq`).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode_rows(
+    q: &[bf16],
+    k_cache: &[bf16],
+    v_cache: &[bf16],
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    max_seq: usize,
+    len: usize,
+) -> Option<Vec<f32>> {
+    let hd = head_dim;
+    if num_kv_heads == 0 || hd == 0 || !num_heads.is_multiple_of(num_kv_heads) || len == 0 || len > max_seq {
+        return None;
+    }
+    let cache = num_kv_heads.checked_mul(max_seq)?.checked_mul(hd)?;
+    if q.len() != num_heads.checked_mul(hd)? || k_cache.len() != cache || v_cache.len() != cache {
+        return None;
+    }
+    let group = num_heads / num_kv_heads;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let mut out = Vec::with_capacity(num_heads * hd);
+    for h in 0..num_heads {
+        let kvh = h / group;
+        let qh: Vec<f64> = q[h * hd..(h + 1) * hd].iter().map(|v| v.to_f32() as f64).collect();
+        let row = |p: usize| (kvh * max_seq + p) * hd..(kvh * max_seq + p + 1) * hd;
+        let scores: Vec<f64> = (0..len)
+            .map(|p| k_cache[row(p)].iter().zip(&qh).map(|(k, q)| k.to_f32() as f64 * q).sum::<f64>() * scale)
+            .collect();
+        let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let w: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+        let l: f64 = w.iter().sum();
+        let mut o = vec![0.0f64; hd];
+        for (p, wp) in w.iter().enumerate() {
+            for (od, v) in o.iter_mut().zip(&v_cache[row(p)]) {
+                *od += wp * v.to_f32() as f64;
+            }
+        }
+        out.extend(o.iter().map(|v| (v / l) as f32));
+    }
+    Some(out)
+}
+
+/// The index of the largest value (the lowest among equal ones, `torch.argmax`), NaN
+/// ignored and `-0.0` equal to `+0.0`, as the argmax kernels; `None` if every value is NaN
+/// (or `v` is empty).
+pub fn argmax_index(v: &[f32]) -> Option<usize> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &x) in v.iter().enumerate() {
+        if x.is_nan() {
+            continue;
+        }
+        if best.is_none_or(|(_, b)| x > b) {
+            best = Some((i, x));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// The rotate-half RoPE table `[max_seq, head_dim]` f32 for inverse frequencies
+/// `f_i = theta^(-2i / hd)`: row p is `cos(p·f_i)` for `i < hd/2`, then `sin(p·f_i)`
+/// (angles in f64, as the engine's table).
+pub fn rope_table(max_seq: usize, head_dim: usize, theta: f64) -> Vec<f32> {
+    let half = head_dim / 2;
+    let mut t = Vec::with_capacity(max_seq * head_dim);
+    for p in 0..max_seq {
+        let angles: Vec<f64> = (0..half).map(|i| p as f64 * theta.powf(-(2.0 * i as f64) / head_dim as f64)).collect();
+        t.extend(angles.iter().map(|a| a.cos() as f32));
+        t.extend(angles.iter().map(|a| a.sin() as f32));
+    }
+    t
+}
+
+#[cfg(test)]
+mod decode_tests {
+    use super::*;
+
+    #[test]
+    fn argmax_index_ties_nan_and_empty() {
+        assert_eq!(argmax_index(&[1.0, 3.0, 3.0, 2.0]), Some(1));
+        assert_eq!(argmax_index(&[f32::NAN, -1.0, f32::NAN]), Some(1));
+        assert_eq!(argmax_index(&[f32::NEG_INFINITY; 3]), Some(0));
+        assert_eq!(argmax_index(&[-0.0, 0.0]), Some(0));
+        assert_eq!(argmax_index(&[f32::NAN]), None);
+        assert_eq!(argmax_index(&[]), None);
+    }
+
+    #[test]
+    fn rope_at_position_zero_is_the_identity_and_bad_lengths_are_none() {
+        let x: Vec<bf16> = (0..128).map(|i| bf16::from_f32(i as f32 / 7.0 - 9.0)).collect();
+        let t = rope_table(4, 64, 10000.0);
+        let r = qk_norm_rope_rows(&x, 64, None, &t[..64]).unwrap();
+        assert!(r.iter().zip(&x).all(|(a, b)| *a == b.to_f32()));
+        assert!(qk_norm_rope_rows(&x[..100], 64, None, &t[..64]).is_none());
+        assert!(qk_norm_rope_rows(&x, 64, None, &t[..63]).is_none());
+        assert!(qk_norm_rope_rows(&x, 64, Some((&x[..10], 1e-6)), &t[..64]).is_none());
+    }
+
+    #[test]
+    fn attention_of_one_position_is_its_value_row() {
+        let (nh, nkv, hd, ms) = (4, 2, 8, 3);
+        let q: Vec<bf16> = (0..nh * hd).map(|i| bf16::from_f32((i % 5) as f32)).collect();
+        let k: Vec<bf16> = (0..nkv * ms * hd).map(|i| bf16::from_f32((i % 3) as f32)).collect();
+        let v: Vec<bf16> = (0..nkv * ms * hd).map(|i| bf16::from_f32(i as f32)).collect();
+        let o = attention_decode_rows(&q, &k, &v, nh, nkv, hd, ms, 1).unwrap();
+        for h in 0..nh {
+            let kvh = h / 2;
+            for d in 0..hd {
+                assert_eq!(o[h * hd + d], v[kvh * ms * hd + d].to_f32());
+            }
+        }
+        assert!(attention_decode_rows(&q, &k, &v, nh, nkv, hd, ms, 0).is_none());
+        assert!(attention_decode_rows(&q, &k, &v, nh, nkv, hd, ms, 4).is_none());
+        assert!(attention_decode_rows(&q, &k, &v, 3, 2, hd, ms, 1).is_none());
+    }
+}
