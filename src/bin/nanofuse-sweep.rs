@@ -21,6 +21,12 @@
 //! * `UnfusedMlp::gate_up_into` and `down_into` for `NormCublas` and `NormNanofuse` (their
 //!   GEMMs, `silu_mul` on PyTorch's merged layout, `residual_add`), against the same rows.
 //!
+//! The decode engine's kernels (`engine_sweep`): `argmax` over tail lengths, `step_begin`
+//! (a prompt step and an overflow step), `qk_norm_rope` with and without the q/k norm,
+//! `attention_decode` over GQA shapes and context lengths, and `FusedRmsNormArgmax` (the
+//! four `fused_rmsnorm_argmax_decode*` entries) at M in {1, 3, 9, 16}, each against its
+//! CPU reference.
+//!
 //! The decode cases run at every M from 1 to `DECODE_MAX_M`, the others (the fallbacks and
 //! baselines, whose cuBLAS kernels dominate a sanitizer run) at a few M; after the MLP shapes one
 //! more case checks that the planner picked each of the eight MLP decode entries somewhere
@@ -252,6 +258,9 @@ fn main() -> ExitCode {
     }
     if !tally.driver_error {
         mlp_sweep(&gpu, &mut tally, &mut rng);
+    }
+    if !tally.driver_error {
+        engine_sweep(&gpu, &mut tally, &mut rng);
     }
     if tally.driver_error {
         println!("aborted: a CUDA driver error leaves the context unusable; the remaining cases did not run");
@@ -673,4 +682,169 @@ impl<'a> MlpSweep<'a> {
         self.ops.base.down_into(which, &dx, m, &mut y, &mut dh)?;
         self.check_proj(&gpu.download(&dh)?)
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The decode engine's kernels
+
+/// The decode engine's kernels, each once or a few times, against the CPU references.
+fn engine_sweep(gpu: &Arc<Gpu>, tally: &mut Tally, rng: &mut SmallRng) {
+    println!("== decode engine: argmax, step_begin, qk_norm_rope, attention_decode, LM-head argmax");
+    for n in [1usize, 9, 2049, 49157] {
+        let logits = random_bf16(rng, n, -4.0, 4.0);
+        tally.record(&format!("argmax n={n:<6}"), engine_argmax(gpu, &logits));
+        if tally.driver_error {
+            return;
+        }
+    }
+    tally.record("step_begin prompt + overflow", engine_step(gpu, rng));
+    for (nh, nkv, hd, norm) in [(9, 3, 64, true), (16, 8, 128, false)] {
+        tally.record(&format!("qk_norm_rope ({nh},{nkv},{hd}) norm={norm}"), engine_rope(gpu, rng, nh, nkv, hd, norm));
+        if tally.driver_error {
+            return;
+        }
+    }
+    for (nh, nkv, hd, len) in [(9, 3, 64, 1), (9, 3, 64, 33), (9, 3, 64, 1000), (16, 8, 128, 100), (8, 8, 64, 257)] {
+        tally.record(&format!("attention ({nh},{nkv},{hd}) len={len}"), engine_attention(gpu, rng, nh, nkv, hd, len));
+        if tally.driver_error {
+            return;
+        }
+    }
+    let (hidden, vocab) = (576, 1000);
+    let g = random_bf16(rng, hidden, 0.5, 1.5);
+    let w = mlp_weights(rng, vocab, hidden);
+    match nanofuse::FusedRmsNormArgmax::new(gpu, hidden, vocab, EPS, &g, &w) {
+        Ok(op) => {
+            for m in [1usize, 3, 9, 16] {
+                tally.record(
+                    &format!("lm-head argmax H={hidden} V={vocab} M={m}"),
+                    engine_lm_head(gpu, rng, &op, &g, &w, m),
+                );
+                if tally.driver_error {
+                    return;
+                }
+            }
+        }
+        Err(e) => tally.record("lm-head argmax setup", Err(e.into())),
+    }
+}
+
+fn engine_argmax(gpu: &Gpu, logits: &[bf16]) -> CaseResult {
+    let d = gpu.upload(logits)?;
+    let mut slot = gpu.alloc_zeros::<u64>(1)?;
+    nanofuse::argmax(gpu, &d, logits.len(), &mut slot)?;
+    let got = nanofuse::argmax_token(gpu.download(&slot)?[0]) as usize;
+    let f: Vec<f32> = logits.iter().map(|v| v.to_f32()).collect();
+    let want = reference::argmax_index(&f);
+    if Some(got) == want {
+        Ok(format!("index {got}"))
+    } else {
+        Err(CaseError::Mismatch(format!("got {got}, want {want:?}")))
+    }
+}
+
+fn engine_step(gpu: &Gpu, rng: &mut SmallRng) -> CaseResult {
+    use nanofuse::step;
+    let (vocab, hidden, max_seq) = (40usize, 264usize, 4usize);
+    let table = random_bf16(rng, vocab * hidden, -1.0, 1.0);
+    let embed = gpu.upload(&table)?;
+    let prompt = gpu.upload(&[5u32, 6, 7, 8])?;
+    let mut st = [0u32; step::LEN];
+    st[step::POS] = u32::MAX;
+    st[step::PROMPT_LEN] = 4;
+    let mut state = gpu.upload(&st)?;
+    let mut slot = gpu.alloc_zeros::<u64>(1)?;
+    let mut tokens = gpu.alloc_zeros::<u32>(max_seq + 4)?;
+    let mut h = poisoned(gpu, hidden)?;
+    let mut view = tokens.slice_mut(0..max_seq);
+    nanofuse::step_begin(gpu, &embed, vocab, hidden, &prompt, &mut state, &mut slot, &mut view, &mut h)?;
+    let got = gpu.download(&h)?;
+    if got.iter().zip(&table[5 * hidden..6 * hidden]).any(|(a, b)| a.to_bits() != b.to_bits()) {
+        return Err(CaseError::Mismatch("h is not embed[5]".into()));
+    }
+    st[step::POS] = max_seq as u32 - 1;
+    let mut state = gpu.upload(&st)?;
+    let mut view = tokens.slice_mut(0..max_seq);
+    nanofuse::step_begin(gpu, &embed, vocab, hidden, &prompt, &mut state, &mut slot, &mut view, &mut h)?;
+    let (s, t) = (gpu.download(&state)?, gpu.download(&tokens)?);
+    if s[step::FLAGS] & step::FLAG_OVERFLOW == 0 || t[max_seq..].iter().any(|&x| x != 0) {
+        return Err(CaseError::Mismatch(format!("overflow: flags {}, tokens {t:?}", s[step::FLAGS])));
+    }
+    Ok("prompt token embedded, overflow flagged".into())
+}
+
+fn engine_rope(gpu: &Gpu, rng: &mut SmallRng, nh: usize, nkv: usize, hd: usize, norm: bool) -> CaseResult {
+    use nanofuse::{AttnShape, QkNorm, step};
+    let max_seq = 40;
+    let shape = AttnShape::new(nh, nkv, hd, max_seq);
+    let pos = rand::RngExt::random_range(rng, 0..max_seq);
+    let q = random_bf16(rng, shape.q_len(), -3.0, 3.0);
+    let kv = random_bf16(rng, shape.kv_len(), -3.0, 3.0);
+    let w = random_bf16(rng, hd, 0.5, 1.5);
+    let table = reference::rope_table(max_seq, hd, 10000.0);
+    let row = &table[pos * hd..(pos + 1) * hd];
+    let want = reference::qk_norm_rope_rows(&q, hd, norm.then_some((w.as_slice(), EPS)), row)
+        .ok_or_else(|| CaseError::Mismatch("reference: bad lengths".into()))?;
+    let mut qd = gpu.upload(&q)?;
+    let kvd = gpu.upload(&kv)?;
+    let wd = gpu.upload(&w)?;
+    let rope = gpu.upload(&table)?;
+    let mut st = [0u32; step::LEN];
+    st[step::POS] = pos as u32;
+    let mut state = gpu.upload(&st)?;
+    let mut kc = poisoned(gpu, shape.cache_len())?;
+    let mut vc = poisoned(gpu, shape.cache_len())?;
+    let qk = norm.then_some(QkNorm { q: &wd, k: &wd, eps: EPS });
+    nanofuse::qk_norm_rope(gpu, &shape, &mut qd, &kvd, &kvd, qk, &rope, &mut state, &mut kc, &mut vc)?;
+    let got = gpu.download(&qd)?;
+    let c = compare(&got, &want, 1e-5 * rms(&want), 2f64.powi(-7));
+    if c.passes(4e-3) { Ok(c.to_string()) } else { Err(CaseError::Mismatch(c.to_string())) }
+}
+
+fn engine_attention(gpu: &Arc<Gpu>, rng: &mut SmallRng, nh: usize, nkv: usize, hd: usize, len: usize) -> CaseResult {
+    use nanofuse::{AttnScratch, AttnShape, step};
+    let max_seq = len + 3;
+    let shape = AttnShape::new(nh, nkv, hd, max_seq);
+    let q = random_bf16(rng, shape.q_len(), -3.0, 3.0);
+    let k = random_bf16(rng, shape.cache_len(), -1.0, 1.0);
+    let v = random_bf16(rng, shape.cache_len(), -1.0, 1.0);
+    let want = reference::attention_decode_rows(&q, &k, &v, nh, nkv, hd, max_seq, len)
+        .ok_or_else(|| CaseError::Mismatch("reference: bad lengths".into()))?;
+    let (qd, kd, vd) = (gpu.upload(&q)?, gpu.upload(&k)?, gpu.upload(&v)?);
+    let mut st = [0u32; step::LEN];
+    st[step::POS] = len as u32 - 1;
+    let state = gpu.upload(&st)?;
+    let mut scratch = AttnScratch::new(gpu, &shape)?;
+    let mut out = poisoned(gpu, shape.q_len())?;
+    nanofuse::attention_decode(gpu, &shape, &qd, &kd, &vd, &state, &mut scratch, &mut out)?;
+    let got = gpu.download(&out)?;
+    let c = compare(&got, &want, 0.02 * rms(&want), 0.02);
+    if c.passes(4e-3) { Ok(c.to_string()) } else { Err(CaseError::Mismatch(c.to_string())) }
+}
+
+fn engine_lm_head(
+    gpu: &Gpu,
+    rng: &mut SmallRng,
+    op: &nanofuse::FusedRmsNormArgmax,
+    g: &[bf16],
+    w: &[bf16],
+    m: usize,
+) -> CaseResult {
+    let (hidden, vocab) = op.dims();
+    let h = random_bf16(rng, m * hidden, -3.0, 3.0);
+    let hd = gpu.upload(&h)?;
+    let mut slots = gpu.alloc_zeros::<u64>(m)?;
+    op.forward_into(&hd, m, &mut slots)?;
+    let got = gpu.download(&slots)?;
+    let rows: Vec<usize> = (0..m).collect();
+    let want = reference::qkv_rows(&h, g, w, hidden, vocab, EPS, &rows);
+    for (t, logits) in want.chunks_exact(vocab).enumerate() {
+        let chosen = nanofuse::argmax_token(got[t]) as usize;
+        let best = reference::argmax_index(logits).unwrap_or(0);
+        let tol = 0.02 * rms(logits) + 2f64.powi(-7) * logits[best].abs() as f64;
+        if chosen >= vocab || (logits[best] - logits[chosen]) as f64 > tol {
+            return Err(CaseError::Mismatch(format!("token {t}: chose {chosen}, reference max at {best}")));
+        }
+    }
+    Ok(format!("{m} tokens within tolerance"))
 }
