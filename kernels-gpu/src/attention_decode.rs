@@ -46,7 +46,7 @@
 
 use crate::config::attention::{MAX_GROUP, MAX_HEAD_DIM, MAX_SPLITS, ML, THREADS, UNROLL, WARPS, active};
 use crate::config::step::POS;
-use crate::head::{ld_words_nc, pack_words, unpack_words};
+use crate::head::{ld_words, pack_words, unpack_words};
 use crate::ptx::atomic::{atom_global_add_u32, fence_acq_rel_gpu};
 use crate::ptx::convert::{ex2_approx_f32, rcp_approx_f32};
 use crate::ptx::global::{ld_global_cg_v2_f32, ld_global_cg_v4_f32};
@@ -178,11 +178,10 @@ unsafe fn run<const W: usize, const E: usize>(a: Args) {
             for u in 0..U {
                 let pp = p + u as u32 * WARPS;
                 if pp < end {
-                    // SAFETY: position pp < len <= max_seq of kv head kvh; the caches are not
-                    // written during the kernel.
+                    // SAFETY: position pp < len <= max_seq of kv head kvh.
                     unsafe {
-                        kw[u] = ld_words_nc::<W>(a.k_cache.add(kv_row(pp)));
-                        vw[u] = ld_words_nc::<W>(a.v_cache.add(kv_row(pp)));
+                        kw[u] = ld_words::<W>(a.k_cache.add(kv_row(pp)));
+                        vw[u] = ld_words::<W>(a.v_cache.add(kv_row(pp)));
                     }
                 }
             }

@@ -80,34 +80,31 @@ pub unsafe fn st_global_v4_u32(p: *mut [u32; 4], v: [u32; 4]) {
     }
 }
 
-/// `ld.global.nc.u32 d, [p];` — 4 bytes through the read-only (non-coherent) path.
+/// `ld.global.cg.u32 d, [p];` — 4 bytes cached in L2 only (not L1).
 ///
 /// # Safety
-/// `p` is 4-byte aligned, points at 4 readable bytes of global memory, and nothing writes
-/// them during the kernel.
+/// `p` is 4-byte aligned and points at 4 readable bytes of global memory.
 #[inline(always)]
-pub unsafe fn ld_global_nc_u32(p: *const u32) -> u32 {
+pub unsafe fn ld_global_cg_u32(p: *const u32) -> u32 {
     let d: u32;
-    // SAFETY: forwarded to the caller.
+    // SAFETY: forwarded to the caller. Not `pure`: the memory may be written around it.
     unsafe {
-        asm!("ld.global.nc.u32 {d}, [{p}];", d = out(reg32) d, p = in(reg64) p,
-             options(pure, readonly, nostack));
+        asm!("ld.global.cg.u32 {d}, [{p}];", d = out(reg32) d, p = in(reg64) p, options(readonly, nostack));
     }
     d
 }
 
-/// `ld.global.nc.v2.u32 {a,b}, [p];` — 8 bytes through the read-only (non-coherent) path.
+/// `ld.global.cg.v2.u32 {a,b}, [p];` — 8 bytes cached in L2 only (not L1).
 ///
 /// # Safety
-/// `p` is 8-byte aligned, points at 8 readable bytes of global memory, and nothing writes
-/// them during the kernel.
+/// `p` is 8-byte aligned and points at 8 readable bytes of global memory.
 #[inline(always)]
-pub unsafe fn ld_global_nc_v2_u32(p: *const [u32; 2]) -> [u32; 2] {
+pub unsafe fn ld_global_cg_v2_u32(p: *const [u32; 2]) -> [u32; 2] {
     let (a, b): (u32, u32);
-    // SAFETY: forwarded to the caller.
+    // SAFETY: forwarded to the caller. Not `pure`: the memory may be written around it.
     unsafe {
-        asm!("ld.global.nc.v2.u32 {{{a}, {b}}}, [{p}];", a = out(reg32) a, b = out(reg32) b, p = in(reg64) p,
-             options(pure, readonly, nostack));
+        asm!("ld.global.cg.v2.u32 {{{a}, {b}}}, [{p}];", a = out(reg32) a, b = out(reg32) b, p = in(reg64) p,
+             options(readonly, nostack));
     }
     [a, b]
 }
