@@ -70,6 +70,16 @@ pub enum Error {
     /// The KV cache has no room for the tokens given.
     #[error("sequence of {needed} positions exceeds the cache's {capacity}")]
     SequenceTooLong { needed: usize, capacity: usize },
+
+    /// A GPU call failed (no driver, a bad argument to an op, a CUDA error): the host
+    /// crate's error.
+    #[error(transparent)]
+    Gpu(#[from] nanofuse_host::Error),
+
+    /// The step kernels flagged a condition on the device (they refuse to write out of
+    /// bounds and set a flag instead).
+    #[error("device: {0}")]
+    Device(String),
 }
 
 impl Error {
