@@ -19,7 +19,7 @@ mod common;
 
 use std::sync::Arc;
 
-use nanofuse::bench::{random_bf16, random_weights};
+use common::{random_bf16, random_weights};
 use nanofuse::plan::DECODE_MAX_M;
 use nanofuse::reference::{self, compare, concat_qkv};
 use nanofuse::{Baseline, FusedRmsNormQkv, Gpu, QkvShape, Route, UnfusedRmsNormQkv, bf16};

@@ -3,8 +3,8 @@
 
 use std::process::Command;
 
-use nanofuse::bench::{Case, MLP_MS, MODELS, Measurement, Op, Variant, min_bytes};
-use nanofuse::timing::Stats;
+use nanofuse_cli::bench::{Case, MLP_MS, MODELS, Measurement, Op, Variant, min_bytes};
+use nanofuse_cli::timing::Stats;
 
 /// The program: where cargo built it, or (tests staged on a GPU host by
 /// `shared/gpu/pack`) `../bin/nanofuse` beside this test binary.
@@ -92,7 +92,7 @@ fn chart_renders_every_shape_and_the_floor() {
         }
     }
     let path = std::env::temp_dir().join(format!("nanofuse-chart-{}.svg", std::process::id()));
-    nanofuse::chart::write_svg(&path, &results, copy_gbs, "test device").unwrap();
+    nanofuse_cli::chart::write_svg(&path, &results, copy_gbs, "test device").unwrap();
     let svg = std::fs::read_to_string(&path).unwrap();
     std::fs::remove_file(&path).ok();
     for model in &MODELS {
@@ -122,7 +122,7 @@ fn chart_renders_a_panel_per_mlp_op_and_shape() {
         }
     }
     let path = std::env::temp_dir().join(format!("nanofuse-mlp-chart-{}.svg", std::process::id()));
-    nanofuse::chart::write_svg(&path, &results, copy_gbs, "test device").unwrap();
+    nanofuse_cli::chart::write_svg(&path, &results, copy_gbs, "test device").unwrap();
     let svg = std::fs::read_to_string(&path).unwrap();
     std::fs::remove_file(&path).ok();
     for op in ["gate_up", "down", "oproj"] {

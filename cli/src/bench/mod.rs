@@ -26,7 +26,7 @@ pub use mlp::{GateUpEntry, GateUpWorkload, ProjEntry, ProjWorkload};
 pub use qkv::{QkvEntry, Workload, flops, min_bytes, random_weights};
 
 use crate::timing::{RingGraph, Stats, ring_len};
-use crate::{Gpu, MlpShape, QkvShape, Result, bf16};
+use nanofuse::{Gpu, MlpShape, QkvShape, Result, bf16};
 
 /// A model's layer shapes: the attention input (QKV) and the MLP's intermediate size.
 #[derive(Clone, Copy, Debug)]
@@ -377,7 +377,7 @@ pub trait Sweep {
     fn capture(&mut self, variant: Variant) -> Result<RingGraph>;
     /// Forces the fused op's decode launch shape (and, for QKV, baseline (b)'s), for
     /// sweeps; `None`: the planner's.
-    fn set_decode_shape(&mut self, shape: Option<crate::plan::DecodeShape>);
+    fn set_decode_shape(&mut self, shape: Option<nanofuse::plan::DecodeShape>);
 }
 
 /// Builds the ring of `op` for `model`.

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
-use crate::cudarc::driver::{CudaEvent, CudaGraph, CudaSlice};
-use crate::{Error, Gpu, Result};
+use nanofuse::cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
+use nanofuse::cudarc::driver::{CudaEvent, CudaGraph, CudaSlice};
+use nanofuse::{Error, Gpu, Result};
 
 /// Summary of repeated measurements, in microseconds per op.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -7,9 +7,9 @@ use rand::Rng;
 use rand::rngs::SmallRng;
 
 use super::{Case, Entry, Model, Op, Problem, Ring, Row, Sweep, Variant, random_bf16, random_weight};
-use crate::cudarc::driver::CudaSlice;
 use crate::timing::{RingGraph, Stats};
-use crate::{Baseline, FusedRmsNormQkv, Gpu, QkvShape, Result, Route, Tuning, UnfusedRmsNormQkv, bf16};
+use nanofuse::cudarc::driver::CudaSlice;
+use nanofuse::{Baseline, FusedRmsNormQkv, Gpu, QkvShape, Result, Route, Tuning, UnfusedRmsNormQkv, bf16};
 
 /// Random weights for a shape: g in [0.5, 1.5), W uniform with variance 1/K (so outputs
 /// have about unit scale).
@@ -80,7 +80,7 @@ impl Entry for QkvEntry {
 
 /// The fused kernel for `m` tokens: decode for M <= 16, tiled above.
 fn fused_route(m: usize) -> Route {
-    if m <= crate::plan::DECODE_MAX_M { Route::FusedDecode } else { Route::FusedTiled }
+    if m <= nanofuse::plan::DECODE_MAX_M { Route::FusedDecode } else { Route::FusedTiled }
 }
 
 /// A ring of QKV ops with distinct random weights for one model, and their buffers for one M.
@@ -190,7 +190,7 @@ impl Sweep for Workload {
         self.ring.capture(variant)
     }
 
-    fn set_decode_shape(&mut self, shape: Option<crate::plan::DecodeShape>) {
+    fn set_decode_shape(&mut self, shape: Option<nanofuse::plan::DecodeShape>) {
         self.set_tuning(Tuning { decode: shape, ..Tuning::default() });
     }
 }

@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use nanofuse::bench::{BENCH_MS, MLP_MS, MODELS, Measurement, Model, Op, Variant, Workload, min_bytes};
 use nanofuse::plan::{self, DECODE_MAX_M, Tile};
-use nanofuse::timing::copy_bandwidth_gbs;
 use nanofuse::{Gpu, Tuning};
-use nanofuse::{bench, chart};
+use nanofuse_cli::bench::{BENCH_MS, MLP_MS, MODELS, Measurement, Model, Op, Variant, Workload, min_bytes};
+use nanofuse_cli::timing::copy_bandwidth_gbs;
+use nanofuse_cli::{bench, chart};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -514,9 +514,9 @@ fn tune(a: TuneArgs) -> AppResult<()> {
 /// reference and bandwidth over a ring of distinct x/g/y sets larger than 4x L2 (bytes = x
 /// and g read, y written); the two orders' graphs are timed interleaved.
 fn rmsnorm() -> AppResult<()> {
-    use nanofuse::bench::random_bf16;
     use nanofuse::reference;
-    use nanofuse::timing::{RingGraph, ring_len};
+    use nanofuse_cli::bench::random_bf16;
+    use nanofuse_cli::timing::{RingGraph, ring_len};
     use rand::SeedableRng;
 
     let gpu = open()?;
