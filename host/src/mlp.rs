@@ -141,6 +141,12 @@ unsafe fn launch_decode(
 /// `forward_into` allocates nothing once [`FusedRmsNormGateUp::reserve`] has run (the
 /// fallback's scratch and the cuBLAS handle), so it can be captured in a CUDA graph.
 /// [`FusedRmsNormGateUp::on`] gives a view on another stream sharing the weight.
+///
+/// # Weights
+/// `wg`, `wu [I, H]` are the layer's `mlp.gate_proj` and `mlp.up_proj` weights as PyTorch's
+/// `Linear` stores them; `g [H]` is its `post_attention_layernorm` weight. Non-finite
+/// values propagate as in the QKV op ([`FusedRmsNormQkv`](crate::FusedRmsNormQkv)'s docs); the op is `Send + Sync`
+/// (tests/gpu_threads.rs).
 pub struct FusedRmsNormGateUp {
     gpu: Arc<Gpu>,
     shape: MlpShape,
@@ -333,6 +339,10 @@ impl FusedRmsNormGateUp {
 /// rounded (the cuBLAS fallback adds in f32 and rounds once).
 ///
 /// [`ProjResidual::on`] gives a view on another stream sharing the weight.
+///
+/// # Weights
+/// `w` is the layer's `mlp.down_proj` (`[H, I]`) or `self_attn.o_proj` (`[H, Nq]`) weight as
+/// PyTorch's `Linear` stores it. The op is `Send + Sync` (tests/gpu_threads.rs).
 pub struct ProjResidual {
     gpu: Arc<Gpu>,
     in_features: usize,
