@@ -37,7 +37,7 @@ pub fn auto_mlp_fused_max_m(_hidden: usize) -> usize {
 /// behind one cuBLAS GEMM with `beta = 1` as M grows (docs/RESULTS.md), so it runs only up to
 /// [`PROJ_LONG_K_FUSED_MAX_M`] there.
 pub fn auto_proj_fused_max_m(in_features: usize, out_features: usize) -> usize {
-    if in_features > 2 * out_features { PROJ_LONG_K_FUSED_MAX_M } else { DECODE_MAX_M }
+    if in_features > out_features.saturating_mul(2) { PROJ_LONG_K_FUSED_MAX_M } else { DECODE_MAX_M }
 }
 
 /// [`auto_proj_fused_max_m`] for K > 2N.

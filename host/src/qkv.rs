@@ -73,9 +73,10 @@ impl QkvShape {
         QkvShape { hidden, q_dim, kv_dim, eps }
     }
 
-    /// Rows of the fused weight: `q_dim + 2 kv_dim`.
+    /// Rows of the fused weight: `q_dim + 2 kv_dim`, saturating at `usize::MAX` (far past
+    /// [`plan::MAX_DIM`](crate::plan::MAX_DIM), so [`QkvShape::validate`] rejects it).
     pub fn n(&self) -> usize {
-        self.q_dim + 2 * self.kv_dim
+        self.q_dim.saturating_add(self.kv_dim.saturating_mul(2))
     }
 
     /// Checks every dimension (errors name the offending one).

@@ -17,15 +17,27 @@ pub fn random_weights(rng: &mut impl Rng, shape: &QkvShape) -> (Vec<bf16>, Vec<b
     (random_bf16(rng, shape.hidden, 0.5, 1.5), random_weight(rng, shape.n(), shape.hidden))
 }
 
-/// Bytes an op must move at least: W, g and x read once, outputs written once.
+/// Bytes an op must move at least: W, g and x read once, outputs written once (saturating
+/// at `u64::MAX`).
 pub fn min_bytes(shape: &QkvShape, m: usize) -> u64 {
-    let (k, n) = (shape.hidden as u64, shape.n() as u64);
-    2 * (n * k + k + m as u64 * k + m as u64 * n)
+    let (k, n, m) = (shape.hidden as u64, shape.n() as u64, m as u64);
+    sat_sum(&[n.saturating_mul(k), k, m.saturating_mul(k), m.saturating_mul(n)]).saturating_mul(2)
 }
 
-/// Floating-point operations of the projection (`2 M N K`; the norm is negligible).
+/// Floating-point operations of the projection (`2 M N K`; the norm is negligible;
+/// saturating at `u64::MAX`).
 pub fn flops(shape: &QkvShape, m: usize) -> u64 {
-    2 * m as u64 * shape.n() as u64 * shape.hidden as u64
+    sat_product(&[2, m as u64, shape.n() as u64, shape.hidden as u64])
+}
+
+/// `Σ v`, saturating.
+pub(crate) fn sat_sum(v: &[u64]) -> u64 {
+    v.iter().fold(0u64, |a, &b| a.saturating_add(b))
+}
+
+/// `Π v`, saturating.
+pub(crate) fn sat_product(v: &[u64]) -> u64 {
+    v.iter().fold(1u64, |a, &b| a.saturating_mul(b))
 }
 
 /// One weight set: the fused op and the unfused baselines.
