@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # compute-sanitizer sweep of nanofuse's kernels.
 #
-# What: runs `nanofuse-sweep` (src/bin/nanofuse-sweep.rs: every kernel the host launches, over
+# What: runs `nanofuse-sweep` (cli/src/bin/nanofuse-sweep.rs: every kernel the host launches, over
 # shapes with K/N/M tails, each result checked against the CPU reference) under the four
 # compute-sanitizer tools, one after another:
 #   memcheck   --leak-check full            out-of-bounds/misaligned accesses, leaks

@@ -5,7 +5,8 @@
 //! `q, k, v = split(rmsnorm(x) · Wqkvᵀ)`, bf16 in and out with f32 accumulation.
 //!
 //! This crate embeds the PTX that `build.rs` compiled from `kernels-gpu` and re-exports the
-//! host crate, so an engine adds one dependency:
+//! host crate, so an engine adds one dependency (and gets the kernels and the host API only:
+//! the benchmark programs are the `nanofuse-cli` crate):
 //!
 //! ```no_run
 //! use nanofuse::{FusedRmsNormQkv, QkvShape, bf16};
@@ -23,10 +24,6 @@
 use std::sync::Arc;
 
 pub use nanofuse_host::*;
-
-pub mod bench;
-pub mod chart;
-pub mod timing;
 
 /// The kernels' PTX, compiled by `build.rs` for [`KERNELS_ARCH`].
 pub const KERNELS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));

@@ -13,7 +13,7 @@
 
 mod common;
 
-use nanofuse::bench::{random_bf16, random_weights};
+use common::{random_bf16, random_weights};
 use nanofuse::cudarc::driver::{CudaContext, CudaSlice, DevicePtr};
 use nanofuse::{Error, FromDeviceError, FusedRmsNormQkv, Gpu, QkvShape, bf16};
 

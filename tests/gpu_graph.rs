@@ -15,7 +15,7 @@ mod common;
 
 use std::sync::Arc;
 
-use nanofuse::bench::{random_bf16, random_weights};
+use common::{random_bf16, random_weights};
 use nanofuse::cudarc::driver::sys::{self, CUgraphInstantiate_flags, CUgraphNodeType, CUstreamCaptureMode};
 use nanofuse::cudarc::driver::{CudaGraph, CudaSlice};
 use nanofuse::{FusedRmsNormGateUp, FusedRmsNormQkv, Gpu, MlpShape, ProjResidual, QkvShape, Result, bf16};

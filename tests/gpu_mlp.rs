@@ -36,8 +36,8 @@ mod common;
 use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
+use common::random_bf16;
 use common::{gather, sample_rows};
-use nanofuse::bench::random_bf16;
 use nanofuse::cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr};
 use nanofuse::plan::{self, DECODE_MAX_M, DecodePlan, MAX_DIM};
 use nanofuse::reference::{self, Comparison, compare, rms};

@@ -10,6 +10,16 @@
 //!   output columns are infinite with the reference's sign in every token; every other
 //!   column is finite and correct.
 //!
+//! * NaN in one element of g: every output of every token is NaN (the NaN is folded into a
+//!   whole column of the op's W', and every output sums over it);
+//! * +inf in one element `g[j]` (x and W without zeros): every output is infinite, with the
+//!   sign of `x[t, j] · W[i, j]`, as the reference and PyTorch give;
+//! * NaN in one element of a W row (one row each in Q, K and V): those output columns are
+//!   NaN in every token; every other column is finite and correct;
+//! * an all-zero token with eps = 0: `inv_rms = 1/sqrt(0) = inf` and `0 · inf = NaN`, so
+//!   that token's outputs are all NaN (as PyTorch's `rms_norm`); with eps > 0 they are
+//!   exactly zero. The other tokens are finite and correct either way.
+//!
 //! Element by element: NaN where the reference is NaN, the same infinity where it is
 //! infinite, and elsewhere finite and within `0.02·rms(ref) + 0.02·|ref|`, with relative
 //! Frobenius error <= 4e-3 over the finite elements (the bounds of tests/gpu_qkv.rs).
@@ -19,7 +29,7 @@ mod common;
 
 use std::sync::Arc;
 
-use nanofuse::bench::{random_bf16, random_weights};
+use common::{random_bf16, random_weights};
 use nanofuse::plan::DECODE_MAX_M;
 use nanofuse::reference::{self, compare, concat_qkv};
 use nanofuse::{Baseline, FusedRmsNormQkv, Gpu, QkvShape, Route, UnfusedRmsNormQkv, bf16};
@@ -184,4 +194,132 @@ fn inf_in_w_makes_its_column_infinite() {
         }
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// Builds the op and the baselines on `(g, w)`, runs every path at every M on x from
+/// `x_of`, checks the reference against `expect(token, column, value)` first (so that the
+/// test states the behaviour, not only agreement), then every path against the reference.
+fn poisoned_case(
+    test: &str,
+    shape: QkvShape,
+    (g, w): (Vec<bf16>, Vec<bf16>),
+    mut x_of: impl FnMut(&mut SmallRng, usize) -> Vec<bf16>,
+    expect: impl Fn(&[bf16], usize, usize, f32) -> bool,
+    rng: &mut SmallRng,
+) {
+    let Some(gpu) = common::gpu() else { return };
+    let (k, n) = (shape.hidden, shape.n());
+    let op = (FusedRmsNormQkv::new(&gpu, shape, &g, &w).unwrap(), UnfusedRmsNormQkv::new(&gpu, shape, &g, &w).unwrap());
+    let mut failures = Vec::new();
+    for m in MS {
+        let x = x_of(rng, m);
+        let rows: Vec<usize> = (0..m).collect();
+        let want = reference::qkv_rows(&x, &g, &w, k, n, shape.eps, &rows);
+        for (i, &v) in want.iter().enumerate() {
+            assert!(expect(&x, i / n, i % n, v), "{test}: reference [{}, {}] = {v}", i / n, i % n);
+        }
+        for (label, got) in run_all(&gpu, &op, &x, m) {
+            let label = format!("{test} M={m}, {label}");
+            let f = check(&label, &got, &want, n);
+            if f.is_empty() {
+                println!("{label}: ok");
+            }
+            failures.extend(f);
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// Random weights of `SHAPE` without a zero in W (so an infinite gain gives infinite products).
+fn nonzero_weights(rng: &mut SmallRng) -> (Vec<bf16>, Vec<bf16>) {
+    let (g, mut w) = random_weights(rng, &SHAPE);
+    for v in w.iter_mut().filter(|v| v.to_f32() == 0.0) {
+        *v = bf16::from_f32(1e-3);
+    }
+    (g, w)
+}
+
+#[test]
+fn nan_in_g_makes_every_output_nan() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let mut rng = common::rng("nan_in_g_makes_every_output_nan");
+    let (mut g, w) = random_weights(&mut rng, &SHAPE);
+    g[rng.random_range(0..SHAPE.hidden)] = bf16::NAN;
+    let x_of = |rng: &mut SmallRng, m: usize| random_bf16(rng, m * SHAPE.hidden, -3.0, 3.0);
+    poisoned_case("nan in g", SHAPE, (g, w), x_of, |_, _, _, v| v.is_nan(), &mut rng);
+}
+
+#[test]
+fn inf_in_g_makes_every_output_infinite() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let mut rng = common::rng("inf_in_g_makes_every_output_infinite");
+    let (mut g, w) = nonzero_weights(&mut rng);
+    let j = rng.random_range(0..SHAPE.hidden);
+    g[j] = bf16::INFINITY;
+    let k = SHAPE.hidden;
+    let w_signs: Vec<f32> = (0..SHAPE.n()).map(|i| w[i * k + j].to_f32().signum()).collect();
+    let expect =
+        |x: &[bf16], t: usize, i: usize, v: f32| v == f32::INFINITY * x[t * k + j].to_f32().signum() * w_signs[i];
+    poisoned_case("inf in g", SHAPE, (g, w), |rng, m| nonzero_x(rng, m * k), expect, &mut rng);
+}
+
+#[test]
+fn nan_in_w_makes_its_column_nan() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let mut rng = common::rng("nan_in_w_makes_its_column_nan");
+    let (k, nq, nkv) = (SHAPE.hidden, SHAPE.q_dim, SHAPE.kv_dim);
+    let (g, mut w) = random_weights(&mut rng, &SHAPE);
+    let cols = [rng.random_range(0..nq), nq + rng.random_range(0..nkv), nq + nkv + rng.random_range(0..nkv)];
+    for &c in &cols {
+        w[c * k + rng.random_range(0..k)] = bf16::NAN;
+    }
+    let x_of = |rng: &mut SmallRng, m: usize| random_bf16(rng, m * k, -3.0, 3.0);
+    let expect = |_: &[bf16], _, i: usize, v: f32| if cols.contains(&i) { v.is_nan() } else { v.is_finite() };
+    poisoned_case("nan in W", SHAPE, (g, w), x_of, expect, &mut rng);
+}
+
+/// x with token `m / 2` all zeros.
+fn zero_token(rng: &mut SmallRng, m: usize) -> Vec<bf16> {
+    let k = SHAPE.hidden;
+    let mut x = random_bf16(rng, m * k, -3.0, 3.0);
+    x[m / 2 * k..(m / 2 + 1) * k].fill(bf16::ZERO);
+    x
+}
+
+#[test]
+fn zero_token_with_eps_zero_is_nan() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let mut rng = common::rng("zero_token_with_eps_zero_is_nan");
+    let shape = QkvShape::new(SHAPE.hidden, SHAPE.q_dim, SHAPE.kv_dim, 0.0);
+    let weights = random_weights(&mut rng, &shape);
+    let expect =
+        |x: &[bf16], t: usize, _, v: f32| if t == x.len() / SHAPE.hidden / 2 { v.is_nan() } else { v.is_finite() };
+    poisoned_case("zero token, eps = 0", shape, weights, zero_token, expect, &mut rng);
+}
+
+#[test]
+fn zero_token_with_eps_is_zero() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = common::rng("zero_token_with_eps_is_zero");
+    let (k, n) = (SHAPE.hidden, SHAPE.n());
+    let (g, w) = random_weights(&mut rng, &SHAPE);
+    let expect = |x: &[bf16], t: usize, _, v: f32| if t == x.len() / k / 2 { v == 0.0 } else { v.is_finite() };
+    poisoned_case("zero token, eps > 0", SHAPE, (g.clone(), w.clone()), zero_token, expect, &mut rng);
+    // Exactly zero on every path too (the tolerance of `check` would let a small value pass).
+    let op = (FusedRmsNormQkv::new(&gpu, SHAPE, &g, &w).unwrap(), UnfusedRmsNormQkv::new(&gpu, SHAPE, &g, &w).unwrap());
+    for m in MS {
+        let x = zero_token(&mut rng, m);
+        for (label, got) in run_all(&gpu, &op, &x, m) {
+            let row = &got[m / 2 * n..(m / 2 + 1) * n];
+            assert!(row.iter().all(|v| v.to_f32() == 0.0), "M={m} {label}: zero token gave {row:?}");
+        }
+    }
 }

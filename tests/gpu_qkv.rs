@@ -14,7 +14,7 @@
 mod common;
 
 use common::{gather, sample_rows};
-use nanofuse::bench::{random_bf16, random_weights};
+use common::{random_bf16, random_weights};
 use nanofuse::plan::{DECODE_MAX_M, DecodeShape};
 use nanofuse::reference::{self, Comparison, compare, concat_qkv, rms};
 use nanofuse::{Baseline, Error, FusedRmsNormQkv, QkvShape, Route, Tuning, UnfusedRmsNormQkv, bf16};

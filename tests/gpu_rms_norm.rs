@@ -11,7 +11,7 @@
 
 mod common;
 
-use nanofuse::bench::random_bf16;
+use common::random_bf16;
 use nanofuse::reference::{self, compare};
 use nanofuse::{bf16, ops};
 use rand::RngExt;

@@ -13,7 +13,7 @@ mod common;
 
 use std::sync::Arc;
 
-use nanofuse::bench::{random_bf16, random_weights};
+use common::{random_bf16, random_weights};
 use nanofuse::cudarc::driver::result::ctx;
 use nanofuse::cudarc::driver::{CudaContext, CudaSlice, DevicePtr, sys};
 use nanofuse::{

@@ -22,7 +22,7 @@ mod common;
 use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
-use nanofuse::bench::{random_bf16, random_weights};
+use common::{random_bf16, random_weights};
 use nanofuse::cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr};
 use nanofuse::ops::{self, GemmImpl};
 use nanofuse::plan::{DECODE_MAX_M, MAX_DIM};

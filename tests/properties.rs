@@ -9,7 +9,9 @@
 //! * `compare` reports zero error on identical data, counts NaN poison as non-finite, and
 //!   finds one corrupted element (index, values).
 
-use nanofuse::bench::random_bf16;
+mod common;
+
+use common::random_bf16;
 use nanofuse::bf16;
 use nanofuse::reference::{self, compare};
 use proptest::prelude::*;

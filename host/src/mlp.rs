@@ -37,7 +37,7 @@ pub fn auto_mlp_fused_max_m(_hidden: usize) -> usize {
 /// behind one cuBLAS GEMM with `beta = 1` as M grows (docs/RESULTS.md), so it runs only up to
 /// [`PROJ_LONG_K_FUSED_MAX_M`] there.
 pub fn auto_proj_fused_max_m(in_features: usize, out_features: usize) -> usize {
-    if in_features > 2 * out_features { PROJ_LONG_K_FUSED_MAX_M } else { DECODE_MAX_M }
+    if in_features > out_features.saturating_mul(2) { PROJ_LONG_K_FUSED_MAX_M } else { DECODE_MAX_M }
 }
 
 /// [`auto_proj_fused_max_m`] for K > 2N.
@@ -141,6 +141,12 @@ unsafe fn launch_decode(
 /// `forward_into` allocates nothing once [`FusedRmsNormGateUp::reserve`] has run (the
 /// fallback's scratch and the cuBLAS handle), so it can be captured in a CUDA graph.
 /// [`FusedRmsNormGateUp::on`] gives a view on another stream sharing the weight.
+///
+/// # Weights
+/// `wg`, `wu [I, H]` are the layer's `mlp.gate_proj` and `mlp.up_proj` weights as PyTorch's
+/// `Linear` stores them; `g [H]` is its `post_attention_layernorm` weight. Non-finite
+/// values propagate as in the QKV op ([`FusedRmsNormQkv`](crate::FusedRmsNormQkv)'s docs); the op is `Send + Sync`
+/// (tests/gpu_threads.rs).
 pub struct FusedRmsNormGateUp {
     gpu: Arc<Gpu>,
     shape: MlpShape,
@@ -333,6 +339,10 @@ impl FusedRmsNormGateUp {
 /// rounded (the cuBLAS fallback adds in f32 and rounds once).
 ///
 /// [`ProjResidual::on`] gives a view on another stream sharing the weight.
+///
+/// # Weights
+/// `w` is the layer's `mlp.down_proj` (`[H, I]`) or `self_attn.o_proj` (`[H, Nq]`) weight as
+/// PyTorch's `Linear` stores it. The op is `Send + Sync` (tests/gpu_threads.rs).
 pub struct ProjResidual {
     gpu: Arc<Gpu>,
     in_features: usize,

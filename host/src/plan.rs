@@ -262,9 +262,10 @@ fn grid_error(n: usize, warp_split: u32, why: &'static str) -> Error {
 
 /// Largest K slice one decode CTA can hold for `m` tokens.
 pub fn max_decode_k(max_smem: u32, m: usize) -> usize {
-    let fixed = decode::smem_layout(m as u32, 0).bytes;
+    let m = m.max(1) as u64;
+    let fixed = decode::smem_layout(u32::try_from(m).unwrap_or(u32::MAX), 0).bytes;
     // Per K element: 2 bytes per token row.
-    ((max_smem as u64).saturating_sub(fixed) / (2 * m.max(1) as u64)) as usize / 32 * 32
+    ((max_smem as u64).saturating_sub(fixed) / m.saturating_mul(2)) as usize / 32 * 32
 }
 
 /// The tiled kernels' tile shapes.

@@ -73,9 +73,10 @@ impl QkvShape {
         QkvShape { hidden, q_dim, kv_dim, eps }
     }
 
-    /// Rows of the fused weight: `q_dim + 2 kv_dim`.
+    /// Rows of the fused weight: `q_dim + 2 kv_dim`, saturating at `usize::MAX` (far past
+    /// [`plan::MAX_DIM`](crate::plan::MAX_DIM), so [`QkvShape::validate`] rejects it).
     pub fn n(&self) -> usize {
-        self.q_dim + 2 * self.kv_dim
+        self.q_dim.saturating_add(self.kv_dim.saturating_mul(2))
     }
 
     /// Checks every dimension (errors name the offending one).
@@ -181,6 +182,24 @@ pub struct Qkv {
 /// [`Route::Auto`] picks the fused kernel only for the M where it was measured faster than
 /// the unfused path (docs/RESULTS.md). The unfused baselines, which need the weights as
 /// given, are [`UnfusedRmsNormQkv`].
+///
+/// # Weights
+/// `w [q_dim + 2 kv_dim, hidden]` is the rows of the layer's `q_proj`, then `k_proj`, then
+/// `v_proj`, each as PyTorch's `Linear` stores its weight (`[out, in]`, row-major); `g
+/// [hidden]` is the layer's `input_layernorm` weight.
+///
+/// # Non-finite values and zeros
+/// As PyTorch's `rms_norm` followed by the projection (tests/gpu_nonfinite.rs, every route):
+/// a NaN or ±inf in a token of x makes that token's outputs NaN (`inf · 1/sqrt(inf)`); a NaN
+/// in `g` makes every output NaN and a ±inf in `g[j]` every output infinite (or NaN where
+/// `W[i, j] = 0` or `x[t, j] = 0`), since `g` is folded into whole columns of W; a NaN in
+/// a row of W makes that output column NaN, a ±inf that column infinite. An all-zero token
+/// gives zero outputs when `eps > 0` and NaN when `eps = 0` (`0 · 1/sqrt(0)`).
+///
+/// # Threads
+/// The op is `Send + Sync`: threads may share it (their calls are ordered on the op's
+/// stream; the fallback's scratch is locked per call) or each use a view on its own stream
+/// (tests/gpu_threads.rs: bitwise the single-threaded results either way).
 ///
 /// # Streams
 /// The op issues on its [`Gpu`]'s stream. [`FusedRmsNormQkv::on`] gives a view of it on

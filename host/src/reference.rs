@@ -5,6 +5,12 @@
 //! * [`qkv_rows`] is the higher-precision reference for the projection: the normalized
 //!   activations are kept in f32 (not rounded) and the dot products are accumulated in
 //!   f64. Every GPU path is compared against it.
+//!
+//! # Panics
+//! These are test and benchmark helpers, not the ops' API (which returns typed errors): each
+//! function's dimensions are preconditions on its slices' lengths, and a mismatch (or a row
+//! index out of range) panics with a message naming it. No input makes them overflow or
+//! divide by zero (tests/extremes.rs calls every one with extreme and mismatched values).
 
 use half::bf16;
 use nanofuse_kernels_gpu::config::interleave;
@@ -18,8 +24,8 @@ pub fn rms_norm(x: &[bf16], g: &[bf16], rows: usize, k: usize, eps: f32) -> Vec<
 
 /// As [`rms_norm`], without the final rounding.
 pub fn rms_norm_f32(x: &[bf16], g: &[bf16], rows: usize, k: usize, eps: f32) -> Vec<f32> {
-    assert_eq!(x.len(), rows * k, "x length");
-    assert_eq!(g.len(), k, "g length");
+    assert_eq!(Some(x.len()), rows.checked_mul(k), "rms_norm: x length must be rows * k");
+    assert_eq!(g.len(), k, "rms_norm: g length must be k");
     let mut y = Vec::with_capacity(rows * k);
     for row in x.chunks_exact(k.max(1)).take(rows) {
         let inv = inv_rms(row, eps);
@@ -33,7 +39,7 @@ pub fn rms_norm_f32(x: &[bf16], g: &[bf16], rows: usize, k: usize, eps: f32) -> 
 /// and of `rms_norm`'s interleaved output). The map is an involution: applied twice it
 /// returns the input.
 pub fn interleave_k<T: Copy>(v: &[T], k: usize) -> Vec<T> {
-    assert!(k > 0 && v.len().is_multiple_of(k), "rows of k elements");
+    assert!(k > 0 && v.len().is_multiple_of(k), "interleave_k: v must be rows of k > 0 elements");
     v.chunks_exact(k).flat_map(|row| (0..k).map(|j| row[interleave::source(j, k)])).collect()
 }
 
@@ -53,21 +59,14 @@ pub fn rms_norm_f64(x: &[f64], g: &[f64], eps: f64) -> Vec<f64> {
 /// Rows `rows` of `y = rmsnorm(x) · Wᵀ`, `x [m, k]`, `w [n, k]`, as f32 `[rows.len(), n]`:
 /// normalized activations in f32, dot products in f64. Spreads rows over the CPU's cores.
 pub fn qkv_rows(x: &[bf16], g: &[bf16], w: &[bf16], k: usize, n: usize, eps: f32, rows: &[usize]) -> Vec<f32> {
-    let m = x.len() / k;
-    let xn: Vec<Vec<f32>> = rows
-        .iter()
-        .map(|&r| {
-            assert!(r < m, "row {r} out of range");
-            rms_norm_f32(&x[r * k..(r + 1) * k], g, 1, k, eps)
-        })
-        .collect();
+    let xn: Vec<Vec<f32>> = rows.iter().map(|&r| rms_norm_f32(row(x, r, k), g, 1, k, eps)).collect();
     matmul_rows(&xn, w, k, n)
 }
 
 /// Rows of `y = x · Wᵀ` for bf16 x used as is (no norm; x is widened to f32 exactly), dot
 /// products in f64, as [`qkv_rows`].
 pub fn gemm_rows(x: &[bf16], w: &[bf16], k: usize, n: usize, rows: &[usize]) -> Vec<f32> {
-    let xr: Vec<Vec<f32>> = rows.iter().map(|&r| x[r * k..(r + 1) * k].iter().map(|v| v.to_f32()).collect()).collect();
+    let xr: Vec<Vec<f32>> = rows.iter().map(|&r| row(x, r, k).iter().map(|v| v.to_f32()).collect()).collect();
     matmul_rows(&xr, w, k, n)
 }
 
@@ -105,16 +104,28 @@ pub fn proj_residual_rows(x: &[bf16], w: &[bf16], residual: &[bf16], k: usize, n
     let y = gemm_rows(x, w, k, n, rows);
     let mut out = Vec::with_capacity(y.len());
     for (i, &r) in rows.iter().enumerate() {
-        let res = &residual[r * n..(r + 1) * n];
+        let res = row(residual, r, n);
         out.extend(y[i * n..(i + 1) * n].iter().zip(res).map(|(&v, &h)| bf16::from_f32(v).to_f32() + h.to_f32()));
     }
     out
 }
 
+/// Row `r` of a row-major matrix of `width`-element rows. Panics (a precondition) if the
+/// row is not all inside `v`.
+fn row<T>(v: &[T], r: usize, width: usize) -> &[T] {
+    let range = r.checked_mul(width).and_then(|a| Some(a..a.checked_add(width)?));
+    match range.and_then(|range| v.get(range)) {
+        Some(row) => row,
+        None => panic!("row {r} of {width} elements is past the slice's {} elements", v.len()),
+    }
+}
+
 fn matmul_rows(xr: &[Vec<f32>], w: &[bf16], k: usize, n: usize) -> Vec<f32> {
-    assert_eq!(w.len(), n * k, "w length");
+    assert_eq!(Some(w.len()), n.checked_mul(k), "w length must be n * k");
+    assert!(k > 0 || n == 0 || xr.is_empty(), "a product over k = 0 elements with n = {n} outputs");
     let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
-    let mut y = vec![0.0f32; xr.len() * n];
+    let Some(len) = xr.len().checked_mul(n) else { panic!("{} rows x n = {n} outputs overflow usize", xr.len()) };
+    let mut y = vec![0.0f32; len];
     let threads = std::thread::available_parallelism().map_or(1, |p| p.get()).min(32);
     let cols_per = n.div_ceil(threads).max(1);
     std::thread::scope(|scope| {
@@ -154,11 +165,11 @@ fn matmul_rows(xr: &[Vec<f32>], w: &[bf16], k: usize, n: usize) -> Vec<f32> {
 /// q `[m, q_dim]`, k and v `[m, kv_dim]` side by side as `[m, q_dim + 2 kv_dim]`: the
 /// layout of the packed outputs, the baselines' y and the references.
 pub fn concat_qkv(q: &[bf16], k: &[bf16], v: &[bf16], m: usize, s: &QkvShape) -> Vec<bf16> {
-    let mut y = Vec::with_capacity(m * s.n());
+    let mut y = Vec::with_capacity(q.len().saturating_add(k.len()).saturating_add(v.len()));
     for r in 0..m {
-        y.extend_from_slice(&q[r * s.q_dim..(r + 1) * s.q_dim]);
-        y.extend_from_slice(&k[r * s.kv_dim..(r + 1) * s.kv_dim]);
-        y.extend_from_slice(&v[r * s.kv_dim..(r + 1) * s.kv_dim]);
+        y.extend_from_slice(row(q, r, s.q_dim));
+        y.extend_from_slice(row(k, r, s.kv_dim));
+        y.extend_from_slice(row(v, r, s.kv_dim));
     }
     y
 }

@@ -5,8 +5,8 @@ use std::sync::{Arc, Once};
 
 use nanofuse::cudarc::driver::CudaSlice;
 use nanofuse::{Error, Gpu, QkvShape, bf16};
-use rand::SeedableRng;
 use rand::rngs::SmallRng;
+use rand::{Rng, RngExt, SeedableRng};
 
 static SKIP_NOTE: Once = Once::new();
 
@@ -67,4 +67,17 @@ pub fn poisoned_qkv(gpu: &Gpu, m: usize, shape: &QkvShape) -> (CudaSlice<bf16>, 
         b
     };
     (alloc(m * shape.q_dim), alloc(m * shape.kv_dim), alloc(m * shape.kv_dim))
+}
+
+/// Uniform random bf16 values in `[lo, hi)`.
+pub fn random_bf16(rng: &mut impl Rng, len: usize, lo: f32, hi: f32) -> Vec<bf16> {
+    (0..len).map(|_| bf16::from_f32(rng.random_range(lo..hi))).collect()
+}
+
+/// Random weights for a shape: g in [0.5, 1.5), W `[N, K]` uniform with variance 1/K (so
+/// outputs have about unit scale). The same distributions as the benchmark harness's
+/// (`nanofuse_cli::bench`), which the library's tests cannot depend on.
+pub fn random_weights(rng: &mut impl Rng, shape: &QkvShape) -> (Vec<bf16>, Vec<bf16>) {
+    let a = (3.0 / shape.hidden as f32).sqrt();
+    (random_bf16(rng, shape.hidden, 0.5, 1.5), random_bf16(rng, shape.n() * shape.hidden, -a, a))
 }

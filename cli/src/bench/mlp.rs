@@ -17,15 +17,15 @@ use std::sync::Arc;
 use rand::rngs::SmallRng;
 
 use super::{Case, Entry, Model, Op, Problem, Ring, Row, Sweep, Variant, random_bf16, random_weight};
-use crate::cudarc::driver::CudaSlice;
-use crate::ops::{self, GemmImpl};
-use crate::plan::{DECODE_MAX_M, DecodeShape};
 use crate::timing::RingGraph;
-use crate::{Baseline, FusedRmsNormGateUp, Gpu, ProjResidual, Result, Route, UnfusedMlp, bf16};
+use nanofuse::cudarc::driver::CudaSlice;
+use nanofuse::ops::{self, GemmImpl};
+use nanofuse::plan::{DECODE_MAX_M, DecodeShape};
+use nanofuse::{Baseline, FusedRmsNormGateUp, Gpu, ProjResidual, Result, Route, UnfusedMlp, bf16};
 
 /// The error for a variant an MLP op does not have.
-fn no_such_variant(variant: Variant) -> crate::Error {
-    crate::Error::Value {
+fn no_such_variant(variant: Variant) -> nanofuse::Error {
+    nanofuse::Error::Value {
         arg: "variant",
         expected: "fused, unfused-cublas, unfused-nanofuse or api",
         got: variant.label().into(),
@@ -182,7 +182,7 @@ impl ProjWorkload {
     pub fn new(gpu: &Arc<Gpu>, op: Op, model: Model, seed: u64) -> Result<Self> {
         let problem = op.problem(&model);
         let Problem::Proj { k, n } = problem else {
-            return Err(crate::Error::Value { arg: "op", expected: "down or oproj", got: op.label().into() });
+            return Err(nanofuse::Error::Value { arg: "op", expected: "down or oproj", got: op.label().into() });
         };
         let case = Case { op, model: model.name, problem };
         let ring = Ring::new(gpu, problem.weight_bytes(), seed, |rng| ProjEntry::new(gpu, k, n, rng))?;

@@ -10,7 +10,7 @@
 mod common;
 
 use criterion::Throughput;
-use nanofuse::bench::{self, MLP_MS, MODELS, Op};
+use nanofuse_cli::bench::{self, MLP_MS, MODELS, Op};
 
 fn main() {
     let Some(gpu) = common::open_or_skip() else { return };

@@ -7,7 +7,7 @@ use std::time::Duration;
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion};
 use nanofuse::Gpu;
-use nanofuse::timing::RingGraph;
+use nanofuse_cli::timing::RingGraph;
 
 /// The GPU, or `None` after printing why the bench is skipped (no GPU: exit 0).
 pub fn open_or_skip() -> Option<Arc<Gpu>> {

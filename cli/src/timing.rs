@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
-use crate::cudarc::driver::{CudaEvent, CudaGraph, CudaSlice};
-use crate::{Error, Gpu, Result};
+use nanofuse::cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
+use nanofuse::cudarc::driver::{CudaEvent, CudaGraph, CudaSlice};
+use nanofuse::{Error, Gpu, Result};
 
 /// Summary of repeated measurements, in microseconds per op.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -37,7 +37,7 @@ pub const MAX_RING: usize = 1024;
 /// How many distinct input sets of `bytes_per_set` make a ring larger than `factor` times
 /// the L2 cache (at least 2, at most [`MAX_RING`]).
 pub fn ring_len(l2_bytes: u64, bytes_per_set: u64, factor: u64) -> usize {
-    ((factor * l2_bytes) / bytes_per_set.max(1) + 1).clamp(2, MAX_RING as u64) as usize
+    (factor.saturating_mul(l2_bytes) / bytes_per_set.max(1)).saturating_add(1).clamp(2, MAX_RING as u64) as usize
 }
 
 /// A timing pair of CUDA events.

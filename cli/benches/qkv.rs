@@ -10,7 +10,7 @@
 mod common;
 
 use criterion::Throughput;
-use nanofuse::bench::{BENCH_MS, MODELS, Variant, Workload, min_bytes};
+use nanofuse_cli::bench::{BENCH_MS, MODELS, Variant, Workload, min_bytes};
 
 fn main() {
     let Some(gpu) = common::open_or_skip() else { return };

@@ -3,8 +3,8 @@
 
 use std::process::Command;
 
-use nanofuse::bench::{Case, MLP_MS, MODELS, Measurement, Op, Variant, min_bytes};
-use nanofuse::timing::Stats;
+use nanofuse_cli::bench::{Case, MLP_MS, MODELS, Measurement, Op, Variant, min_bytes};
+use nanofuse_cli::timing::Stats;
 
 /// The program: where cargo built it, or (tests staged on a GPU host by
 /// `shared/gpu/pack`) `../bin/nanofuse` beside this test binary.
@@ -59,6 +59,92 @@ fn bench_help_lists_the_ops_and_the_shapes() {
 }
 
 #[test]
+fn tune_help_states_the_default_m_and_lists_the_shapes() {
+    let (code, text) = nanofuse(&["tune", "--help"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("[default: 1,16]"), "tune --m's default: {text}");
+    for model in &MODELS {
+        assert!(text.contains(model.name), "tune help lacks {}: {text}", model.name);
+    }
+}
+
+#[test]
+fn rmsnorm_help_lists_every_shape_it_runs() {
+    let (code, text) = nanofuse(&["rmsnorm", "--help"]);
+    assert_eq!(code, 0, "{text}");
+    let shapes =
+        [(1, 1024), (1, 4096), (128, 1024), (128, 4096), (128, 8192), (2048, 1024), (2048, 4096), (2048, 8192)];
+    for (rows, hidden) in shapes {
+        assert!(text.contains(&format!("{rows} x {hidden}")), "rmsnorm help lacks {rows} x {hidden}: {text}");
+    }
+}
+
+/// `tune --custom K,NQ,NKV` and `bench --decode WS,KS,RING`, the documented forms, parse
+/// (they get as far as opening the GPU, or run on a GPU host); other counts are rejected.
+#[test]
+fn comma_separated_triples_are_accepted() {
+    if nanofuse::driver_present() {
+        return; // a GPU host: these would run for real
+    }
+    for args in [
+        &["tune", "--custom", "64,64,64"][..],
+        &["tune", "--custom", "64,64,64", "--m", "1"],
+        &["bench", "--decode", "8,4,0", "--quick"],
+    ] {
+        let (code, text) = nanofuse(args);
+        assert_eq!(code, 1, "{args:?}: {text}");
+        assert!(text.contains("cannot open a GPU"), "{args:?}: {text}");
+    }
+    for args in [
+        &["tune", "--custom", "64,64"][..],
+        &["tune", "--custom", "64,64,64,64"],
+        &["tune", "--custom", "64,x,64"],
+        &["bench", "--decode", "8,4"],
+    ] {
+        let (code, text) = nanofuse(args);
+        assert_eq!(code, 2, "{args:?}: {text}");
+        assert!(text.contains(args[1]), "{args:?}: {text}");
+    }
+    // An invalid custom shape is refused before the GPU is opened.
+    let (code, text) = nanofuse(&["tune", "--custom", "60,64,64"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(!text.contains("cannot open a GPU"), "{text}");
+}
+
+#[test]
+fn json_and_chart_paths_are_checked_before_the_run() {
+    let missing = std::env::temp_dir().join(format!("nanofuse-no-such-dir-{}", std::process::id()));
+    let json = missing.join("bench.json");
+    let (code, text) = nanofuse(&["bench", "--quick", "--json", json.to_str().unwrap()]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("--json") && text.contains("bench.json"), "{text}");
+    assert!(!text.contains("cannot open a GPU"), "checked after opening the GPU: {text}");
+    // A directory is not a file to write.
+    let dir = std::env::temp_dir();
+    let (code, text) = nanofuse(&["bench", "--quick", "--chart", dir.to_str().unwrap()]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("--chart") && !text.contains("cannot open a GPU"), "{text}");
+    // A writable path passes the check and is left as it was (here: not created).
+    if !nanofuse::driver_present() {
+        let ok = std::env::temp_dir().join(format!("nanofuse-check-{}.json", std::process::id()));
+        let (code, text) = nanofuse(&["bench", "--quick", "--json", ok.to_str().unwrap()]);
+        assert_eq!(code, 1, "{text}");
+        assert!(text.contains("cannot open a GPU"), "{text}");
+        assert!(!ok.exists(), "the check left {} behind", ok.display());
+    }
+}
+
+#[test]
+fn info_prints_the_build_without_a_gpu() {
+    let (code, text) = nanofuse(&["info"]);
+    assert!(text.contains(&format!("kernels: PTX for {}", nanofuse::KERNELS_ARCH)), "{text}");
+    if !nanofuse::driver_present() {
+        assert_eq!(code, 0, "{text}");
+        assert!(text.contains("device: none") && text.contains("no CUDA driver"), "{text}");
+    }
+}
+
+#[test]
 fn without_a_gpu_mlp_bench_says_so_and_fails() {
     if nanofuse::driver_present() {
         return;
@@ -92,7 +178,7 @@ fn chart_renders_every_shape_and_the_floor() {
         }
     }
     let path = std::env::temp_dir().join(format!("nanofuse-chart-{}.svg", std::process::id()));
-    nanofuse::chart::write_svg(&path, &results, copy_gbs, "test device").unwrap();
+    nanofuse_cli::chart::write_svg(&path, &results, copy_gbs, "test device").unwrap();
     let svg = std::fs::read_to_string(&path).unwrap();
     std::fs::remove_file(&path).ok();
     for model in &MODELS {
@@ -122,7 +208,7 @@ fn chart_renders_a_panel_per_mlp_op_and_shape() {
         }
     }
     let path = std::env::temp_dir().join(format!("nanofuse-mlp-chart-{}.svg", std::process::id()));
-    nanofuse::chart::write_svg(&path, &results, copy_gbs, "test device").unwrap();
+    nanofuse_cli::chart::write_svg(&path, &results, copy_gbs, "test device").unwrap();
     let svg = std::fs::read_to_string(&path).unwrap();
     std::fs::remove_file(&path).ok();
     for op in ["gate_up", "down", "oproj"] {

@@ -46,7 +46,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
-use nanofuse::bench::{random_bf16, random_weights};
 use nanofuse::cudarc::driver::CudaSlice;
 use nanofuse::ops::{self, GemmImpl};
 use nanofuse::plan::{self, DECODE_MAX_M, DecodePlan};
@@ -55,6 +54,7 @@ use nanofuse::{
     Baseline, Error, FusedRmsNormGateUp, FusedRmsNormQkv, Gpu, KernelId, MlpShape, ProjResidual, QkvShape, Route,
     UnfusedMlp, UnfusedRmsNormQkv, bf16,
 };
+use nanofuse_cli::bench::{random_bf16, random_weights};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 

@@ -7,9 +7,9 @@ use rand::Rng;
 use rand::rngs::SmallRng;
 
 use super::{Case, Entry, Model, Op, Problem, Ring, Row, Sweep, Variant, random_bf16, random_weight};
-use crate::cudarc::driver::CudaSlice;
 use crate::timing::{RingGraph, Stats};
-use crate::{Baseline, FusedRmsNormQkv, Gpu, QkvShape, Result, Route, Tuning, UnfusedRmsNormQkv, bf16};
+use nanofuse::cudarc::driver::CudaSlice;
+use nanofuse::{Baseline, FusedRmsNormQkv, Gpu, QkvShape, Result, Route, Tuning, UnfusedRmsNormQkv, bf16};
 
 /// Random weights for a shape: g in [0.5, 1.5), W uniform with variance 1/K (so outputs
 /// have about unit scale).
@@ -17,15 +17,27 @@ pub fn random_weights(rng: &mut impl Rng, shape: &QkvShape) -> (Vec<bf16>, Vec<b
     (random_bf16(rng, shape.hidden, 0.5, 1.5), random_weight(rng, shape.n(), shape.hidden))
 }
 
-/// Bytes an op must move at least: W, g and x read once, outputs written once.
+/// Bytes an op must move at least: W, g and x read once, outputs written once (saturating
+/// at `u64::MAX`).
 pub fn min_bytes(shape: &QkvShape, m: usize) -> u64 {
-    let (k, n) = (shape.hidden as u64, shape.n() as u64);
-    2 * (n * k + k + m as u64 * k + m as u64 * n)
+    let (k, n, m) = (shape.hidden as u64, shape.n() as u64, m as u64);
+    sat_sum(&[n.saturating_mul(k), k, m.saturating_mul(k), m.saturating_mul(n)]).saturating_mul(2)
 }
 
-/// Floating-point operations of the projection (`2 M N K`; the norm is negligible).
+/// Floating-point operations of the projection (`2 M N K`; the norm is negligible;
+/// saturating at `u64::MAX`).
 pub fn flops(shape: &QkvShape, m: usize) -> u64 {
-    2 * m as u64 * shape.n() as u64 * shape.hidden as u64
+    sat_product(&[2, m as u64, shape.n() as u64, shape.hidden as u64])
+}
+
+/// `Σ v`, saturating.
+pub(crate) fn sat_sum(v: &[u64]) -> u64 {
+    v.iter().fold(0u64, |a, &b| a.saturating_add(b))
+}
+
+/// `Π v`, saturating.
+pub(crate) fn sat_product(v: &[u64]) -> u64 {
+    v.iter().fold(1u64, |a, &b| a.saturating_mul(b))
 }
 
 /// One weight set: the fused op and the unfused baselines.
@@ -80,7 +92,7 @@ impl Entry for QkvEntry {
 
 /// The fused kernel for `m` tokens: decode for M <= 16, tiled above.
 fn fused_route(m: usize) -> Route {
-    if m <= crate::plan::DECODE_MAX_M { Route::FusedDecode } else { Route::FusedTiled }
+    if m <= nanofuse::plan::DECODE_MAX_M { Route::FusedDecode } else { Route::FusedTiled }
 }
 
 /// A ring of QKV ops with distinct random weights for one model, and their buffers for one M.
@@ -190,7 +202,7 @@ impl Sweep for Workload {
         self.ring.capture(variant)
     }
 
-    fn set_decode_shape(&mut self, shape: Option<crate::plan::DecodeShape>) {
+    fn set_decode_shape(&mut self, shape: Option<nanofuse::plan::DecodeShape>) {
         self.set_tuning(Tuning { decode: shape, ..Tuning::default() });
     }
 }

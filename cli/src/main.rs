@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use nanofuse::bench::{BENCH_MS, MLP_MS, MODELS, Measurement, Model, Op, Variant, Workload, min_bytes};
 use nanofuse::plan::{self, DECODE_MAX_M, Tile};
-use nanofuse::timing::copy_bandwidth_gbs;
 use nanofuse::{Gpu, Tuning};
-use nanofuse::{bench, chart};
+use nanofuse_cli::bench::{BENCH_MS, MLP_MS, MODELS, Measurement, Model, Op, Variant, Workload, min_bytes};
+use nanofuse_cli::timing::copy_bandwidth_gbs;
+use nanofuse_cli::{bench, chart};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -31,9 +31,11 @@ enum Cmd {
     Bench(BenchArgs),
     /// Sweep launch shapes (decode k_split, tiled tile size) per shape and M.
     Tune(TuneArgs),
-    /// Time the standalone RMSNorm kernel (rows 1 and 2048, hidden 1024 and 4096), cold data.
+    /// Time the standalone RMSNorm kernel in both output orders over rows x hidden shapes
+    /// (listed below), cold data.
     Rmsnorm,
-    /// Print the device and the embedded kernels' architecture.
+    /// Print the embedded kernels' architecture and the device (without a CUDA driver or
+    /// device: the build, then why there is no device; exit 0).
     Info,
 }
 
@@ -79,10 +81,11 @@ struct BenchArgs {
     /// Fewer replays (20 instead of 100) for a fast look.
     #[arg(long)]
     quick: bool,
-    /// Write all measurements as JSON to this file.
+    /// Write all measurements as JSON to this file (checked for writing before the run).
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Write an SVG chart of time vs M per op and shape, with the bandwidth floor.
+    /// Write an SVG chart of time vs M per op and shape, with the bandwidth floor (checked
+    /// for writing before the run).
     #[arg(long)]
     chart: Option<PathBuf>,
     /// Seed of the random weights and inputs.
@@ -90,20 +93,21 @@ struct BenchArgs {
     seed: u64,
     /// Force the fused ops' decode launch shape `WARP_SPLIT,K_SPLITS,RING` (RING 0 or 1),
     /// for a sweep of the MLP ops (`nanofuse tune` sweeps the QKV op's).
-    #[arg(long, value_delimiter = ',', num_args = 3)]
-    decode: Vec<u32>,
+    #[arg(long, value_name = "WARP_SPLIT,K_SPLITS,RING", value_parser = triple::<u32>)]
+    decode: Option<[u32; 3]>,
 }
 
 #[derive(Args)]
 struct TuneArgs {
-    /// Shapes to run, default all four.
+    /// Shapes to run (comma-separated names, case-insensitive; listed below), default all
+    /// four, or none when only --custom is given.
     #[arg(long, value_delimiter = ',')]
     shapes: Vec<String>,
     /// An extra shape `K,NQ,NKV` (e.g. a tiny one, to measure per-op overhead).
-    #[arg(long, value_delimiter = ',', num_args = 3)]
-    custom: Vec<usize>,
-    /// Batch sizes, default 1,2,4,8,16,32,64,128,256.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_name = "K,NQ,NKV", value_parser = triple::<usize>)]
+    custom: Option<[usize; 3]>,
+    /// Batch sizes (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
     m: Vec<usize>,
     /// Replays per measurement.
     #[arg(long, default_value_t = 30)]
@@ -123,13 +127,16 @@ struct TuneArgs {
 }
 
 fn main() -> ExitCode {
-    let cmd = Cli::command().mut_subcommand("bench", |c| c.after_help(shapes_help()));
+    let cmd = Cli::command()
+        .mut_subcommand("bench", |c| c.after_help(shapes_help()))
+        .mut_subcommand("tune", |c| c.after_help(shapes_help()))
+        .mut_subcommand("rmsnorm", |c| c.after_help(rmsnorm_help()));
     let cli = Cli::from_arg_matches(&cmd.get_matches()).unwrap_or_else(|e| e.exit());
     let result = match cli.cmd {
         Cmd::Bench(a) => bench(a),
         Cmd::Tune(a) => tune(a),
         Cmd::Rmsnorm => rmsnorm(),
-        Cmd::Info => open().map(|gpu| print_header(&gpu, None)),
+        Cmd::Info => info(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -144,6 +151,64 @@ type AppResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn open() -> AppResult<Arc<Gpu>> {
     nanofuse::open(0).map_err(|e| format!("cannot open a GPU: {e}").into())
+}
+
+/// Parses `A,B,C` (a `--custom` shape, a `--decode` launch shape).
+fn triple<T: std::str::FromStr>(s: &str) -> Result<[T; 3], String>
+where
+    T::Err: std::fmt::Display,
+{
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    let [a, b, c] = parts[..] else {
+        return Err(format!("expected three comma-separated numbers, got {} value(s)", parts.len()));
+    };
+    let parse = |v: &str| v.parse::<T>().map_err(|e| format!("{v:?}: {e}"));
+    Ok([parse(a)?, parse(b)?, parse(c)?])
+}
+
+/// Checks before a run that `path` (the value of `flag`) can be written, so that a bad path
+/// fails at once rather than after the sweep: opens it for writing without truncating it,
+/// and removes it again if this created it.
+fn check_writable(flag: &str, path: &std::path::Path) -> AppResult<()> {
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| format!("{flag} {}: cannot write there: {e}", path.display()))?;
+    if !existed {
+        std::fs::remove_file(path).ok();
+    }
+    Ok(())
+}
+
+/// `nanofuse info`: the build first (known without a GPU), then the device, or why there is
+/// none (no driver or no device is not a failure here; any other error is).
+fn info() -> AppResult<()> {
+    println!("nanofuse {}", env!("CARGO_PKG_VERSION"));
+    println!("kernels: PTX for {} ({} lines)", nanofuse::KERNELS_ARCH, nanofuse::KERNELS_PTX.lines().count());
+    match nanofuse::open(0) {
+        Ok(gpu) => {
+            print_device(&gpu);
+            Ok(())
+        }
+        Err(e @ (nanofuse::Error::NoDriver | nanofuse::Error::NoDevice { .. })) => {
+            println!("device: none ({e})");
+            Ok(())
+        }
+        Err(e) => Err(format!("cannot open a GPU: {e}").into()),
+    }
+}
+
+/// The RMSNorm shapes `nanofuse rmsnorm` times, `(rows, hidden)`.
+const RMSNORM_SHAPES: [(usize, usize); 8] =
+    [(1, 1024), (1, 4096), (128, 1024), (128, 4096), (128, 8192), (2048, 1024), (2048, 4096), (2048, 8192)];
+
+/// `rmsnorm --help`'s list of the shapes it runs.
+fn rmsnorm_help() -> String {
+    let shapes: Vec<String> = RMSNORM_SHAPES.iter().map(|(rows, k)| format!("{rows} x {k}")).collect();
+    format!("Shapes (rows x hidden): {}", shapes.join(", "))
 }
 
 /// `bench --help`'s list of the shapes and each op's weight there.
@@ -186,6 +251,14 @@ fn check_ms(ms: &[usize]) -> AppResult<()> {
 }
 
 fn print_header(gpu: &Gpu, copy_gbs: Option<f64>) {
+    print_device(gpu);
+    println!("kernels: PTX for {}", nanofuse::KERNELS_ARCH);
+    if let Some(bw) = copy_gbs {
+        println!("device-to-device copy bandwidth (read + write), measured now: {bw:.0} GB/s");
+    }
+}
+
+fn print_device(gpu: &Gpu) {
     let i = gpu.info();
     let (maj, min) = i.compute_capability;
     println!(
@@ -198,10 +271,6 @@ fn print_header(gpu: &Gpu, copy_gbs: Option<f64>) {
         (i.driver_version % 1000) / 10,
         i.sm_clock_mhz.map_or("n/a".to_string(), |c| format!("{c} MHz (max)")),
     );
-    println!("kernels: PTX for {}", nanofuse::KERNELS_ARCH);
-    if let Some(bw) = copy_gbs {
-        println!("device-to-device copy bandwidth (read + write), measured now: {bw:.0} GB/s");
-    }
 }
 
 #[derive(Serialize)]
@@ -228,6 +297,12 @@ const ROUNDS: usize = 10;
 fn bench(a: BenchArgs) -> AppResult<()> {
     let models = select_models(&a.shapes)?;
     check_ms(&a.m)?;
+    if let Some(path) = &a.json {
+        check_writable("--json", path)?;
+    }
+    if let Some(path) = &a.chart {
+        check_writable("--chart", path)?;
+    }
     let mut ops: Vec<Op> = Vec::new();
     for op in a.op.iter().flat_map(|o| o.ops()) {
         if !ops.contains(op) {
@@ -254,7 +329,7 @@ fn bench(a: BenchArgs) -> AppResult<()> {
         for model in &models {
             bar.set_message(format!("{} {}: random weights", op.label(), model.name));
             let mut sweep = bench::workload(&gpu, op, *model, a.seed)?;
-            if let [warp_split, k_splits, ring] = a.decode[..] {
+            if let Some([warp_split, k_splits, ring]) = a.decode {
                 let shape =
                     plan::DecodeShape { warp_split, k_splits, early: None, trigger_first: None, ring: Some(ring != 0) };
                 sweep.set_decode_shape(Some(shape));
@@ -423,15 +498,15 @@ fn print_mlp_table(op: Op, rows: &[&Measurement], copy_gbs: f64) {
 }
 
 fn tune(a: TuneArgs) -> AppResult<()> {
-    let mut models = if a.shapes.is_empty() && !a.custom.is_empty() { Vec::new() } else { select_models(&a.shapes)? };
-    if let [k, nq, nkv] = a.custom[..] {
+    let mut models = if a.shapes.is_empty() && a.custom.is_some() { Vec::new() } else { select_models(&a.shapes)? };
+    if let Some([k, nq, nkv]) = a.custom {
         let name: &'static str = Box::leak(format!("custom-{k}x{nq}x{nkv}").into_boxed_str());
         let shape = nanofuse::QkvShape::new(k, nq, nkv, 1e-5);
         shape.validate()?;
         // The MLP's size is not used by `tune` (QKV only).
         models.push(Model { name, shape, inter: 4 * k });
     }
-    let ms = if a.m.is_empty() { vec![1, 16] } else { a.m.clone() };
+    let ms = a.m.clone();
     check_ms(&ms)?;
     let gpu = open()?;
     let copy_gbs = copy_bandwidth_gbs(&gpu, 1 << 30, 20)?;
@@ -514,9 +589,9 @@ fn tune(a: TuneArgs) -> AppResult<()> {
 /// reference and bandwidth over a ring of distinct x/g/y sets larger than 4x L2 (bytes = x
 /// and g read, y written); the two orders' graphs are timed interleaved.
 fn rmsnorm() -> AppResult<()> {
-    use nanofuse::bench::random_bf16;
     use nanofuse::reference;
-    use nanofuse::timing::{RingGraph, ring_len};
+    use nanofuse_cli::bench::random_bf16;
+    use nanofuse_cli::timing::{RingGraph, ring_len};
     use rand::SeedableRng;
 
     let gpu = open()?;
@@ -527,9 +602,7 @@ fn rmsnorm() -> AppResult<()> {
         "rows", "hidden", "ring", "rel. error", "µs", "GB/s", "% copy", "il. error", "il. µs", "il. GB/s"
     );
     let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
-    let shapes =
-        [(1, 1024), (1, 4096), (128, 1024), (128, 4096), (128, 8192), (2048, 1024), (2048, 4096), (2048, 8192)];
-    for (rows, k) in shapes {
+    for (rows, k) in RMSNORM_SHAPES {
         let bytes = 2 * (2 * rows * k + k) as u64;
         let ring = ring_len(gpu.info().l2_bytes, bytes, 4);
         let mut sets = Vec::with_capacity(ring);

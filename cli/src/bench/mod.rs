@@ -26,7 +26,7 @@ pub use mlp::{GateUpEntry, GateUpWorkload, ProjEntry, ProjWorkload};
 pub use qkv::{QkvEntry, Workload, flops, min_bytes, random_weights};
 
 use crate::timing::{RingGraph, Stats, ring_len};
-use crate::{Gpu, MlpShape, QkvShape, Result, bf16};
+use nanofuse::{Gpu, MlpShape, QkvShape, Result, bf16};
 
 /// A model's layer shapes: the attention input (QKV) and the MLP's intermediate size.
 #[derive(Clone, Copy, Debug)]
@@ -145,7 +145,7 @@ impl Problem {
     pub fn weight_dims(&self) -> (usize, usize) {
         match *self {
             Problem::Qkv(s) => (s.hidden, s.n()),
-            Problem::GateUp(s) => (s.hidden, 2 * s.inter),
+            Problem::GateUp(s) => (s.hidden, s.inter.saturating_mul(2)),
             Problem::Proj { k, n } => (k, n),
         }
     }
@@ -153,7 +153,7 @@ impl Problem {
     /// Bytes of the weight the op streams per call (what a ring is sized by).
     pub fn weight_bytes(&self) -> u64 {
         let (k, n) = self.weight_dims();
-        2 * k as u64 * n as u64
+        qkv::sat_product(&[2, k as u64, n as u64])
     }
 
     /// Bytes an op must move at least. QKV: W, g and x read once, q, k, v written once;
@@ -165,11 +165,19 @@ impl Problem {
             Problem::Qkv(s) => qkv::min_bytes(&s, m as usize),
             Problem::GateUp(s) => {
                 let (h, i) = (s.hidden as u64, s.inter as u64);
-                4 * i * h + 2 * m * h + 2 * m * i
+                qkv::sat_sum(&[
+                    qkv::sat_product(&[4, i, h]),
+                    qkv::sat_product(&[2, m, h]),
+                    qkv::sat_product(&[2, m, i]),
+                ])
             }
             Problem::Proj { k, n } => {
                 let (k, n) = (k as u64, n as u64);
-                2 * n * k + 2 * m * k + 4 * m * n
+                qkv::sat_sum(&[
+                    qkv::sat_product(&[2, n, k]),
+                    qkv::sat_product(&[2, m, k]),
+                    qkv::sat_product(&[4, m, n]),
+                ])
             }
         }
     }
@@ -177,7 +185,7 @@ impl Problem {
     /// Floating-point operations of the projection (`2 M N K`; norm and epilogue negligible).
     pub fn flops(&self, m: usize) -> u64 {
         let (k, n) = self.weight_dims();
-        2 * m as u64 * n as u64 * k as u64
+        qkv::sat_product(&[2, m as u64, n as u64, k as u64])
     }
 }
 
@@ -377,7 +385,7 @@ pub trait Sweep {
     fn capture(&mut self, variant: Variant) -> Result<RingGraph>;
     /// Forces the fused op's decode launch shape (and, for QKV, baseline (b)'s), for
     /// sweeps; `None`: the planner's.
-    fn set_decode_shape(&mut self, shape: Option<crate::plan::DecodeShape>);
+    fn set_decode_shape(&mut self, shape: Option<nanofuse::plan::DecodeShape>);
 }
 
 /// Builds the ring of `op` for `model`.
