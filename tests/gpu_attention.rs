@@ -23,7 +23,7 @@ mod common;
 
 use std::sync::Arc;
 
-use nanofuse::bench::random_bf16;
+use common::random_bf16;
 use nanofuse::cudarc::driver::CudaSlice;
 use nanofuse::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use nanofuse::reference::{self, compare, rms};

@@ -13,7 +13,7 @@
 
 mod common;
 
-use nanofuse::bench::{random_bf16, random_weight};
+use common::{random_bf16, random_weight};
 use nanofuse::cudarc::driver::CudaSlice;
 use nanofuse::reference::{self, rms};
 use nanofuse::{Error, FusedRmsNormArgmax, Gpu, argmax, argmax_token, bf16, step, step_begin};

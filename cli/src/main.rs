@@ -4,6 +4,8 @@
 //! `nanofuse bench` is the main job (see README.md; `--op` picks the ops); `nanofuse tune`
 //! sweeps launch shapes; `nanofuse info` prints the device and build.
 
+mod engine_cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -37,6 +39,15 @@ enum Cmd {
     /// Print the embedded kernels' architecture and the device (without a CUDA driver or
     /// device: the build, then why there is no device; exit 0).
     Info,
+    /// Generate text with the decode engine from a HF directory, a GGUF file or
+    /// `random:<preset>`, printing it as it is produced, then prompt and decode tok/s.
+    Generate(engine_cli::GenerateArgs),
+    /// Time the decode engine end to end (µs per token, tok/s, share of the weight-read
+    /// floor), fused against unfused in one run; optionally a per-stage breakdown.
+    DecodeBench(engine_cli::DecodeBenchArgs),
+    /// Write a model (random weights of a preset, or a GGUF after dequantization) as a
+    /// Hugging Face directory, for scripts/compare_engine.py.
+    ExportModel(engine_cli::ExportArgs),
 }
 
 /// The ops `bench --op` takes.
@@ -137,6 +148,9 @@ fn main() -> ExitCode {
         Cmd::Tune(a) => tune(a),
         Cmd::Rmsnorm => rmsnorm(),
         Cmd::Info => info(),
+        Cmd::Generate(a) => engine_cli::generate(a),
+        Cmd::DecodeBench(a) => engine_cli::decode_bench(a),
+        Cmd::ExportModel(a) => engine_cli::export_model(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

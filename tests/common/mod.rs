@@ -74,6 +74,12 @@ pub fn random_bf16(rng: &mut impl Rng, len: usize, lo: f32, hi: f32) -> Vec<bf16
     (0..len).map(|_| bf16::from_f32(rng.random_range(lo..hi))).collect()
 }
 
+/// A random weight `[n, k]`, uniform with variance 1/k (so outputs have about unit scale).
+pub fn random_weight(rng: &mut impl Rng, n: usize, k: usize) -> Vec<bf16> {
+    let a = (3.0 / k as f32).sqrt();
+    random_bf16(rng, n * k, -a, a)
+}
+
 /// Random weights for a shape: g in [0.5, 1.5), W `[N, K]` uniform with variance 1/K (so
 /// outputs have about unit scale). The same distributions as the benchmark harness's
 /// (`nanofuse_cli::bench`), which the library's tests cannot depend on.
