@@ -317,7 +317,7 @@ pub fn decode_bench(a: DecodeBenchArgs) -> AppResult<()> {
             let mut samples = vec![Vec::new(); engines.len()];
             for _ in 0..a.runs {
                 for (e, s) in engines.iter_mut().zip(samples.iter_mut()) {
-                    s.push(time_decode(&gpu, e, &prompt, n)?);
+                    s.push(time_decode(e, &prompt, n)?);
                 }
             }
             for (e, s) in engines.iter().zip(samples) {
@@ -385,9 +385,9 @@ pub fn decode_bench(a: DecodeBenchArgs) -> AppResult<()> {
 
 /// One timed run: prefill `prompt`, then `n` greedy steps enqueued back to back between two
 /// events. Returns µs per token.
-fn time_decode(gpu: &Gpu, engine: &mut Engine, prompt: &[u32], n: usize) -> AppResult<f64> {
+fn time_decode(engine: &mut Engine, prompt: &[u32], n: usize) -> AppResult<f64> {
     engine.prefill(prompt)?;
-    let ctx = gpu.context();
+    let ctx = engine.gpu().context().clone();
     let start = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
     let end = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
     let stream = engine.gpu().stream().clone();
