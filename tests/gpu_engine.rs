@@ -190,3 +190,21 @@ fn seeded_sampling_repeats_on_the_gpu() {
     assert_eq!(a, b);
     assert!(a.iter().all(|&t| (t as usize) < cfg.vocab_size));
 }
+
+#[test]
+fn the_stage_profile_times_every_stage() {
+    let Some(gpu) = common::gpu() else { return };
+    let cfg = tiny(Arch::Qwen3);
+    let w = random_weights(&cfg, 2);
+    for mode in [Mode::Fused, Mode::Unfused] {
+        let mut eng = engine(&gpu, &cfg, &w, mode, 16);
+        eng.prefill(&PROMPT).unwrap();
+        let stages = eng.profile_step(3).unwrap();
+        let names: Vec<_> = stages.iter().map(|s| s.0).collect();
+        assert_eq!(names, ["step_begin", "qkv", "rope", "attention", "o_proj", "gate_up", "down", "head"], "{mode:?}");
+        assert!(stages.iter().all(|s| s.1 > 0.0 && s.1 < 1e5), "{mode:?}: {stages:?}");
+        assert_eq!(eng.position(), PROMPT.len() + 3);
+        // Decoding goes on after the profile.
+        eng.decode_step().unwrap();
+    }
+}

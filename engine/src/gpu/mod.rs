@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use half::bf16;
 use nanofuse_host::cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
-use nanofuse_host::cudarc::driver::{CudaEvent, CudaGraph, CudaSlice};
+use nanofuse_host::cudarc::driver::{CudaEvent, CudaGraph, CudaSlice, CudaStream};
 use nanofuse_host::ops::{self, GemmImpl};
 use nanofuse_host::{AttnScratch, AttnShape, FusedRmsNormArgmax, Gpu, argmax, argmax_token, step, step_begin};
 
@@ -370,10 +370,10 @@ impl Engine {
         stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(driver("capture"))?;
         let mut pool = events.into_iter();
         let result = (|| {
-            first.record(&stream).map_err(driver("cuEventRecord"))?;
+            record_external(&first, &stream)?;
             let mut mark = |name: &'static str| -> Result<()> {
                 let e = pool.next().ok_or_else(|| Error::config("profile", "more stages than events"))?;
-                e.record(&stream).map_err(driver("cuEventRecord"))?;
+                record_external(&e, &stream)?;
                 marks.push((name, e));
                 Ok(())
             };
@@ -529,6 +529,17 @@ pub fn weight_bytes_per_token(cfg: &ModelConfig) -> u64 {
     let (h, q, kv, i) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
     let layer = h * (q + 2 * kv) + q * h + 3 * h * i;
     2 * (cfg.num_layers * layer + cfg.vocab_size * h) as u64
+}
+
+/// Records `event` on a capturing `stream` as an event-record node of the graph (a plain
+/// `cuEventRecord` during capture only orders the capture and is never replayed).
+fn record_external(event: &CudaEvent, stream: &CudaStream) -> Result<()> {
+    use nanofuse_host::cudarc::driver::sys;
+    let flags = sys::CUevent_record_flags_enum::CU_EVENT_RECORD_EXTERNAL as u32;
+    // SAFETY: both handles are live (owned by the caller) and of the same context.
+    unsafe { sys::cuEventRecordWithFlags(event.cu_event(), stream.cu_stream(), flags) }
+        .result()
+        .map_err(driver("cuEventRecordWithFlags"))
 }
 
 /// Maps a cudarc driver error to the host crate's error, naming the call.
