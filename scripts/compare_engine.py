@@ -154,10 +154,11 @@ def teacher_forced(model, plain, ids):
 def greedy(model, plain, prompt, steps):
     """Free-running greedy tokens and the logits of each step."""
     if model is not None:
+        # No EOS (the engine runs with --ignore-eos): neither stop nor mask it; raw logits.
         out = model.generate(torch.tensor([prompt], device="cuda"), max_new_tokens=steps, do_sample=False,
-                             min_new_tokens=steps, output_scores=True, return_dict_in_generate=True)
+                             eos_token_id=None, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
         toks = out.sequences[0, len(prompt):].tolist()
-        return toks, [s[0].float() for s in out.scores]
+        return toks, [s[0].float() for s in out.logits]
     logits = plain.forward(torch.tensor(prompt, device="cuda"), torch.arange(len(prompt), device="cuda"))[-1]
     toks, scores = [], []
     for i in range(steps):
@@ -224,10 +225,17 @@ def main():
     eng_json, eng_logits = os.path.join(work, "engine.json"), os.path.join(work, "logits.f32")
     cmd = [a.nanofuse, "generate", "--model", a.model, "--max-tokens", str(a.steps), "--ignore-eos",
            "--json", eng_json, "--dump-logits", eng_logits]
-    cmd += ["--prompt-ids", a.prompt_ids] if a.prompt_ids else ["--prompt", a.prompt]
-    subprocess.run(cmd, check=True)
+    if not a.prompt_ids and a.model.startswith("random:"):
+        a.prompt_ids = "1,2,3,4,5,6,7,8"  # a random model has no tokenizer
+    src = ["--prompt-ids", a.prompt_ids] if a.prompt_ids else ["--prompt", a.prompt]
+    subprocess.run(cmd + src, check=True)
     eng = json.load(open(eng_json))
     prompt, etoks = eng["prompt_ids"], eng["tokens"]
+    # The default greedy path (the fused RMSNorm + LM head + argmax), tokens only.
+    fused_json = os.path.join(work, "fused.json")
+    subprocess.run([a.nanofuse, "generate", "--model", a.model, "--max-tokens", str(a.steps), "--ignore-eos",
+                    "--json", fused_json] + src, check=True)
+    ftoks = json.load(open(fused_json))["tokens"]
     cfg = json.load(open(os.path.join(d, "config.json")))
     V = cfg["vocab_size"]
     elog = torch.frombuffer(bytearray(open(eng_logits, "rb").read()), dtype=torch.float32).view(-1, V).cuda()
@@ -267,7 +275,12 @@ def main():
               f"{margin:.4f} ({margin / rms:.2%} of its logits' RMS), the engine's token "
               f"{float(top.values[0]) - e_logit:.4f} below torch's max")
 
+    fsame = 0
+    while fsame < min(len(ptoks), len(ftoks)) and ptoks[fsame] == ftoks[fsame]:
+        fsame += 1
+    print(f"fused argmax head (the default greedy path): first {fsame} of {a.steps} tokens identical to torch's")
     report = {"model": a.model, "reference": which, "prompt_ids": prompt, "engine_tokens": etoks,
+              "fused_head_tokens": ftoks, "fused_head_identical_prefix": fsame,
               "torch_tokens": ptoks, "identical_prefix": same, "teacher_forced_rel_l2": errs,
               "argmax_agreement": [agree, n], "parting": part}
     if a.time:

@@ -32,7 +32,8 @@ use rand::RngExt;
 
 /// (num_heads, num_kv_heads, head_dim).
 const SHAPES: [(usize, usize, usize); 5] = [(16, 8, 128), (32, 8, 64), (9, 3, 64), (32, 8, 128), (8, 8, 64)];
-const LENS: [usize; 7] = [1, 2, 31, 64, 100, 1000, 4097];
+// 2072: with 64 splits an active split gets no positions (64 x 33 > 2072 + 33).
+const LENS: [usize; 8] = [1, 2, 31, 64, 100, 1000, 2072, 4097];
 const MAX_SEQ: usize = 4100;
 const THETA: f64 = 1_000_000.0;
 

@@ -97,6 +97,8 @@ pub struct Engine {
     graphs: [Option<CudaGraph>; 2],
     /// Positions fed so far (the cache holds `0..fed`).
     fed: usize,
+    /// The device's `state[PROMPT_LEN]`: positions below it take the prompt buffer's token.
+    prompt_len: usize,
 }
 
 impl Engine {
@@ -177,6 +179,7 @@ impl Engine {
             tokens: gpu.alloc_zeros(opts.max_seq)?,
             graphs: [None, None],
             fed: 0,
+            prompt_len: 0,
             gpu,
             cfg: cfg.clone(),
             opts,
@@ -241,6 +244,7 @@ impl Engine {
         stream.memcpy_htod(&state, &mut self.state).map_err(driver("state upload"))?;
         stream.memcpy_htod(&[0u64], &mut self.slot).map_err(driver("slot reset"))?;
         self.fed = 0;
+        self.prompt_len = prompt.len();
         Ok(())
     }
 
@@ -424,7 +428,10 @@ impl Engine {
         let stream = self.gpu.stream().clone();
         let at = self.fed;
         stream.memcpy_htod(&[token], &mut self.prompt.slice_mut(at..at + 1)).map_err(driver("token upload"))?;
-        let len = [(at + 1) as u32];
+        // Positions below PROMPT_LEN take their token from the prompt buffer; never shorten
+        // the part of the prompt still to be fed.
+        self.prompt_len = self.prompt_len.max(at + 1);
+        let len = [self.prompt_len as u32];
         let p = step::PROMPT_LEN;
         stream.memcpy_htod(&len, &mut self.state.slice_mut(p..p + 1)).map_err(driver("state upload"))?;
         Ok(())
@@ -438,8 +445,9 @@ impl Engine {
         let graph = self.graphs[head as usize].as_ref().ok_or_else(|| Error::config("graph", "not captured"))?;
         for _ in 0..n {
             graph.launch().map_err(driver("cuGraphLaunch"))?;
+            // Per launch, so that the count stays the device's if a later launch fails.
+            self.fed += 1;
         }
-        self.fed += n;
         Ok(())
     }
 
@@ -498,8 +506,11 @@ impl Engine {
                 argmax(gpu, logits, v, slot)?;
             }
             (Head::Logits, _) => {
+                // The argmax too, so that a later step fed from the slot (a greedy step after
+                // a logits step) finds its token.
                 ops::rms_norm(gpu, &bufs.h, final_norm, &mut bufs.xn, 1, h, eps)?;
                 ops::gemm(gpu, GemmImpl::Cublas, &bufs.xn, w, logits, 1, h, v)?;
+                argmax(gpu, logits, v, slot)?;
             }
         }
         mark("head")
