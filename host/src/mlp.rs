@@ -34,14 +34,15 @@ pub fn auto_mlp_fused_max_m(_hidden: usize) -> usize {
 /// Largest M for which [`Route::Auto`] of [`ProjResidual`] runs the fused decode kernel, for
 /// a weight `[out_features, in_features]`. Where K is more than twice N (the MLP's down
 /// projection) the fused kernel stages long rows of x by 4-byte scatter copies and falls
-/// behind one cuBLAS GEMM with `beta = 1` as M grows (docs/RESULTS.md), so it runs only up to
-/// [`PROJ_LONG_K_FUSED_MAX_M`] there.
+/// behind one cuBLAS GEMM with `beta = 1` as M grows, so it runs only up to
+/// [`PROJ_LONG_K_FUSED_MAX_M`] there: the largest M at which it measured faster than that GEMM
+/// (and than the unfused GEMM + add) on all four model shapes (docs/RESULTS.md).
 pub fn auto_proj_fused_max_m(in_features: usize, out_features: usize) -> usize {
     if in_features > out_features.saturating_mul(2) { PROJ_LONG_K_FUSED_MAX_M } else { DECODE_MAX_M }
 }
 
 /// [`auto_proj_fused_max_m`] for K > 2N.
-pub const PROJ_LONG_K_FUSED_MAX_M: usize = 3;
+pub const PROJ_LONG_K_FUSED_MAX_M: usize = 4;
 
 /// The shape of a layer's MLP: hidden size H, intermediate size I, RMSNorm epsilon.
 #[derive(Clone, Copy, Debug, PartialEq)]
