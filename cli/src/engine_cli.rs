@@ -139,6 +139,12 @@ pub fn generate(a: GenerateArgs) -> AppResult<()> {
         None => Sampling::Greedy,
     };
     sampling.validate()?;
+    if let Some(path) = &a.json {
+        super::check_writable("--json", path)?;
+    }
+    if let Some(path) = &a.dump_logits {
+        super::check_writable("--dump-logits", path)?;
+    }
     let gpu = open()?;
     let model = load(&a.model, a.seed)?;
     let prompt = if !a.prompt_ids.is_empty() {
@@ -148,9 +154,6 @@ pub fn generate(a: GenerateArgs) -> AppResult<()> {
         tok.encode(&a.prompt, true)?
     };
     let max_seq = a.max_seq.unwrap_or(prompt.len() + a.max_tokens);
-    for path in [&a.json, &a.dump_logits].into_iter().flatten() {
-        std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    }
     let mode = if a.unfused { Mode::Unfused } else { Mode::Fused };
     let mut engine = build(&gpu, &model, mode, max_seq)?;
     if a.prompt_ids.is_empty() {
@@ -275,7 +278,7 @@ const METHOD: &str = "batch 1; prompt of random ids fed through the step graph; 
 
 pub fn decode_bench(a: DecodeBenchArgs) -> AppResult<()> {
     if let Some(path) = &a.json {
-        std::fs::File::create(path).map_err(|e| format!("--json {}: {e}", path.display()))?;
+        super::check_writable("--json", path)?;
     }
     if a.generate.contains(&0) || a.prompt_len == 0 || a.runs == 0 {
         return Err("--prompt-len, --gen and --runs must be positive".into());

@@ -2,7 +2,8 @@
 //! unfused path.
 //!
 //! `nanofuse bench` is the main job (see README.md; `--op` picks the ops); `nanofuse tune`
-//! sweeps launch shapes; `nanofuse info` prints the device and build.
+//! sweeps launch shapes; `nanofuse info` prints the device and build; `generate`,
+//! `decode-bench` and `export-model` drive the decode engine (`engine_cli`).
 
 mod engine_cli;
 
@@ -20,7 +21,7 @@ use nanofuse_cli::{bench, chart};
 use serde::Serialize;
 
 #[derive(Parser)]
-#[command(name = "nanofuse", version, about = "Fused LLM-inference kernels (RMSNorm + QKV, the MLP ops): benchmarks")]
+#[command(name = "nanofuse", version, about = "Fused LLM-inference kernels (RMSNorm + QKV, the MLP ops) and a decode engine: benchmarks, generation")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -219,3 +219,35 @@ fn chart_renders_a_panel_per_mlp_op_and_shape() {
     }
     assert!(svg.contains("bandwidth floor") && svg.contains("api") && svg.contains("SiLU"));
 }
+
+#[test]
+fn engine_commands_check_their_arguments_before_the_gpu() {
+    let missing = std::env::temp_dir().join(format!("nanofuse-no-such-dir-{}", std::process::id()));
+    let json = missing.join("engine.json");
+    let (code, text) = nanofuse(&["decode-bench", "--json", json.to_str().unwrap()]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("--json") && !text.contains("cannot open a GPU"), "{text}");
+    let (code, text) = nanofuse(&["decode-bench", "--gen", "0"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("positive"), "{text}");
+    let (code, text) = nanofuse(&["generate", "--model", "random:qwen3-0.6b", "--temperature", "0"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("temperature"), "{text}");
+    let (code, text) = nanofuse(&["generate", "--model", "random:qwen3-0.6b", "--dump-logits", json.to_str().unwrap()]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("--dump-logits"), "{text}");
+    if !nanofuse::driver_present() {
+        let (code, text) = nanofuse(&["generate", "--model", "random:qwen3-0.6b", "--prompt-ids", "1,2"]);
+        assert_eq!(code, 1, "{text}");
+        assert!(text.contains("cannot open a GPU"), "{text}");
+    }
+}
+
+#[test]
+fn engine_commands_are_listed_in_help() {
+    let (code, text) = nanofuse(&["--help"]);
+    assert_eq!(code, 0, "{text}");
+    for cmd in ["generate", "decode-bench", "export-model"] {
+        assert!(text.contains(cmd), "{cmd} missing from: {text}");
+    }
+}
