@@ -21,7 +21,11 @@ use nanofuse_cli::{bench, chart};
 use serde::Serialize;
 
 #[derive(Parser)]
-#[command(name = "nanofuse", version, about = "Fused LLM-inference kernels (RMSNorm + QKV, the MLP ops) and a decode engine: benchmarks, generation")]
+#[command(
+    name = "nanofuse",
+    version,
+    about = "Fused LLM-inference kernels (RMSNorm + QKV, the MLP ops) and a decode engine: benchmarks, generation"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -25,6 +25,8 @@ mod mlp;
 pub mod ops;
 pub mod plan;
 mod qkv;
+/// CPU references (feature `reference`; always in this crate's own tests).
+#[cfg(any(test, feature = "reference"))]
 pub mod reference;
 mod sample;
 mod shared;

@@ -162,7 +162,7 @@ pub struct Qkv {
 /// (one rounding per element, on the device), and the op keeps only `W'`: then
 /// `rmsnorm(x) · Wᵀ = inv_rms · x · W'ᵀ` up to rounding, and no path multiplies by g per
 /// call. `W'` is stored in the k-interleaved order (`config::interleave`, a transpose of
-/// the bf16 pairs inside each 32-element block; [`reference::interleave_k`] on the CPU), so
+/// the bf16 pairs inside each 32-element block; `reference::interleave_k` on the CPU, feature `reference`), so
 /// that the decode kernel stages x with 16-byte copies; every path takes the activations in
 /// the same order. Formulations, all bf16 in and out with f32 accumulation:
 /// * fused decode (M <= 16): `inv_rms · Σ_k x · W'`: raw x is staged in shared memory (in
@@ -177,7 +177,6 @@ pub struct Qkv {
 ///   q, k, v one more kernel (`split_qkv`, copying the packed product out) up to
 ///   [`auto_split_max_m`], else three GEMMs.
 ///
-/// [`reference::interleave_k`]: crate::reference::interleave_k
 ///
 /// [`Route::Auto`] picks the fused kernel only for the M where it was measured faster than
 /// the unfused path (docs/RESULTS.md). The unfused baselines, which need the weights as
