@@ -488,13 +488,16 @@ impl Kernels {
                         .run(stream)
                 }
             }
-            DecodeOp::GateUp { eps } => {
-                let launch = Launch::new(self.entry(GATE_UP_DECODE.pick(plan)), shape).pdl(pdl);
-                // SAFETY: the arguments in `fused_rmsnorm_gate_up_decode`'s order (its other
-                // forms take the same); buffers per the caller; the plan's entry takes m and
-                // has no K split (the SiLU·mul epilogue traps on one). The folded weight is
-                // k-interleaved, h natural: interleave_x = 0. The trigger as the fused QKV
-                // entries place it (the same norm and the same staging).
+            DecodeOp::GateUp { eps } | DecodeOp::Argmax { eps } => {
+                let forms = if matches!(op, DecodeOp::GateUp { .. }) { &GATE_UP_DECODE } else { &ARGMAX_DECODE };
+                let launch = Launch::new(self.entry(forms.pick(plan)), shape).pdl(pdl);
+                // SAFETY: the arguments in `fused_rmsnorm_gate_up_decode`'s and
+                // `fused_rmsnorm_argmax_decode`'s order (their other forms take the same);
+                // buffers per the caller (for the argmax, the packed output's `q` is the u64
+                // slots `[m]`); the plan's entry takes m; the gate/up entry has no K split (the
+                // SiLU·mul epilogue traps on one). The folded weight is k-interleaved, h
+                // natural: interleave_x = 0. The trigger as the fused QKV entries place it
+                // (the same norm and the same staging).
                 unsafe {
                     launch
                         .arg(inp.x)
@@ -529,29 +532,6 @@ impl Kernels {
                         .arg(chunk)
                         .arg(u32::from(plan.gemm_trigger_first))
                         .arg(1u32)
-                        .run(stream)
-                }
-            }
-            DecodeOp::Argmax { eps } => {
-                let launch = Launch::new(self.entry(ARGMAX_DECODE.pick(plan)), shape).pdl(pdl);
-                // SAFETY: the arguments in `fused_rmsnorm_argmax_decode`'s order (its other
-                // forms take the same); buffers per the caller (the packed output's `q` is
-                // the u64 slots `[m]`); the plan's entry takes m. The folded weight is
-                // k-interleaved, h natural: interleave_x = 0; the trigger as the fused QKV
-                // entries place it (the same norm and staging).
-                unsafe {
-                    launch
-                        .arg(inp.x)
-                        .arg(inp.w)
-                        .arg(out.q)
-                        .arg(inp.m)
-                        .arg(inp.hidden)
-                        .arg(out.nq)
-                        .arg(eps)
-                        .arg(split)
-                        .arg(chunk)
-                        .arg(u32::from(plan.trigger_first))
-                        .arg(0u32)
                         .run(stream)
                 }
             }
