@@ -34,30 +34,9 @@ pub fn tiny_config(arch: Arch) -> ModelConfig {
     }
 }
 
-/// The `config.json` transformers would write for `cfg`.
+/// The `config.json` transformers would write for `cfg` (the library's export writes it).
 pub fn hf_config_json(cfg: &ModelConfig) -> String {
-    json!({
-        "architectures": [cfg.arch.hf_name()],
-        "model_type": cfg.arch.gguf_name(),
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.hidden_size,
-        "intermediate_size": cfg.intermediate_size,
-        "num_hidden_layers": cfg.num_layers,
-        "num_attention_heads": cfg.num_heads,
-        "num_key_value_heads": cfg.num_kv_heads,
-        "head_dim": cfg.head_dim,
-        "rms_norm_eps": cfg.rms_norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "rope_scaling": null,
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "tie_word_embeddings": cfg.tie_word_embeddings,
-        "hidden_act": "silu",
-        "attention_bias": false,
-        "bos_token_id": cfg.bos_token_id,
-        "eos_token_id": cfg.eos_token_ids[0],
-        "torch_dtype": "bfloat16",
-    })
-    .to_string()
+    nanofuse_engine::export::hf_config_json(cfg).expect("test configs have a config.json form")
 }
 
 /// Little-endian bytes of `t` in a safetensors dtype (BF16, F16 or F32).
