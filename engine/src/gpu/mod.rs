@@ -500,14 +500,9 @@ impl Engine {
         let w = lm_head.as_ref().unwrap_or(embed);
         match (head, fused_head.as_ref()) {
             (Head::Argmax, Some(fused)) => fused.forward_into(&bufs.h, 1, slot)?,
-            (Head::Argmax, None) => {
-                ops::rms_norm(gpu, &bufs.h, final_norm, &mut bufs.xn, 1, h, eps)?;
-                ops::gemm(gpu, GemmImpl::Cublas, &bufs.xn, w, logits, 1, h, v)?;
-                argmax(gpu, logits, v, slot)?;
-            }
-            (Head::Logits, _) => {
-                // The argmax too, so that a later step fed from the slot (a greedy step after
-                // a logits step) finds its token.
+            // The unfused greedy head, and the logits head of both modes: logits, then their
+            // argmax (so that a greedy step after a logits step finds its token in the slot).
+            _ => {
                 ops::rms_norm(gpu, &bufs.h, final_norm, &mut bufs.xn, 1, h, eps)?;
                 ops::gemm(gpu, GemmImpl::Cublas, &bufs.xn, w, logits, 1, h, v)?;
                 argmax(gpu, logits, v, slot)?;
