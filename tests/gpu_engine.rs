@@ -1,6 +1,9 @@
 //! The GPU decode engine against the CPU f32 reference forward (`nanofuse_engine::reference`)
 //! on tiny random models (2 layers, Llama and Qwen3), fused and unfused: logits at every
-//! prompt position and 20 decode steps, the greedy tokens, and the bounds of the cache.
+//! prompt position (fed one position per step) and 20 decode steps; the batched prefill of a
+//! 40-token prompt in chunks of 1, 7, 17 and 40 tokens (so the ops run their fused routes
+//! and their RMSNorm + cuBLAS routes above M = 16) then 20 decode steps; the greedy tokens,
+//! and the bounds of the cache.
 //!
 //! Bound: relative L2 error of each step's logits vector ≤ 2e-2. The engine keeps bf16
 //! activations between kernels (as PyTorch does) where the reference keeps f32, through
@@ -64,7 +67,7 @@ fn margin(v: &[f32]) -> f32 {
 }
 
 fn engine(gpu: &Arc<Gpu>, cfg: &ModelConfig, w: &ModelWeights, mode: Mode, max_seq: usize) -> Engine {
-    Engine::new(gpu, cfg, w, EngineOptions { mode, max_seq }, |_, _| {}).expect("engine")
+    Engine::new(gpu, cfg, w, EngineOptions::new(mode, max_seq), |_, _| {}).expect("engine")
 }
 
 /// Logits at every prompt position and over `DECODE_STEPS` greedy (reference) steps.
@@ -115,6 +118,50 @@ fn engine_matches_the_cpu_reference_fused_and_unfused() {
         for (s, (f, u)) in fused.iter().zip(&unfused).enumerate() {
             let e = rel_l2(f, u);
             assert!(e <= BOUND, "{arch:?} step {s}: fused and unfused differ by {e:.2e}");
+        }
+    }
+}
+
+#[test]
+fn batched_prefill_matches_the_reference_at_every_chunk_size() {
+    let Some(gpu) = common::gpu() else { return };
+    let prompt: Vec<u32> = (0..40u32).map(|i| (i * 97 + 13) % 320).collect();
+    for arch in [Arch::Llama, Arch::Qwen3] {
+        let cfg = tiny(arch);
+        let w = random_weights(&cfg, 23);
+        let max_seq = prompt.len() + DECODE_STEPS + 1;
+        // The reference: the prompt's last logits, then greedy (reference) tokens and their
+        // logits, which every engine below is fed.
+        let reference = Reference::new(&cfg, &w, max_seq).unwrap();
+        let mut cache = reference.new_cache();
+        let v = cfg.vocab_size;
+        let all = reference.forward(&prompt, &mut cache).unwrap();
+        let mut want = vec![all[(prompt.len() - 1) * v..].to_vec()];
+        let mut fed = Vec::new();
+        for _ in 0..DECODE_STEPS {
+            let t = nanofuse_engine::sample::argmax(want.last().unwrap()) as u32;
+            fed.push(t);
+            want.push(reference.forward(&[t], &mut cache).unwrap());
+        }
+        for mode in [Mode::Fused, Mode::Unfused] {
+            for chunk in [1, 7, 17, 40] {
+                let opts = EngineOptions { mode, max_seq, prefill_chunk: chunk };
+                let mut eng = Engine::new(&gpu, &cfg, &w, opts, |_, _| {}).unwrap();
+                let what = format!("{arch:?} {mode:?} chunk {chunk}");
+                let got = eng.prefill_logits(&prompt).unwrap();
+                let e = rel_l2(&got, &want[0]);
+                assert!(e <= BOUND, "{what}: prefill logits error {e:.2e} > {BOUND}");
+                assert_eq!(eng.position(), prompt.len());
+                let mut worst = e;
+                for (s, &t) in fed.iter().enumerate() {
+                    let got = eng.step_logits(Some(t)).unwrap();
+                    let e = rel_l2(&got, &want[s + 1]);
+                    worst = worst.max(e);
+                    assert!(e <= BOUND, "{what}: decode step {s} after the prefill: logits error {e:.2e}");
+                }
+                assert_eq!(&eng.tokens().unwrap()[..prompt.len()], &prompt[..], "{what}: the tokens buffer");
+                println!("{what}: worst logits error {worst:.2e}");
+            }
         }
     }
 }

@@ -58,7 +58,8 @@ fn argmax_picks_the_first_largest_and_ignores_nan() {
     assert_eq!(gpu_argmax(&gpu, &[bf16::NAN; 100]), u32::MAX, "all NaN: the slot stays empty");
 }
 
-/// Runs `step_begin` on `state` and returns (state, slot, tokens with the guard, h).
+/// Runs `step_begin` for one position on `state` and returns (state, slot, tokens with the
+/// guard, h).
 #[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn step(
     gpu: &Gpu,
@@ -70,16 +71,75 @@ fn step(
     slot: &mut CudaSlice<u64>,
     tokens: &mut CudaSlice<u32>,
 ) -> (Vec<u32>, u64, Vec<u32>, Vec<bf16>) {
+    step_rows(gpu, embed, vocab, hidden, 1, prompt, state, slot, tokens)
+}
+
+/// As [`step`], for `rows` positions (a prefill chunk): h is `[rows, hidden]`.
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+fn step_rows(
+    gpu: &Gpu,
+    embed: &CudaSlice<bf16>,
+    vocab: usize,
+    hidden: usize,
+    rows: usize,
+    prompt: &CudaSlice<u32>,
+    state: &mut CudaSlice<u32>,
+    slot: &mut CudaSlice<u64>,
+    tokens: &mut CudaSlice<u32>,
+) -> (Vec<u32>, u64, Vec<u32>, Vec<bf16>) {
     let max_seq = prompt.len();
-    let mut h = gpu.upload(&vec![bf16::NAN; hidden]).unwrap();
+    let mut h = gpu.upload(&vec![bf16::NAN; rows * hidden]).unwrap();
     let mut view = tokens.slice_mut(0..max_seq);
-    step_begin(gpu, embed, vocab, hidden, prompt, state, slot, &mut view, &mut h).unwrap();
+    step_begin(gpu, embed, vocab, hidden, rows, prompt, state, slot, &mut view, &mut h).unwrap();
     (
         gpu.download(state).unwrap(),
         gpu.download(slot).unwrap()[0],
         gpu.download(tokens).unwrap(),
         gpu.download(&h).unwrap(),
     )
+}
+
+#[test]
+fn step_begin_embeds_a_prefill_chunk_and_flags_the_rows_past_the_cache() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = common::rng("step_begin rows");
+    let (vocab, hidden, max_seq, guard) = (50usize, 264usize, 7usize, 8usize);
+    let table = random_bf16(&mut rng, vocab * hidden, -1.0, 1.0);
+    let embed = gpu.upload(&table).unwrap();
+    let ids: Vec<u32> = vec![7, 11, 13, 17, 19, 0, 0];
+    let prompt = gpu.upload(&ids).unwrap();
+    let mut s = [0u32; step::LEN];
+    s[step::POS] = u32::MAX;
+    s[step::PROMPT_LEN] = 5;
+    let mut state = gpu.upload(&s).unwrap();
+    let mut slot = slot_of(&gpu);
+    let sentinel = 0xdead_beef;
+    let mut tokens = gpu.upload(&vec![sentinel; max_seq + guard]).unwrap();
+    let bits = |x: &[bf16]| x.iter().map(|b| b.to_bits()).collect::<Vec<_>>();
+    // Chunks of 3 and 2 rows: the prompt's five tokens, in order.
+    let mut at = 0;
+    for rows in [3usize, 2] {
+        let (st, sl, toks, h) =
+            step_rows(&gpu, &embed, vocab, hidden, rows, &prompt, &mut state, &mut slot, &mut tokens);
+        assert_eq!(st[step::POS], (at + rows - 1) as u32, "the position of the chunk's last row");
+        assert_eq!((st[step::FLAGS], sl), (0, 0));
+        assert_eq!(&toks[..at + rows], &ids[..at + rows]);
+        for r in 0..rows {
+            let t = ids[at + r] as usize;
+            assert_eq!(bits(&h[r * hidden..(r + 1) * hidden]), bits(&table[t * hidden..(t + 1) * hidden]), "row {r}");
+        }
+        at += rows;
+    }
+    // Past the prompt every row takes the slot's token; rows at max_seq and beyond are
+    // flagged and not written.
+    let mut k = gpu.upload(&[nanofuse::argmax_key(1.0, 42)]).unwrap();
+    std::mem::swap(&mut slot, &mut k);
+    let (st, _, toks, h) = step_rows(&gpu, &embed, vocab, hidden, 3, &prompt, &mut state, &mut slot, &mut tokens);
+    assert_eq!(st[step::POS], 7);
+    assert_eq!(st[step::FLAGS] & step::FLAG_OVERFLOW, step::FLAG_OVERFLOW);
+    assert_eq!(&toks[5..7], &[42, 42]);
+    assert!(toks[max_seq..].iter().all(|&t| t == sentinel), "written past max_seq: {toks:?}");
+    assert_eq!(bits(&h[..hidden]), bits(&table[42 * hidden..43 * hidden]));
 }
 
 #[test]

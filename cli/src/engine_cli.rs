@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use nanofuse::Gpu;
 use nanofuse::cudarc::driver::sys::CUevent_flags;
 use nanofuse_cli::timing::copy_bandwidth_gbs;
-use nanofuse_engine::{Engine, EngineOptions, Mode, Model, Sampling, load_model};
+use nanofuse_engine::{DEFAULT_PREFILL_CHUNK, Engine, EngineOptions, Mode, Model, Sampling, load_model};
 use serde::Serialize;
 
 type AppResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -45,6 +45,9 @@ pub struct GenerateArgs {
     /// KV-cache positions (default: prompt + max tokens).
     #[arg(long)]
     max_seq: Option<usize>,
+    /// Most prompt tokens per prefill batch (1: the prompt one position at a time).
+    #[arg(long, default_value_t = DEFAULT_PREFILL_CHUNK)]
+    prefill_chunk: usize,
     /// Generate all --max-tokens even past an EOS token.
     #[arg(long)]
     ignore_eos: bool,
@@ -97,6 +100,9 @@ pub struct DecodeBenchArgs {
     /// Also time one step stage by stage (events between stages) for each engine.
     #[arg(long)]
     breakdown: bool,
+    /// Most prompt tokens per prefill batch (1: the prompt one position at a time).
+    #[arg(long, default_value_t = DEFAULT_PREFILL_CHUNK)]
+    prefill_chunk: usize,
     /// Write the results as JSON to this file (checked before anything runs).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -120,15 +126,14 @@ fn load(spec: &str, seed: u64) -> AppResult<Model> {
     Ok(model)
 }
 
-fn build(gpu: &Arc<Gpu>, model: &Model, mode: Mode, max_seq: usize) -> AppResult<Engine> {
+fn build(gpu: &Arc<Gpu>, model: &Model, mode: Mode, max_seq: usize, prefill_chunk: usize) -> AppResult<Engine> {
     let bar = ProgressBar::new(model.config.num_layers as u64 + 1).with_style(
         ProgressStyle::with_template("uploading {msg} {bar:30} {pos}/{len}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message(format!("{mode:?}"));
-    let engine = Engine::new(gpu, &model.config, &model.weights, EngineOptions { mode, max_seq }, |done, _| {
-        bar.set_position(done as u64)
-    })?;
+    let opts = EngineOptions { mode, max_seq, prefill_chunk };
+    let engine = Engine::new(gpu, &model.config, &model.weights, opts, |done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     Ok(engine)
 }
@@ -155,7 +160,7 @@ pub fn generate(a: GenerateArgs) -> AppResult<()> {
     };
     let max_seq = a.max_seq.unwrap_or(prompt.len() + a.max_tokens);
     let mode = if a.unfused { Mode::Unfused } else { Mode::Fused };
-    let mut engine = build(&gpu, &model, mode, max_seq)?;
+    let mut engine = build(&gpu, &model, mode, max_seq, a.prefill_chunk)?;
     if a.prompt_ids.is_empty() {
         print!("{}", a.prompt);
     } else {
@@ -191,11 +196,12 @@ pub fn generate(a: GenerateArgs) -> AppResult<()> {
         let prefill_tps = stats.prompt_tokens as f64 / stats.prefill_s;
         let decode_tps = if stats.decode_s > 0.0 { stats.decode_tokens as f64 / stats.decode_s } else { 0.0 };
         eprintln!(
-            "{mode:?} engine: {} prompt tokens in {:.1} ms ({prefill_tps:.0} tok/s, token by token); {} tokens \
+            "{mode:?} engine: {} prompt tokens in {:.1} ms ({prefill_tps:.0} tok/s, chunks of up to {}); {} tokens \
              generated, decode {decode_tps:.0} tok/s (synchronized per token to print it; `decode-bench` times \
              back-to-back graph replays)",
             stats.prompt_tokens,
             stats.prefill_s * 1e3,
+            a.prefill_chunk,
             tokens.len()
         );
         tokens
@@ -218,11 +224,7 @@ fn greedy_dumping_logits(
     show: &mut dyn FnMut(u32) -> bool,
 ) -> AppResult<Vec<u32>> {
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    engine.reset(prompt)?;
-    let mut logits = Vec::new();
-    for _ in 0..prompt.len() {
-        logits = engine.step_logits(None)?;
-    }
+    let mut logits = engine.prefill_logits(prompt)?;
     let mut tokens = Vec::new();
     while tokens.len() < max_new {
         for v in &logits {
@@ -247,6 +249,9 @@ struct BenchRow {
     generated: usize,
     runs_us_per_token: Vec<f64>,
     us_per_token: f64,
+    /// The prompt's prefill, host wall time of `Engine::prefill` (eager launches, one
+    /// synchronization), median of the runs.
+    prefill_us: f64,
     tokens_per_s: f64,
     weight_bytes_per_token: u64,
     floor_us: f64,
@@ -271,7 +276,8 @@ struct BenchReport {
     breakdown: Vec<Breakdown>,
 }
 
-const METHOD: &str = "batch 1; prompt of random ids fed through the step graph; then N greedy decode steps, \
+const METHOD: &str = "batch 1; prompt of random ids prefilled in batches of up to --prefill-chunk tokens (host \
+    wall time of the eager launches and one synchronization); then N greedy decode steps, \
     each one CUDA-graph replay, enqueued back to back and timed with CUDA events around all N; µs per token = \
     elapsed / N; fused and unfused engines (same weights) alternate run by run; median of the runs; floor = \
     weight bytes per token / copy bandwidth (read + write of a 1 GiB device copy, measured in the same run)";
@@ -302,7 +308,9 @@ pub fn decode_bench(a: DecodeBenchArgs) -> AppResult<()> {
     let mut breakdown = Vec::new();
     for spec in &models {
         let model = load(spec, 0)?;
-        let mut engines = [build(&gpu, &model, Mode::Fused, max_seq)?, build(&gpu, &model, Mode::Unfused, max_seq)?];
+        let chunk = a.prefill_chunk;
+        let mut engines =
+            [build(&gpu, &model, Mode::Fused, max_seq, chunk)?, build(&gpu, &model, Mode::Unfused, max_seq, chunk)?];
         let vocab = model.config.vocab_size as u64;
         let prompt: Vec<u32> = (0..a.prompt_len as u64).map(|i| ((i * 2_654_435_761) % vocab) as u32).collect();
         let bytes = engines[0].weight_bytes_per_token();
@@ -313,23 +321,30 @@ pub fn decode_bench(a: DecodeBenchArgs) -> AppResult<()> {
             bytes as f64 / 1e9
         );
         println!(
-            "{:>8} {:>9} {:>12} {:>10} {:>9}  runs (µs/token)",
-            "engine", "generated", "µs/token", "tok/s", "floor"
+            "{:>8} {:>9} {:>12} {:>10} {:>9} {:>12}  runs (µs/token)",
+            "engine", "generated", "µs/token", "tok/s", "floor", "prefill µs"
         );
+        let median = |v: &[f64]| {
+            let mut sorted = v.to_vec();
+            sorted.sort_by(f64::total_cmp);
+            sorted[sorted.len() / 2]
+        };
         for &n in &a.generate {
             let mut samples = vec![Vec::new(); engines.len()];
+            let mut prefills = vec![Vec::new(); engines.len()];
             for _ in 0..a.runs {
-                for (e, s) in engines.iter_mut().zip(samples.iter_mut()) {
-                    s.push(time_decode(e, &prompt, n)?);
+                for ((e, s), p) in engines.iter_mut().zip(samples.iter_mut()).zip(prefills.iter_mut()) {
+                    let (prefill_us, us) = time_decode(e, &prompt, n)?;
+                    s.push(us);
+                    p.push(prefill_us);
                 }
             }
-            for (e, s) in engines.iter().zip(samples) {
-                let mut sorted = s.clone();
-                sorted.sort_by(f64::total_cmp);
-                let med = sorted[sorted.len() / 2];
+            for ((e, s), p) in engines.iter().zip(samples).zip(prefills) {
+                let med = median(&s);
+                let prefill_us = median(&p);
                 let engine = format!("{:?}", e.options().mode).to_lowercase();
                 println!(
-                    "{engine:>8} {n:>9} {med:>12.1} {:>10.0} {:>8.1}%  {}",
+                    "{engine:>8} {n:>9} {med:>12.1} {:>10.0} {:>8.1}% {prefill_us:>12.1}  {}",
                     1e6 / med,
                     100.0 * floor_us / med,
                     s.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(" ")
@@ -341,6 +356,7 @@ pub fn decode_bench(a: DecodeBenchArgs) -> AppResult<()> {
                     generated: n,
                     runs_us_per_token: s,
                     us_per_token: med,
+                    prefill_us,
                     tokens_per_s: 1e6 / med,
                     weight_bytes_per_token: bytes,
                     floor_us,
@@ -386,10 +402,13 @@ pub fn decode_bench(a: DecodeBenchArgs) -> AppResult<()> {
     Ok(())
 }
 
-/// One timed run: prefill `prompt`, then `n` greedy steps enqueued back to back between two
-/// events. Returns µs per token.
-fn time_decode(engine: &mut Engine, prompt: &[u32], n: usize) -> AppResult<f64> {
+/// One timed run: prefill `prompt` (host wall time, eager launches and the final
+/// synchronization), then `n` greedy steps enqueued back to back between two events.
+/// Returns (prefill µs, decode µs per token).
+fn time_decode(engine: &mut Engine, prompt: &[u32], n: usize) -> AppResult<(f64, f64)> {
+    let t0 = Instant::now();
     engine.prefill(prompt)?;
+    let prefill_us = t0.elapsed().as_secs_f64() * 1e6;
     let ctx = engine.gpu().context().clone();
     let start = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
     let end = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
@@ -398,5 +417,5 @@ fn time_decode(engine: &mut Engine, prompt: &[u32], n: usize) -> AppResult<f64> 
     engine.enqueue_decode_steps(n)?;
     end.record(&stream)?;
     engine.finish()?;
-    Ok(f64::from(start.elapsed_ms(&end)?) * 1e3 / n as f64)
+    Ok((prefill_us, f64::from(start.elapsed_ms(&end)?) * 1e3 / n as f64))
 }

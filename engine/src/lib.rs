@@ -32,7 +32,7 @@ pub mod weights;
 
 pub use config::{Arch, ModelConfig, RopeScaling};
 pub use error::{Error, Result};
-pub use gpu::{Engine, EngineOptions, GenerateStats, Mode};
+pub use gpu::{DEFAULT_PREFILL_CHUNK, Engine, EngineOptions, GenerateStats, Mode};
 pub use load::{Model, load_model};
 pub use sample::Sampling;
 pub use tokenizer::Tokenizer;

@@ -1,13 +1,16 @@
-//! The decode engine's attention kernels for one token (batch 1), checked:
+//! The decode engine's attention kernels, checked, for the last `rows` positions of a
+//! sequence (a decode step: 1; a prefill chunk: its tokens), whose q, k, v come packed as
+//! the QKV projection writes them (`qkv [rows, (num_heads + 2 num_kv_heads) · head_dim]`):
 //!
-//! * [`qk_norm_rope`]: Qwen3's per-head q/k RMSNorm (optional), rotate-half RoPE at the
-//!   device position `state[POS]`, q in place, the rotated k and v into the layer's caches;
-//! * [`attention_decode`]: flash-decoding over positions `0..=state[POS]` with GQA, the
-//!   context split across CTAs and merged by the last CTA of each kv head, in one kernel;
-//!   its [`AttnScratch`] holds the split partials and counters.
+//! * [`qk_norm_rope`]: Qwen3's per-head q/k RMSNorm (optional), rotate-half RoPE at each
+//!   row's position, q in place, the rotated k and v into the layer's caches;
+//! * [`attention_decode`]: flash-decoding, causal (row `r` sees positions up to its own),
+//!   with GQA, the context split across CTAs and merged by the last CTA of each row and kv
+//!   head, in one kernel; its [`AttnScratch`] holds the split partials and counters.
 //!
-//! Both read the position on the device, so a captured CUDA graph replays at any context
-//! length (`decode_step_begin` advances it, see [`step_begin`](crate::step_begin)).
+//! Row `r`'s position is `state[POS] − (rows − 1 − r)`, read on the device, so a captured
+//! CUDA graph replays at any context length (`decode_step_begin` advances it, see
+//! [`step_begin`](crate::step_begin)).
 
 use std::sync::Arc;
 
@@ -68,7 +71,8 @@ impl AttnShape {
         let cache = checked_len("num_kv_heads * max_seq", self.num_kv_heads, self.max_seq)?;
         let cache = checked_len("cache elements", cache, self.head_dim)?;
         let table = checked_len("max_seq * head_dim", self.max_seq, self.head_dim)?;
-        for (arg, v) in [("cache elements", cache), ("max_seq * head_dim", table), ("q elements", self.q_len())] {
+        let qkv = ("qkv elements", self.qkv_len());
+        for (arg, v) in [("cache elements", cache), ("max_seq * head_dim", table), ("q elements", self.q_len()), qkv] {
             if v > MAX_DIM {
                 return Err(Error::TooLarge {
                     arg,
@@ -89,6 +93,11 @@ impl AttnShape {
     /// Elements of q and of the attention output: `num_heads · head_dim`.
     pub fn q_len(&self) -> usize {
         self.num_heads.saturating_mul(self.head_dim)
+    }
+
+    /// Elements of one token's packed q, k, v: `(num_heads + 2 num_kv_heads) · head_dim`.
+    pub fn qkv_len(&self) -> usize {
+        self.num_heads.saturating_add(self.num_kv_heads.saturating_mul(2)).saturating_mul(self.head_dim)
     }
 
     /// Elements of one token's k or v: `num_kv_heads · head_dim`.
@@ -115,25 +124,37 @@ pub struct QkNorm<'a> {
     pub eps: f32,
 }
 
-/// For one token: optional per-head RMSNorm of q and k (`qk_norm`), rotate-half RoPE at
-/// `pos = state[POS]` (read on the device) from `rope [max_seq, head_dim]` f32 (row p:
-/// `cos(p·f_i)` for `i < hd/2`, then `sin(p·f_i)`), in f32, rounded once to bf16. q
-/// `[num_heads · hd]` is rewritten in place; the rotated k and v `[num_kv_heads · hd]` go to
-/// `k_cache, v_cache [num_kv_heads, max_seq, hd]` at `pos` (views of a larger all-layer
-/// cache are fine). At `pos >= max_seq` nothing is written and `state[FLAGS]` gets
-/// `FLAG_OVERFLOW`.
+/// Most rows (positions) of one [`qk_norm_rope`] or [`attention_decode`] launch (the
+/// grid's y limit).
+pub const MAX_ROWS: usize = 65535;
+
+/// Error unless `1 <= rows <= MAX_ROWS`.
+fn check_rows(rows: usize) -> Result<()> {
+    if rows == 0 || rows > MAX_ROWS {
+        return Err(Error::Dimension { arg: "rows", expected: "1 to 65535 (attention::MAX_ROWS)", got: rows });
+    }
+    Ok(())
+}
+
+/// For the last `rows` positions, row `r` at `p_r = state[POS] − (rows − 1 − r)` (read on
+/// the device): optional per-head RMSNorm of q and k (`qk_norm`), rotate-half RoPE at `p_r`
+/// from `rope [max_seq, head_dim]` f32 (row p: `cos(p·f_i)` for `i < hd/2`, then
+/// `sin(p·f_i)`), in f32, rounded once to bf16. `qkv [rows, (num_heads + 2 num_kv_heads) ·
+/// hd]` holds each row's q, k, v side by side (the packed QKV projection); q is rewritten
+/// in place; the rotated k and v go to `k_cache, v_cache [num_kv_heads, max_seq, hd]` at
+/// `p_r` (views of a larger all-layer cache are fine). A row at `p_r >= max_seq` writes
+/// nothing and sets `FLAG_OVERFLOW` in `state[FLAGS]`.
 ///
-/// Errors: the shape ([`AttnShape::validate`]); buffer lengths other than the above
-/// (`state`: `config::step::LEN`; norm weights `head_dim`); buffers not 16-byte aligned or
-/// on another device; a written buffer (q, state, the caches) overlapping another buffer;
-/// a bad eps.
+/// Errors: the shape ([`AttnShape::validate`]); `rows` outside `1..=MAX_ROWS`; buffer
+/// lengths other than the above (`state`: `config::step::LEN`; norm weights `head_dim`);
+/// buffers not 16-byte aligned or on another device; a written buffer (qkv, state, the
+/// caches) overlapping another buffer; a bad eps.
 #[allow(clippy::too_many_arguments)]
 pub fn qk_norm_rope(
     gpu: &Gpu,
     shape: &AttnShape,
-    q: &mut impl DevicePtrMut<bf16>,
-    k: &impl DevicePtr<bf16>,
-    v: &impl DevicePtr<bf16>,
+    rows: usize,
+    qkv: &mut impl DevicePtrMut<bf16>,
     qk_norm: Option<QkNorm<'_>>,
     rope: &impl DevicePtr<f32>,
     state: &mut impl DevicePtrMut<u32>,
@@ -141,11 +162,10 @@ pub fn qk_norm_rope(
     v_cache: &mut impl DevicePtrMut<bf16>,
 ) -> Result<()> {
     shape.validate()?;
+    check_rows(rows)?;
     let s = shape;
-    let kb = gpu.input("k", k, s.kv_len())?;
-    let vb = gpu.input("v", v, s.kv_len())?;
     let rb = gpu.input("rope", rope, s.rope_len())?;
-    let mut read: Vec<BufRef> = vec![kb, vb, rb];
+    let mut read: Vec<BufRef> = vec![rb];
     let (mut q_w, mut k_w, mut eps) = (0, 0, 0.0);
     if let Some(n) = qk_norm {
         check_eps(n.eps)?;
@@ -154,15 +174,13 @@ pub fn qk_norm_rope(
         (q_w, k_w, eps) = (qw.ptr, kw.ptr, n.eps);
         read.extend([qw, kw]);
     }
-    let qb = gpu.output("q", q, s.q_len())?;
+    let qb = gpu.output("qkv", qkv, checked_len("rows * qkv", rows, s.qkv_len())?)?;
     let sb = gpu.output("state", state, step::LEN)?;
     let kc = gpu.output("k_cache", k_cache, s.cache_len())?;
     let vc = gpu.output("v_cache", v_cache, s.cache_len())?;
     check_no_overlap(&[qb, sb, kc, vc], &read)?;
     let a = RopeArgs {
-        q: qb.ptr,
-        k: kb.ptr,
-        v: vb.ptr,
+        qkv: qb.ptr,
         q_w,
         k_w,
         rope: rb.ptr,
@@ -173,46 +191,65 @@ pub fn qk_norm_rope(
         num_kv_heads: s.num_kv_heads as u32,
         head_dim: s.head_dim as u32,
         max_seq: s.max_seq as u32,
+        rows: rows as u32,
         eps,
         norm: qk_norm.is_some(),
     };
     // SAFETY: every buffer checked for length, alignment, context and overlap above; the
-    // shape validated (hd 64 or 128, sizes below 2^31).
+    // shape validated (hd 64 or 128, sizes below 2^31); 1 <= rows <= 65535.
     unsafe { gpu.kernels.qk_norm_rope(gpu.stream(), gpu.pdl(), a) }
 }
 
-/// Splits (CTAs per kv head) of `attention_decode` on a device of `sm_count` SMs: about two
-/// CTAs per SM over the kv heads, at most `config::attention::MAX_SPLITS`. At run time only
+/// Splits (CTAs per row and kv head) of an `attention_decode` launch over `rows`
+/// positions on a device of `sm_count` SMs: about two CTAs per SM over the rows and kv
+/// heads, from 1 to `config::attention::MAX_SPLITS`. At run time only
 /// `min(splits, ceil(len / MIN_CHUNK))` of them take positions.
-pub fn attention_splits(sm_count: u32, num_kv_heads: usize) -> u32 {
-    attention::splits(sm_count, num_kv_heads.min(u32::MAX as usize) as u32)
+pub fn attention_splits(sm_count: u32, num_kv_heads: usize, rows: usize) -> u32 {
+    let c = |v: usize| v.min(u32::MAX as usize) as u32;
+    attention::splits(sm_count, c(num_kv_heads), c(rows))
 }
 
-/// The scratch of [`attention_decode`] for one shape: the split partials
-/// `[num_heads, splits, ML + head_dim]` f32 and one zeroed counter per kv head (the kernel
-/// leaves them zero). Use one scratch per stream: two launches running at the same time
-/// must not share one (layers issued in order on one stream may).
+/// The scratch of [`attention_decode`] for one shape and up to `max_rows` rows per launch:
+/// the split partials `[rows, num_heads, splits, ML + head_dim]` f32 (sized for the largest
+/// `rows · splits` of those launches) and one zeroed counter per row and kv head (the
+/// kernel leaves them zero). Use one scratch per stream: two launches running at the same
+/// time must not share one (layers issued in order on one stream may).
 pub struct AttnScratch {
     shape: AttnShape,
-    splits: u32,
+    max_rows: usize,
+    sm_count: u32,
     partial: CudaSlice<f32>,
     counters: CudaSlice<u32>,
 }
 
 impl AttnScratch {
-    /// Allocates the scratch for `shape` on `gpu`'s device, with the planner's split count.
+    /// The scratch for one row per launch (a decode step).
     pub fn new(gpu: &Arc<Gpu>, shape: &AttnShape) -> Result<Self> {
-        shape.validate()?;
-        let splits = attention_splits(gpu.info().sm_count, shape.num_kv_heads);
-        let per = checked_len("splits * (ML + head_dim)", splits as usize, attention::ML as usize + shape.head_dim)?;
-        let partial = gpu.alloc_zeros::<f32>(checked_len("partial elements", shape.num_heads, per)?)?;
-        let counters = gpu.alloc_zeros::<u32>(shape.num_kv_heads)?;
-        Ok(AttnScratch { shape: *shape, splits, partial, counters })
+        Self::with_rows(gpu, shape, 1)
     }
 
-    /// The splits the scratch was sized for (the launch's grid y).
-    pub fn splits(&self) -> u32 {
-        self.splits
+    /// The scratch for launches of up to `max_rows` rows (a prefill chunk), with the
+    /// planner's split counts.
+    pub fn with_rows(gpu: &Arc<Gpu>, shape: &AttnShape, max_rows: usize) -> Result<Self> {
+        shape.validate()?;
+        check_rows(max_rows)?;
+        let sm_count = gpu.info().sm_count;
+        let most =
+            (1..=max_rows).map(|r| r * attention_splits(sm_count, shape.num_kv_heads, r) as usize).max().unwrap_or(1);
+        let per = checked_len("rows * splits * (ML + head_dim)", most, attention::ML as usize + shape.head_dim)?;
+        let partial = gpu.alloc_zeros::<f32>(checked_len("partial elements", shape.num_heads, per)?)?;
+        let counters = gpu.alloc_zeros::<u32>(checked_len("rows * num_kv_heads", max_rows, shape.num_kv_heads)?)?;
+        Ok(AttnScratch { shape: *shape, max_rows, sm_count, partial, counters })
+    }
+
+    /// The splits of a launch over `rows` rows (the launch's grid y).
+    pub fn splits(&self, rows: usize) -> u32 {
+        attention_splits(self.sm_count, self.shape.num_kv_heads, rows)
+    }
+
+    /// The most rows a launch with this scratch may take.
+    pub fn max_rows(&self) -> usize {
+        self.max_rows
     }
 
     /// The shape the scratch was made for.
@@ -221,19 +258,22 @@ impl AttnScratch {
     }
 }
 
-/// `out[h] = softmax(q_h · K_{kvh}ᵀ / sqrt(hd)) · V_{kvh}` over positions `0..=state[POS]`
-/// (read on the device; the whole cache if it is `>= max_seq`), `kvh = h / group`, f32
-/// scores, softmax and sums, `out [num_heads · hd]` bf16. `q [num_heads · hd]`,
-/// `k_cache, v_cache [num_kv_heads, max_seq, hd]` as [`qk_norm_rope`] writes them.
+/// For the last `rows` positions, row `r` at `p_r = state[POS] − (rows − 1 − r)` (read on
+/// the device; the whole cache if `p_r >= max_seq`): `out[r, h] = softmax(q_{r,h} ·
+/// K_{kvh}ᵀ / sqrt(hd)) · V_{kvh}` over positions `0..=p_r` (causal), `kvh = h / group`, f32
+/// scores, softmax and sums, `out [rows, num_heads · hd]` bf16. q is read from the packed
+/// `qkv [rows, (num_heads + 2 num_kv_heads) · hd]` as [`qk_norm_rope`] leaves it;
+/// `k_cache, v_cache [num_kv_heads, max_seq, hd]` as it writes them.
 ///
-/// Errors: the shape; a scratch made for another shape; buffer lengths other than the
-/// above; buffers not 16-byte aligned or on another device; `out` overlapping another
-/// buffer.
+/// Errors: the shape; a scratch made for another shape or fewer rows; `rows` zero; buffer
+/// lengths other than the above; buffers not 16-byte aligned or on another device; `out`
+/// overlapping another buffer.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_decode(
     gpu: &Gpu,
     shape: &AttnShape,
-    q: &impl DevicePtr<bf16>,
+    rows: usize,
+    qkv: &impl DevicePtr<bf16>,
     k_cache: &impl DevicePtr<bf16>,
     v_cache: &impl DevicePtr<bf16>,
     state: &impl DevicePtr<u32>,
@@ -241,6 +281,7 @@ pub fn attention_decode(
     out: &mut impl DevicePtrMut<bf16>,
 ) -> Result<()> {
     shape.validate()?;
+    check_rows(rows)?;
     let s = shape;
     if scratch.shape != *s {
         return Err(Error::Value {
@@ -249,17 +290,35 @@ pub fn attention_decode(
             got: format!("{:?}", scratch.shape),
         });
     }
-    let qb = gpu.input("q", q, s.q_len())?;
+    if rows > scratch.max_rows {
+        return Err(Error::Value {
+            arg: "scratch",
+            expected: "an AttnScratch made for at least this many rows (AttnScratch::with_rows)",
+            got: format!("one for {} rows", scratch.max_rows),
+        });
+    }
+    let ctas = checked_len("rows * num_kv_heads", rows, s.num_kv_heads)?;
+    if ctas > MAX_DIM {
+        return Err(Error::TooLarge {
+            arg: "rows * num_kv_heads",
+            got: ctas as u64,
+            limit: MAX_DIM as u64,
+            why: "the grid's x",
+        });
+    }
+    let splits = scratch.splits(rows);
+    let qb = gpu.input("qkv", qkv, checked_len("rows * qkv", rows, s.qkv_len())?)?;
     let kc = gpu.input("k_cache", k_cache, s.cache_len())?;
     let vc = gpu.input("v_cache", v_cache, s.cache_len())?;
     let sb = gpu.input("state", state, step::LEN)?;
     let plen = scratch.partial.len();
     let pb = gpu.output("scratch partials", &mut scratch.partial, plen)?;
-    let cb = gpu.output("scratch counters", &mut scratch.counters, s.num_kv_heads)?;
-    let ob = gpu.output("out", out, s.q_len())?;
+    let clen = scratch.counters.len();
+    let cb = gpu.output("scratch counters", &mut scratch.counters, clen)?;
+    let ob = gpu.output("out", out, checked_len("rows * q", rows, s.q_len())?)?;
     check_no_overlap(&[ob, pb, cb], &[qb, kc, vc, sb])?;
     let a = AttnArgs {
-        q: qb.ptr,
+        qkv: qb.ptr,
         k_cache: kc.ptr,
         v_cache: vc.ptr,
         state: sb.ptr,
@@ -270,11 +329,13 @@ pub fn attention_decode(
         num_kv_heads: s.num_kv_heads as u32,
         head_dim: s.head_dim as u32,
         max_seq: s.max_seq as u32,
-        splits: scratch.splits,
+        rows: rows as u32,
+        splits,
     };
     // SAFETY: every buffer checked for length, alignment, context and overlap above; the
-    // scratch was sized for this shape and its split count (1..=MAX_SPLITS); the counters
-    // are zero (allocated zeroed, and every launch leaves them so).
+    // scratch was sized for this shape and up to max_rows rows at these split counts
+    // (1..=MAX_SPLITS); the counters are zero (allocated zeroed, and every launch leaves
+    // them so); rows · num_kv_heads <= MAX_DIM < 2^31 (checked).
     unsafe { gpu.kernels.attention(gpu.stream(), gpu.pdl(), a) }
 }
 
@@ -303,9 +364,13 @@ mod tests {
 
     #[test]
     fn splits_cover_the_device_and_stay_in_range() {
-        assert_eq!(attention_splits(132, 8), 33);
-        assert_eq!(attention_splits(132, 3), attention::MAX_SPLITS);
-        assert_eq!(attention_splits(1, 64), 1);
+        assert_eq!(attention_splits(132, 8, 1), 33);
+        assert_eq!(attention_splits(132, 3, 1), attention::MAX_SPLITS);
+        assert_eq!(attention_splits(1, 64, 1), 1);
+        // A prefill chunk: fewer splits, down to one per row.
+        assert_eq!(attention_splits(132, 8, 4), 9);
+        assert_eq!(attention_splits(132, 8, 512), 1);
+        assert_eq!(attention_splits(132, 8, 0), 33);
         for len in [1, 31, 32, 33, 1000, 4097, 32768] {
             let a = attention::active(33, len);
             assert!((1..=33).contains(&a) && (a - 1) * attention::MIN_CHUNK < len.max(1), "{len}: {a}");

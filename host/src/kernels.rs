@@ -50,8 +50,8 @@ const DECODE_GATE_UP: &[usize] = &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR
 const DECODE_PROJ: &[usize] = &[PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
 const DECODE_ARGMAX: &[usize] = &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
 const QK_NORM_ROPE: &[usize] =
-    &[PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
-const ATTENTION: &[usize] = &[PTR, PTR, PTR, PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
+    &[PTR, PTR, PTR, PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
+const ATTENTION: &[usize] = &[PTR, PTR, PTR, PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
 
 /// The dynamic shared memory an entry may be launched with.
 #[derive(Clone, Copy)]
@@ -135,7 +135,7 @@ kernel_table! {
     ArgmaxDecodeEarly = "fused_rmsnorm_argmax_decode_early", DECODE_ARGMAX, Smem::DeviceMax;
     ArgmaxDecodeEarlyM8 = "fused_rmsnorm_argmax_decode_early_m8", DECODE_ARGMAX, Smem::DeviceMax;
     ArgmaxDecodeRing = "fused_rmsnorm_argmax_decode_ring", DECODE_ARGMAX, Smem::DeviceMax;
-    StepBegin = "decode_step_begin", &[PTR, PTR, PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR], Smem::Default;
+    StepBegin = "decode_step_begin", &[PTR, PTR, PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR], Smem::Default;
     QkNormRope = "qk_norm_rope", QK_NORM_ROPE, Smem::Default;
     AttentionDecode = "attention_decode", ATTENTION, Smem::Default;
     ArgmaxBf16 = "argmax_bf16", &[PTR, SCALAR, PTR], Smem::Default;
@@ -288,14 +288,13 @@ pub(crate) struct StepArgs {
     pub vocab: u32,
     pub hidden: u32,
     pub max_seq: u32,
+    pub rows: u32,
 }
 
 /// `qk_norm_rope`'s buffers (device addresses; `q_w`, `k_w` 0 without the norm) and sizes.
 #[derive(Clone, Copy)]
 pub(crate) struct RopeArgs {
-    pub q: u64,
-    pub k: u64,
-    pub v: u64,
+    pub qkv: u64,
     pub q_w: u64,
     pub k_w: u64,
     pub rope: u64,
@@ -306,6 +305,7 @@ pub(crate) struct RopeArgs {
     pub num_kv_heads: u32,
     pub head_dim: u32,
     pub max_seq: u32,
+    pub rows: u32,
     pub eps: f32,
     pub norm: bool,
 }
@@ -313,7 +313,7 @@ pub(crate) struct RopeArgs {
 /// `attention_decode`'s buffers (device addresses), sizes and split count.
 #[derive(Clone, Copy)]
 pub(crate) struct AttnArgs {
-    pub q: u64,
+    pub qkv: u64,
     pub k_cache: u64,
     pub v_cache: u64,
     pub state: u64,
@@ -324,6 +324,7 @@ pub(crate) struct AttnArgs {
     pub num_kv_heads: u32,
     pub head_dim: u32,
     pub max_seq: u32,
+    pub rows: u32,
     pub splits: u32,
 }
 
@@ -542,9 +543,9 @@ impl Kernels {
     ///
     /// # Safety
     /// `embed [vocab, hidden]` bf16, `prompt [max_seq]` u32, `state [step::LEN]` u32,
-    /// `slot [1]` u64, `tokens [max_seq]` u32, `h [hidden]` bf16: 16-byte aligned device
+    /// `slot [1]` u64, `tokens [max_seq]` u32, `h [rows, hidden]` bf16: 16-byte aligned device
     /// buffers on this context, the written ones (state, slot, tokens, h) disjoint from
-    /// every other; `hidden % 8 == 0`.
+    /// every other; `hidden % 8 == 0`, `rows >= 1`.
     pub(crate) unsafe fn step_begin(&self, stream: &CudaStream, pdl: bool, a: StepArgs) -> Result<()> {
         let shape = Shape { grid: (1, 1), block: step::THREADS, cluster_x: 1, smem: 0 };
         let launch = Launch::new(self.entry(KernelId::StepBegin), shape).pdl(pdl);
@@ -560,28 +561,28 @@ impl Kernels {
                 .arg(a.vocab)
                 .arg(a.hidden)
                 .arg(a.max_seq)
+                .arg(a.rows)
                 .run(stream)
         }
     }
 
-    /// `qk_norm_rope` (see [`RopeArgs`]): one warp per q and k head.
+    /// `qk_norm_rope` (see [`RopeArgs`]): one warp per q and k head of each row.
     ///
     /// # Safety
-    /// `q [num_heads·hd]`, `k, v [num_kv_heads·hd]`, with the norm `q_w, k_w [hd]` bf16,
+    /// `qkv [rows, (num_heads + 2 num_kv_heads)·hd]`, with the norm `q_w, k_w [hd]` bf16,
     /// `rope [max_seq, hd]` f32, `state [step::LEN]` u32, `k_cache, v_cache [num_kv_heads,
     /// max_seq, hd]` bf16: 16-byte aligned device buffers on this context, the written ones
-    /// (q, state, the caches) disjoint from each other and from the read ones (q is read
-    /// and written in place); hd 64, 128 or 256; `num_heads + num_kv_heads < 2^31`.
+    /// (qkv, state, the caches) disjoint from each other and from the read ones (qkv's q is
+    /// read and written in place); hd 64, 128 or 256; `num_heads + num_kv_heads < 2^31`,
+    /// `1 <= rows <= 65535`.
     pub(crate) unsafe fn qk_norm_rope(&self, stream: &CudaStream, pdl: bool, a: RopeArgs) -> Result<()> {
         let grid = (a.num_heads + a.num_kv_heads).div_ceil(rope::WARPS);
-        let shape = Shape { grid: (grid, 1), block: rope::THREADS, cluster_x: 1, smem: 0 };
+        let shape = Shape { grid: (grid, a.rows), block: rope::THREADS, cluster_x: 1, smem: 0 };
         let launch = Launch::new(self.entry(KernelId::QkNormRope), shape).pdl(pdl);
         // SAFETY: the arguments in `qk_norm_rope`'s order; buffers per the caller.
         unsafe {
             launch
-                .arg(a.q)
-                .arg(a.k)
-                .arg(a.v)
+                .arg(a.qkv)
                 .arg(a.q_w)
                 .arg(a.k_w)
                 .arg(a.rope)
@@ -592,23 +593,25 @@ impl Kernels {
                 .arg(a.num_kv_heads)
                 .arg(a.head_dim)
                 .arg(a.max_seq)
+                .arg(a.rows)
                 .arg(a.eps)
                 .arg(u32::from(a.norm))
                 .run(stream)
         }
     }
 
-    /// `attention_decode` (see [`AttnArgs`]): grid `(num_kv_heads, splits)`.
+    /// `attention_decode` (see [`AttnArgs`]): grid `(rows · num_kv_heads, splits)`.
     ///
     /// # Safety
-    /// `q, out [num_heads·hd]`, `k_cache, v_cache [num_kv_heads, max_seq, hd]` bf16,
-    /// `state [step::LEN]` u32, `partial [num_heads, splits, ML + hd]` f32 and
-    /// `counters [num_kv_heads]` u32 (zero) of one scratch used by one stream at a time:
-    /// 16-byte aligned device buffers on this context, out disjoint from the rest; the shape
-    /// validated (`AttnShape::validate`) and `1 <= splits <= MAX_SPLITS`.
+    /// `qkv [rows, (num_heads + 2 num_kv_heads)·hd]`, `out [rows, num_heads·hd]`,
+    /// `k_cache, v_cache [num_kv_heads, max_seq, hd]` bf16, `state [step::LEN]` u32,
+    /// `partial [rows, num_heads, splits, ML + hd]` f32 and `counters [rows · num_kv_heads]`
+    /// u32 (zero) of one scratch used by one stream at a time: 16-byte aligned device
+    /// buffers on this context, out disjoint from the rest; the shape validated
+    /// (`AttnShape::validate`), `1 <= splits <= MAX_SPLITS`, `rows · num_kv_heads < 2^31`.
     pub(crate) unsafe fn attention(&self, stream: &CudaStream, pdl: bool, a: AttnArgs) -> Result<()> {
         let shape = Shape {
-            grid: (a.num_kv_heads, a.splits),
+            grid: (a.rows * a.num_kv_heads, a.splits),
             block: attention::THREADS,
             cluster_x: 1,
             smem: attention::SMEM_BYTES,
@@ -618,7 +621,7 @@ impl Kernels {
         // SAFETY: the arguments in `attention_decode`'s order; buffers per the caller.
         unsafe {
             launch
-                .arg(a.q)
+                .arg(a.qkv)
                 .arg(a.k_cache)
                 .arg(a.v_cache)
                 .arg(a.state)
@@ -629,6 +632,7 @@ impl Kernels {
                 .arg(a.num_kv_heads)
                 .arg(a.head_dim)
                 .arg(a.max_seq)
+                .arg(a.rows)
                 .arg(scale_log2)
                 .run(stream)
         }

@@ -31,7 +31,9 @@ pub mod reference;
 mod sample;
 mod shared;
 
-pub use attention::{AttnScratch, AttnShape, QkNorm, attention_decode, attention_splits, qk_norm_rope};
+pub use attention::{
+    AttnScratch, AttnShape, MAX_ROWS as ATTN_MAX_ROWS, QkNorm, attention_decode, attention_splits, qk_norm_rope,
+};
 pub use check::BUFFER_ALIGN;
 pub use cudarc;
 pub use device::{DeviceInfo, arch_number, device_count, driver_present};

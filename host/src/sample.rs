@@ -35,23 +35,27 @@ pub fn argmax_key(value: f32, index: u32) -> u64 {
     config::argmax::key(value.to_bits(), index)
 }
 
-/// The first step kernel of a decode step (one CTA; see the kernel's documentation):
-/// `pos = state[POS] + 1` (wrapping: initialize `state[POS]` to `u32::MAX`);
-/// `token = prompt[pos]` if `pos < state[PROMPT_LEN]`, else the token of `slot[0]`;
-/// `tokens[pos] = token` (at `pos >= max_seq` nothing is written and `state[FLAGS]` gets
-/// `FLAG_OVERFLOW`); `slot[0] = 0`; `h = embed[token]` (zeros and `FLAG_BAD_TOKEN` for a
-/// token `>= vocab`). `max_seq` is the length of `prompt` and `tokens`.
+/// The first kernel of a decode step (`rows = 1`) or of a prefill chunk (`rows` tokens;
+/// one CTA, see the kernel's documentation): `p0 = state[POS] + 1` (wrapping: initialize
+/// `state[POS]` to `u32::MAX`); for `r < rows` at `p = p0 + r`: `token = prompt[p]` if
+/// `p < state[PROMPT_LEN]`, else the token of `slot[0]`; `tokens[p] = token` (at
+/// `p >= max_seq` nothing is written and `state[FLAGS]` gets `FLAG_OVERFLOW`);
+/// `h[r] = embed[token]` (zeros and `FLAG_BAD_TOKEN` for a token `>= vocab`); then
+/// `state[POS] = p0 + rows − 1`, `slot[0] = 0`. `max_seq` is the length of `prompt` and
+/// `tokens`.
 ///
-/// Errors: `hidden` not a positive multiple of 8, `vocab` zero, sizes past 32 bits;
-/// `embed` not `[vocab, hidden]`, `state` not `config::step::LEN`, `slot` not 1, `h` not
-/// `hidden`, `prompt` and `tokens` of different lengths (or empty); buffers not 16-byte
-/// aligned or on another device; a written buffer overlapping another.
+/// Errors: `hidden` not a positive multiple of 8, `vocab` or `rows` zero, `rows` above
+/// `max_seq`, sizes past 32 bits; `embed` not `[vocab, hidden]`, `state` not
+/// `config::step::LEN`, `slot` not 1, `h` not `[rows, hidden]`, `prompt` and `tokens` of
+/// different lengths (or empty); buffers not 16-byte aligned or on another device; a
+/// written buffer overlapping another.
 #[allow(clippy::too_many_arguments)]
 pub fn step_begin(
     gpu: &Gpu,
     embed: &impl DevicePtr<bf16>,
     vocab: usize,
     hidden: usize,
+    rows: usize,
     prompt: &impl DevicePtr<u32>,
     state: &mut impl DevicePtrMut<u32>,
     slot: &mut impl DevicePtrMut<u64>,
@@ -64,13 +68,16 @@ pub fn step_begin(
     if max_seq == 0 {
         return Err(Error::Dimension { arg: "prompt", expected: "at least one element (max_seq)", got: 0 });
     }
+    if rows == 0 || rows > max_seq {
+        return Err(Error::Dimension { arg: "rows", expected: "1 to max_seq (the prompt's length)", got: rows });
+    }
     let max_seq32 = checked_u32("max_seq", max_seq)?;
     let eb = gpu.input("embed", embed, checked_len("vocab * hidden", vocab, hidden)?)?;
     let pb = gpu.input("prompt", prompt, max_seq)?;
     let sb = gpu.output("state", state, step::LEN)?;
     let slb = gpu.output("slot", slot, 1)?;
     let tb = gpu.output("tokens", tokens, max_seq)?;
-    let hb = gpu.output("h", h, hidden)?;
+    let hb = gpu.output("h", h, checked_len("rows * hidden", rows, hidden)?)?;
     check_no_overlap(&[sb, slb, tb, hb], &[eb, pb])?;
     let a = StepArgs {
         embed: eb.ptr,
@@ -82,9 +89,10 @@ pub fn step_begin(
         vocab: vocab32,
         hidden: hidden as u32,
         max_seq: max_seq32,
+        rows: rows as u32,
     };
     // SAFETY: every buffer checked for length, alignment, context and overlap above;
-    // hidden % 8 == 0 (check_dims).
+    // hidden % 8 == 0 (check_dims), 1 <= rows <= max_seq < 2^32.
     unsafe { gpu.kernels.step_begin(gpu.stream(), gpu.pdl(), a) }
 }
 

@@ -1,50 +1,58 @@
-//! # Flash-decoding attention for one token (GQA), with the split merge in the last CTA
+//! # Flash-decoding attention for the last `rows` positions (GQA), split merge in the last CTA
 //!
-//! `out[h] = softmax(q_h · K_{kvh}ᵀ / sqrt(hd)) · V_{kvh}` over positions `0..len`,
-//! `len = pos + 1` (`pos = state[POS]`, read on the device, so a captured CUDA graph
-//! replays at any length; `len = max_seq` if `pos >= max_seq`), `kvh = h / group`,
-//! `group = num_heads / num_kv_heads`. Scores, softmax and sums in f32, in the base-2
-//! domain (`scale_log2 = log2(e) / sqrt(hd)` folded into q, `ex2.approx`); out rounded
-//! once to bf16.
+//! For row `r < rows` at position `p_r = state[POS] − (rows − 1 − r)` (a decode step:
+//! `rows = 1`, the token just fed; a prefill chunk: its `rows` tokens, causal):
+//! `out[r, h] = softmax(q_{r,h} · K_{kvh}ᵀ / sqrt(hd)) · V_{kvh}` over positions
+//! `0..len_r`, `len_r = p_r + 1` (`len_r = max_seq` if `p_r >= max_seq`), `kvh = h / group`,
+//! `group = num_heads / num_kv_heads`. The position is read on the device, so a captured
+//! CUDA graph replays at any length. Scores, softmax and sums in f32, in the base-2 domain
+//! (`scale_log2 = log2(e) / sqrt(hd)` folded into q, `ex2.approx`); out rounded once to
+//! bf16.
 //!
 //! # Parameters
-//! `q [num_heads · hd]`, `k_cache, v_cache [num_kv_heads, max_seq, hd]` (element
-//! `(h, p, d)` at `(h·max_seq + p)·hd + d`), `state [config::step::LEN]` u32,
-//! `partial [num_heads, splits, ML + hd]` f32 scratch, `counters [num_kv_heads]` u32 (zero
-//! between launches: the kernel leaves them so), `out [num_heads · hd]`. bf16 unless
-//! stated, 16-byte aligned; `hd` 64 or 128, `group <= 8`.
+//! `qkv [rows, (num_heads + 2 num_kv_heads) · hd]` (the packed projection; only each row's
+//! q columns `[0, num_heads · hd)` are read), `k_cache, v_cache [num_kv_heads, max_seq, hd]`
+//! (element `(h, p, d)` at `(h·max_seq + p)·hd + d`), `state [config::step::LEN]` u32,
+//! `partial [rows, num_heads, splits, ML + hd]` f32 scratch, `counters [rows ·
+//! num_kv_heads]` u32 (zero between launches: the kernel leaves them so), `out [rows,
+//! num_heads · hd]`. bf16 unless stated, 16-byte aligned; `hd` 64 or 128, `group <= 8`.
 //!
 //! # Split and thread mapping
-//! Grid `(num_kv_heads, splits)`: CTA `(kvh, s)` takes kv head `kvh` with all its `group` q
-//! heads, and chunk `s` of the context: `active = min(splits, ceil(len / MIN_CHUNK))`
-//! splits take `chunk = ceil(len / active)` positions each, the others none (they still
-//! count in the merge protocol). Warp `w` of the CTA takes positions `start + w + 4 i`,
-//! `UNROLL` at a time (their K and V rows loaded together, so several loads are in
-//! flight), with an online softmax per q head. Lane `l` holds elements `[l·hd/32, …)` of
-//! every row (module `head`), so a score is a warp sum.
+//! Grid `(rows · num_kv_heads, splits)`: CTA `(r · num_kv_heads + kvh, s)` takes row `r`,
+//! kv head `kvh` with all its `group` q heads, and chunk `s` of the row's context:
+//! `active = min(splits, ceil(len / MIN_CHUNK))` splits take `chunk = ceil(len / active)`
+//! positions each; the others exit at once. Warp `w` of the CTA takes positions
+//! `start + w + 4 i`, `UNROLL` at a time (their K and V rows loaded together, so several
+//! loads are in flight), with an online softmax per q head. Lane `l` holds elements
+//! `[l·hd/32, …)` of every row (module `head`), so a score is a warp sum.
 //!
 //! # Merge
 //! 1. The CTA's four warps combine their `(m, l, o)` per q head through shared memory
-//!    (log-sum-exp rule) and write one partial per (q head, split) to `partial`.
-//! 2. Every thread fences (`fence.acq_rel.gpu`), a CTA barrier, thread 0 adds 1 to
-//!    `counters[kvh]` (`atom.global.add`) and fences again: the CTA that sees
-//!    `splits − 1` is the last of its kv head (threadFenceReduction). It resets the
-//!    counter to 0 for the next launch (every other CTA of the kv head has already added),
-//!    reads the active splits' partials with `ld.global.cg` (L2, never a stale L1 line) and
-//!    writes `out`: `o = Σ_s o_s 2^(m_s − M) / Σ_s l_s 2^(m_s − M)`, `M = max_s m_s`, over
-//!    the splits in order (bitwise the same whichever CTA is last).
+//!    (log-sum-exp rule). With one active split that is the result: `out` is written and
+//!    the CTA is done. Otherwise it writes one partial per (q head, split) to `partial`.
+//! 2. Every thread fences (`fence.acq_rel.gpu`), a CTA barrier, thread 0 adds 1 to the
+//!    counter of its (row, kv head) (`atom.global.add`) and fences again: the CTA that sees
+//!    `active − 1` is the last (threadFenceReduction). It resets the counter to 0 for the
+//!    next launch (every other active CTA has already added) and merges: lane `s` loads
+//!    split `s`'s `(m, l)` with `ld.global.cg` (L2, never a stale L1 line), so all of them
+//!    are in flight together; `M = max_s m_s` and `L = Σ_s l_s 2^(m_s − M)` are warp
+//!    reductions; then `o = Σ_s o_s 2^(m_s − M) / L`, `MERGE_UNROLL` splits' `o` loaded
+//!    before any is used, summed over the splits in order (bitwise the same whichever CTA
+//!    is last).
 //!
 //! # Traffic
-//! `4 hd len num_kv_heads` bytes of K and V (each row read once), plus per active split
-//! `4 (ML + hd) num_heads` bytes of partials written and read back (L2).
+//! Per row, `4 hd len num_kv_heads` bytes of K and V (each row read once), plus per active
+//! split `4 (ML + hd) num_heads` bytes of partials written and read back (L2). A prefill
+//! chunk reads the cache once per row: fine for the chunk sizes the engine runs, not a
+//! long-prompt prefill kernel.
 //!
 //! # Launch
-//! grid `(num_kv_heads, splits)` (`config::attention::splits`), block `(128, 1, 1)`,
-//! dynamic shared memory `config::attention::SMEM_BYTES`; optionally with programmatic
-//! stream serialization (everything but the launch-shape checks after
+//! grid `(rows · num_kv_heads, splits)` (`config::attention::splits`), block
+//! `(128, 1, 1)`, dynamic shared memory `config::attention::SMEM_BYTES`; optionally with
+//! programmatic stream serialization (everything but the launch-shape checks after
 //! `griddepcontrol.wait`).
 
-use crate::config::attention::{MAX_GROUP, MAX_HEAD_DIM, MAX_SPLITS, ML, THREADS, UNROLL, WARPS, active};
+use crate::config::attention::{MAX_GROUP, MAX_HEAD_DIM, MAX_SPLITS, MERGE_UNROLL, ML, THREADS, UNROLL, WARPS, active};
 use crate::config::step::POS;
 use crate::head::{ld_words, pack_words, unpack_words};
 use crate::ptx::atomic::{atom_global_add_u32, fence_acq_rel_gpu};
@@ -56,23 +64,27 @@ use crate::ptx::thread::{
     block_dim_x, block_idx_x, block_idx_y, grid_dim_x, grid_dim_y, lane_id, sync_threads, thread_idx_x, warp_id,
 };
 use crate::ptx::trap;
-use crate::ptx::warp::warp_sum_f32;
+use crate::ptx::warp::{shfl_sync_idx_f32, warp_max_f32, warp_sum_f32};
 
 const G: usize = MAX_GROUP as usize;
 const U: usize = UNROLL as usize;
+const MU: usize = MERGE_UNROLL as usize;
 
 /// The pointers and sizes of one launch.
 #[derive(Clone, Copy)]
 struct Args {
-    q: *const u16,
+    qkv: *const u16,
     k_cache: *const u16,
     v_cache: *const u16,
     state: *const u32,
     partial: *mut f32,
     counters: *mut u32,
     out: *mut u16,
+    num_heads: u32,
+    num_kv_heads: u32,
     group: u32,
     max_seq: u32,
+    rows: u32,
     scale_log2: f32,
 }
 
@@ -85,7 +97,7 @@ struct Args {
 #[unsafe(no_mangle)]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "gpu-kernel" fn attention_decode(
-    q: *const u16,
+    qkv: *const u16,
     k_cache: *const u16,
     v_cache: *const u16,
     state: *const u32,
@@ -96,12 +108,14 @@ pub unsafe extern "gpu-kernel" fn attention_decode(
     num_kv_heads: u32,
     head_dim: u32,
     max_seq: u32,
+    rows: u32,
     scale_log2: f32,
 ) {
     let splits = grid_dim_y();
     if block_dim_x() != THREADS
         || num_kv_heads == 0
-        || grid_dim_x() != num_kv_heads
+        || rows == 0
+        || num_kv_heads.checked_mul(rows) != Some(grid_dim_x())
         || splits > MAX_SPLITS
         || !num_heads.is_multiple_of(num_kv_heads)
         || num_heads / num_kv_heads > MAX_GROUP
@@ -112,7 +126,21 @@ pub unsafe extern "gpu-kernel" fn attention_decode(
         trap();
     }
     let group = num_heads / num_kv_heads;
-    let a = Args { q, k_cache, v_cache, state, partial, counters, out, group, max_seq, scale_log2 };
+    let a = Args {
+        qkv,
+        k_cache,
+        v_cache,
+        state,
+        partial,
+        counters,
+        out,
+        num_heads,
+        num_kv_heads,
+        group,
+        max_seq,
+        rows,
+        scale_log2,
+    };
     // SAFETY: forwarded to the caller.
     unsafe { if head_dim == 64 { run::<1, 2>(a) } else { run::<2, 4>(a) } }
 }
@@ -133,110 +161,121 @@ fn weight(m: f32, big: f32) -> f32 {
 #[inline(always)]
 unsafe fn run<const W: usize, const E: usize>(a: Args) {
     let hd = 32 * E as u32;
-    let (kvh, split, splits) = (block_idx_x(), block_idx_y(), grid_dim_y());
+    let (cta, split, splits) = (block_idx_x(), block_idx_y(), grid_dim_y());
+    let (row, kvh) = (cta / a.num_kv_heads, cta % a.num_kv_heads);
     let (warp, lane, tid) = (warp_id(), lane_id(), thread_idx_x());
     let group = a.group;
     let smem = dynamic_shared_base().cast::<f32>();
     // Warp w's partial of q head g: m, l, pad, then o [hd].
     let slot = |w: u32, g: u32| smem.add((w * MAX_GROUP + g) * (ML + hd));
     let last_flag: SharedPtr<u32> = smem.add(WARPS * MAX_GROUP * (ML + MAX_HEAD_DIM)).cast();
-    let entry =
-        |h: u32, s: u32| a.partial.wrapping_add((h as usize * splits as usize + s as usize) * (ML + hd) as usize);
+    // Row `row`'s partial of q head h (0..num_heads), split s.
+    let entry = |h: u32, s: u32| {
+        let i = (row as usize * a.num_heads as usize + h as usize) * splits as usize + s as usize;
+        a.partial.wrapping_add(i * (ML + hd) as usize)
+    };
+    let out_row = |h: u32| a.out.wrapping_add((row as usize * a.num_heads as usize + h as usize) * hd as usize);
 
     griddepcontrol_launch_dependents();
     griddepcontrol_wait();
 
     // SAFETY: state holds LEN words.
-    let pos = unsafe { a.state.add(POS).read_volatile() };
+    let last_pos = unsafe { a.state.add(POS).read_volatile() };
+    let pos = last_pos.wrapping_sub(a.rows - 1 - row);
     let len = if pos < a.max_seq { pos + 1 } else { a.max_seq };
     let act = active(splits, len);
+    if split >= act {
+        // Uniform over the CTA; idle splits take no part in the merge.
+        return;
+    }
     let chunk = len.div_ceil(act);
     let start = split.saturating_mul(chunk).min(len);
     let end = start.saturating_add(chunk).min(len);
     let elem0 = lane * E as u32;
 
     // 1. This warp's positions, online softmax per q head.
-    if split < act {
-        let kv_row = |p: u32| (kvh as usize * a.max_seq as usize + p as usize) * hd as usize + elem0 as usize;
-        let mut qf = [[0.0f32; E]; G];
-        for (g, qg) in qf.iter_mut().enumerate() {
-            if (g as u32) < group {
-                let h = kvh * group + g as u32;
-                // SAFETY: q holds num_heads rows of hd; the lane's words are aligned.
-                let words = unsafe { (a.q.add((h * hd + elem0) as usize) as *const [u32; W]).read() };
-                let v: [f32; E] = unpack_words(words);
-                *qg = v.map(|x| x * a.scale_log2);
+    let kv_row = |p: u32| (kvh as usize * a.max_seq as usize + p as usize) * hd as usize + elem0 as usize;
+    let q_stride = (a.num_heads + 2 * a.num_kv_heads) as usize * hd as usize;
+    let mut qf = [[0.0f32; E]; G];
+    for (g, qg) in qf.iter_mut().enumerate() {
+        if (g as u32) < group {
+            let h = kvh * group + g as u32;
+            // SAFETY: qkv holds rows rows of q_stride; the lane's words of q head h are
+            // aligned.
+            let words =
+                unsafe { (a.qkv.add(row as usize * q_stride + (h * hd + elem0) as usize) as *const [u32; W]).read() };
+            let v: [f32; E] = unpack_words(words);
+            *qg = v.map(|x| x * a.scale_log2);
+        }
+    }
+    let mut m = [f32::NEG_INFINITY; G];
+    let mut l = [0.0f32; G];
+    let mut acc = [[0.0f32; E]; G];
+    let mut p = start + warp;
+    while p < end {
+        let mut kw = [[0u32; W]; U];
+        let mut vw = [[0u32; W]; U];
+        for u in 0..U {
+            let pp = p + u as u32 * WARPS;
+            if pp < end {
+                // SAFETY: position pp < len <= max_seq of kv head kvh.
+                unsafe {
+                    kw[u] = ld_words::<W>(a.k_cache.add(kv_row(pp)));
+                    vw[u] = ld_words::<W>(a.v_cache.add(kv_row(pp)));
+                }
             }
         }
-        let mut m = [f32::NEG_INFINITY; G];
-        let mut l = [0.0f32; G];
-        let mut acc = [[0.0f32; E]; G];
-        let mut p = start + warp;
-        while p < end {
-            let mut kw = [[0u32; W]; U];
-            let mut vw = [[0u32; W]; U];
-            for u in 0..U {
-                let pp = p + u as u32 * WARPS;
-                if pp < end {
-                    // SAFETY: position pp < len <= max_seq of kv head kvh.
-                    unsafe {
-                        kw[u] = ld_words::<W>(a.k_cache.add(kv_row(pp)));
-                        vw[u] = ld_words::<W>(a.v_cache.add(kv_row(pp)));
-                    }
-                }
-            }
-            let mut s = [[f32::NEG_INFINITY; G]; U];
-            for u in 0..U {
-                if p + (u as u32) * WARPS < end {
-                    let kf: [f32; E] = unpack_words(kw[u]);
-                    for g in 0..G {
-                        if (g as u32) < group {
-                            let mut d = 0.0f32;
-                            for e in 0..E {
-                                d += qf[g][e] * kf[e];
-                            }
-                            s[u][g] = warp_sum_f32(d);
-                        }
-                    }
-                }
-            }
-            let vf: [[f32; E]; U] = vw.map(unpack_words);
-            for g in 0..G {
-                if (g as u32) < group {
-                    let mut mx = m[g];
-                    for su in s.iter() {
-                        mx = mx.max(su[g]);
-                    }
-                    // mx is finite: position p (u = 0) is below end.
-                    let corr = weight(m[g], mx);
-                    l[g] *= corr;
-                    for e in 0..E {
-                        acc[g][e] *= corr;
-                    }
-                    for u in 0..U {
-                        let pw = ex2_approx_f32(s[u][g] - mx);
-                        l[g] += pw;
+        let mut s = [[f32::NEG_INFINITY; G]; U];
+        for u in 0..U {
+            if p + (u as u32) * WARPS < end {
+                let kf: [f32; E] = unpack_words(kw[u]);
+                for g in 0..G {
+                    if (g as u32) < group {
+                        let mut d = 0.0f32;
                         for e in 0..E {
-                            acc[g][e] += pw * vf[u][e];
+                            d += qf[g][e] * kf[e];
                         }
+                        s[u][g] = warp_sum_f32(d);
                     }
-                    m[g] = mx;
                 }
             }
-            p += UNROLL * WARPS;
         }
+        let vf: [[f32; E]; U] = vw.map(unpack_words);
         for g in 0..G {
             if (g as u32) < group {
-                let at = slot(warp, g as u32);
-                // SAFETY: the warp's own slots inside SMEM_BYTES.
-                unsafe {
-                    if lane == 0 {
-                        st_shared_f32(at, m[g]);
-                        st_shared_f32(at.add(1), l[g]);
-                    }
+                let mut mx = m[g];
+                for su in s.iter() {
+                    mx = mx.max(su[g]);
+                }
+                // mx is finite: position p (u = 0) is below end.
+                let corr = weight(m[g], mx);
+                l[g] *= corr;
+                for e in 0..E {
+                    acc[g][e] *= corr;
+                }
+                for u in 0..U {
+                    let pw = ex2_approx_f32(s[u][g] - mx);
+                    l[g] += pw;
                     for e in 0..E {
-                        st_shared_f32(at.add(ML + elem0 + e as u32), acc[g][e]);
+                        acc[g][e] += pw * vf[u][e];
                     }
+                }
+                m[g] = mx;
+            }
+        }
+        p += UNROLL * WARPS;
+    }
+    for g in 0..G {
+        if (g as u32) < group {
+            let at = slot(warp, g as u32);
+            // SAFETY: the warp's own slots inside SMEM_BYTES.
+            unsafe {
+                if lane == 0 {
+                    st_shared_f32(at, m[g]);
+                    st_shared_f32(at.add(1), l[g]);
+                }
+                for e in 0..E {
+                    st_shared_f32(at.add(ML + elem0 + e as u32), acc[g][e]);
                 }
             }
         }
@@ -244,26 +283,30 @@ unsafe fn run<const W: usize, const E: usize>(a: Args) {
     // SAFETY: uniform: every thread of the CTA reaches it.
     unsafe { sync_threads() };
 
-    // 2. The CTA's partial per q head: warp w combines the four warps' partials of heads
-    // w, w + 4.
-    if split < act {
-        let mut g = warp;
-        while g < group {
-            // SAFETY: slots written above, published by the barrier; the entry of (h, split)
-            // lies inside partial [num_heads, splits, ML + hd].
-            unsafe {
-                let mw: [f32; WARPS as usize] = core::array::from_fn(|w| ld_shared_f32(slot(w as u32, g)));
-                let big = mw.iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y));
-                let ww = mw.map(|x| weight(x, big));
-                let mut lsum = 0.0f32;
-                let mut o = [0.0f32; E];
-                for (w, &wt) in ww.iter().enumerate() {
-                    lsum += wt * ld_shared_f32(slot(w as u32, g).add(1));
-                    for (e, oe) in o.iter_mut().enumerate() {
-                        *oe += wt * ld_shared_f32(slot(w as u32, g).add(ML + elem0 + e as u32));
-                    }
+    // 2. The CTA's result per q head: warp w combines the four warps' partials of heads
+    // w, w + 4; with one active split that is `out`, else this split's partial.
+    let mut g = warp;
+    while g < group {
+        // SAFETY: slots written above, published by the barrier; the entry of (row, h,
+        // split) lies inside partial [rows, num_heads, splits, ML + hd], out's row inside
+        // out [rows, num_heads · hd].
+        unsafe {
+            let mw: [f32; WARPS as usize] = core::array::from_fn(|w| ld_shared_f32(slot(w as u32, g)));
+            let big = mw.iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y));
+            let ww = mw.map(|x| weight(x, big));
+            let mut lsum = 0.0f32;
+            let mut o = [0.0f32; E];
+            for (w, &wt) in ww.iter().enumerate() {
+                lsum += wt * ld_shared_f32(slot(w as u32, g).add(1));
+                for (e, oe) in o.iter_mut().enumerate() {
+                    *oe += wt * ld_shared_f32(slot(w as u32, g).add(ML + elem0 + e as u32));
                 }
-                let dst = entry(kvh * group + g, split);
+            }
+            let h = kvh * group + g;
+            if act == 1 {
+                store_out::<W, E>(out_row(h).add(elem0 as usize), o, lsum);
+            } else {
+                let dst = entry(h, split);
                 if lane == 0 {
                     dst.write(big);
                     dst.add(1).write(lsum);
@@ -272,20 +315,23 @@ unsafe fn run<const W: usize, const E: usize>(a: Args) {
                     dst.add((ML + elem0) as usize + e).write(oe);
                 }
             }
-            g += WARPS;
         }
+        g += WARPS;
+    }
+    if act == 1 {
+        return;
     }
 
-    // 3. Count the CTA in; the last of the kv head merges.
+    // 3. Count the CTA in; the last active one of its (row, kv head) merges.
     fence_acq_rel_gpu();
-    // SAFETY: uniform barriers; counters [num_kv_heads], kvh < num_kv_heads; the flag
+    // SAFETY: uniform barriers; counters [rows · num_kv_heads], cta below it; the flag
     // inside SMEM_BYTES.
     let last = unsafe {
         sync_threads();
         if tid == 0 {
-            let counter = a.counters.add(kvh as usize);
+            let counter = a.counters.add(cta as usize);
             let before = atom_global_add_u32(counter, 1);
-            let last = before == splits - 1;
+            let last = before == act - 1;
             if last {
                 counter.write_volatile(0);
             }
@@ -301,31 +347,54 @@ unsafe fn run<const W: usize, const E: usize>(a: Args) {
     let mut g = warp;
     while g < group {
         let h = kvh * group + g;
-        // SAFETY: entries (h, s < act) written by the grid's CTAs before their counter add,
-        // read through L2; out holds num_heads rows of hd.
+        // SAFETY: entries (row, h, s < act) written by the grid's CTAs before their counter
+        // add, read through L2; act <= splits <= 64, so lanes s and s + 32 cover them.
         unsafe {
-            let mut big = f32::NEG_INFINITY;
-            for s in 0..act {
-                big = big.max(ld_global_cg_v2_f32(entry(h, s) as *const [f32; 2])[0]);
-            }
-            let mut lsum = 0.0f32;
+            let ml = |s: u32| {
+                if s < act { ld_global_cg_v2_f32(entry(h, s) as *const [f32; 2]) } else { [f32::NEG_INFINITY, 0.0] }
+            };
+            let (ml0, ml1) = (ml(lane), ml(lane + 32));
+            let big = warp_max_f32(ml0[0].max(ml1[0]));
+            let (w0, w1) = (weight(ml0[0], big), weight(ml1[0], big));
+            let lsum = warp_sum_f32(w0 * ml0[1] + w1 * ml1[1]);
             let mut o = [0.0f32; E];
-            for s in 0..act {
-                let src = entry(h, s);
-                let [ms, ls] = ld_global_cg_v2_f32(src as *const [f32; 2]);
-                let wt = weight(ms, big);
-                let os = load_o::<E>(src.add((ML + elem0) as usize));
-                lsum += wt * ls;
-                for e in 0..E {
-                    o[e] += wt * os[e];
+            let mut s0 = 0;
+            while s0 < act {
+                let mut os = [[0.0f32; E]; MU];
+                for u in 0..MU {
+                    let s = s0 + u as u32;
+                    if s < act {
+                        os[u] = load_o::<E>(entry(h, s).add((ML + elem0) as usize));
+                    }
                 }
+                for u in 0..MU {
+                    let s = s0 + u as u32;
+                    if s < act {
+                        // Warp-uniform choice of register: split s's weight is in lane s % 32.
+                        let wt = shfl_sync_idx_f32(if s < 32 { w0 } else { w1 }, s % 32);
+                        for e in 0..E {
+                            o[e] += wt * os[u][e];
+                        }
+                    }
+                }
+                s0 += MERGE_UNROLL;
             }
-            let inv = if lsum > 0.0 { rcp_approx_f32(lsum) } else { 0.0 };
-            let words: [u32; W] = pack_words(o.map(|x| x * inv));
-            (a.out.add((h * hd + elem0) as usize) as *mut [u32; W]).write(words);
+            store_out::<W, E>(out_row(h).add(elem0 as usize), o, lsum);
         }
         g += WARPS;
     }
+}
+
+/// Writes the lane's `E` outputs `o / lsum` (zeros for an empty sum) as bf16.
+///
+/// # Safety
+/// `p` is `4 W`-byte aligned and points at `E` writable bf16.
+#[inline(always)]
+unsafe fn store_out<const W: usize, const E: usize>(p: *mut u16, o: [f32; E], lsum: f32) {
+    let inv = if lsum > 0.0 { rcp_approx_f32(lsum) } else { 0.0 };
+    let words: [u32; W] = pack_words(o.map(|x| x * inv));
+    // SAFETY: forwarded to the caller.
+    unsafe { (p as *mut [u32; W]).write(words) };
 }
 
 /// The lane's `E` (2 or 4) floats of a partial's `o`, through L2.

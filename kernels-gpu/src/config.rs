@@ -118,6 +118,8 @@ pub mod attention {
     pub const UNROLL: u32 = 4;
     /// Fewest positions a split takes: `active = min(splits, ceil(len / MIN_CHUNK))`.
     pub const MIN_CHUNK: u32 = 32;
+    /// Splits whose partial `o` the merging CTA loads before using any.
+    pub const MERGE_UNROLL: u32 = 4;
     /// Most splits (CTAs per kv head) of a launch.
     pub const MAX_SPLITS: u32 = 64;
     /// Most q heads per kv head.
@@ -134,10 +136,14 @@ pub mod attention {
     /// then the last-CTA flag.
     pub const SMEM_BYTES: u32 = WARPS * MAX_GROUP * (ML + MAX_HEAD_DIM) * 4 + 16;
 
-    /// Splits for a device of `sm_count` SMs: about two CTAs per SM over the kv heads.
-    pub const fn splits(sm_count: u32, num_kv_heads: u32) -> u32 {
+    /// Splits of a launch over `rows` positions on a device of `sm_count` SMs: about two
+    /// CTAs per SM over the rows and kv heads (a prefill chunk of many rows needs fewer
+    /// splits of each row's context to fill the GPU), from 1 to `MAX_SPLITS`.
+    pub const fn splits(sm_count: u32, num_kv_heads: u32, rows: u32) -> u32 {
         let kv = if num_kv_heads == 0 { 1 } else { num_kv_heads };
-        let s = (2 * sm_count).div_ceil(kv);
+        let rows = if rows == 0 { 1 } else { rows };
+        let ctas = kv.saturating_mul(rows);
+        let s = (2 * sm_count).div_ceil(ctas);
         if s < 1 {
             1
         } else if s > MAX_SPLITS {

@@ -697,15 +697,28 @@ fn engine_sweep(gpu: &Arc<Gpu>, tally: &mut Tally, rng: &mut SmallRng) {
             return;
         }
     }
-    tally.record("step_begin prompt + overflow", engine_step(gpu, rng));
-    for (nh, nkv, hd, norm) in [(9, 3, 64, true), (16, 8, 128, false)] {
-        tally.record(&format!("qk_norm_rope ({nh},{nkv},{hd}) norm={norm}"), engine_rope(gpu, rng, nh, nkv, hd, norm));
+    for rows in [1, 3] {
+        tally.record(&format!("step_begin prompt + overflow rows={rows}"), engine_step(gpu, rng, rows));
+    }
+    for (nh, nkv, hd, norm, rows) in [(9, 3, 64, true, 1), (16, 8, 128, false, 1), (16, 8, 128, true, 5)] {
+        let name = format!("qk_norm_rope ({nh},{nkv},{hd}) norm={norm} rows={rows}");
+        tally.record(&name, engine_rope(gpu, rng, nh, nkv, hd, norm, rows));
         if tally.driver_error {
             return;
         }
     }
-    for (nh, nkv, hd, len) in [(9, 3, 64, 1), (9, 3, 64, 33), (9, 3, 64, 1000), (16, 8, 128, 100), (8, 8, 64, 257)] {
-        tally.record(&format!("attention ({nh},{nkv},{hd}) len={len}"), engine_attention(gpu, rng, nh, nkv, hd, len));
+    let cases = [
+        (9, 3, 64, 1, 1),
+        (9, 3, 64, 33, 1),
+        (9, 3, 64, 1000, 1),
+        (16, 8, 128, 100, 1),
+        (8, 8, 64, 257, 1),
+        (16, 8, 128, 40, 40),
+        (9, 3, 64, 300, 17),
+    ];
+    for (nh, nkv, hd, len, rows) in cases {
+        let name = format!("attention ({nh},{nkv},{hd}) len={len} rows={rows}");
+        tally.record(&name, engine_attention(gpu, rng, nh, nkv, hd, len, rows));
         if tally.driver_error {
             return;
         }
@@ -743,81 +756,131 @@ fn engine_argmax(gpu: &Gpu, logits: &[bf16]) -> CaseResult {
     }
 }
 
-fn engine_step(gpu: &Gpu, rng: &mut SmallRng) -> CaseResult {
+/// `rows` prompt tokens embedded at once, then a chunk that runs past the cache.
+fn engine_step(gpu: &Gpu, rng: &mut SmallRng, rows: usize) -> CaseResult {
     use nanofuse::step;
     let (vocab, hidden, max_seq) = (40usize, 264usize, 4usize);
     let table = random_bf16(rng, vocab * hidden, -1.0, 1.0);
     let embed = gpu.upload(&table)?;
-    let prompt = gpu.upload(&[5u32, 6, 7, 8])?;
+    let ids = [5u32, 6, 7, 8];
+    let prompt = gpu.upload(&ids)?;
     let mut st = [0u32; step::LEN];
     st[step::POS] = u32::MAX;
     st[step::PROMPT_LEN] = 4;
     let mut state = gpu.upload(&st)?;
     let mut slot = gpu.alloc_zeros::<u64>(1)?;
     let mut tokens = gpu.alloc_zeros::<u32>(max_seq + 4)?;
-    let mut h = poisoned(gpu, hidden)?;
+    let mut h = poisoned(gpu, rows * hidden)?;
     let mut view = tokens.slice_mut(0..max_seq);
-    nanofuse::step_begin(gpu, &embed, vocab, hidden, &prompt, &mut state, &mut slot, &mut view, &mut h)?;
+    nanofuse::step_begin(gpu, &embed, vocab, hidden, rows, &prompt, &mut state, &mut slot, &mut view, &mut h)?;
     let got = gpu.download(&h)?;
-    if got.iter().zip(&table[5 * hidden..6 * hidden]).any(|(a, b)| a.to_bits() != b.to_bits()) {
-        return Err(CaseError::Mismatch("h is not embed[5]".into()));
+    for (r, &id) in ids[..rows].iter().enumerate() {
+        let want = &table[id as usize * hidden..(id as usize + 1) * hidden];
+        if got[r * hidden..(r + 1) * hidden].iter().zip(want).any(|(a, b)| a.to_bits() != b.to_bits()) {
+            return Err(CaseError::Mismatch(format!("h row {r} is not embed[{id}]")));
+        }
     }
-    st[step::POS] = max_seq as u32 - 1;
+    let s = gpu.download(&state)?;
+    if s[step::POS] != rows as u32 - 1 || s[step::FLAGS] != 0 {
+        return Err(CaseError::Mismatch(format!("state after {rows} rows: {s:?}")));
+    }
+    // The chunk's last row lands at max_seq: flagged, nothing written past the cache.
+    st[step::POS] = (max_seq - rows) as u32;
     let mut state = gpu.upload(&st)?;
     let mut view = tokens.slice_mut(0..max_seq);
-    nanofuse::step_begin(gpu, &embed, vocab, hidden, &prompt, &mut state, &mut slot, &mut view, &mut h)?;
+    nanofuse::step_begin(gpu, &embed, vocab, hidden, rows, &prompt, &mut state, &mut slot, &mut view, &mut h)?;
     let (s, t) = (gpu.download(&state)?, gpu.download(&tokens)?);
     if s[step::FLAGS] & step::FLAG_OVERFLOW == 0 || t[max_seq..].iter().any(|&x| x != 0) {
         return Err(CaseError::Mismatch(format!("overflow: flags {}, tokens {t:?}", s[step::FLAGS])));
     }
-    Ok("prompt token embedded, overflow flagged".into())
+    Ok("prompt tokens embedded, overflow flagged".into())
 }
 
-fn engine_rope(gpu: &Gpu, rng: &mut SmallRng, nh: usize, nkv: usize, hd: usize, norm: bool) -> CaseResult {
+/// `rows` tokens ending at a random position: each row's q against the reference, and the
+/// k and v cache rows it wrote.
+fn engine_rope(gpu: &Gpu, rng: &mut SmallRng, nh: usize, nkv: usize, hd: usize, norm: bool, rows: usize) -> CaseResult {
     use nanofuse::{AttnShape, QkNorm, step};
     let max_seq = 40;
     let shape = AttnShape::new(nh, nkv, hd, max_seq);
-    let pos = rand::RngExt::random_range(rng, 0..max_seq);
-    let q = random_bf16(rng, shape.q_len(), -3.0, 3.0);
-    let kv = random_bf16(rng, shape.kv_len(), -3.0, 3.0);
+    let last = rand::RngExt::random_range(rng, rows - 1..max_seq);
+    let n = shape.qkv_len();
+    let qkv = random_bf16(rng, rows * n, -3.0, 3.0);
     let w = random_bf16(rng, hd, 0.5, 1.5);
     let table = reference::rope_table(max_seq, hd, 10000.0);
-    let row = &table[pos * hd..(pos + 1) * hd];
-    let want = reference::qk_norm_rope_rows(&q, hd, norm.then_some((w.as_slice(), EPS)), row)
-        .ok_or_else(|| CaseError::Mismatch("reference: bad lengths".into()))?;
-    let mut qd = gpu.upload(&q)?;
-    let kvd = gpu.upload(&kv)?;
+    let mut qd = gpu.upload(&qkv)?;
     let wd = gpu.upload(&w)?;
     let rope = gpu.upload(&table)?;
     let mut st = [0u32; step::LEN];
-    st[step::POS] = pos as u32;
+    st[step::POS] = last as u32;
     let mut state = gpu.upload(&st)?;
     let mut kc = poisoned(gpu, shape.cache_len())?;
     let mut vc = poisoned(gpu, shape.cache_len())?;
     let qk = norm.then_some(QkNorm { q: &wd, k: &wd, eps: EPS });
-    nanofuse::qk_norm_rope(gpu, &shape, &mut qd, &kvd, &kvd, qk, &rope, &mut state, &mut kc, &mut vc)?;
-    let got = gpu.download(&qd)?;
-    let c = compare(&got, &want, 1e-5 * rms(&want), 2f64.powi(-7));
-    if c.passes(4e-3) { Ok(c.to_string()) } else { Err(CaseError::Mismatch(c.to_string())) }
+    nanofuse::qk_norm_rope(gpu, &shape, rows, &mut qd, qk, &rope, &mut state, &mut kc, &mut vc)?;
+    let (got, kc, vc) = (gpu.download(&qd)?, gpu.download(&kc)?, gpu.download(&vc)?);
+    let (qn, kvn) = (shape.q_len(), shape.kv_len());
+    let mut worst = None;
+    for r in 0..rows {
+        let pos = last + 1 + r - rows;
+        let row = &table[pos * hd..(pos + 1) * hd];
+        let x = &qkv[r * n..(r + 1) * n];
+        let bad = || CaseError::Mismatch("reference: bad lengths".into());
+        let want_q =
+            reference::qk_norm_rope_rows(&x[..qn], hd, norm.then_some((w.as_slice(), EPS)), row).ok_or_else(bad)?;
+        let want_k = reference::qk_norm_rope_rows(&x[qn..qn + kvn], hd, norm.then_some((w.as_slice(), EPS)), row)
+            .ok_or_else(bad)?;
+        let at = |h: usize| (h * max_seq + pos) * hd;
+        let got_k: Vec<bf16> = (0..nkv).flat_map(|h| kc[at(h)..at(h) + hd].iter().copied()).collect();
+        let got_v: Vec<bf16> = (0..nkv).flat_map(|h| vc[at(h)..at(h) + hd].iter().copied()).collect();
+        if got_v.iter().zip(&x[qn + kvn..]).any(|(a, b)| a.to_bits() != b.to_bits()) {
+            return Err(CaseError::Mismatch(format!("row {r}: v cache is not v")));
+        }
+        for (g, want) in [(&got[r * n..r * n + qn], want_q), (&got_k[..], want_k)] {
+            let c = compare(g, &want, 1e-5 * rms(&want), 2f64.powi(-7));
+            if !c.passes(4e-3) {
+                return Err(CaseError::Mismatch(format!("row {r}: {c}")));
+            }
+            worst = Some(c);
+        }
+    }
+    Ok(worst.map(|c| c.to_string()).unwrap_or_default())
 }
 
-fn engine_attention(gpu: &Arc<Gpu>, rng: &mut SmallRng, nh: usize, nkv: usize, hd: usize, len: usize) -> CaseResult {
+/// `rows` query positions ending at `len − 1` (causal: row r sees `len − rows + 1 + r`
+/// positions) against the reference, q read from a packed qkv.
+fn engine_attention(
+    gpu: &Arc<Gpu>,
+    rng: &mut SmallRng,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    len: usize,
+    rows: usize,
+) -> CaseResult {
     use nanofuse::{AttnScratch, AttnShape, step};
     let max_seq = len + 3;
     let shape = AttnShape::new(nh, nkv, hd, max_seq);
-    let q = random_bf16(rng, shape.q_len(), -3.0, 3.0);
+    let (n, qn) = (shape.qkv_len(), shape.q_len());
+    let qkv = random_bf16(rng, rows * n, -3.0, 3.0);
     let k = random_bf16(rng, shape.cache_len(), -1.0, 1.0);
     let v = random_bf16(rng, shape.cache_len(), -1.0, 1.0);
-    let want = reference::attention_decode_rows(&q, &k, &v, nh, nkv, hd, max_seq, len)
-        .ok_or_else(|| CaseError::Mismatch("reference: bad lengths".into()))?;
-    let (qd, kd, vd) = (gpu.upload(&q)?, gpu.upload(&k)?, gpu.upload(&v)?);
+    let (qd, kd, vd) = (gpu.upload(&qkv)?, gpu.upload(&k)?, gpu.upload(&v)?);
     let mut st = [0u32; step::LEN];
     st[step::POS] = len as u32 - 1;
     let state = gpu.upload(&st)?;
-    let mut scratch = AttnScratch::new(gpu, &shape)?;
-    let mut out = poisoned(gpu, shape.q_len())?;
-    nanofuse::attention_decode(gpu, &shape, &qd, &kd, &vd, &state, &mut scratch, &mut out)?;
+    let mut scratch = AttnScratch::with_rows(gpu, &shape, rows)?;
+    let mut out = poisoned(gpu, rows * qn)?;
+    nanofuse::attention_decode(gpu, &shape, rows, &qd, &kd, &vd, &state, &mut scratch, &mut out)?;
     let got = gpu.download(&out)?;
+    let mut want = Vec::with_capacity(rows * qn);
+    for r in 0..rows {
+        let q = &qkv[r * n..r * n + qn];
+        let row_len = len + 1 + r - rows;
+        want.extend(
+            reference::attention_decode_rows(q, &k, &v, nh, nkv, hd, max_seq, row_len)
+                .ok_or_else(|| CaseError::Mismatch("reference: bad lengths".into()))?,
+        );
+    }
     let c = compare(&got, &want, 0.02 * rms(&want), 0.02);
     if c.passes(4e-3) { Ok(c.to_string()) } else { Err(CaseError::Mismatch(c.to_string())) }
 }

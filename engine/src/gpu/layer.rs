@@ -1,8 +1,10 @@
-//! One transformer layer on the GPU, fused or unfused, and the buffers a decode step uses.
+//! One transformer layer on the GPU, fused or unfused, for the last `rows` positions (a
+//! decode step: 1; a prefill chunk: its tokens), and the buffers it uses.
 //!
-//! Fused (nanofuse's ops, PDL on):
-//! `FusedRmsNormQkv → qk_norm_rope (+ KV write) → attention_decode → ProjResidual (o) →
-//! FusedRmsNormGateUp → ProjResidual (down)`: 6 kernels.
+//! Fused (nanofuse's ops on their `Route::Auto`, PDL on):
+//! `FusedRmsNormQkv (packed) → qk_norm_rope (+ KV write) → attention_decode → ProjResidual
+//! (o) → FusedRmsNormGateUp → ProjResidual (down)`: 6 kernels at decode; at a prefill
+//! chunk's M the ops take their own routes (RMSNorm + cuBLAS where that measured faster).
 //!
 //! Unfused (what PyTorch eager runs under a CUDA graph, PDL off):
 //! `rms_norm → cuBLAS [Wq; Wk; Wv] → qk_norm_rope → attention_decode → cuBLAS Wo →
@@ -46,41 +48,39 @@ pub(crate) struct Layer {
     qk_norm: Option<(CudaSlice<bf16>, CudaSlice<bf16>)>,
 }
 
-/// The activations of one decode step (batch 1), allocated once.
+/// The activations of up to `rows` positions (a decode step uses the first row), allocated
+/// once.
 pub(crate) struct Buffers {
-    /// The residual stream `[H]`.
+    /// Rows the buffers hold.
+    pub rows: usize,
+    /// The residual stream `[rows, H]`.
     pub h: CudaSlice<bf16>,
-    /// q, k, v of the fused QKV op, `[q_dim]`, `[kv_dim]`, `[kv_dim]`.
-    q: CudaSlice<bf16>,
-    k: CudaSlice<bf16>,
-    v: CudaSlice<bf16>,
-    /// The unfused QKV GEMM's packed `[q | k | v]`.
+    /// The QKV projection, packed `[rows, q_dim + 2 kv_dim]` (both modes).
     qkv: CudaSlice<bf16>,
-    /// The attention output `[q_dim]`.
+    /// The attention output `[rows, q_dim]`.
     attn: CudaSlice<bf16>,
-    /// The MLP activation `[I]`.
+    /// The MLP activation `[rows, I]`.
     a: CudaSlice<bf16>,
-    /// Unfused scratch: a normalized row `[H]`, a projection output `[H]`, the gate/up
-    /// product `[2I]`.
+    /// Unfused scratch: normalized rows `[rows, H]`, a projection output `[rows, H]`, the
+    /// gate/up product `[rows, 2I]`.
     pub xn: CudaSlice<bf16>,
     y_h: CudaSlice<bf16>,
     y_gu: CudaSlice<bf16>,
 }
 
 impl Buffers {
-    pub(crate) fn new(gpu: &Gpu, cfg: &ModelConfig) -> Result<Buffers> {
+    pub(crate) fn new(gpu: &Gpu, cfg: &ModelConfig, rows: usize) -> Result<Buffers> {
         let (h, q, kv, i) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+        let rows = rows.max(1);
         Ok(Buffers {
-            h: gpu.alloc_zeros(h)?,
-            q: gpu.alloc_zeros(q)?,
-            k: gpu.alloc_zeros(kv)?,
-            v: gpu.alloc_zeros(kv)?,
-            qkv: gpu.alloc_zeros(q + 2 * kv)?,
-            attn: gpu.alloc_zeros(q)?,
-            a: gpu.alloc_zeros(i)?,
-            xn: gpu.alloc_zeros(h)?,
-            y_h: gpu.alloc_zeros(h)?,
-            y_gu: gpu.alloc_zeros(2 * i)?,
+            rows,
+            h: gpu.alloc_zeros(rows * h)?,
+            qkv: gpu.alloc_zeros(rows * (q + 2 * kv))?,
+            attn: gpu.alloc_zeros(rows * q)?,
+            a: gpu.alloc_zeros(rows * i)?,
+            xn: gpu.alloc_zeros(rows * h)?,
+            y_h: gpu.alloc_zeros(rows * h)?,
+            y_gu: gpu.alloc_zeros(rows * 2 * i)?,
         })
     }
 }
@@ -101,7 +101,15 @@ pub(crate) struct AttnCtx<'a> {
 impl Layer {
     /// Uploads one layer's weights for `mode` (the fused ops fold the norms' gains into
     /// their copies).
-    pub(crate) fn new(gpu: &Arc<Gpu>, cfg: &ModelConfig, w: &LayerWeights, mode: Mode) -> Result<Layer> {
+    /// `max_rows`: the most rows a later [`Layer::enqueue`] takes (the ops' fallback scratch
+    /// and cuBLAS handles are created now, before any graph capture).
+    pub(crate) fn new(
+        gpu: &Arc<Gpu>,
+        cfg: &ModelConfig,
+        w: &LayerWeights,
+        mode: Mode,
+        max_rows: usize,
+    ) -> Result<Layer> {
         let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         let qkv_shape = QkvShape::new(h, cfg.q_dim(), cfg.kv_dim(), eps);
         let wqkv: Vec<bf16> = [&w.q_proj, &w.k_proj, &w.v_proj].iter().flat_map(|t| t.data.iter().copied()).collect();
@@ -109,12 +117,14 @@ impl Layer {
         let ops = match mode {
             Mode::Fused => {
                 let qkv = FusedRmsNormQkv::new(gpu, qkv_shape, &w.attn_norm.data, &wqkv)?;
-                qkv.reserve(1)?;
+                qkv.reserve(max_rows)?;
                 let o = ProjResidual::new(gpu, cfg.q_dim(), h, &w.o_proj.data)?;
+                o.reserve()?;
                 let gate_up =
                     FusedRmsNormGateUp::new(gpu, mlp_shape, &w.mlp_norm.data, &w.gate_proj.data, &w.up_proj.data)?;
-                gate_up.reserve(1)?;
+                gate_up.reserve(max_rows)?;
                 let down = ProjResidual::new(gpu, cfg.intermediate_size, h, &w.down_proj.data)?;
+                down.reserve()?;
                 Ops::Fused { qkv, o, gate_up, down }
             }
             Mode::Unfused => Ops::Unfused {
@@ -137,10 +147,11 @@ impl Layer {
         Ok(Layer { ops, qk_norm })
     }
 
-    /// Enqueues the layer (number `l`) for one token: `b.h` is its input and output; its
-    /// `[kv_heads, max_seq, head_dim]` slices of the caches are taken from `at`.
-    /// `mark(name)` is called after each stage (profiling inserts events there; otherwise
-    /// a no-op).
+    /// Enqueues the layer (number `l`) for the last `rows` positions (`rows <= b.rows`):
+    /// the first `rows` rows of `b.h` are its input and output; its `[kv_heads, max_seq,
+    /// head_dim]` slices of the caches are taken from `at`. `mark(name)` is called after
+    /// each stage (profiling inserts events there; otherwise a no-op).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn enqueue(
         &self,
         gpu: &Gpu,
@@ -148,43 +159,50 @@ impl Layer {
         b: &mut Buffers,
         at: &mut AttnCtx<'_>,
         l: usize,
+        rows: usize,
         mark: &mut dyn FnMut(&'static str) -> Result<()>,
     ) -> Result<()> {
-        let (h, qd, kvd) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim());
+        let (h, qd, kvd, i) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
         let norm = self.qk_norm.as_ref().map(|(q, k)| QkNorm { q, k, eps: at.eps });
         let range = l * at.per_layer..(l + 1) * at.per_layer;
         let mut kc = at.k_cache.slice_mut(range.clone());
         let mut vc = at.v_cache.slice_mut(range);
+        let m = rows;
+        let mut hv = b.h.slice_mut(..m * h);
+        let mut qkv = b.qkv.slice_mut(..m * (qd + 2 * kvd));
+        let mut attn = b.attn.slice_mut(..m * qd);
+        let mut a = b.a.slice_mut(..m * i);
         match &self.ops {
-            Ops::Fused { qkv, o, gate_up, down } => {
-                qkv.forward_into(&b.h, 1, &mut b.q, &mut b.k, &mut b.v)?;
+            Ops::Fused { qkv: op, o, gate_up, down } => {
+                op.forward_packed_into(&hv, m, &mut qkv)?;
                 mark("qkv")?;
-                qk_norm_rope(gpu, at.shape, &mut b.q, &b.k, &b.v, norm, at.rope, &mut *at.state, &mut kc, &mut vc)?;
+                qk_norm_rope(gpu, at.shape, m, &mut qkv, norm, at.rope, &mut *at.state, &mut kc, &mut vc)?;
                 mark("rope")?;
-                attention_decode(gpu, at.shape, &b.q, &kc, &vc, &*at.state, &mut *at.scratch, &mut b.attn)?;
+                attention_decode(gpu, at.shape, m, &qkv, &kc, &vc, &*at.state, &mut *at.scratch, &mut attn)?;
                 mark("attention")?;
-                o.forward_into(&b.attn, 1, &mut b.h)?;
+                o.forward_into(&attn, m, &mut hv)?;
                 mark("o_proj")?;
-                gate_up.forward_into(&b.h, 1, &mut b.a)?;
+                gate_up.forward_into(&hv, m, &mut a)?;
                 mark("gate_up")?;
-                down.forward_into(&b.a, 1, &mut b.h)?;
+                down.forward_into(&a, m, &mut hv)?;
                 mark("down")?;
             }
-            Ops::Unfused { qkv, o, mlp } => {
-                qkv.forward_into(Baseline::NormCublas, &b.h, 1, &mut b.xn, &mut b.qkv)?;
+            Ops::Unfused { qkv: op, o, mlp } => {
+                let mut xn = b.xn.slice_mut(..m * h);
+                let mut y_h = b.y_h.slice_mut(..m * h);
+                let mut y_gu = b.y_gu.slice_mut(..m * 2 * i);
+                op.forward_into(Baseline::NormCublas, &hv, m, &mut xn, &mut qkv)?;
                 mark("qkv")?;
-                let (mut q, mut kv) = b.qkv.split_at_mut(qd);
-                let (k, v) = kv.split_at_mut(kvd);
-                qk_norm_rope(gpu, at.shape, &mut q, &k, &v, norm, at.rope, &mut *at.state, &mut kc, &mut vc)?;
+                qk_norm_rope(gpu, at.shape, m, &mut qkv, norm, at.rope, &mut *at.state, &mut kc, &mut vc)?;
                 mark("rope")?;
-                attention_decode(gpu, at.shape, &q, &kc, &vc, &*at.state, &mut *at.scratch, &mut b.attn)?;
+                attention_decode(gpu, at.shape, m, &qkv, &kc, &vc, &*at.state, &mut *at.scratch, &mut attn)?;
                 mark("attention")?;
-                ops::gemm(gpu, GemmImpl::Cublas, &b.attn, o, &mut b.y_h, 1, qd, h)?;
-                ops::residual_add(gpu, &b.y_h, &mut b.h, h)?;
+                ops::gemm(gpu, GemmImpl::Cublas, &attn, o, &mut y_h, m, qd, h)?;
+                ops::residual_add(gpu, &y_h, &mut hv, m * h)?;
                 mark("o_proj")?;
-                mlp.gate_up_into(Baseline::NormCublas, &b.h, 1, &mut b.xn, &mut b.y_gu, &mut b.a)?;
+                mlp.gate_up_into(Baseline::NormCublas, &hv, m, &mut xn, &mut y_gu, &mut a)?;
                 mark("gate_up")?;
-                mlp.down_into(Baseline::NormCublas, &b.a, 1, &mut b.y_h, &mut b.h)?;
+                mlp.down_into(Baseline::NormCublas, &a, m, &mut y_h, &mut hv)?;
                 mark("down")?;
             }
         }

@@ -10,9 +10,13 @@
 //! memory, so one captured graph serves every position: the host only replays it.
 //!
 //! # Prefill
-//! The prompt goes through the same graph, one position per replay (token from the prompt
-//! buffer). That is correct and simple; a batched prefill through the ops' M > 1 routes
-//! is the next step (docs/RESULTS.md).
+//! The prompt goes through the same layers as one batch per chunk of up to
+//! [`EngineOptions::prefill_chunk`] tokens, launched eagerly (the chunk's M varies): the
+//! step-begin kernel embeds the chunk's tokens, every op runs its `Route::Auto` at that M
+//! (the fused kernels where they measured faster, RMSNorm + cuBLAS above), RoPE and the
+//! KV write take the chunk's rows, and the attention kernel runs causally over them (row
+//! `r` sees the cache up to its own position). Only the chunk's last row goes through the
+//! head, and only for the prompt's last chunk.
 //!
 //! # KV cache
 //! bf16, preallocated for `max_seq` positions: `k_cache`, `v_cache`
@@ -47,6 +51,19 @@ pub struct EngineOptions {
     pub mode: Mode,
     /// Positions the KV cache holds (prompt and generated tokens together).
     pub max_seq: usize,
+    /// Most prompt tokens one prefill batch takes (longer prompts go in chunks); the
+    /// activation buffers are sized for it. 1 feeds the prompt one position at a time.
+    pub prefill_chunk: usize,
+}
+
+/// [`EngineOptions::prefill_chunk`]'s default.
+pub const DEFAULT_PREFILL_CHUNK: usize = 256;
+
+impl EngineOptions {
+    /// Options for `mode` and `max_seq` with the default prefill chunk.
+    pub fn new(mode: Mode, max_seq: usize) -> Self {
+        EngineOptions { mode, max_seq, prefill_chunk: DEFAULT_PREFILL_CHUNK }
+    }
 }
 
 /// Which head a step ends with.
@@ -117,6 +134,11 @@ impl Engine {
         if opts.max_seq == 0 {
             return Err(Error::config("max_seq", "must be positive"));
         }
+        if opts.prefill_chunk == 0 || opts.prefill_chunk > nanofuse_host::ATTN_MAX_ROWS {
+            return Err(Error::config("prefill_chunk", "must be 1 to 65535"));
+        }
+        // No chunk is longer than the cache.
+        let chunk = opts.prefill_chunk.min(opts.max_seq);
         if weights.layers.len() != cfg.num_layers {
             return Err(Error::config("num_hidden_layers", "the weights have another number of layers"));
         }
@@ -132,7 +154,7 @@ impl Engine {
         let total = cfg.num_layers + 1;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for (i, w) in weights.layers.iter().enumerate() {
-            layers.push(Layer::new(&gpu, cfg, w, opts.mode)?);
+            layers.push(Layer::new(&gpu, cfg, w, opts.mode, chunk)?);
             progress(i + 1, total);
         }
         let embed = gpu.upload(&weights.embed_tokens.data)?;
@@ -170,8 +192,8 @@ impl Engine {
             rope: gpu.upload(&rope)?,
             k_cache: gpu.alloc_zeros(cache_len)?,
             v_cache: gpu.alloc_zeros(cache_len)?,
-            scratch: AttnScratch::new(&gpu, &attn)?,
-            bufs: Buffers::new(&gpu, cfg)?,
+            scratch: AttnScratch::with_rows(&gpu, &attn, chunk)?,
+            bufs: Buffers::new(&gpu, cfg, chunk)?,
             logits: gpu.alloc_zeros(cfg.vocab_size)?,
             state: gpu.alloc_zeros(step::LEN)?,
             slot: gpu.alloc_zeros(1)?,
@@ -187,7 +209,7 @@ impl Engine {
         // One eager step of each head outside any capture, then the graphs.
         for head in [Head::Argmax, Head::Logits] {
             engine.reset(&[0])?;
-            engine.enqueue_step(head, &mut |_| Ok(()))?;
+            engine.enqueue_rows(1, Some(head), &mut |_| Ok(()))?;
             engine.check_flags()?;
         }
         for head in [Head::Argmax, Head::Logits] {
@@ -248,11 +270,22 @@ impl Engine {
         Ok(())
     }
 
-    /// Resets to `prompt`, feeds every prompt position, and returns the greedy next token.
+    /// Resets to `prompt`, feeds every prompt position (batched prefill, module
+    /// documentation), and returns the greedy next token.
     pub fn prefill(&mut self, prompt: &[u32]) -> Result<u32> {
         self.reset(prompt)?;
-        self.enqueue_steps(prompt.len(), Head::Argmax)?;
+        self.feed_prompt(Head::Argmax)?;
         self.next_token()
+    }
+
+    /// As [`Engine::prefill`], returning the logits at the prompt's last position (f32 from
+    /// the bf16 the head wrote) instead of the greedy token; a following
+    /// [`Engine::decode_step`] feeds their argmax.
+    pub fn prefill_logits(&mut self, prompt: &[u32]) -> Result<Vec<f32>> {
+        self.reset(prompt)?;
+        self.feed_prompt(Head::Logits)?;
+        self.finish()?;
+        Ok(self.gpu.download(&self.logits)?.iter().map(|v| v.to_f32()).collect())
     }
 
     /// Feeds the last greedy token and returns the next one (synchronizes).
@@ -324,11 +357,7 @@ impl Engine {
         }
         let t0 = std::time::Instant::now();
         let mut next = if sampler.needs_logits() {
-            self.reset(prompt)?;
-            if prompt.len() > 1 {
-                self.enqueue_steps(prompt.len() - 1, Head::Argmax)?;
-            }
-            let logits = self.step_logits(None)?;
+            let logits = self.prefill_logits(prompt)?;
             sampler.pick(&logits)
         } else {
             self.prefill(prompt)?
@@ -381,7 +410,7 @@ impl Engine {
                 marks.push((name, e));
                 Ok(())
             };
-            self.enqueue_step(Head::Argmax, &mut mark)
+            self.enqueue_rows(1, Some(Head::Argmax), &mut mark)
         })();
         let graph = stream.end_capture(CUgraphInstantiate_flags(0)).map_err(driver("cuStreamEndCapture"));
         result?;
@@ -451,11 +480,28 @@ impl Engine {
         Ok(())
     }
 
+    /// Feeds the rest of the prompt (positions `fed..prompt_len`) in chunks of up to
+    /// `prefill_chunk` rows, launched eagerly; the last chunk ends with `head` on its last
+    /// row. No synchronization.
+    fn feed_prompt(&mut self, head: Head) -> Result<()> {
+        let mut left = self.prompt_len.saturating_sub(self.fed);
+        if left == 0 {
+            return Err(Error::config("prompt", "every prompt position is already fed"));
+        }
+        while left > 0 {
+            let rows = left.min(self.bufs.rows);
+            left -= rows;
+            self.enqueue_rows(rows, (left == 0).then_some(head), &mut |_| Ok(()))?;
+            self.fed += rows;
+        }
+        Ok(())
+    }
+
     /// Captures one step with `head` into a graph.
     fn capture(&mut self, head: Head) -> Result<CudaGraph> {
         let stream = self.gpu.stream().clone();
         stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(driver("capture"))?;
-        let result = self.enqueue_step(head, &mut |_| Ok(()));
+        let result = self.enqueue_rows(1, Some(head), &mut |_| Ok(()));
         // End the capture even when the enqueue failed, so the stream is usable again.
         let graph = stream.end_capture(CUgraphInstantiate_flags(0)).map_err(driver("cuStreamEndCapture"));
         result?;
@@ -464,8 +510,21 @@ impl Engine {
         Ok(graph)
     }
 
-    /// Enqueues one step (module documentation); `mark` after each stage.
-    fn enqueue_step(&mut self, head: Head, mark: &mut dyn FnMut(&'static str) -> Result<()>) -> Result<()> {
+    /// Enqueues the next `rows` positions (a decode step: 1; a prefill chunk: more; at most
+    /// the buffers' rows), then `head` on the last of them (none: the prefill chunks before
+    /// the prompt's last); `mark` after each stage.
+    fn enqueue_rows(
+        &mut self,
+        rows: usize,
+        head: Option<Head>,
+        mark: &mut dyn FnMut(&'static str) -> Result<()>,
+    ) -> Result<()> {
+        if rows == 0 || rows > self.bufs.rows {
+            return Err(Error::config("rows", "a chunk must be 1 to prefill_chunk positions"));
+        }
+        if self.fed + rows > self.opts.max_seq {
+            return Err(Error::SequenceTooLong { needed: self.fed + rows, capacity: self.opts.max_seq });
+        }
         let Engine {
             gpu,
             cfg,
@@ -490,21 +549,24 @@ impl Engine {
         } = self;
         let (gpu, cfg) = (&**gpu, &*cfg);
         let (h, v, eps) = (cfg.hidden_size, cfg.vocab_size, cfg.rms_norm_eps);
-        step_begin(gpu, embed, v, h, prompt, state, slot, tokens, &mut bufs.h)?;
+        step_begin(gpu, embed, v, h, rows, prompt, state, slot, tokens, &mut bufs.h.slice_mut(..rows * h))?;
         mark("step_begin")?;
         let per_layer = cfg.kv_dim() * opts.max_seq;
         let mut at = AttnCtx { shape: attn, rope, state, scratch, k_cache, v_cache, per_layer, eps };
         for (l, layer) in layers.iter().enumerate() {
-            layer.enqueue(gpu, cfg, bufs, &mut at, l, mark)?;
+            layer.enqueue(gpu, cfg, bufs, &mut at, l, rows, mark)?;
         }
+        let Some(head) = head else { return Ok(()) };
+        let last = bufs.h.slice((rows - 1) * h..rows * h);
         let w = lm_head.as_ref().unwrap_or(embed);
         match (head, fused_head.as_ref()) {
-            (Head::Argmax, Some(fused)) => fused.forward_into(&bufs.h, 1, slot)?,
+            (Head::Argmax, Some(fused)) => fused.forward_into(&last, 1, slot)?,
             // The unfused greedy head, and the logits head of both modes: logits, then their
             // argmax (so that a greedy step after a logits step finds its token in the slot).
             _ => {
-                ops::rms_norm(gpu, &bufs.h, final_norm, &mut bufs.xn, 1, h, eps)?;
-                ops::gemm(gpu, GemmImpl::Cublas, &bufs.xn, w, logits, 1, h, v)?;
+                let mut xn = bufs.xn.slice_mut(..h);
+                ops::rms_norm(gpu, &last, final_norm, &mut xn, 1, h, eps)?;
+                ops::gemm(gpu, GemmImpl::Cublas, &xn, w, logits, 1, h, v)?;
                 argmax(gpu, logits, v, slot)?;
             }
         }

@@ -33,6 +33,21 @@ pub unsafe fn atom_global_max_u64(p: *mut u64, v: u64) {
     }
 }
 
+/// `atom.global.or.b32 d, [p], v;` — `*p |= v` (relaxed, GPU scope); the old value is
+/// discarded.
+///
+/// # Safety
+/// `p` is 4-byte aligned and points at 4 writable bytes of global memory.
+#[inline(always)]
+pub unsafe fn atom_global_or_b32(p: *mut u32, v: u32) {
+    let _d: u32;
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        asm!("atom.global.or.b32 {d}, [{p}], {v};", d = out(reg32) _d, p = in(reg64) p, v = in(reg32) v,
+             options(nostack));
+    }
+}
+
 /// `fence.acq_rel.gpu;` — orders this thread's memory accesses before the fence against
 /// those after it for every thread of the GPU (CUDA's `__threadfence()`): a release before
 /// signalling through an atomic, an acquire after observing one.

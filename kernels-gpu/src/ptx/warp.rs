@@ -77,6 +77,17 @@ pub fn bar_warp_sync() {
     unsafe { asm!("bar.warp.sync 0xffffffff;", options(nostack)) }
 }
 
+/// Maximum of `v` over the warp, returned to every lane (five butterfly shuffles).
+#[inline(always)]
+pub fn warp_max_f32(mut v: f32) -> f32 {
+    let mut m = 16;
+    while m > 0 {
+        v = v.max(shfl_sync_bfly_f32(v, m));
+        m /= 2;
+    }
+    v
+}
+
 /// Sum of `v` over the warp, returned to every lane (five butterfly shuffles).
 #[inline(always)]
 pub fn warp_sum_f32(mut v: f32) -> f32 {
