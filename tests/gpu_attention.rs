@@ -340,3 +340,84 @@ fn attention_and_rope_refuse_bad_arguments() {
     qk_norm_rope(gpu, &shape, 1, &mut qq, None, &rope, &mut st, &mut a, &mut b).unwrap();
     gpu.synchronize().unwrap();
 }
+
+/// The fused decode form against the two kernels it replaces: the same k and v rows in the
+/// caches (bitwise), only position `pos` written, and `out` within the attention bound of
+/// the two-kernel result and of the reference (the fused form keeps q in f32 after RoPE).
+/// Lengths include 2072 on (9,3,64), where 64 splits leave the last one empty and `pos`
+/// falls in the one before it.
+#[test]
+fn fused_rope_attention_matches_the_two_kernels() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = common::rng("attention_rope");
+    let bits = |x: &[bf16]| x.iter().map(|b| b.to_bits()).collect::<Vec<_>>();
+    let cases = [(16, 8, 128, 1, true), (16, 8, 128, 100, true), (32, 8, 64, 1000, false), (9, 3, 64, 2072, false)];
+    for (nh, nkv, hd, len, norm) in cases {
+        let max_seq = 2100;
+        let shape = AttnShape::new(nh, nkv, hd, max_seq);
+        let pos = len - 1;
+        let qkv = random_bf16(&mut rng, shape.qkv_len(), -3.0, 3.0);
+        let (qw, kw) = (random_bf16(&mut rng, hd, 0.5, 1.5), random_bf16(&mut rng, hd, 0.5, 1.5));
+        let mut cache_k = random_bf16(&mut rng, shape.cache_len(), -1.0, 1.0);
+        let mut cache_v = random_bf16(&mut rng, shape.cache_len(), -1.0, 1.0);
+        for h in 0..nkv {
+            let at = (h * max_seq + pos) * hd;
+            cache_k[at..at + hd].fill(bf16::NAN);
+            cache_v[at..at + hd].fill(bf16::NAN);
+        }
+        let table = reference::rope_table(max_seq, hd, THETA);
+        let rope = gpu.upload(&table).unwrap();
+        let (qwd, kwd) = (gpu.upload(&qw).unwrap(), gpu.upload(&kw).unwrap());
+        let qk = norm.then_some(QkNorm { q: &qwd, k: &kwd, eps: 1e-6 });
+        let state = state_at(&gpu, pos as u32, 0);
+        let mut scratch = AttnScratch::new(&gpu, &shape).unwrap();
+        let what = format!("({nh},{nkv},{hd}) len={len} norm={norm}");
+
+        // Two kernels.
+        let (mut kc2, mut vc2) = (gpu.upload(&cache_k).unwrap(), gpu.upload(&cache_v).unwrap());
+        let mut q2 = gpu.upload(&qkv).unwrap();
+        let mut st2 = state_at(&gpu, pos as u32, 0);
+        qk_norm_rope(&gpu, &shape, 1, &mut q2, qk, &rope, &mut st2, &mut kc2, &mut vc2).unwrap();
+        let mut out2 = nan_bf16(&gpu, shape.q_len());
+        attention_decode(&gpu, &shape, 1, &q2, &kc2, &vc2, &st2, &mut scratch, &mut out2).unwrap();
+        // Fused.
+        let (mut kc1, mut vc1) = (gpu.upload(&cache_k).unwrap(), gpu.upload(&cache_v).unwrap());
+        let q1 = gpu.upload(&qkv).unwrap();
+        let mut out1 = nan_bf16(&gpu, shape.q_len());
+        nanofuse::attention_decode_rope(
+            &gpu,
+            &shape,
+            &q1,
+            qk,
+            &rope,
+            &state,
+            &mut kc1,
+            &mut vc1,
+            &mut scratch,
+            &mut out1,
+        )
+        .unwrap();
+        assert_eq!(bits(&gpu.download(&kc1).unwrap()), bits(&gpu.download(&kc2).unwrap()), "{what}: k cache");
+        assert_eq!(bits(&gpu.download(&vc1).unwrap()), bits(&gpu.download(&vc2).unwrap()), "{what}: v cache");
+        assert_eq!(bits(&gpu.download(&q1).unwrap()), bits(&qkv), "{what}: qkv is left unchanged");
+        let (o1, o2) = (gpu.download(&out1).unwrap(), gpu.download(&out2).unwrap());
+        let o2f: Vec<f32> = o2.iter().map(|v| v.to_f32()).collect();
+        let c = compare(&o1, &o2f, 0.02 * rms(&o2f), 0.02);
+        assert!(c.passes(4e-3), "{what}: fused vs two kernels: {c}");
+        let (kc, vc, q) = (gpu.download(&kc2).unwrap(), gpu.download(&vc2).unwrap(), gpu.download(&q2).unwrap());
+        let want = reference::attention_decode_rows(&q[..shape.q_len()], &kc, &vc, nh, nkv, hd, max_seq, len).unwrap();
+        let c = compare(&o1, &want, 0.02 * rms(&want), 0.02);
+        assert!(c.passes(4e-3), "{what}: fused vs reference: {c}");
+    }
+    // Past the cache: nothing written, the caches keep their poison.
+    let shape = AttnShape::new(8, 8, 64, 16);
+    let q = gpu.upload(&vec![bf16::ONE; shape.qkv_len()]).unwrap();
+    let rope = gpu.upload(&reference::rope_table(16, 64, THETA)).unwrap();
+    let state = state_at(&gpu, 16, 0);
+    let (mut kc, mut vc) = (nan_bf16(&gpu, shape.cache_len()), nan_bf16(&gpu, shape.cache_len()));
+    let mut scratch = AttnScratch::new(&gpu, &shape).unwrap();
+    let mut out = nan_bf16(&gpu, shape.q_len());
+    nanofuse::attention_decode_rope(&gpu, &shape, &q, None, &rope, &state, &mut kc, &mut vc, &mut scratch, &mut out)
+        .unwrap();
+    assert!(gpu.download(&kc).unwrap().iter().chain(&gpu.download(&vc).unwrap()).all(|x| x.is_nan()));
+}

@@ -21,7 +21,7 @@ use nanofuse_kernels_gpu::config::{attention, step};
 use crate::check::{BufRef, MAX_DIM, check_eps, check_no_overlap, checked_len};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::{AttnArgs, RopeArgs};
+use crate::kernels::{AttnArgs, AttnRope, RopeArgs};
 
 /// The attention shape of a layer: heads, kv heads, head dimension and the caches' length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -283,6 +283,67 @@ pub fn attention_decode(
     shape.validate()?;
     check_rows(rows)?;
     let s = shape;
+    let kc = gpu.input("k_cache", k_cache, s.cache_len())?;
+    let vc = gpu.input("v_cache", v_cache, s.cache_len())?;
+    let qb = gpu.input("qkv", qkv, checked_len("rows * qkv", rows, s.qkv_len())?)?;
+    let sb = gpu.input("state", state, step::LEN)?;
+    launch_attention(gpu, s, rows, [qb, kc, vc, sb], scratch, out, None)
+}
+
+/// The decode step's [`qk_norm_rope`] and [`attention_decode`] in one kernel, for one row
+/// at `pos = state[POS]`: `qkv [(num_heads + 2 num_kv_heads) · hd]` as the QKV projection
+/// wrote it (before RoPE; left unchanged), the optional q/k norm and RoPE applied in
+/// registers, the rotated k and v written to the caches at `pos` (nothing at
+/// `pos >= max_seq`, where `decode_step_begin` has flagged the overflow), then `out` as
+/// [`attention_decode`] computes it. The same results as the two kernels, except that q
+/// stays f32 after RoPE instead of being rounded to bf16 (k is rounded as the cache holds
+/// it).
+///
+/// Errors: as for the two kernels; the caches overlapping any other buffer.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode_rope(
+    gpu: &Gpu,
+    shape: &AttnShape,
+    qkv: &impl DevicePtr<bf16>,
+    qk_norm: Option<QkNorm<'_>>,
+    rope: &impl DevicePtr<f32>,
+    state: &impl DevicePtr<u32>,
+    k_cache: &mut impl DevicePtrMut<bf16>,
+    v_cache: &mut impl DevicePtrMut<bf16>,
+    scratch: &mut AttnScratch,
+    out: &mut impl DevicePtrMut<bf16>,
+) -> Result<()> {
+    shape.validate()?;
+    let s = shape;
+    let qb = gpu.input("qkv", qkv, s.qkv_len())?;
+    let sb = gpu.input("state", state, step::LEN)?;
+    let rb = gpu.input("rope", rope, s.rope_len())?;
+    let mut read = vec![qb, sb, rb];
+    let mut fuse = AttnRope { table: rb.ptr, q_w: 0, k_w: 0, eps: 0.0 };
+    if let Some(n) = qk_norm {
+        check_eps(n.eps)?;
+        let qw = gpu.input("q_norm", n.q, s.head_dim)?;
+        let kw = gpu.input("k_norm", n.k, s.head_dim)?;
+        (fuse.q_w, fuse.k_w, fuse.eps) = (qw.ptr, kw.ptr, n.eps);
+        read.extend([qw, kw]);
+    }
+    let kc = gpu.output("k_cache", k_cache, s.cache_len())?;
+    let vc = gpu.output("v_cache", v_cache, s.cache_len())?;
+    check_no_overlap(&[kc, vc], &read)?;
+    launch_attention(gpu, s, 1, [qb, kc, vc, sb], scratch, out, Some((fuse, read)))
+}
+
+/// The checks and launch both forms share: `bufs` = qkv, k cache, v cache, state (checked
+/// by the caller); `rope`: the fused form's inputs and every buffer it reads.
+fn launch_attention(
+    gpu: &Gpu,
+    s: &AttnShape,
+    rows: usize,
+    bufs: [BufRef; 4],
+    scratch: &mut AttnScratch,
+    out: &mut impl DevicePtrMut<bf16>,
+    rope: Option<(AttnRope, Vec<BufRef>)>,
+) -> Result<()> {
     if scratch.shape != *s {
         return Err(Error::Value {
             arg: "scratch",
@@ -307,16 +368,18 @@ pub fn attention_decode(
         });
     }
     let splits = scratch.splits(rows);
-    let qb = gpu.input("qkv", qkv, checked_len("rows * qkv", rows, s.qkv_len())?)?;
-    let kc = gpu.input("k_cache", k_cache, s.cache_len())?;
-    let vc = gpu.input("v_cache", v_cache, s.cache_len())?;
-    let sb = gpu.input("state", state, step::LEN)?;
+    let [qb, kc, vc, sb] = bufs;
     let plen = scratch.partial.len();
     let pb = gpu.output("scratch partials", &mut scratch.partial, plen)?;
     let clen = scratch.counters.len();
     let cb = gpu.output("scratch counters", &mut scratch.counters, clen)?;
     let ob = gpu.output("out", out, checked_len("rows * q", rows, s.q_len())?)?;
-    check_no_overlap(&[ob, pb, cb], &[qb, kc, vc, sb])?;
+    let (fuse, mut read) = match rope {
+        Some((f, read)) => (Some(f), read),
+        None => (None, vec![qb, sb]),
+    };
+    read.extend([kc, vc]);
+    check_no_overlap(&[ob, pb, cb], &read)?;
     let a = AttnArgs {
         qkv: qb.ptr,
         k_cache: kc.ptr,
@@ -331,11 +394,13 @@ pub fn attention_decode(
         max_seq: s.max_seq as u32,
         rows: rows as u32,
         splits,
+        rope: fuse,
     };
-    // SAFETY: every buffer checked for length, alignment, context and overlap above; the
-    // scratch was sized for this shape and up to max_rows rows at these split counts
-    // (1..=MAX_SPLITS); the counters are zero (allocated zeroed, and every launch leaves
-    // them so); rows · num_kv_heads <= MAX_DIM < 2^31 (checked).
+    // SAFETY: every buffer checked for length, alignment, context and overlap (here and by
+    // the callers); the scratch was sized for this shape and up to max_rows rows at these
+    // split counts (1..=MAX_SPLITS); the counters are zero (allocated zeroed, and every
+    // launch leaves them so); rows · num_kv_heads <= MAX_DIM < 2^31 (checked); the fused
+    // form runs one row.
     unsafe { gpu.kernels.attention(gpu.stream(), gpu.pdl(), a) }
 }
 

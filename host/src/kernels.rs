@@ -52,6 +52,8 @@ const DECODE_ARGMAX: &[usize] = &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR,
 const QK_NORM_ROPE: &[usize] =
     &[PTR, PTR, PTR, PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
 const ATTENTION: &[usize] = &[PTR, PTR, PTR, PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
+const ATTENTION_ROPE: &[usize] =
+    &[PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
 
 /// The dynamic shared memory an entry may be launched with.
 #[derive(Clone, Copy)]
@@ -138,6 +140,7 @@ kernel_table! {
     StepBegin = "decode_step_begin", &[PTR, PTR, PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR], Smem::Default;
     QkNormRope = "qk_norm_rope", QK_NORM_ROPE, Smem::Default;
     AttentionDecode = "attention_decode", ATTENTION, Smem::Default;
+    AttentionDecodeRope = "attention_decode_rope", ATTENTION_ROPE, Smem::Default;
     ArgmaxBf16 = "argmax_bf16", &[PTR, SCALAR, PTR], Smem::Default;
 }
 
@@ -326,6 +329,18 @@ pub(crate) struct AttnArgs {
     pub max_seq: u32,
     pub rows: u32,
     pub splits: u32,
+    /// The fused-RoPE form (`attention_decode_rope`, one row): its extra inputs.
+    pub rope: Option<AttnRope>,
+}
+
+/// `attention_decode_rope`'s extra inputs: the RoPE table, the q/k norm weights (0: no
+/// norm) and their epsilon.
+#[derive(Clone, Copy)]
+pub(crate) struct AttnRope {
+    pub table: u64,
+    pub q_w: u64,
+    pub k_w: u64,
+    pub eps: f32,
 }
 
 /// `a [m, inter] = silu(gate) · up` of a packed `y [m, 2 inter]` whose gate and up columns
@@ -609,6 +624,8 @@ impl Kernels {
     /// u32 (zero) of one scratch used by one stream at a time: 16-byte aligned device
     /// buffers on this context, out disjoint from the rest; the shape validated
     /// (`AttnShape::validate`), `1 <= splits <= MAX_SPLITS`, `rows · num_kv_heads < 2^31`.
+    /// With `rope`: `rows = 1`, `rope.table [max_seq, hd]` f32 and `q_w, k_w [hd]` bf16 (or
+    /// 0), the caches written (disjoint from every other buffer).
     pub(crate) unsafe fn attention(&self, stream: &CudaStream, pdl: bool, a: AttnArgs) -> Result<()> {
         let shape = Shape {
             grid: (a.rows * a.num_kv_heads, a.splits),
@@ -616,25 +633,34 @@ impl Kernels {
             cluster_x: 1,
             smem: attention::SMEM_BYTES,
         };
-        let launch = Launch::new(self.entry(KernelId::AttentionDecode), shape).pdl(pdl);
         let scale_log2 = std::f32::consts::LOG2_E / (a.head_dim as f32).sqrt();
-        // SAFETY: the arguments in `attention_decode`'s order; buffers per the caller.
+        let id = if a.rope.is_some() { KernelId::AttentionDecodeRope } else { KernelId::AttentionDecode };
+        let launch = Launch::new(self.entry(id), shape).pdl(pdl);
+        // SAFETY: the arguments in the entry's order; buffers per the caller.
         unsafe {
-            launch
-                .arg(a.qkv)
-                .arg(a.k_cache)
-                .arg(a.v_cache)
-                .arg(a.state)
-                .arg(a.partial)
-                .arg(a.counters)
-                .arg(a.out)
-                .arg(a.num_heads)
-                .arg(a.num_kv_heads)
-                .arg(a.head_dim)
-                .arg(a.max_seq)
-                .arg(a.rows)
-                .arg(scale_log2)
-                .run(stream)
+            let launch =
+                launch.arg(a.qkv).arg(a.k_cache).arg(a.v_cache).arg(a.state).arg(a.partial).arg(a.counters).arg(a.out);
+            match a.rope {
+                None => launch
+                    .arg(a.num_heads)
+                    .arg(a.num_kv_heads)
+                    .arg(a.head_dim)
+                    .arg(a.max_seq)
+                    .arg(a.rows)
+                    .arg(scale_log2)
+                    .run(stream),
+                Some(r) => launch
+                    .arg(r.table)
+                    .arg(r.q_w)
+                    .arg(r.k_w)
+                    .arg(a.num_heads)
+                    .arg(a.num_kv_heads)
+                    .arg(a.head_dim)
+                    .arg(a.max_seq)
+                    .arg(r.eps)
+                    .arg(scale_log2)
+                    .run(stream),
+            }
         }
     }
 

@@ -32,7 +32,8 @@ mod sample;
 mod shared;
 
 pub use attention::{
-    AttnScratch, AttnShape, MAX_ROWS as ATTN_MAX_ROWS, QkNorm, attention_decode, attention_splits, qk_norm_rope,
+    AttnScratch, AttnShape, MAX_ROWS as ATTN_MAX_ROWS, QkNorm, attention_decode, attention_decode_rope,
+    attention_splits, qk_norm_rope,
 };
 pub use check::BUFFER_ALIGN;
 pub use cudarc;

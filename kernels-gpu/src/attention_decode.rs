@@ -9,6 +9,18 @@
 //! (`scale_log2 = log2(e) / sqrt(hd)` folded into q, `ex2.approx`); out rounded once to
 //! bf16.
 //!
+//! # Fused RoPE (`attention_decode_rope`, one row)
+//! The decode step's form takes q, k, v as the QKV projection wrote them, before RoPE, and
+//! does `qk_norm_rope`'s work itself (one kernel less per layer): every CTA applies the
+//! optional q norm and RoPE at `pos` to its q heads in registers (module `head`,
+//! `norm_rope`; q is never written back), and the CTA whose chunk holds `pos` (there is
+//! exactly one when `pos < max_seq`) rotates kv head `kvh`'s k the same way, writes it and
+//! v to the caches at `pos`, and passes a CTA barrier before its warps read the chunk, so
+//! that they see the new row. No other CTA reads position `pos`. At `pos >= max_seq`
+//! nothing is written (`decode_step_begin` has flagged the overflow) and the table's last
+//! row stands in for `pos`'s. The extra parameters: `rope [max_seq, hd]` f32, `q_w, k_w
+//! [hd]` bf16 (0: no norm), `eps`.
+//!
 //! # Parameters
 //! `qkv [rows, (num_heads + 2 num_kv_heads) · hd]` (the packed projection; only each row's
 //! q columns `[0, num_heads · hd)` are read), `k_cache, v_cache [num_kv_heads, max_seq, hd]`
@@ -54,7 +66,7 @@
 
 use crate::config::attention::{MAX_GROUP, MAX_HEAD_DIM, MAX_SPLITS, MERGE_UNROLL, ML, THREADS, UNROLL, WARPS, active};
 use crate::config::step::POS;
-use crate::head::{ld_words, pack_words, unpack_words};
+use crate::head::{ld_words, norm_rope, pack_words, unpack_words};
 use crate::ptx::atomic::{atom_global_add_u32, fence_acq_rel_gpu};
 use crate::ptx::convert::{ex2_approx_f32, rcp_approx_f32};
 use crate::ptx::global::{ld_global_cg_v2_f32, ld_global_cg_v4_f32};
@@ -70,12 +82,22 @@ const G: usize = MAX_GROUP as usize;
 const U: usize = UNROLL as usize;
 const MU: usize = MERGE_UNROLL as usize;
 
+/// The fused-RoPE form's extra inputs (null pointers in the plain form).
+#[derive(Clone, Copy)]
+struct Rope {
+    table: *const f32,
+    q_w: *const u16,
+    k_w: *const u16,
+    eps: f32,
+}
+
 /// The pointers and sizes of one launch.
 #[derive(Clone, Copy)]
 struct Args {
     qkv: *const u16,
-    k_cache: *const u16,
-    v_cache: *const u16,
+    /// Written only by the fused-RoPE form.
+    k_cache: *mut u16,
+    v_cache: *mut u16,
     state: *const u32,
     partial: *mut f32,
     counters: *mut u32,
@@ -86,6 +108,25 @@ struct Args {
     max_seq: u32,
     rows: u32,
     scale_log2: f32,
+    rope: Rope,
+}
+
+/// Traps unless the launch has the documented shape; returns `group`.
+fn check_launch(num_heads: u32, num_kv_heads: u32, head_dim: u32, max_seq: u32, rows: u32) -> u32 {
+    if block_dim_x() != THREADS
+        || num_kv_heads == 0
+        || rows == 0
+        || num_kv_heads.checked_mul(rows) != Some(grid_dim_x())
+        || grid_dim_y() > MAX_SPLITS
+        || !num_heads.is_multiple_of(num_kv_heads)
+        || num_heads / num_kv_heads > MAX_GROUP
+        || num_heads == 0
+        || max_seq == 0
+        || !matches!(head_dim, 64 | 128)
+    {
+        trap();
+    }
+    num_heads / num_kv_heads
 }
 
 /// See the module documentation.
@@ -111,21 +152,53 @@ pub unsafe extern "gpu-kernel" fn attention_decode(
     rows: u32,
     scale_log2: f32,
 ) {
-    let splits = grid_dim_y();
-    if block_dim_x() != THREADS
-        || num_kv_heads == 0
-        || rows == 0
-        || num_kv_heads.checked_mul(rows) != Some(grid_dim_x())
-        || splits > MAX_SPLITS
-        || !num_heads.is_multiple_of(num_kv_heads)
-        || num_heads / num_kv_heads > MAX_GROUP
-        || num_heads == 0
-        || max_seq == 0
-        || !matches!(head_dim, 64 | 128)
-    {
-        trap();
-    }
-    let group = num_heads / num_kv_heads;
+    let group = check_launch(num_heads, num_kv_heads, head_dim, max_seq, rows);
+    let a = Args {
+        qkv,
+        k_cache: k_cache.cast_mut(),
+        v_cache: v_cache.cast_mut(),
+        state,
+        partial,
+        counters,
+        out,
+        num_heads,
+        num_kv_heads,
+        group,
+        max_seq,
+        rows,
+        scale_log2,
+        rope: Rope { table: core::ptr::null(), q_w: core::ptr::null(), k_w: core::ptr::null(), eps: 0.0 },
+    };
+    // SAFETY: forwarded to the caller.
+    unsafe { if head_dim == 64 { run::<1, 2, false>(a) } else { run::<2, 4, false>(a) } }
+}
+
+/// The fused-RoPE form for one row (module documentation, "Fused RoPE").
+///
+/// # Safety
+/// As [`attention_decode`]'s with `rows = 1`; `rope [max_seq, hd]` f32 and, unless null,
+/// `q_w, k_w [hd]` bf16; the caches are written at `pos` and must not overlap the inputs.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "gpu-kernel" fn attention_decode_rope(
+    qkv: *const u16,
+    k_cache: *mut u16,
+    v_cache: *mut u16,
+    state: *const u32,
+    partial: *mut f32,
+    counters: *mut u32,
+    out: *mut u16,
+    rope: *const f32,
+    q_w: *const u16,
+    k_w: *const u16,
+    num_heads: u32,
+    num_kv_heads: u32,
+    head_dim: u32,
+    max_seq: u32,
+    eps: f32,
+    scale_log2: f32,
+) {
+    let group = check_launch(num_heads, num_kv_heads, head_dim, max_seq, 1);
     let a = Args {
         qkv,
         k_cache,
@@ -138,11 +211,12 @@ pub unsafe extern "gpu-kernel" fn attention_decode(
         num_kv_heads,
         group,
         max_seq,
-        rows,
+        rows: 1,
         scale_log2,
+        rope: Rope { table: rope, q_w, k_w, eps },
     };
     // SAFETY: forwarded to the caller.
-    unsafe { if head_dim == 64 { run::<1, 2>(a) } else { run::<2, 4>(a) } }
+    unsafe { if head_dim == 64 { run::<1, 2, true>(a) } else { run::<2, 4, true>(a) } }
 }
 
 /// The weight `2^(m − big)` of a partial with maximum `m` (0 for an empty one, `m = −inf`).
@@ -151,7 +225,7 @@ fn weight(m: f32, big: f32) -> f32 {
     if m == f32::NEG_INFINITY { 0.0 } else { ex2_approx_f32(m - big) }
 }
 
-/// The kernel for `hd = 32 E` (`W = E / 2` words per lane).
+/// The kernel for `hd = 32 E` (`W = E / 2` words per lane); `ROPE`: the fused-RoPE form.
 ///
 /// # Safety
 /// As the kernel's, shape checked.
@@ -159,7 +233,7 @@ fn weight(m: f32, big: f32) -> f32 {
 // put arrays in local memory (seen in `qk_norm_rope`'s first version).
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn run<const W: usize, const E: usize>(a: Args) {
+unsafe fn run<const W: usize, const E: usize, const ROPE: bool>(a: Args) {
     let hd = 32 * E as u32;
     let (cta, split, splits) = (block_idx_x(), block_idx_y(), grid_dim_y());
     let (row, kvh) = (cta / a.num_kv_heads, cta % a.num_kv_heads);
@@ -196,17 +270,41 @@ unsafe fn run<const W: usize, const E: usize>(a: Args) {
     // 1. This warp's positions, online softmax per q head.
     let kv_row = |p: u32| (kvh as usize * a.max_seq as usize + p as usize) * hd as usize + elem0 as usize;
     let q_stride = (a.num_heads + 2 * a.num_kv_heads) as usize * hd as usize;
+    let qkv_row = a.qkv.wrapping_add(row as usize * q_stride);
+    // The fused form's table row (the last one stands in past the cache).
+    let rope_row = a.rope.table.wrapping_add(pos.min(a.max_seq - 1) as usize * hd as usize);
+    let norm = |w: *const u16| (!w.is_null()).then_some((w, a.rope.eps));
     let mut qf = [[0.0f32; E]; G];
     for (g, qg) in qf.iter_mut().enumerate() {
         if (g as u32) < group {
             let h = kvh * group + g as u32;
             // SAFETY: qkv holds rows rows of q_stride; the lane's words of q head h are
-            // aligned.
-            let words =
-                unsafe { (a.qkv.add(row as usize * q_stride + (h * hd + elem0) as usize) as *const [u32; W]).read() };
-            let v: [f32; E] = unpack_words(words);
+            // aligned; the fused form's table row and norm weight per its caller.
+            let v: [f32; E] = unsafe {
+                let v = unpack_words((qkv_row.add((h * hd + elem0) as usize) as *const [u32; W]).read());
+                if ROPE { norm_rope::<W, E>(v, lane, norm(a.rope.q_w), rope_row) } else { v }
+            };
             *qg = v.map(|x| x * a.scale_log2);
         }
+    }
+    if ROPE && pos < a.max_seq && start <= pos && pos < end {
+        // This CTA's chunk holds the new position: its k (rotated) and v into the caches,
+        // seen by the CTA's warps after the barrier.
+        if warp == 0 {
+            let kv_col = (a.num_heads + kvh) as usize * hd as usize + elem0 as usize;
+            let v_col = kv_col + a.num_kv_heads as usize * hd as usize;
+            // SAFETY: k and v of kv head kvh in the row; cache row pos < max_seq.
+            unsafe {
+                let k = unpack_words((qkv_row.add(kv_col) as *const [u32; W]).read());
+                let k = norm_rope::<W, E>(k, lane, norm(a.rope.k_w), rope_row);
+                let words: [u32; W] = pack_words(k);
+                (a.k_cache.add(kv_row(pos)) as *mut [u32; W]).write(words);
+                let v = (qkv_row.add(v_col) as *const [u32; W]).read();
+                (a.v_cache.add(kv_row(pos)) as *mut [u32; W]).write(v);
+            }
+        }
+        // SAFETY: uniform: the condition is the CTA's.
+        unsafe { sync_threads() };
     }
     let mut m = [f32::NEG_INFINITY; G];
     let mut l = [0.0f32; G];

@@ -37,15 +37,13 @@
 
 use crate::config::rope::{THREADS, WARPS};
 use crate::config::step::{FLAG_OVERFLOW, FLAGS, POS};
-use crate::head::{pack_words, unpack_words};
+use crate::head::{norm_rope, pack_words, unpack_words};
 use crate::ptx::atomic::atom_global_or_b32;
-use crate::ptx::convert::rsqrt_approx_f32;
 use crate::ptx::sync::{griddepcontrol_launch_dependents, griddepcontrol_wait};
 use crate::ptx::thread::{
     block_dim_x, block_idx_x, block_idx_y, grid_dim_x, grid_dim_y, lane_id, thread_idx_x, warp_id,
 };
 use crate::ptx::trap;
-use crate::ptx::warp::{shfl_sync_bfly_f32, warp_sum_f32};
 
 /// The pointers of one launch.
 #[derive(Clone, Copy)]
@@ -143,32 +141,9 @@ unsafe fn one_head<const W: usize, const E: usize>(a: Args, head: u32, pos: u32)
     // SAFETY (whole body): rows of hd elements inside the buffers of the layout; the lane's
     // E elements at elem0 are 4 W-byte aligned (hd and the buffers 16-byte aligned).
     unsafe {
-        let words = (src.add(elem0) as *const [u32; W]).read();
-        let mut x: [f32; E] = unpack_words(words);
-        if a.norm {
-            let mut ss = 0.0f32;
-            for xv in x.iter() {
-                ss += xv * xv;
-            }
-            let ss = warp_sum_f32(ss);
-            let inv = rsqrt_approx_f32(ss / hd as f32 + a.eps);
-            let w = if is_q { a.q_w } else { a.k_w };
-            let ww: [f32; E] = unpack_words((w.add(elem0) as *const [u32; W]).read());
-            for j in 0..E {
-                x[j] = x[j] * inv * ww[j];
-            }
-        }
-        // Rotate-half: the partner of element l·E + j is element (l ^ 16)·E + j.
-        let row = a.rope.add(pos as usize * hd);
-        let i0 = (lane & 15) as usize * E;
-        let upper = lane >= 16;
-        let mut y = [0.0f32; E];
-        for j in 0..E {
-            let partner = shfl_sync_bfly_f32(x[j], 16);
-            let (c, s) = (row.add(i0 + j).read(), row.add(hd / 2 + i0 + j).read());
-            y[j] = if upper { x[j] * c + partner * s } else { x[j] * c - partner * s };
-        }
-        let out: [u32; W] = pack_words(y);
+        let x: [f32; E] = unpack_words((src.add(elem0) as *const [u32; W]).read());
+        let norm = a.norm.then_some((if is_q { a.q_w } else { a.k_w }, a.eps));
+        let out: [u32; W] = pack_words(norm_rope::<W, E>(x, lane, norm, a.rope.add(pos as usize * hd)));
         if is_q {
             (a.q.add(head as usize * hd + elem0) as *mut [u32; W]).write(out);
         } else {

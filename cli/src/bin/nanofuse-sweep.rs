@@ -723,6 +723,13 @@ fn engine_sweep(gpu: &Arc<Gpu>, tally: &mut Tally, rng: &mut SmallRng) {
             return;
         }
     }
+    for (nh, nkv, hd, len, norm) in [(16, 8, 128, 100, true), (9, 3, 64, 2072, false)] {
+        let name = format!("attention_rope ({nh},{nkv},{hd}) len={len} norm={norm}");
+        tally.record(&name, engine_attention_rope(gpu, rng, nh, nkv, hd, len, norm));
+        if tally.driver_error {
+            return;
+        }
+    }
     let (hidden, vocab) = (576, 1000);
     let g = random_bf16(rng, hidden, 0.5, 1.5);
     let w = mlp_weights(rng, vocab, hidden);
@@ -882,6 +889,45 @@ fn engine_attention(
         );
     }
     let c = compare(&got, &want, 0.02 * rms(&want), 0.02);
+    if c.passes(4e-3) { Ok(c.to_string()) } else { Err(CaseError::Mismatch(c.to_string())) }
+}
+
+/// The fused decode form against `qk_norm_rope` + `attention_decode` on the same inputs:
+/// the caches bitwise, `out` within the attention bound.
+fn engine_attention_rope(
+    gpu: &Arc<Gpu>,
+    rng: &mut SmallRng,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    len: usize,
+    norm: bool,
+) -> CaseResult {
+    use nanofuse::{AttnScratch, AttnShape, QkNorm, step};
+    let max_seq = len + 3;
+    let shape = AttnShape::new(nh, nkv, hd, max_seq);
+    let qkv = random_bf16(rng, shape.qkv_len(), -3.0, 3.0);
+    let k = random_bf16(rng, shape.cache_len(), -1.0, 1.0);
+    let v = random_bf16(rng, shape.cache_len(), -1.0, 1.0);
+    let w = gpu.upload(&random_bf16(rng, hd, 0.5, 1.5))?;
+    let rope = gpu.upload(&reference::rope_table(max_seq, hd, 10000.0))?;
+    let qk = norm.then_some(QkNorm { q: &w, k: &w, eps: EPS });
+    let mut st = [0u32; step::LEN];
+    st[step::POS] = len as u32 - 1;
+    let mut scratch = AttnScratch::new(gpu, &shape)?;
+    let (mut k2, mut v2, mut q2, mut s2) = (gpu.upload(&k)?, gpu.upload(&v)?, gpu.upload(&qkv)?, gpu.upload(&st)?);
+    nanofuse::qk_norm_rope(gpu, &shape, 1, &mut q2, qk, &rope, &mut s2, &mut k2, &mut v2)?;
+    let mut want = poisoned(gpu, shape.q_len())?;
+    nanofuse::attention_decode(gpu, &shape, 1, &q2, &k2, &v2, &s2, &mut scratch, &mut want)?;
+    let (mut k1, mut v1, q1, s1) = (gpu.upload(&k)?, gpu.upload(&v)?, gpu.upload(&qkv)?, gpu.upload(&st)?);
+    let mut got = poisoned(gpu, shape.q_len())?;
+    nanofuse::attention_decode_rope(gpu, &shape, &q1, qk, &rope, &s1, &mut k1, &mut v1, &mut scratch, &mut got)?;
+    let same = |a: Vec<bf16>, b: Vec<bf16>| a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+    if !same(gpu.download(&k1)?, gpu.download(&k2)?) || !same(gpu.download(&v1)?, gpu.download(&v2)?) {
+        return Err(CaseError::Mismatch("the caches differ from qk_norm_rope's".into()));
+    }
+    let want: Vec<f32> = gpu.download(&want)?.iter().map(|x| x.to_f32()).collect();
+    let c = compare(&gpu.download(&got)?, &want, 0.02 * rms(&want), 0.02);
     if c.passes(4e-3) { Ok(c.to_string()) } else { Err(CaseError::Mismatch(c.to_string())) }
 }
 

@@ -1,10 +1,12 @@
 //! One transformer layer on the GPU, fused or unfused, for the last `rows` positions (a
 //! decode step: 1; a prefill chunk: its tokens), and the buffers it uses.
 //!
-//! Fused (nanofuse's ops on their `Route::Auto`, PDL on):
-//! `FusedRmsNormQkv (packed) → qk_norm_rope (+ KV write) → attention_decode → ProjResidual
-//! (o) → FusedRmsNormGateUp → ProjResidual (down)`: 6 kernels at decode; at a prefill
-//! chunk's M the ops take their own routes (RMSNorm + cuBLAS where that measured faster).
+//! Fused (nanofuse's ops on their `Route::Auto`, PDL on), at decode:
+//! `FusedRmsNormQkv (packed) → attention_decode_rope (q/k norm, RoPE, KV write and
+//! attention in one kernel) → ProjResidual (o) → FusedRmsNormGateUp → ProjResidual (down)`:
+//! 5 kernels. A prefill chunk runs `qk_norm_rope` and `attention_decode` apart (a row's
+//! attention reads the k and v the chunk's other rows write), and the ops take their routes
+//! for the chunk's M (RMSNorm + cuBLAS where that measured faster).
 //!
 //! Unfused (what PyTorch eager runs under a CUDA graph, PDL off):
 //! `rms_norm → cuBLAS [Wq; Wk; Wv] → qk_norm_rope → attention_decode → cuBLAS Wo →
@@ -19,7 +21,7 @@ use nanofuse_host::cudarc::driver::CudaSlice;
 use nanofuse_host::ops::{self, GemmImpl};
 use nanofuse_host::{
     AttnScratch, AttnShape, Baseline, FusedRmsNormGateUp, FusedRmsNormQkv, Gpu, MlpShape, ProjResidual, QkNorm,
-    QkvShape, UnfusedMlp, UnfusedRmsNormQkv, attention_decode, qk_norm_rope,
+    QkvShape, UnfusedMlp, UnfusedRmsNormQkv, attention_decode, attention_decode_rope, qk_norm_rope,
 };
 
 use crate::config::ModelConfig;
@@ -176,9 +178,14 @@ impl Layer {
             Ops::Fused { qkv: op, o, gate_up, down } => {
                 op.forward_packed_into(&hv, m, &mut qkv)?;
                 mark("qkv")?;
-                qk_norm_rope(gpu, at.shape, m, &mut qkv, norm, at.rope, &mut *at.state, &mut kc, &mut vc)?;
-                mark("rope")?;
-                attention_decode(gpu, at.shape, m, &qkv, &kc, &vc, &*at.state, &mut *at.scratch, &mut attn)?;
+                if m == 1 {
+                    let (st, sc) = (&*at.state, &mut *at.scratch);
+                    attention_decode_rope(gpu, at.shape, &qkv, norm, at.rope, st, &mut kc, &mut vc, sc, &mut attn)?;
+                } else {
+                    qk_norm_rope(gpu, at.shape, m, &mut qkv, norm, at.rope, &mut *at.state, &mut kc, &mut vc)?;
+                    mark("rope")?;
+                    attention_decode(gpu, at.shape, m, &qkv, &kc, &vc, &*at.state, &mut *at.scratch, &mut attn)?;
+                }
                 mark("attention")?;
                 o.forward_into(&attn, m, &mut hv)?;
                 mark("o_proj")?;
