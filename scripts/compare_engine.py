@@ -15,8 +15,9 @@
    engine's sequence (relative L2 and argmax agreement), the free-running greedy agreement,
    and where the sequences part, PyTorch's top-2 margin at that step (a near-tie or not).
 4. With --time: PyTorch's decode speed on the same model: a gpt-fast style step (static KV
-   cache, the whole step captured in one CUDA graph) and, if transformers is present,
-   `generate`.
+   cache, the whole step captured in one CUDA graph), eager ops and, with --compile, the
+   step's forward compiled by torch.compile (inductor, fullgraph) before the capture, as
+   gpt-fast does; and, if transformers is present, `generate`.
 """
 
 import argparse
@@ -171,15 +172,17 @@ def greedy(model, plain, prompt, steps):
 
 
 @torch.no_grad()
-def time_graph_step(plain, prompt_len, n):
+def time_graph_step(plain, prompt_len, n, compile_forward=False):
     """gpt-fast style: one decode step (token and position in device tensors) captured in
-    a CUDA graph, replayed n times; µs per token."""
+    a CUDA graph, replayed n times; µs per token. compile_forward: the forward through
+    torch.compile first (compiled during the warm-up steps)."""
+    forward = torch.compile(plain.forward, fullgraph=True, dynamic=False) if compile_forward else plain.forward
     tok = torch.zeros(1, dtype=torch.int64, device="cuda")
     pos = torch.full((1,), prompt_len, dtype=torch.int64, device="cuda")
     out = torch.empty(1, dtype=torch.int64, device="cuda")
 
     def step():
-        logits = plain.forward(tok, pos)
+        logits = forward(tok, pos)
         out.copy_(torch.argmax(logits[-1]).view(1))
         tok.copy_(out)
         pos.add_(1)
@@ -217,6 +220,7 @@ def main():
     ap.add_argument("--json", default="")
     ap.add_argument("--time", action="store_true")
     ap.add_argument("--time-tokens", type=int, default=128)
+    ap.add_argument("--compile", action="store_true", help="with --time: also time the torch.compile'd step")
     a = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="nanofuse-cmp-")
@@ -290,6 +294,15 @@ def main():
               f"runs {['%.1f' % r for r in runs]}")
         report["torch_graph_us_per_token"] = med
         report["torch_graph_runs"] = runs
+        if a.compile:
+            plain.k.zero_()
+            t0 = time.perf_counter()
+            med, runs = time_graph_step(plain, len(prompt), a.time_tokens, compile_forward=True)
+            print(f"PyTorch step compiled (torch.compile, inductor) in a CUDA graph: {med:.1f} µs/token "
+                  f"({1e6 / med:.0f} tok/s), runs {['%.1f' % r for r in runs]} "
+                  f"(compile + timing {time.perf_counter() - t0:.0f} s)")
+            report["torch_compile_graph_us_per_token"] = med
+            report["torch_compile_graph_runs"] = runs
         if model is not None:
             ids = torch.tensor([prompt], device="cuda")
             model.generate(ids, max_new_tokens=8, do_sample=False)

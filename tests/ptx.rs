@@ -47,7 +47,7 @@ const MMA_KERNELS: [&str; 12] = [
 
 /// Kernels of the decode engine's step whose names say `decode` but which are not the
 /// weight-streaming decode GEMM (no 16-byte W stream, no cp.async staging).
-const STEP_KERNELS: [&str; 2] = ["decode_step_begin", "attention_decode"];
+const STEP_KERNELS: [&str; 3] = ["decode_step_begin", "attention_decode", "attention_decode_rope"];
 
 /// Whether `name` is an entry of the weight-streaming decode kernel.
 fn is_decode_gemm(name: &str) -> bool {
