@@ -342,8 +342,8 @@ fn attention_and_rope_refuse_bad_arguments() {
 }
 
 /// The fused decode form against the two kernels it replaces: the same k and v rows in the
-/// caches (bitwise), only position `pos` written, and `out` within the attention bound of
-/// the two-kernel result and of the reference (the fused form keeps q in f32 after RoPE).
+/// caches (bitwise), only position `pos` written, and each form's `out` within the
+/// attention bound of the reference for its q (the fused form keeps q in f32 after RoPE).
 /// Lengths include 2072 on (9,3,64), where 64 splits leave the last one empty and `pos`
 /// falls in the one before it.
 #[test]
@@ -400,14 +400,21 @@ fn fused_rope_attention_matches_the_two_kernels() {
         assert_eq!(bits(&gpu.download(&kc1).unwrap()), bits(&gpu.download(&kc2).unwrap()), "{what}: k cache");
         assert_eq!(bits(&gpu.download(&vc1).unwrap()), bits(&gpu.download(&vc2).unwrap()), "{what}: v cache");
         assert_eq!(bits(&gpu.download(&q1).unwrap()), bits(&qkv), "{what}: qkv is left unchanged");
-        let (o1, o2) = (gpu.download(&out1).unwrap(), gpu.download(&out2).unwrap());
-        let o2f: Vec<f32> = o2.iter().map(|v| v.to_f32()).collect();
-        let c = compare(&o1, &o2f, 0.02 * rms(&o2f), 0.02);
-        assert!(c.passes(4e-3), "{what}: fused vs two kernels: {c}");
-        let (kc, vc, q) = (gpu.download(&kc2).unwrap(), gpu.download(&vc2).unwrap(), gpu.download(&q2).unwrap());
-        let want = reference::attention_decode_rows(&q[..shape.q_len()], &kc, &vc, nh, nkv, hd, max_seq, len).unwrap();
-        let c = compare(&o1, &want, 0.02 * rms(&want), 0.02);
+        // Each form against the reference of its own q: the fused form's f32 q after RoPE,
+        // the two kernels' bf16 q (the difference between the two is the rounding of q,
+        // which at long contexts moves the output by about that bound itself).
+        let (kc, vc) = (gpu.download(&kc2).unwrap(), gpu.download(&vc2).unwrap());
+        let row = &table[pos * hd..(pos + 1) * hd];
+        let nq = norm.then_some((qw.as_slice(), 1e-6));
+        let q_f32 = reference::qk_norm_rope_rows(&qkv[..shape.q_len()], hd, nq, row).unwrap();
+        let want = reference::attention_decode_rows_f32q(&q_f32, &kc, &vc, nh, nkv, hd, max_seq, len).unwrap();
+        let c = compare(&gpu.download(&out1).unwrap(), &want, 0.02 * rms(&want), 0.02);
         assert!(c.passes(4e-3), "{what}: fused vs reference: {c}");
+        let q_bf16 = gpu.download(&q2).unwrap();
+        let want =
+            reference::attention_decode_rows(&q_bf16[..shape.q_len()], &kc, &vc, nh, nkv, hd, max_seq, len).unwrap();
+        let c = compare(&gpu.download(&out2).unwrap(), &want, 0.02 * rms(&want), 0.02);
+        assert!(c.passes(4e-3), "{what}: two kernels vs reference: {c}");
     }
     // Past the cache: nothing written, the caches keep their poison.
     let shape = AttnShape::new(8, 8, 64, 16);

@@ -311,6 +311,23 @@ pub fn attention_decode_rows(
     max_seq: usize,
     len: usize,
 ) -> Option<Vec<f32>> {
+    let qf: Vec<f32> = q.iter().map(|v| v.to_f32()).collect();
+    attention_decode_rows_f32q(&qf, k_cache, v_cache, num_heads, num_kv_heads, head_dim, max_seq, len)
+}
+
+/// [`attention_decode_rows`] with q in f32 (as the fused-RoPE attention keeps it after
+/// RoPE).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode_rows_f32q(
+    q: &[f32],
+    k_cache: &[bf16],
+    v_cache: &[bf16],
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    max_seq: usize,
+    len: usize,
+) -> Option<Vec<f32>> {
     let hd = head_dim;
     if num_kv_heads == 0 || hd == 0 || !num_heads.is_multiple_of(num_kv_heads) || len == 0 || len > max_seq {
         return None;
@@ -324,7 +341,7 @@ pub fn attention_decode_rows(
     let mut out = Vec::with_capacity(num_heads * hd);
     for h in 0..num_heads {
         let kvh = h / group;
-        let qh: Vec<f64> = q[h * hd..(h + 1) * hd].iter().map(|v| v.to_f32() as f64).collect();
+        let qh: Vec<f64> = q[h * hd..(h + 1) * hd].iter().map(|&v| v as f64).collect();
         let row = |p: usize| (kvh * max_seq + p) * hd..(kvh * max_seq + p + 1) * hd;
         let scores: Vec<f64> = (0..len)
             .map(|p| k_cache[row(p)].iter().zip(&qh).map(|(k, q)| k.to_f32() as f64 * q).sum::<f64>() * scale)

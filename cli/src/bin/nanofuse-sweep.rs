@@ -893,7 +893,7 @@ fn engine_attention(
 }
 
 /// The fused decode form against `qk_norm_rope` + `attention_decode` on the same inputs:
-/// the caches bitwise, `out` within the attention bound.
+/// the caches bitwise; `out` within the attention bound of the reference.
 fn engine_attention_rope(
     gpu: &Arc<Gpu>,
     rng: &mut SmallRng,
@@ -917,8 +917,6 @@ fn engine_attention_rope(
     let mut scratch = AttnScratch::new(gpu, &shape)?;
     let (mut k2, mut v2, mut q2, mut s2) = (gpu.upload(&k)?, gpu.upload(&v)?, gpu.upload(&qkv)?, gpu.upload(&st)?);
     nanofuse::qk_norm_rope(gpu, &shape, 1, &mut q2, qk, &rope, &mut s2, &mut k2, &mut v2)?;
-    let mut want = poisoned(gpu, shape.q_len())?;
-    nanofuse::attention_decode(gpu, &shape, 1, &q2, &k2, &v2, &s2, &mut scratch, &mut want)?;
     let (mut k1, mut v1, q1, s1) = (gpu.upload(&k)?, gpu.upload(&v)?, gpu.upload(&qkv)?, gpu.upload(&st)?);
     let mut got = poisoned(gpu, shape.q_len())?;
     nanofuse::attention_decode_rope(gpu, &shape, &q1, qk, &rope, &s1, &mut k1, &mut v1, &mut scratch, &mut got)?;
@@ -926,7 +924,14 @@ fn engine_attention_rope(
     if !same(gpu.download(&k1)?, gpu.download(&k2)?) || !same(gpu.download(&v1)?, gpu.download(&v2)?) {
         return Err(CaseError::Mismatch("the caches differ from qk_norm_rope's".into()));
     }
-    let want: Vec<f32> = gpu.download(&want)?.iter().map(|x| x.to_f32()).collect();
+    // Against the reference of the fused form's own q (f32 after RoPE, as it keeps it).
+    let row = reference::rope_table(max_seq, hd, 10000.0)[(len - 1) * hd..len * hd].to_vec();
+    let wv = gpu.download(&w)?;
+    let q = reference::qk_norm_rope_rows(&qkv[..shape.q_len()], hd, norm.then_some((wv.as_slice(), EPS)), &row)
+        .ok_or_else(|| CaseError::Mismatch("reference: bad lengths".into()))?;
+    let (kc, vc) = (gpu.download(&k2)?, gpu.download(&v2)?);
+    let want = reference::attention_decode_rows_f32q(&q, &kc, &vc, nh, nkv, hd, max_seq, len)
+        .ok_or_else(|| CaseError::Mismatch("reference: bad lengths".into()))?;
     let c = compare(&gpu.download(&got)?, &want, 0.02 * rms(&want), 0.02);
     if c.passes(4e-3) { Ok(c.to_string()) } else { Err(CaseError::Mismatch(c.to_string())) }
 }
