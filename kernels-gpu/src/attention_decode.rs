@@ -104,6 +104,7 @@ struct Args {
     out: *mut u16,
     num_heads: u32,
     num_kv_heads: u32,
+    /// `num_heads / num_kv_heads`, set by `start`.
     group: u32,
     max_seq: u32,
     rows: u32,
@@ -111,22 +112,30 @@ struct Args {
     rope: Rope,
 }
 
-/// Traps unless the launch has the documented shape; returns `group`.
-fn check_launch(num_heads: u32, num_kv_heads: u32, head_dim: u32, max_seq: u32, rows: u32) -> u32 {
+/// Both entries' body: traps unless the launch has the documented shape (`a.group` is
+/// set here), then runs the kernel for `head_dim`.
+///
+/// # Safety
+/// As the entries'.
+#[inline(always)]
+unsafe fn start<const ROPE: bool>(mut a: Args, head_dim: u32) {
+    let (nh, nkv) = (a.num_heads, a.num_kv_heads);
     if block_dim_x() != THREADS
-        || num_kv_heads == 0
-        || rows == 0
-        || num_kv_heads.checked_mul(rows) != Some(grid_dim_x())
+        || nkv == 0
+        || a.rows == 0
+        || nkv.checked_mul(a.rows) != Some(grid_dim_x())
         || grid_dim_y() > MAX_SPLITS
-        || !num_heads.is_multiple_of(num_kv_heads)
-        || num_heads / num_kv_heads > MAX_GROUP
-        || num_heads == 0
-        || max_seq == 0
+        || !nh.is_multiple_of(nkv)
+        || nh / nkv > MAX_GROUP
+        || nh == 0
+        || a.max_seq == 0
         || !matches!(head_dim, 64 | 128)
     {
         trap();
     }
-    num_heads / num_kv_heads
+    a.group = nh / nkv;
+    // SAFETY: forwarded to the caller; the shape checked above.
+    unsafe { if head_dim == 64 { run::<1, 2, ROPE>(a) } else { run::<2, 4, ROPE>(a) } }
 }
 
 /// See the module documentation.
@@ -152,7 +161,6 @@ pub unsafe extern "gpu-kernel" fn attention_decode(
     rows: u32,
     scale_log2: f32,
 ) {
-    let group = check_launch(num_heads, num_kv_heads, head_dim, max_seq, rows);
     let a = Args {
         qkv,
         k_cache: k_cache.cast_mut(),
@@ -163,14 +171,14 @@ pub unsafe extern "gpu-kernel" fn attention_decode(
         out,
         num_heads,
         num_kv_heads,
-        group,
+        group: 0,
         max_seq,
         rows,
         scale_log2,
         rope: Rope { table: core::ptr::null(), q_w: core::ptr::null(), k_w: core::ptr::null(), eps: 0.0 },
     };
     // SAFETY: forwarded to the caller.
-    unsafe { if head_dim == 64 { run::<1, 2, false>(a) } else { run::<2, 4, false>(a) } }
+    unsafe { start::<false>(a, head_dim) }
 }
 
 /// The fused-RoPE form for one row (module documentation, "Fused RoPE").
@@ -198,7 +206,6 @@ pub unsafe extern "gpu-kernel" fn attention_decode_rope(
     eps: f32,
     scale_log2: f32,
 ) {
-    let group = check_launch(num_heads, num_kv_heads, head_dim, max_seq, 1);
     let a = Args {
         qkv,
         k_cache,
@@ -209,14 +216,14 @@ pub unsafe extern "gpu-kernel" fn attention_decode_rope(
         out,
         num_heads,
         num_kv_heads,
-        group,
+        group: 0,
         max_seq,
         rows: 1,
         scale_log2,
         rope: Rope { table: rope, q_w, k_w, eps },
     };
     // SAFETY: forwarded to the caller.
-    unsafe { if head_dim == 64 { run::<1, 2, true>(a) } else { run::<2, 4, true>(a) } }
+    unsafe { start::<true>(a, head_dim) }
 }
 
 /// The weight `2^(m − big)` of a partial with maximum `m` (0 for an empty one, `m = −inf`).

@@ -892,8 +892,8 @@ fn engine_attention(
     if c.passes(4e-3) { Ok(c.to_string()) } else { Err(CaseError::Mismatch(c.to_string())) }
 }
 
-/// The fused decode form against `qk_norm_rope` + `attention_decode` on the same inputs:
-/// the caches bitwise; `out` within the attention bound of the reference.
+/// The fused decode form: the caches bitwise as `qk_norm_rope` writes them from the same
+/// inputs; `out` within the attention bound of the reference for its f32 q.
 fn engine_attention_rope(
     gpu: &Arc<Gpu>,
     rng: &mut SmallRng,
