@@ -102,6 +102,12 @@ impl Gpu {
         }
         let _current = Current::save()?;
         let ctx = CudaContext::new(ordinal).map_err(Error::driver("cuDevicePrimaryCtxRetain"))?;
+        // Event tracking off before the handle's first stream: cudarc's first `new_stream` on
+        // a handle that tracks events synchronizes the whole context (`cuCtxSynchronize`),
+        // which fails, and invalidates, any graph capture another thread of the process has
+        // under way on the device.
+        // SAFETY: the handle is nanofuse's own (see "Effects on the caller's context").
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(Error::driver("cuStreamCreate"))?;
         Self::with_stream(stream, ptx, ptx_arch)
     }
