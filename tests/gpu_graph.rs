@@ -19,7 +19,10 @@ use std::sync::Arc;
 use common::{random_bf16, random_weights};
 use nanofuse::cudarc::driver::sys::{self, CUgraphInstantiate_flags, CUgraphNodeType, CUstreamCaptureMode};
 use nanofuse::cudarc::driver::{CudaGraph, CudaSlice};
-use nanofuse::{FusedRmsNormGateUp, FusedRmsNormQkv, Gpu, MlpShape, ProjResidual, QkvShape, Result, bf16};
+use nanofuse::{
+    Baseline, FusedRmsNormGateUp, FusedRmsNormQkv, Gpu, MlpShape, ProjResidual, QkvShape, Result, UnfusedRmsNormQkv,
+    bf16,
+};
 
 /// M of the decode kernels and of the fallbacks.
 const MS: [usize; 2] = [1, 128];
@@ -235,4 +238,42 @@ fn opening_the_device_elsewhere_leaves_a_capture_intact() {
     op.forward_packed_into(&x, 1, &mut y).unwrap();
     let want = vec![gpu.download(&y).unwrap()];
     got.iter().for_each(|got| assert_bitwise("the capture with the device opened meanwhile", got, &want));
+}
+
+/// As above for the end of a cuBLAS user: another thread opens the device, runs the cuBLAS
+/// baseline, and drops its `Gpu` in the middle of a capture. `cublasDestroy` synchronizes the
+/// whole device, which invalidates the capture; nanofuse pools its cuBLAS handles instead of
+/// destroying them. (The cause of gpu_engine's `CUBLAS_STATUS_EXECUTION_FAILED` and
+/// `CUDA_ERROR_STREAM_CAPTURE_INVALIDATED` when its tests ran in parallel.)
+#[test]
+fn a_cublas_user_ending_elsewhere_leaves_a_capture_intact() {
+    let Some(gpu) = common::gpu() else { return };
+    let mut rng = common::rng("a_cublas_user_ending_elsewhere_leaves_a_capture_intact");
+    let (g, w) = random_weights(&mut rng, &QKV);
+    let gpu = fresh(&gpu);
+    let op = FusedRmsNormQkv::new(&gpu, QKV, &g, &w).unwrap();
+    let x = gpu.upload(&random_bf16(&mut rng, QKV.hidden, -3.0, 3.0)).unwrap();
+    let mut y = gpu.alloc_zeros::<bf16>(QKV.n()).unwrap();
+    let (g2, w2, x2) = (g.clone(), w.clone(), random_bf16(&mut rng, QKV.hidden, -3.0, 3.0));
+    let elsewhere = move || -> Result<()> {
+        let other = nanofuse::open(0)?;
+        let base = UnfusedRmsNormQkv::new(&other, QKV, &g2, &w2)?;
+        let x = other.upload(&x2)?;
+        let mut xn = other.alloc_zeros::<bf16>(QKV.hidden)?;
+        let mut y = other.alloc_zeros::<bf16>(QKV.n())?;
+        base.forward_into(Baseline::NormCublas, &x, 1, &mut xn, &mut y)?;
+        other.synchronize()
+    };
+    // The cuBLAS handle is made before the capture, so that only its end falls inside.
+    std::thread::spawn(elsewhere.clone()).join().expect("the warm-up thread panicked").unwrap();
+    let graph = capture(&gpu, "FusedRmsNormQkv::forward_packed_into at M = 1, a cuBLAS user ending meanwhile", || {
+        let ended = std::thread::spawn(elsewhere).join().expect("the cuBLAS thread panicked");
+        ended.expect("a cuBLAS user in another thread while this one captures");
+        op.forward_packed_into(&x, 1, &mut y)
+    });
+    let got = replays(&gpu, &graph, &mut [&mut y]);
+    gpu.fill_nan(&mut y).unwrap();
+    op.forward_packed_into(&x, 1, &mut y).unwrap();
+    let want = vec![gpu.download(&y).unwrap()];
+    got.iter().for_each(|got| assert_bitwise("the capture with a cuBLAS user ending meanwhile", got, &want));
 }

@@ -2,7 +2,8 @@
 //! `F.linear` runs) and of the large-M fallback.
 
 use std::ffi::c_void;
-use std::sync::Arc;
+use std::mem::ManuallyDrop;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use cudarc::cublas::{CudaBlas, result as cublas, sys};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
@@ -17,11 +18,30 @@ const WORKSPACE_BYTES: usize = 32 << 20;
 /// A cuBLAS handle bound to one stream (a [`Gpu`](crate::Gpu)'s), with its workspace: a
 /// handle is bound to one stream and its workspace must not be used by two streams at once,
 /// so every `Gpu`, views of one included, has its own.
+///
+/// Handles are pooled, never destroyed while the process runs (up to [`IDLE_PER_CONTEXT`]
+/// idle ones per context): `cublasDestroy` synchronizes the whole device (cuBLAS's
+/// documentation), and a device-wide synchronization invalidates a CUDA-graph capture under
+/// way on any other thread's stream. Dropping a `Gpu` in one thread while an engine in
+/// another captures its step graph would otherwise break that capture. A pooled handle
+/// keeps its context retained.
 pub(crate) struct Blas {
-    handle: CudaBlas,
-    _workspace: CudaSlice<u8>,
+    /// Taken out in `drop` only.
+    idle: ManuallyDrop<Idle>,
     stream: Arc<CudaStream>,
 }
+
+/// A handle and its workspace, between uses or in use by one [`Blas`].
+struct Idle {
+    ctx: usize,
+    handle: CudaBlas,
+    workspace: CudaSlice<u8>,
+}
+
+/// Most idle handles kept per context; a handle dropped beyond them is destroyed.
+const IDLE_PER_CONTEXT: usize = 16;
+
+static IDLE: Mutex<Vec<Idle>> = Mutex::new(Vec::new());
 
 impl Blas {
     pub(crate) fn new(stream: &Arc<CudaStream>) -> Result<Blas> {
@@ -35,17 +55,38 @@ impl Blas {
             });
         }
         let _current = Current::save()?;
-        let handle = CudaBlas::new(stream.clone()).map_err(Error::cublas("cublasCreate"))?;
-        let workspace = stream.alloc_zeros::<u8>(WORKSPACE_BYTES).map_err(Error::driver("cuMemAlloc"))?;
+        let ctx = stream.context().cu_ctx() as usize;
+        let pooled = {
+            let mut idle = IDLE.lock().unwrap_or_else(PoisonError::into_inner);
+            idle.iter().position(|i| i.ctx == ctx).map(|at| idle.swap_remove(at))
+        };
+        let idle = match pooled {
+            Some(mut i) => {
+                // SAFETY: the handle is idle (its last stream was synchronized when it was
+                // pooled) and `stream` is of its context.
+                unsafe { i.handle.set_stream(stream.clone()) }.map_err(Error::cublas("cublasSetStream"))?;
+                i
+            }
+            None => {
+                let handle = CudaBlas::new(stream.clone()).map_err(Error::cublas("cublasCreate"))?;
+                let workspace = stream.alloc_zeros::<u8>(WORKSPACE_BYTES).map_err(Error::driver("cuMemAlloc"))?;
+                Idle { ctx, handle, workspace }
+            }
+        };
+        // Again for a pooled handle: cublasSetStream resets the handle's workspace.
         {
-            let (ptr, _sync) = workspace.device_ptr(stream);
-            // SAFETY: the workspace outlives the handle (both live in `Blas`, the handle is
-            // dropped first) and is used only on this handle's stream.
-            unsafe { sys::cublasSetWorkspace_v2(*handle.handle(), ptr as *mut c_void, WORKSPACE_BYTES) }
+            let (ptr, _sync) = idle.workspace.device_ptr(stream);
+            // SAFETY: the workspace outlives the handle's use of it (both live in `Idle`,
+            // which is pooled or dropped as a whole) and is used only on this handle's stream.
+            unsafe { sys::cublasSetWorkspace_v2(*idle.handle.handle(), ptr as *mut c_void, WORKSPACE_BYTES) }
                 .result()
                 .map_err(Error::cublas("cublasSetWorkspace"))?;
         }
-        Ok(Blas { handle, _workspace: workspace, stream: stream.clone() })
+        Ok(Blas { idle: ManuallyDrop::new(idle), stream: stream.clone() })
+    }
+
+    fn handle(&self) -> sys::cublasHandle_t {
+        *self.idle.handle.handle()
     }
 
     /// Row-major `y[m, n] = x[m, k] · W[n, k]ᵀ` (leading dimension of y: `ldy`), bf16 in
@@ -107,7 +148,7 @@ impl Blas {
         // SAFETY: forwarded to the caller; alpha/beta are host scalars (default pointer mode).
         unsafe {
             cublas::gemm_ex(
-                *self.handle.handle(),
+                self.handle(),
                 sys::cublasOperation_t::CUBLAS_OP_T,
                 sys::cublasOperation_t::CUBLAS_OP_N,
                 n as i32,
@@ -129,5 +170,20 @@ impl Blas {
             )
         }
         .map_err(Error::cublas("cublasGemmEx"))
+    }
+}
+
+impl Drop for Blas {
+    /// Pools the handle (see [`Blas`]) once its stream has finished the work queued with it,
+    /// so that the next user's stream never overlaps this one's use of the workspace; where
+    /// that synchronization fails, or the pool is full, the handle is destroyed.
+    fn drop(&mut self) {
+        // SAFETY: `idle` is not used after this.
+        let idle = unsafe { ManuallyDrop::take(&mut self.idle) };
+        let synced = Current::save().is_ok_and(|_current| self.stream.synchronize().is_ok());
+        let mut pool = IDLE.lock().unwrap_or_else(PoisonError::into_inner);
+        if synced && pool.iter().filter(|i| i.ctx == idle.ctx).count() < IDLE_PER_CONTEXT {
+            pool.push(idle);
+        }
     }
 }
