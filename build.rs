@@ -1,5 +1,7 @@
 //! Compiles `kernels-gpu` to one self-contained PTX file, `$OUT_DIR/kernels.ptx`, which
-//! `src/lib.rs` embeds with `include_str!`.
+//! `src/lib.rs` embeds with `include_str!`, and a second one, `$OUT_DIR/kernels_sm90a.ptx`:
+//! the crate again with its `sm90a` feature for `sm_90a`, the kernels on warpgroup MMA
+//! (empty when `NANOFUSE_CUDA_ARCH` names another architecture than sm_90 or sm_90a).
 //!
 //! The kernels go through rustc's own NVPTX backend: an inner `cargo rustc` for
 //! `nvptx64-nvidia-cuda` with `-Zbuild-std=core`, as a `staticlib` with fat LTO,
@@ -60,10 +62,34 @@ fn main() {
     });
     let channel = pinned_channel(&root);
     let (cargo, via_rustup) = kernel_cargo(&channel);
-    let inner = Inner { cargo, via_rustup, channel: &channel, arch: &arch, ptx_isa };
-    let ptx = add_launch_bounds(build_ptx(inner, &root, &out_dir.join("kernels-target")));
+    let inner = Inner { cargo, via_rustup, channel: &channel, arch: &arch, ptx_isa, features: None };
+    let ptx = add_launch_bounds(build_ptx(inner, &root, &out_dir.join("kernels-target")), &config::LAUNCH_BOUNDS);
     fs::write(out_dir.join("kernels.ptx"), ptx).expect("write kernels.ptx");
+
+    // The sm_90a module (warpgroup MMA exists on sm_90a only): built when the main module is
+    // for sm_90 or sm_90a, else empty (the host then has no such kernels and routes around
+    // them).
+    let sm90a = if matches!(arch.as_str(), "sm_90" | "sm_90a") {
+        let (cargo, via_rustup) = kernel_cargo(&channel);
+        let inner = Inner {
+            cargo,
+            via_rustup,
+            channel: &channel,
+            arch: SM90A_ARCH,
+            ptx_isa: SM90A_PTX_ISA,
+            features: Some("sm90a"),
+        };
+        add_launch_bounds(build_ptx(inner, &root, &out_dir.join("kernels-target-sm90a")), &config::LAUNCH_BOUNDS_SM90A)
+    } else {
+        String::new()
+    };
+    fs::write(out_dir.join("kernels_sm90a.ptx"), sm90a).expect("write kernels_sm90a.ptx");
 }
+
+/// The second module's architecture and PTX ISA version: 8.3 for
+/// `fence.proxy.tensormap::generic` (a CUDA 12.3 driver JITs it).
+const SM90A_ARCH: &str = "sm_90a";
+const SM90A_PTX_ISA: u32 = 83;
 
 /// The PTX ISA version (`.version`, as LLVM's `ptxNN` feature) for each architecture:
 /// the minimum the PTX ISA's target notes give for `.target sm_XX`, which is also what the
@@ -252,8 +278,8 @@ fn leaks_into_inner_build(name: &str) -> bool {
 
 /// Inserts `config::LAUNCH_BOUNDS` into the PTX: the performance directives go between an
 /// entry's parameter list and its body.
-fn add_launch_bounds(mut ptx: String) -> String {
-    for (name, threads, min_ctas) in config::LAUNCH_BOUNDS {
+fn add_launch_bounds(mut ptx: String, bounds: &[(&str, u32, u32)]) -> String {
+    for &(name, threads, min_ctas) in bounds {
         let head = format!(".entry {name}(");
         let Some(start) = ptx.find(&head) else { fail(&format!("kernel `{name}` of LAUNCH_BOUNDS is not in the PTX")) };
         let Some(close) = ptx[start..].find("\n)\n").map(|i| start + i + 3) else {
@@ -272,14 +298,18 @@ struct Inner<'a> {
     channel: &'a str,
     arch: &'a str,
     ptx_isa: u32,
+    /// Cargo features of the kernel crate to turn on.
+    features: Option<&'a str>,
 }
 
 /// Runs the inner cargo and returns the PTX text.
 fn build_ptx(inner: Inner, root: &Path, target_dir: &Path) -> String {
-    let Inner { cargo: mut cmd, via_rustup, channel, arch, ptx_isa } = inner;
-    cmd.current_dir(root)
-        .args(["rustc", "--package", KERNEL_PACKAGE, "--lib", "--release", "--target", TARGET])
-        .args(["-Zbuild-std=core", "--crate-type", "staticlib", "--target-dir"])
+    let Inner { cargo: mut cmd, via_rustup, channel, arch, ptx_isa, features } = inner;
+    cmd.current_dir(root).args(["rustc", "--package", KERNEL_PACKAGE, "--lib", "--release", "--target", TARGET]);
+    if let Some(features) = features {
+        cmd.args(["--features", features]);
+    }
+    cmd.args(["-Zbuild-std=core", "--crate-type", "staticlib", "--target-dir"])
         .arg(target_dir)
         .args(["--", "--emit=asm"]);
     // Code-generation flags go through CARGO_ENCODED_RUSTFLAGS, which cargo fingerprints

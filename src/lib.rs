@@ -32,7 +32,12 @@ pub const KERNELS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.pt
 /// `sm_90` by default).
 pub const KERNELS_ARCH: &str = env!("NANOFUSE_PTX_ARCH");
 
-/// Opens CUDA device `ordinal` with the embedded kernels.
+/// The sm_90a module's PTX (the warpgroup-MMA kernels), compiled by `build.rs` for
+/// `sm_90a`; empty when the build targets another architecture than sm_90 or sm_90a.
+pub const KERNELS_SM90A_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels_sm90a.ptx"));
+
+/// Opens CUDA device `ordinal` with the embedded kernels (both modules; the sm_90a one on
+/// devices of compute capability 9.0).
 pub fn open(ordinal: usize) -> Result<Arc<Gpu>> {
-    Gpu::new(ordinal, KERNELS_PTX, KERNELS_ARCH)
+    Gpu::open(ordinal, KERNELS_PTX, KERNELS_ARCH, Some(KERNELS_SM90A_PTX))
 }

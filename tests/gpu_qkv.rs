@@ -9,7 +9,8 @@
 //! Outputs are poisoned with NaN before each run; every element must have been written.
 //! The fused paths agree with baseline (a) (RMSNorm + cuBLAS) within 4e-3 over all
 //! elements, and two runs of a path are bitwise identical. The packed forms (one `[M, N]`
-//! output) are checked on every path too.
+//! output) are checked on every path too. The warpgroup-MMA path (`Route::FusedWgmma`)
+//! runs where the device has it (compute capability 9.0) and K % 32 == 0.
 
 mod common;
 
@@ -42,8 +43,15 @@ fn check_shape(name: &str, shape: QkvShape) {
     let mut op = FusedRmsNormQkv::new(&gpu, shape, &g, &w).unwrap();
     let base = UnfusedRmsNormQkv::new(&gpu, shape, &g, &w).unwrap();
     let mut failures = Vec::new();
+    // The warpgroup-MMA path where this device and shape have it (sm_90a, K % 32 == 0).
+    let mut paths = PATHS.to_vec();
+    if op.has_wgmma() {
+        paths.push(Route::FusedWgmma);
+    } else {
+        println!("{name}: FusedWgmma not available here (needs compute capability 9.0 and K % 32 == 0)");
+    }
     // Every path; the separate-output fallback both ways (one GEMM + split_qkv, three GEMMs).
-    let variants = PATHS.iter().flat_map(|&p| {
+    let variants = paths.iter().flat_map(|&p| {
         let splits: &[Option<bool>] = if p == Route::NormCublas { &[Some(true), Some(false)] } else { &[None] };
         splits.iter().map(move |&s| (p, s))
     });
@@ -86,14 +94,14 @@ fn check_shape(name: &str, shape: QkvShape) {
             if runs[0].iter().zip(&runs[1]).any(|(a, b)| a.to_bits() != b.to_bits()) {
                 failures.push(format!("M={m} {label}: two runs differ bitwise"));
             }
-            if matches!(path, Route::FusedDecode | Route::FusedTiled) {
+            if matches!(path, Route::FusedDecode | Route::FusedTiled | Route::FusedWgmma) {
                 fused_outputs.push((path, runs.swap_remove(0)));
             }
         }
 
         // The packed forms: one [M, N] output.
         op.set_tuning(Tuning::default());
-        for path in PATHS {
+        for &path in &paths {
             if path == Route::FusedDecode && m > DECODE_MAX_M {
                 continue;
             }
@@ -153,6 +161,9 @@ shape_tests! {
     // K = 1000 is a multiple of 8 but not of the 32/64 K steps; N = 341 is odd and off
     // every row tile, and the q/k and k/v boundaries fall inside MMA tiles.
     tails: "tails", 1000, 203, 69, 1e-5;
+    // K = 1056 = 16 · 64 + 32 (a half K tile, whole interleave blocks: the warpgroup-MMA
+    // path runs it), the same N tails.
+    tails_k32: "tails, K % 32 = 0", 1056, 203, 69, 1e-5;
 }
 
 /// Every (a, b, c) of three lists, a slowest.

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use nanofuse::{KERNELS_ARCH, KERNELS_PTX, KernelId};
+use nanofuse::{KERNELS_ARCH, KERNELS_PTX, KERNELS_SM90A_PTX, KernelId, WGMMA_ENTRIES};
 
 /// The PTX names of every entry the host launches.
 fn kernel_names() -> impl Iterator<Item = &'static str> {
@@ -75,9 +75,14 @@ fn ptx_has_every_entry_the_host_launches() {
 
 /// The byte sizes of an entry's parameters, from its `.param` lines.
 fn param_sizes(name: &str) -> Vec<usize> {
+    param_sizes_in(KERNELS_PTX, name)
+}
+
+/// The byte sizes of an entry's parameters in `ptx`.
+fn param_sizes_in(ptx: &str, name: &str) -> Vec<usize> {
     let head = format!(".visible .entry {name}(");
-    let start = KERNELS_PTX.find(&head).unwrap_or_else(|| panic!("entry `{name}` missing"));
-    KERNELS_PTX[start + head.len()..]
+    let start = ptx.find(&head).unwrap_or_else(|| panic!("entry `{name}` missing"));
+    ptx[start + head.len()..]
         .lines()
         .map(str::trim)
         .take_while(|l| !l.starts_with(')'))
@@ -143,11 +148,19 @@ fn number_before(line: &str, unit: &str) -> Option<u32> {
 }
 
 fn assemble(ptxas: &Path) -> (PathBuf, BTreeMap<String, Resources>) {
+    let (cubin, mut report) = assemble_text(ptxas, KERNELS_PTX, KERNELS_ARCH, "kernels");
+    report.retain(|k, _| kernel_names().any(|name| name == k));
+    (cubin, report)
+}
+
+/// Assembles `text` for `arch` into `<stem>.cubin` in a scratch directory; the cubin and the
+/// per-entry `ptxas -v` report.
+fn assemble_text(ptxas: &Path, text: &str, arch: &str, stem: &str) -> (PathBuf, BTreeMap<String, Resources>) {
     let dir = std::env::temp_dir().join(format!("nanofuse-ptx-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (ptx, cubin) = (dir.join("kernels.ptx"), dir.join("kernels.cubin"));
-    std::fs::write(&ptx, KERNELS_PTX).unwrap();
-    let arch = format!("-arch={KERNELS_ARCH}");
+    let (ptx, cubin) = (dir.join(format!("{stem}.ptx")), dir.join(format!("{stem}.cubin")));
+    std::fs::write(&ptx, text).unwrap();
+    let arch = format!("-arch={arch}");
     let out = Command::new(ptxas).args([arch.as_str(), "-v", "-o"]).arg(&cubin).arg(&ptx).output().expect("run ptxas");
     let log = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "ptxas failed:\n{log}");
@@ -169,8 +182,80 @@ fn assemble(ptxas: &Path) -> (PathBuf, BTreeMap<String, Resources>) {
             r.registers = number_before(line, "registers").unwrap_or(0);
         }
     }
-    report.retain(|k, _| kernel_names().any(|name| name == k));
     (cubin, report)
+}
+
+/// `nvdisasm -c` of `cubin`: per kernel, how many SASS lines contain each of `ops`.
+fn sass_counts(nvdisasm: &Path, cubin: &Path, ops: &[&'static str]) -> BTreeMap<String, BTreeMap<&'static str, usize>> {
+    let out = Command::new(nvdisasm).arg("-c").arg(cubin).output().expect("run nvdisasm");
+    assert!(out.status.success(), "nvdisasm failed: {}", String::from_utf8_lossy(&out.stderr));
+    let sass = String::from_utf8_lossy(&out.stdout);
+    let mut counts: BTreeMap<String, BTreeMap<&str, usize>> = BTreeMap::new();
+    let mut current = String::new();
+    for line in sass.lines() {
+        if let Some(rest) = line.strip_prefix(".text.") {
+            current = rest.trim_end_matches(':').to_string();
+        }
+        let c = counts.entry(current.clone()).or_default();
+        for &op in ops {
+            if line.contains(op) {
+                *c.entry(op).or_default() += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// The sm_90a module (warpgroup MMA): built with the sm_90 module, for sm_90a, with the
+/// entries and parameter sizes the host launches, self-contained, no panic path; assembled,
+/// no spills or stack, and in SASS warpgroup MMA (HGMMA) fed by the TMA (UTMALDG) and
+/// `cp.async` (LDGSTS), no local memory.
+#[test]
+fn sm90a_module_has_its_entries_and_runs_on_warpgroup_mma() {
+    if !matches!(KERNELS_ARCH, "sm_90" | "sm_90a") {
+        assert!(KERNELS_SM90A_PTX.is_empty(), "an sm_90a module in a build for {KERNELS_ARCH}");
+        return;
+    }
+    let ptx = KERNELS_SM90A_PTX;
+    assert!(ptx.contains("\n.target sm_90a\n"), "the sm_90a module's target");
+    for (name, params) in WGMMA_ENTRIES {
+        assert_eq!(param_sizes_in(ptx, name), params, "`{name}`: PTX parameter sizes against WGMMA_ENTRIES");
+    }
+    assert!(!ptx.lines().any(|l| l.contains(".extern .func")), "unresolved external functions");
+    assert!(!ptx.lines().any(|l| l.contains("panicking") || l.contains("panic_")), "panic paths");
+    let Some(ptxas) = tool("ptxas") else {
+        skip_note("ptxas not found (pip install nvidia-cuda-nvcc, or see .ci/run)");
+        return;
+    };
+    let (cubin, report) = assemble_text(&ptxas, ptx, "sm_90a", "kernels_sm90a");
+    for (name, _) in WGMMA_ENTRIES {
+        let r = report.get(name).unwrap_or_else(|| panic!("ptxas reported nothing for `{name}`"));
+        println!(
+            "{name:<32} {:>5} regs {:>6} stack {:>7} spills",
+            r.registers,
+            r.stack_bytes,
+            r.spill_store_bytes + r.spill_load_bytes
+        );
+        assert_eq!(r.spill_store_bytes + r.spill_load_bytes + r.stack_bytes, 0, "`{name}` spills or has a stack frame");
+    }
+    let Some(nvdisasm) = tool("nvdisasm") else {
+        skip_note("SASS checks, nvdisasm not found (pip install nvidia-cuda-nvdisasm)");
+        return;
+    };
+    let counts = sass_counts(&nvdisasm, &cubin, &["HGMMA", "UTMALDG", "LDGSTS", "LDL", "STL"]);
+    for (name, _) in WGMMA_ENTRIES {
+        let c = counts.get(name).cloned().unwrap_or_default();
+        let n = |op: &str| c.get(op).copied().unwrap_or(0);
+        println!(
+            "{name:<32} HGMMA {} UTMALDG {} LDGSTS {} LDL/STL {}",
+            n("HGMMA"),
+            n("UTMALDG"),
+            n("LDGSTS"),
+            n("LDL") + n("STL")
+        );
+        assert!(n("HGMMA") > 0 && n("UTMALDG") > 0 && n("LDGSTS") > 0, "`{name}`: no HGMMA, UTMALDG or LDGSTS in SASS");
+        assert_eq!(n("LDL") + n("STL"), 0, "`{name}` uses local memory");
+    }
 }
 
 #[test]

@@ -564,6 +564,10 @@ fn tune(a: TuneArgs) -> AppResult<()> {
                     row(format!("tiled {tile:?}"), &mut wl, Variant::FusedTiled)?;
                 }
                 wl.set_tuning(Tuning::default());
+                if wl.has_wgmma() {
+                    row("wgmma packed".into(), &mut wl, Variant::FusedWgmmaPacked)?;
+                    row("wgmma q,k,v".into(), &mut wl, Variant::FusedWgmma)?;
+                }
                 row("unfused-cublas (again)".into(), &mut wl, Variant::NormCublas)?;
                 continue;
             }

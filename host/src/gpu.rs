@@ -12,6 +12,7 @@ use crate::current::Current;
 use crate::device::{DeviceInfo, check_arch, device_count, query_info};
 use crate::error::{Error, Result};
 use crate::kernels::Kernels;
+use crate::wgmma::WgmmaKernels;
 
 /// A CUDA device with nanofuse's kernels loaded, and the stream all work is issued on.
 ///
@@ -51,6 +52,8 @@ pub struct Gpu {
     stream: Arc<CudaStream>,
     /// One `Kernels` per context and PTX text, shared (see `shared_kernels`).
     pub(crate) kernels: Arc<Kernels>,
+    /// The sm_90a module's kernels (warpgroup MMA), where the device and the build have them.
+    pub(crate) wgmma: Option<Arc<WgmmaKernels>>,
     info: DeviceInfo,
     blas: Mutex<Option<Arc<Blas>>>,
     pdl: AtomicBool,
@@ -91,11 +94,41 @@ fn shared_kernels(ctx: &Arc<CudaContext>, ptx: &str, max_smem: u32) -> Result<Ar
     Ok(kernels)
 }
 
+/// The sm_90a modules loaded in this process, as [`MODULES`].
+struct CachedWgmma {
+    ctx: usize,
+    ptx: Box<str>,
+    kernels: Weak<WgmmaKernels>,
+}
+
+static WGMMA_MODULES: Mutex<Vec<CachedWgmma>> = Mutex::new(Vec::new());
+
+/// The sm_90a module `ptx` loaded in `ctx`, shared as [`shared_kernels`] shares the main one.
+fn shared_wgmma(ctx: &Arc<CudaContext>, ptx: &str) -> Result<Arc<WgmmaKernels>> {
+    let mut cache = WGMMA_MODULES.lock().unwrap_or_else(PoisonError::into_inner);
+    cache.retain(|m| m.kernels.strong_count() > 0);
+    let key = ctx.cu_ctx() as usize;
+    if let Some(kernels) = cache.iter().find(|m| m.ctx == key && *m.ptx == *ptx).and_then(|m| m.kernels.upgrade()) {
+        return Ok(kernels);
+    }
+    let kernels = Arc::new(WgmmaKernels::load(ctx, ptx)?);
+    cache.push(CachedWgmma { ctx: key, ptx: ptx.into(), kernels: Arc::downgrade(&kernels) });
+    Ok(kernels)
+}
+
 impl Gpu {
     /// Opens device `ordinal` (its primary context, through a `CudaContext` handle of
     /// nanofuse's own) with a new stream and loads `ptx`, which was built for `ptx_arch`
     /// (e.g. "sm_90"). The root `nanofuse` crate passes its embedded PTX.
     pub fn new(ordinal: usize, ptx: &str, ptx_arch: &str) -> Result<Arc<Gpu>> {
+        Self::open(ordinal, ptx, ptx_arch, None)
+    }
+
+    /// As [`Gpu::new`], and also loads `sm90a_ptx`, the module of warpgroup-MMA kernels
+    /// (`build.rs` builds it for sm_90a), when the device is of compute capability 9.0 and
+    /// the text is not empty; elsewhere it is ignored and the ops take other routes. The
+    /// root `nanofuse` crate's `open` passes both embedded modules.
+    pub fn open(ordinal: usize, ptx: &str, ptx_arch: &str, sm90a_ptx: Option<&str>) -> Result<Arc<Gpu>> {
         let count = device_count()?;
         if ordinal >= count {
             return Err(Error::NoDevice { ordinal, count });
@@ -109,7 +142,7 @@ impl Gpu {
         // SAFETY: the handle is nanofuse's own (see "Effects on the caller's context").
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(Error::driver("cuStreamCreate"))?;
-        Self::with_stream(stream, ptx, ptx_arch)
+        Self::with_stream_modules(stream, ptx, ptx_arch, sm90a_ptx)
     }
 
     /// Uses the caller's stream (and its context), for engines that own their CUDA setup.
@@ -118,6 +151,16 @@ impl Gpu {
     /// "Effects on the caller's context" above). Buffers shared with other streams must be
     /// synchronized by the caller.
     pub fn with_stream(stream: Arc<CudaStream>, ptx: &str, ptx_arch: &str) -> Result<Arc<Gpu>> {
+        Self::with_stream_modules(stream, ptx, ptx_arch, None)
+    }
+
+    /// As [`Gpu::with_stream`], with the sm_90a module as in [`Gpu::open`].
+    pub fn with_stream_modules(
+        stream: Arc<CudaStream>,
+        ptx: &str,
+        ptx_arch: &str,
+        sm90a_ptx: Option<&str>,
+    ) -> Result<Arc<Gpu>> {
         let _current = Current::save()?;
         let ctx = stream.context().clone();
         // SAFETY: see above; nanofuse issues everything on `stream`.
@@ -125,8 +168,12 @@ impl Gpu {
         let info = query_info(&ctx)?;
         check_arch(&info, ptx_arch)?;
         let kernels = shared_kernels(&ctx, ptx, info.max_smem_per_block)?;
+        let wgmma = match sm90a_ptx {
+            Some(text) if !text.is_empty() && info.compute_capability == (9, 0) => Some(shared_wgmma(&ctx, text)?),
+            _ => None,
+        };
         let pdl = AtomicBool::new(info.compute_capability.0 >= 9);
-        Ok(Arc::new(Gpu { ctx, stream, kernels, info, blas: Mutex::new(None), pdl }))
+        Ok(Arc::new(Gpu { ctx, stream, kernels, wgmma, info, blas: Mutex::new(None), pdl }))
     }
 
     /// A view of this `Gpu` that issues on `stream`, a stream of the same CUDA context
@@ -149,6 +196,7 @@ impl Gpu {
             ctx,
             stream,
             kernels: self.kernels.clone(),
+            wgmma: self.wgmma.clone(),
             info: self.info.clone(),
             blas: Mutex::new(None),
             pdl: AtomicBool::new(self.pdl()),
@@ -189,6 +237,11 @@ impl Gpu {
     /// sm_90, where `griddepcontrol` does not exist).
     pub fn set_pdl(&self, on: bool) {
         self.pdl.store(on && self.info.compute_capability.0 >= 9, Ordering::Relaxed);
+    }
+
+    /// Whether the warpgroup-MMA kernels (the sm_90a module) are loaded.
+    pub fn has_wgmma(&self) -> bool {
+        self.wgmma.is_some()
     }
 
     /// The device's properties.

@@ -30,6 +30,7 @@ mod qkv;
 pub mod reference;
 mod sample;
 mod shared;
+mod wgmma;
 
 pub use attention::{
     AttnScratch, AttnShape, MAX_ROWS as ATTN_MAX_ROWS, QkNorm, attention_decode, attention_decode_rope,
@@ -53,3 +54,4 @@ pub use qkv::{
     auto_fused_max_m, auto_packed_fused_max_m, auto_split_max_m,
 };
 pub use sample::{FusedRmsNormArgmax, argmax, argmax_key, argmax_token, step_begin};
+pub use wgmma::WGMMA_ENTRIES;

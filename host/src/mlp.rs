@@ -199,7 +199,7 @@ impl FusedRmsNormGateUp {
         let ones = gpu.upload(&vec![bf16::ONE; h])?;
         gpu.stream().synchronize().map_err(Error::driver("cuStreamSynchronize"))?;
         drop(gd);
-        let weights = Shared::new(Folded { w, ones }, gpu.stream());
+        let weights = Shared::new(Folded { w, ones, map: None }, gpu.stream());
         Ok(FusedRmsNormGateUp { gpu: gpu.clone(), shape, weights, scratch: Mutex::new(None), decode: None })
     }
 
@@ -291,10 +291,10 @@ impl FusedRmsNormGateUp {
                 // SAFETY: as above.
                 unsafe { self.norm_cublas(hb.ptr, ab.ptr, m) }
             }
-            Route::FusedTiled => Err(Error::Value {
+            Route::FusedTiled | Route::FusedWgmma => Err(Error::Value {
                 arg: "route",
                 expected: "Auto, FusedDecode or NormCublas",
-                got: "FusedTiled".into(),
+                got: format!("{route:?}"),
             }),
         }
     }
@@ -486,10 +486,10 @@ impl ProjResidual {
                 // SAFETY: out holds the residual; W [N, K] natural, x [m, K].
                 unsafe { blas.gemm_xwt_add(x, w, out, m, k, n) }
             }
-            Route::FusedTiled => Err(Error::Value {
+            Route::FusedTiled | Route::FusedWgmma => Err(Error::Value {
                 arg: "route",
                 expected: "Auto, FusedDecode or NormCublas",
-                got: "FusedTiled".into(),
+                got: format!("{route:?}"),
             }),
         }
     }

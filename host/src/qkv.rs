@@ -16,6 +16,7 @@ use crate::kernels::{DecodeOp, Operands, QkvOut, RmsNormArgs, TiledOp};
 use crate::ops::{self, GemmImpl};
 use crate::plan::{self, DECODE_MAX_M, DecodeShape, Tile};
 use crate::shared::{Folded, Shared};
+use crate::wgmma::{WGMMA_MAX_M, WeightMap};
 
 /// Largest M for which [`Route::Auto`] of the packed forms runs the fused decode kernel, for
 /// a hidden size; above it they run RMSNorm + one cuBLAS GEMM, the same kernels as the
@@ -115,6 +116,9 @@ pub enum Route {
     FusedDecode,
     /// The fused tiled tensor-core kernel.
     FusedTiled,
+    /// The fused warpgroup-MMA kernel fed by the TMA (sm_90a, `hidden % 32 == 0`; an error
+    /// where the device or the shape has none: [`FusedRmsNormQkv::has_wgmma`]).
+    FusedWgmma,
     /// Unfused: the RMSNorm kernel into a scratch buffer, then cuBLAS. Packed output: one
     /// GEMM. Separate q, k, v: one GEMM into a packed scratch and the `split_qkv` copy
     /// kernel up to [`auto_split_max_m`], else three GEMMs writing q, k and v directly.
@@ -214,6 +218,15 @@ pub struct FusedRmsNormQkv {
     scratch: Mutex<Option<CudaSlice<bf16>>>,
 }
 
+/// The TMA's tensor map of the folded weight at `w`, where the warpgroup-MMA kernels can
+/// run this shape (the device has them, and `hidden % 32 == 0`: whole interleave blocks).
+fn weight_map(gpu: &Gpu, shape: &QkvShape, w: u64) -> Result<Option<WeightMap>> {
+    if gpu.wgmma.is_none() || !shape.hidden.is_multiple_of(32) {
+        return Ok(None);
+    }
+    WeightMap::new(gpu, w, shape.n(), shape.hidden).map(Some)
+}
+
 /// Checks and uploads `g [hidden]` and `w [n, hidden]`.
 fn upload_weights(gpu: &Gpu, shape: &QkvShape, g: &[bf16], w: &[bf16]) -> Result<(CudaSlice<bf16>, CudaSlice<bf16>)> {
     shape.validate()?;
@@ -311,8 +324,12 @@ impl FusedRmsNormQkv {
         if let Err(e) = folded.and_then(|()| gpu.synchronize()) {
             return Err(give_back(e, g, w, true));
         }
+        let map = match weight_map(gpu, &shape, wb.ptr) {
+            Ok(map) => map,
+            Err(e) => return Err(give_back(e, g, w, true)),
+        };
         drop(g);
-        let weights = Shared::new(Folded { w, ones }, gpu.stream());
+        let weights = Shared::new(Folded { w, ones, map }, gpu.stream());
         Ok(FusedRmsNormQkv { gpu: gpu.clone(), shape, weights, tuning: Tuning::default(), scratch: Mutex::new(None) })
     }
 
@@ -363,7 +380,8 @@ impl FusedRmsNormQkv {
         unsafe { gpu.kernels.fold_gain(gpu.stream(), fb.ptr, gb.ptr, shape.n() as u32, shape.hidden as u32)? };
         // The caller's buffers are read until here.
         gpu.synchronize()?;
-        let weights = Shared::new(Folded { w: folded, ones }, gpu.stream());
+        let map = weight_map(gpu, &shape, fb.ptr)?;
+        let weights = Shared::new(Folded { w: folded, ones, map }, gpu.stream());
         Ok(FusedRmsNormQkv { gpu: gpu.clone(), shape, weights, tuning: Tuning::default(), scratch: Mutex::new(None) })
     }
 
@@ -517,6 +535,7 @@ impl FusedRmsNormQkv {
             match route {
                 Route::Auto | Route::FusedDecode => launch_decode(gpu, &s, &self.tuning, decode, inp, out),
                 Route::FusedTiled => launch_tiled(gpu, &s, &self.tuning, tiled, inp, out),
+                Route::FusedWgmma => self.launch_wgmma(inp, out),
                 Route::NormCublas => self.norm_cublas_split(xb.ptr, out, m),
             }
         }
@@ -561,10 +580,41 @@ impl FusedRmsNormQkv {
             match route {
                 Route::Auto | Route::FusedDecode => launch_decode(gpu, &s, &self.tuning, decode, inp, out),
                 Route::FusedTiled => launch_tiled(gpu, &s, &self.tuning, tiled, inp, out),
+                Route::FusedWgmma => self.launch_wgmma(inp, out),
                 Route::NormCublas => self
                     .with_normalized(xb.ptr, m, |xn, blas| blas.gemm_xwt(xn, w.ptr, yb.ptr, m, s.hidden, s.n(), s.n())),
             }
         }
+    }
+
+    /// Whether [`Route::FusedWgmma`] can run: the device has the sm_90a module and
+    /// `hidden % 32 == 0`.
+    pub fn has_wgmma(&self) -> bool {
+        self.weights.map.is_some()
+    }
+
+    /// The fused warpgroup-MMA kernel on the folded weight through its tensor map.
+    ///
+    /// # Safety
+    /// `inp` and `out` are checked device buffers of this op's shape; `inp.m >= 1`.
+    unsafe fn launch_wgmma(&self, inp: Operands, out: QkvOut) -> Result<()> {
+        let (Some(kernels), Some(map)) = (self.gpu.wgmma.as_ref(), self.weights.map.as_ref()) else {
+            return Err(Error::Value {
+                arg: "route",
+                expected: "FusedWgmma on a device of compute capability 9.0 and hidden % 32 == 0",
+                got: format!("{:?}, hidden {}", self.gpu.info().compute_capability, self.shape.hidden),
+            });
+        };
+        if inp.m as usize > WGMMA_MAX_M {
+            return Err(Error::Dimension {
+                arg: "M",
+                expected: "at most 65535 · 128 for FusedWgmma",
+                got: inp.m as usize,
+            });
+        }
+        // SAFETY: forwarded to the caller; the map describes this op's folded weight
+        // (built with it, held with it); hidden % 32 == 0 (a map exists).
+        unsafe { kernels.qkv(self.gpu.stream(), self.gpu.pdl(), map, inp, out, Some(self.shape.eps)) }
     }
 
     /// The fused decode and tiled launches on the folded weight: x natural against the

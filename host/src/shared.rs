@@ -63,4 +63,7 @@ impl<T> Drop for Shared<T> {
 pub(crate) struct Folded {
     pub(crate) w: cudarc::driver::CudaSlice<half::bf16>,
     pub(crate) ones: cudarc::driver::CudaSlice<half::bf16>,
+    /// The TMA's tensor map of `w` for the warpgroup-MMA kernels, where the device has them
+    /// and the shape suits them.
+    pub(crate) map: Option<crate::wgmma::WeightMap>,
 }

@@ -39,6 +39,11 @@ pub const LAUNCH_BOUNDS: [(&str, u32, u32); 23] = [
     ("argmax_bf16", argmax::THREADS, 1),
 ];
 
+/// Launch bounds of the sm_90a module's kernels (see [`LAUNCH_BOUNDS`]): one CTA per SM, which
+/// also gives them the register cap at entry that `setmaxnreg` needs.
+pub const LAUNCH_BOUNDS_SM90A: [(&str, u32, u32); 2] =
+    [("fused_rmsnorm_qkv_wgmma", wgmma::THREADS, 1), ("gemm_wgmma", wgmma::THREADS, 1)];
+
 /// The decode engine's per-sequence device state: `state [LEN]` u32, read and advanced on
 /// the device so that one captured CUDA graph replays every step.
 pub mod step {
@@ -387,3 +392,33 @@ const fn check_tile<C: TileConfig>() -> bool {
         && C::STAGES >= 2
 }
 const _: () = assert!(check_tile::<Large>() && check_tile::<Small>());
+
+/// The prefill kernels on warpgroup MMA and the TMA (`gemm_wgmma`, sm_90a; see that file).
+pub mod wgmma {
+    /// Tokens per CTA tile (two consumer warpgroups of 64).
+    pub const BM: u32 = 128;
+    /// W rows per CTA tile (the `wgmma` N).
+    pub const BN: u32 = 256;
+    /// K elements per tile (128 bytes of bf16: one 128-byte-swizzled row).
+    pub const BK: u32 = 64;
+    /// Shared-memory stages of the pipeline.
+    pub const STAGES: u32 = 4;
+    /// Threads per CTA: a producer warpgroup and two consumer warpgroups.
+    pub const THREADS: u32 = 384;
+    /// Registers per thread the producer warpgroup keeps (`setmaxnreg.dec`).
+    pub const PRODUCER_REGS: u32 = 40;
+    /// Registers per thread the consumer warpgroups take (`setmaxnreg.inc`).
+    pub const CONSUMER_REGS: u32 = 232;
+    /// Bytes of one stage's W tile (`BN x BK` bf16).
+    pub const W_TILE_BYTES: u32 = BN * BK * 2;
+    /// Bytes of one stage's x tile (`BM x BK` bf16).
+    pub const X_TILE_BYTES: u32 = BM * BK * 2;
+    /// Bytes of one stage (a multiple of 1024, so every tile stays 1024-byte aligned).
+    pub const STAGE_BYTES: u32 = W_TILE_BYTES + X_TILE_BYTES;
+    /// Dynamic shared memory: up to 1023 bytes to align the base to 1024, the stages, and a
+    /// full and an empty barrier (8 bytes each) per stage.
+    pub const SMEM_BYTES: u32 = 1024 + STAGES * STAGE_BYTES + 16 * STAGES;
+
+    const _: () = assert!(STAGE_BYTES.is_multiple_of(1024));
+    const _: () = assert!(PRODUCER_REGS * 128 + 2 * CONSUMER_REGS * 128 <= 65536);
+}

@@ -214,6 +214,10 @@ pub enum Variant {
     FusedTiled,
     /// The separate-output fallback (`Route::NormCublas`) whatever M is (crossover sweeps).
     Fallback,
+    /// The fused warpgroup-MMA kernel (`Route::FusedWgmma`) into one `[M, N]` output.
+    FusedWgmmaPacked,
+    /// The same into separate q, k, v.
+    FusedWgmma,
 }
 
 impl Variant {
@@ -238,6 +242,8 @@ impl Variant {
             Variant::FusedDecode => "fused-decode",
             Variant::FusedTiled => "fused-tiled",
             Variant::Fallback => "fallback",
+            Variant::FusedWgmmaPacked => "fused-wgmma-packed",
+            Variant::FusedWgmma => "fused-wgmma",
         }
     }
 }

@@ -84,6 +84,8 @@ impl Entry for QkvEntry {
             Variant::Api => op.forward_into(&b.x, m, &mut b.q, &mut b.k, &mut b.v),
             Variant::Fallback => op.forward_into_with(Route::NormCublas, &b.x, m, &mut b.q, &mut b.k, &mut b.v),
             Variant::ApiPacked => op.forward_packed_into(&b.x, m, &mut b.y),
+            Variant::FusedWgmmaPacked => op.forward_packed_into_with(Route::FusedWgmma, &b.x, m, &mut b.y),
+            Variant::FusedWgmma => op.forward_into_with(Route::FusedWgmma, &b.x, m, &mut b.q, &mut b.k, &mut b.v),
             Variant::NormCublas => base.forward_into(Baseline::NormCublas, &b.x, m, &mut b.xn, &mut b.y),
             Variant::NormNanofuse => base.forward_into(Baseline::NormNanofuse, &b.x, m, &mut b.xn, &mut b.y),
         }
@@ -134,6 +136,11 @@ impl Workload {
             e.op.set_tuning(tuning);
             e.base.set_tuning(tuning);
         }
+    }
+
+    /// Whether the ops can take the warpgroup-MMA route (`Route::FusedWgmma`).
+    pub fn has_wgmma(&mut self) -> bool {
+        self.ring.entries_mut().iter().all(|e| e.op.has_wgmma())
     }
 
     /// The path the fused variant takes at the current M.

@@ -13,11 +13,15 @@ pub mod cluster;
 pub mod convert;
 pub mod cp_async;
 pub mod global;
+pub mod mbarrier;
 pub mod mma;
 pub mod shared;
 pub mod sync;
 pub mod thread;
+pub mod tma;
 pub mod warp;
+#[cfg(feature = "sm90a")]
+pub mod wgmma;
 
 /// `trap;` — abort the kernel; the launch then fails with `CUDA_ERROR_LAUNCH_FAILED`
 /// (or `ILLEGAL_INSTRUCTION`), which the host reports. Used by the panic handler, so a

@@ -1,0 +1,171 @@
+//! The sm_90a module: the prefill kernels on warpgroup MMA (`kernels-gpu/src/gemm_wgmma.rs`),
+//! their launchers, and the tensor map through which the TMA reads a weight.
+//!
+//! The module is optional: it exists only on devices of compute capability 9.0 (H100,
+//! H200), where `wgmma` runs, and only when the build produced it (`build.rs`: for sm_90 and
+//! sm_90a builds). [`Gpu::wgmma`](crate::Gpu) is `None` elsewhere, and the ops route
+//! around it.
+
+use std::sync::Arc;
+
+use cudarc::driver::sys::{
+    self, CUfunction_attribute, CUtensorMap, CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
+    CUtensorMapL2promotion, CUtensorMapSwizzle,
+};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use cudarc::nvrtc::Ptx;
+use nanofuse_kernels_gpu::config::wgmma::{BK, BM, BN, SMEM_BYTES, THREADS};
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::kernels::{Operands, QkvOut};
+use crate::launch::{Entry, Launch, Shape};
+
+const PTR: usize = 8;
+const SCALAR: usize = 4;
+const FUSED: &[usize] = &[PTR, PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
+const GEMM: &[usize] = &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR];
+
+/// The entries of the sm_90a module: PTX name and parameter sizes (checked against the
+/// PTX by `tests/ptx.rs`).
+pub const WGMMA_ENTRIES: [(&str, &[usize]); 2] = [("fused_rmsnorm_qkv_wgmma", FUSED), ("gemm_wgmma", GEMM)];
+
+/// Largest M of a launch (grid y is `ceil(M / 128)`, at most 65535).
+pub(crate) const WGMMA_MAX_M: usize = 65_535 * BM as usize;
+
+/// The loaded sm_90a module.
+pub(crate) struct WgmmaKernels {
+    fused: Entry,
+    gemm: Entry,
+}
+
+impl WgmmaKernels {
+    /// Loads the module's entries and raises their dynamic shared-memory limit.
+    pub(crate) fn load(ctx: &Arc<CudaContext>, ptx: &str) -> Result<WgmmaKernels> {
+        let module = ctx
+            .load_module(Ptx::from_src(ptx))
+            .map_err(|e| Error::Module { reason: format!("the sm_90a module: {e}") })?;
+        let load = |(name, params): (&'static str, &'static [usize])| {
+            let f = module
+                .load_function(name)
+                .map_err(|e| Error::Module { reason: format!("kernel `{name}` not found: {e}") })?;
+            f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_BYTES as i32)
+                .map_err(Error::driver("cuFuncSetAttribute"))?;
+            Ok::<_, Error>(Entry { f, name, params })
+        };
+        Ok(WgmmaKernels { fused: load(WGMMA_ENTRIES[0])?, gemm: load(WGMMA_ENTRIES[1])? })
+    }
+
+    /// The launch shape for `m` tokens and `n` W rows.
+    fn shape(m: u32, n: u32) -> Shape {
+        Shape { grid: (n.div_ceil(BN), m.div_ceil(BM)), block: THREADS, cluster_x: 1, smem: SMEM_BYTES }
+    }
+
+    /// Fused RMSNorm + QKV (`eps`) or, with `eps = None`, `y = x · Wᵀ` into the packed
+    /// output, W read through `map`.
+    ///
+    /// # Safety
+    /// `inp.x [m, hidden]` and the outputs are device buffers of this context as
+    /// [`QkvOut`] describes them, 16-byte aligned; `map` describes the W of `inp` with `n =
+    /// out.nq + 2 out.nkv` rows; `hidden % 32 == 0`; `1 <= m`, grid y `ceil(m / 128) <
+    /// 65536`.
+    pub(crate) unsafe fn qkv(
+        &self,
+        stream: &CudaStream,
+        pdl: bool,
+        map: &WeightMap,
+        inp: Operands,
+        out: QkvOut,
+        eps: Option<f32>,
+    ) -> Result<()> {
+        let n = out.nq + 2 * out.nkv;
+        let shape = Self::shape(inp.m, n);
+        // SAFETY: the arguments in each entry's order; buffers per the caller.
+        unsafe {
+            match eps {
+                Some(eps) => Launch::new(&self.fused, shape)
+                    .pdl(pdl)
+                    .arg(inp.x)
+                    .arg(map.device_ptr())
+                    .arg(out.q)
+                    .arg(out.k_out)
+                    .arg(out.v)
+                    .arg(inp.m)
+                    .arg(inp.hidden)
+                    .arg(out.nq)
+                    .arg(out.nkv)
+                    .arg(eps)
+                    .run(stream),
+                None => Launch::new(&self.gemm, shape)
+                    .pdl(pdl)
+                    .arg(inp.x)
+                    .arg(map.device_ptr())
+                    .arg(out.q)
+                    .arg(inp.m)
+                    .arg(inp.hidden)
+                    .arg(n)
+                    .run(stream),
+            }
+        }
+    }
+}
+
+/// A `CUtensorMap` for the TMA's reads of a weight `W [n, k]` bf16 (row-major): boxes of
+/// `BK x BN` (64 elements of k, 256 rows), 128-byte swizzle, zeros outside the matrix. It
+/// lives in device memory (written once, here), and the kernels take its address; it
+/// stays valid while the weight buffer does (the op owning both keeps them together).
+pub(crate) struct WeightMap {
+    _buf: CudaSlice<u8>,
+    /// `_buf`'s device address.
+    ptr: u64,
+}
+
+impl WeightMap {
+    /// Encodes the map of the weight at device address `w` (16-byte aligned) and uploads it.
+    pub(crate) fn new(gpu: &Gpu, w: u64, n: usize, k: usize) -> Result<WeightMap> {
+        let bytes = encode_weight_map(w, n, k)?;
+        let buf = gpu.upload(&bytes)?;
+        let (ptr, _) = gpu.address("tensor map", &buf)?;
+        Ok(WeightMap { _buf: buf, ptr })
+    }
+
+    fn device_ptr(&self) -> u64 {
+        self.ptr
+    }
+}
+
+/// `cuTensorMapEncodeTiled` for `W [n, k]` at `w`: dimensions innermost first (`k`, `n`),
+/// row stride `2 k` bytes, box `BK x BN`; the map's 128 bytes.
+pub(crate) fn encode_weight_map(w: u64, n: usize, k: usize) -> Result<[u8; 128]> {
+    let mut map = std::mem::MaybeUninit::<CUtensorMap>::zeroed();
+    let dims: [u64; 2] = [k as u64, n as u64];
+    let strides: [u64; 1] = [2 * k as u64];
+    let boxes: [u32; 2] = [BK, BN];
+    let elem_strides: [u32; 2] = [1, 1];
+    // SAFETY: every pointer names a live local of the rank's length; the driver only writes
+    // `map`.
+    unsafe {
+        sys::cuTensorMapEncodeTiled(
+            map.as_mut_ptr(),
+            CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            2,
+            w as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            elem_strides.as_ptr(),
+            CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+            CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+        .result()
+        .map_err(Error::driver("cuTensorMapEncodeTiled"))?;
+        let map = map.assume_init();
+        let mut bytes = [0u8; 128];
+        for (chunk, word) in bytes.chunks_exact_mut(8).zip(map.opaque.iter()) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        Ok(bytes)
+    }
+}

@@ -1,0 +1,327 @@
+//! # Fused RMSNorm + QKV projection for prefill (M > 16): warpgroup MMA fed by the TMA (sm_90a)
+//!
+//! `q, k, v = split(rmsnorm(x) · Wᵀ)` (`fused_rmsnorm_qkv_wgmma`) and the plain
+//! `y = x · Wᵀ` (`gemm_wgmma`) for `x [M, K]`, `W [N, K]` bf16, f32 accumulation. The fused
+//! op's W is the folded `W' = bf16(W · diag(g))` in the k-interleaved order
+//! (`config::interleave`), so `out[m, n] = inv_rms[m] · Σ_k x[m, k] · W'[n, k]`; the plain
+//! GEMM takes x and W in the same order, whichever it is, with `inv_rms = 1`.
+//!
+//! # Tiling (`config::wgmma`)
+//! * CTA tile `BM x BN = 128 tokens x 256 W rows`, K in tiles of `BK = 64`; grid
+//!   `(ceil(N / BN), ceil(M / BM))`, one CTA per SM (its shared memory).
+//! * Three warpgroups: warpgroup 0 produces (W by the TMA, x by `cp.async`), warpgroups 1
+//!   and 2 consume (tokens `64 (c - 1) ..+ 64` of the tile each, all 256 W rows: one
+//!   `wgmma.m64n256k16` per k16 slice, 128 f32 accumulators per thread). `setmaxnreg` gives
+//!   the producer 40 registers and the consumers 232.
+//! * `STAGES` shared-memory stages, each a W tile `[256][64]` (32 KiB, the TMA's 128-byte
+//!   swizzle) and an x tile `[128][64]` (16 KiB, the same swizzle written by `cp.async`:
+//!   16-byte chunk `c` of row `r` at chunk `c ^ (r % 8)`), 1024-byte aligned. A `full`
+//!   barrier per stage completes when the W tile's bytes have landed (the producer's leader
+//!   arms it with `expect_tx`) and each of the 128 producer threads' x copies have
+//!   (`cp.async.mbarrier.arrive.noinc`): count 129. An `empty` barrier per stage completes
+//!   when the 256 consumer threads are done with it.
+//!
+//! # Why A comes from registers
+//! W is in the interleaved k order and x is not; a consumer lane `(g, q)` of warp `w` needs,
+//! for the k16 slice pair of each 32-element block, x's natural 16-byte chunk `q` of the
+//! block for its rows `16 w + g` and `+ 8` (interleaved slot `2q, 2q + 1` holds natural
+//! word `4q`, slot `2q + 8, 2q + 9` word `4q + 1`, and the next slice words `4q + 2`, `4q +
+//! 3`): one `ld.shared.v4` per row and block gives the A fragments of two `wgmma`s in the
+//! interleaved order, so x never needs rewriting. The same registers give the row's sum of
+//! squares for the norm (the four lanes `q` of a row add theirs at the end), in the lanes
+//! whose accumulators the row's `inv_rms` scales: the norm costs no shared memory and no
+//! barrier. Requires `K % 32 == 0` (whole interleave blocks); the host routes other K
+//! elsewhere.
+//!
+//! # Pipeline and PDL
+//! The producer requests the W tiles of the first `STAGES` k tiles before
+//! `griddepcontrol.wait` (weights are never written by the previous kernel), x only after
+//! it. Per k tile a consumer waits on `full`, loads its A fragments, fences, issues four
+//! `wgmma`s, commits, waits for them (`wait_group 0`), and arrives on `empty`.
+//!
+//! # Epilogue
+//! Accumulator `i` of lane `(g, q)` in warp `w` is `[16 w + g + 8 ((i / 2) % 2), 8 (i / 4) +
+//! 2q + i % 2]` of the warpgroup's 64 x 256 block; pairs of columns go out as one 4-byte
+//! store where they land in one tensor (`QkvOut::store_pair`), rows `>= M` and columns `>= N`
+//! are skipped. Tails: the TMA fills W rows past N and columns past K with zeros, `cp.async`
+//! zero-fills x past M and K.
+//!
+//! # Traffic and work (per call)
+//! `2 M N K` flops; W read `ceil(M / BM)` times, x `ceil(N / BN)` times (L2), `2 M N` bytes
+//! written.
+//!
+//! # Launch
+//! block `(384, 1, 1)`, grid `(ceil(N / 256), ceil(M / 128))`, dynamic shared memory
+//! `config::wgmma::SMEM_BYTES`; `w_map` a `CUtensorMap` in global memory for W `[N, K]`
+//! (box `64 x 256`, 128-byte swizzle, zero fill); optionally with programmatic stream
+//! serialization. Launch bounds 384 threads, 1 CTA per SM (for `setmaxnreg`).
+
+use crate::config::wgmma::{BK, BM, BN, CONSUMER_REGS, PRODUCER_REGS, STAGE_BYTES, STAGES, THREADS, W_TILE_BYTES};
+use crate::norm::{inv_rms, sum_squares_bf16x8};
+use crate::ptx::cp_async::cp_async_cg_shared_global_16;
+use crate::ptx::mbarrier::{
+    cp_async_mbarrier_arrive_noinc_shared, fence_mbarrier_init_release_cluster, mbarrier_arrive_expect_tx_shared,
+    mbarrier_arrive_shared, mbarrier_init_shared, mbarrier_wait_parity,
+};
+use crate::ptx::shared::{SharedPtr, dynamic_shared_base, ld_shared_v4_u32};
+use crate::ptx::sync::{griddepcontrol_launch_dependents, griddepcontrol_wait};
+use crate::ptx::thread::{block_dim_x, block_idx_x, block_idx_y, lane_id, sync_threads, thread_idx_x};
+use crate::ptx::tma::{cp_async_bulk_tensor_2d_global_shared, fence_proxy_tensormap_acquire_sys};
+use crate::ptx::trap;
+use crate::ptx::warp::shfl_sync_bfly_f32;
+use crate::ptx::wgmma::{
+    desc_k_sw128, setmaxnreg_dec, setmaxnreg_inc, wgmma_commit_group, wgmma_fence, wgmma_m64n256k16_f32_bf16_rs,
+    wgmma_wait_group,
+};
+use crate::qkv_out::QkvOut;
+
+/// Threads of a warpgroup.
+const WG: u32 = 128;
+
+/// Fused RMSNorm + QKV projection, prefill. See the module documentation.
+///
+/// # Safety
+/// `x [m, k]` bf16 16-byte aligned, `k % 32 == 0`; `w_map` describes the folded,
+/// interleaved `W [nq + 2 nkv, k]` as the module documentation says; `q [m, nq]`, `k [m,
+/// nkv]`, `v [m, nkv]`; the launch has the documented shape (else it traps).
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "gpu-kernel" fn fused_rmsnorm_qkv_wgmma(
+    x: *const u16,
+    w_map: *const u8,
+    q: *mut u16,
+    k_out: *mut u16,
+    v: *mut u16,
+    m: u32,
+    k: u32,
+    nq: u32,
+    nkv: u32,
+    eps: f32,
+) {
+    // SAFETY: forwarded to the caller.
+    unsafe { run::<true>(x, w_map, QkvOut { q, k: k_out, v, nq, nkv }, m, k, eps) }
+}
+
+/// `y = x · Wᵀ`, prefill. See the module documentation.
+///
+/// # Safety
+/// As [`fused_rmsnorm_qkv_wgmma`] with `y [m, n]` and W `[n, k]`.
+#[unsafe(no_mangle)]
+pub unsafe extern "gpu-kernel" fn gemm_wgmma(x: *const u16, w_map: *const u8, y: *mut u16, m: u32, k: u32, n: u32) {
+    let out = QkvOut { q: y, k: y, v: y, nq: n, nkv: 0 };
+    // SAFETY: forwarded to the caller.
+    unsafe { run::<false>(x, w_map, out, m, k, 0.0) }
+}
+
+/// Shared memory of the launch: the stages, then the barriers, from a 1024-byte aligned base.
+#[derive(Clone, Copy)]
+struct Smem {
+    base: u32,
+}
+
+impl Smem {
+    #[inline(always)]
+    fn new() -> Smem {
+        let raw = dynamic_shared_base().addr();
+        Smem { base: (raw + 1023) & !1023 }
+    }
+    #[inline(always)]
+    fn w_tile(self, s: u32) -> SharedPtr<u8> {
+        SharedPtr::from_addr(self.base + s * STAGE_BYTES)
+    }
+    #[inline(always)]
+    fn x_tile(self, s: u32) -> SharedPtr<u8> {
+        SharedPtr::from_addr(self.base + s * STAGE_BYTES + W_TILE_BYTES)
+    }
+    #[inline(always)]
+    fn full(self, s: u32) -> SharedPtr<u64> {
+        SharedPtr::from_addr(self.base + STAGES * STAGE_BYTES + 8 * s)
+    }
+    #[inline(always)]
+    fn empty(self, s: u32) -> SharedPtr<u64> {
+        SharedPtr::from_addr(self.base + STAGES * STAGE_BYTES + 8 * (STAGES + s))
+    }
+}
+
+/// The byte offset of 16-byte chunk `c` of row `r` in a 128-byte-swizzled tile.
+#[inline(always)]
+fn swizzled(r: u32, c: u32) -> u32 {
+    r * 128 + ((c ^ (r % 8)) * 16)
+}
+
+/// The kernel body; `NORM` scales by the row's inv_rms.
+///
+/// # Safety
+/// As the entries'.
+#[inline(always)]
+unsafe fn run<const NORM: bool>(x: *const u16, w_map: *const u8, out: QkvOut, m: u32, k: u32, eps: f32) {
+    if block_dim_x() != THREADS || !k.is_multiple_of(32) || k == 0 || m == 0 {
+        trap();
+    }
+    let tid = thread_idx_x();
+    let (n0, m0) = (block_idx_x() * BN, block_idx_y() * BM);
+    let k_tiles = k.div_ceil(BK);
+    let sm = Smem::new();
+    griddepcontrol_launch_dependents();
+    if tid == 0 {
+        // SAFETY: the barrier words lie past the stages, inside SMEM_BYTES; w_map per the
+        // caller.
+        unsafe {
+            for s in 0..STAGES {
+                mbarrier_init_shared(sm.full(s), WG + 1);
+                mbarrier_init_shared(sm.empty(s), 2 * WG);
+            }
+            fence_proxy_tensormap_acquire_sys(w_map);
+        }
+        fence_mbarrier_init_release_cluster();
+    }
+    // SAFETY: uniform.
+    unsafe { sync_threads() };
+
+    if tid < WG {
+        setmaxnreg_dec::<PRODUCER_REGS>();
+        // SAFETY: forwarded.
+        unsafe { produce(sm, x, w_map, m, k, m0, n0, k_tiles, tid) };
+    } else {
+        setmaxnreg_inc::<CONSUMER_REGS>();
+        // SAFETY: forwarded.
+        unsafe { consume::<NORM>(sm, out, m, k, m0, n0, k_tiles, tid - WG, eps) };
+    }
+}
+
+/// The producer warpgroup: thread 0 copies the W tiles by the TMA; thread `t` copies row
+/// `t` of each x tile (8 chunks of 16 bytes, zero past M and K).
+///
+/// # Safety
+/// As [`run`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn produce(sm: Smem, x: *const u16, w_map: *const u8, m: u32, k: u32, m0: u32, n0: u32, k_tiles: u32, t: u32) {
+    let load_w = |kt: u32| {
+        let s = kt % STAGES;
+        if t == 0 {
+            // SAFETY: stage s is free (its empty barrier passed); the box lands in its W tile.
+            unsafe {
+                mbarrier_arrive_expect_tx_shared(sm.full(s), W_TILE_BYTES);
+                cp_async_bulk_tensor_2d_global_shared(sm.w_tile(s), w_map, (kt * BK) as i32, n0 as i32, sm.full(s));
+            }
+        }
+    };
+    // Weights before the dependency wait: the first STAGES tiles' buffers are free.
+    let first = if k_tiles < STAGES { k_tiles } else { STAGES };
+    for kt in 0..first {
+        load_w(kt);
+    }
+    griddepcontrol_wait();
+    let row = m0 + t;
+    let row_ok = row < m;
+    for kt in 0..k_tiles {
+        let s = kt % STAGES;
+        let phase = (kt / STAGES) & 1;
+        if kt >= STAGES {
+            // SAFETY: an initialized barrier of this CTA.
+            unsafe { mbarrier_wait_parity(sm.empty(s), phase ^ 1) };
+            load_w(kt);
+        }
+        let xt = sm.x_tile(s);
+        for c in 0..(BK / 8) {
+            let col = kt * BK + 8 * c;
+            let ok = row_ok && col < k;
+            let src = if ok { x.wrapping_add(row as usize * k as usize + col as usize) } else { x };
+            // SAFETY: the chunk lies in row t of the stage's x tile; src is read only when ok.
+            unsafe { cp_async_cg_shared_global_16(xt.byte_add(swizzled(t, c)), src.cast(), if ok { 16 } else { 0 }) };
+        }
+        // SAFETY: the stage's full barrier counts this thread's arrival.
+        unsafe { cp_async_mbarrier_arrive_noinc_shared(sm.full(s)) };
+    }
+}
+
+/// A consumer warpgroup (`t` its thread, 0..128): tokens `64 c ..+ 64` of the tile, `c` the
+/// consumer index, all BN W rows; then the epilogue.
+///
+/// # Safety
+/// As [`run`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn consume<const NORM: bool>(
+    sm: Smem,
+    out: QkvOut,
+    m: u32,
+    k: u32,
+    m0: u32,
+    n0: u32,
+    k_tiles: u32,
+    t: u32,
+    eps: f32,
+) {
+    let c = (thread_idx_x() / WG) - 1;
+    let (w, lane) = (t / 32, lane_id());
+    let (g, q) = (lane / 4, lane % 4);
+    // The lane's rows of the x tile (a0/a2 and a1/a3 of the A fragment).
+    let r0 = 64 * c + 16 * w + g;
+    let r1 = r0 + 8;
+    let mut acc = [0.0f32; 128];
+    let mut ss = [0.0f32; 2];
+    for kt in 0..k_tiles {
+        let s = kt % STAGES;
+        let phase = (kt / STAGES) & 1;
+        // SAFETY: an initialized barrier; after it the stage's W (async proxy, through the
+        // barrier) and x (this CTA's cp.async, through the barrier) are visible.
+        unsafe { mbarrier_wait_parity(sm.full(s), phase) };
+        let xt = sm.x_tile(s);
+        // SAFETY: inside the stage's x tile.
+        let ld = |r: u32, chunk: u32| unsafe { ld_shared_v4_u32(xt.byte_add(swizzled(r, chunk)).cast()) };
+        let (b0r0, b0r1, b1r0, b1r1) = (ld(r0, q), ld(r1, q), ld(r0, 4 + q), ld(r1, 4 + q));
+        if NORM {
+            ss[0] += sum_squares_bf16x8(b0r0) + sum_squares_bf16x8(b1r0);
+            ss[1] += sum_squares_bf16x8(b0r1) + sum_squares_bf16x8(b1r1);
+        }
+        let wt = sm.w_tile(s).addr();
+        wgmma_fence();
+        // SAFETY: the stage's W tile, seen through its full barrier; the warpgroup issues
+        // these together with the same descriptors.
+        unsafe {
+            wgmma_m64n256k16_f32_bf16_rs(&mut acc, [b0r0[0], b0r1[0], b0r0[1], b0r1[1]], desc_k_sw128(wt, 0), kt > 0);
+            wgmma_m64n256k16_f32_bf16_rs(&mut acc, [b0r0[2], b0r1[2], b0r0[3], b0r1[3]], desc_k_sw128(wt, 1), true);
+            wgmma_m64n256k16_f32_bf16_rs(&mut acc, [b1r0[0], b1r1[0], b1r0[1], b1r1[1]], desc_k_sw128(wt, 2), true);
+            wgmma_m64n256k16_f32_bf16_rs(&mut acc, [b1r0[2], b1r1[2], b1r0[3], b1r1[3]], desc_k_sw128(wt, 3), true);
+        }
+        wgmma_commit_group();
+        wgmma_wait_group::<0>(&mut acc);
+        // SAFETY: an initialized barrier; this thread no longer reads the stage.
+        unsafe { mbarrier_arrive_shared(sm.empty(s)) };
+    }
+
+    // Epilogue: the row scales, then pairs of columns.
+    let mut sc = [1.0f32; 2];
+    if NORM {
+        for (v, s) in ss.iter_mut().zip(sc.iter_mut()) {
+            *v += shfl_sync_bfly_f32(*v, 1);
+            *v += shfl_sync_bfly_f32(*v, 2);
+            *s = inv_rms(*v, k, eps);
+        }
+    }
+    let n = out.n();
+    let (row0, row1) = (m0 + r0, m0 + r1);
+    // Columns 8 j + 2q, + 1 of both rows: accumulators 4 j ..+ 4.
+    let store = |j: u32, a: [f32; 4]| {
+        let col = n0 + 8 * j + 2 * q;
+        if col < n {
+            // SAFETY: row < m and col < n.
+            unsafe {
+                if row0 < m {
+                    out.store_pair(row0, col, a[0] * sc[0], a[1] * sc[0]);
+                }
+                if row1 < m {
+                    out.store_pair(row1, col, a[2] * sc[1], a[3] * sc[1]);
+                }
+            }
+        }
+    };
+    // Written out for each j (a macro, not a loop) so that every accumulator index is a
+    // constant: a run-time index would move the accumulators to local memory.
+    macro_rules! store_all {
+        ($($j:literal)*) => { $(store($j, [acc[4 * $j], acc[4 * $j + 1], acc[4 * $j + 2], acc[4 * $j + 3]]);)* };
+    }
+    store_all!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);
+}
