@@ -420,5 +420,7 @@ pub mod wgmma {
     pub const SMEM_BYTES: u32 = 1024 + STAGES * STAGE_BYTES + 16 * STAGES;
 
     const _: () = assert!(STAGE_BYTES.is_multiple_of(1024));
+    // An H100's opt-in maximum of dynamic shared memory per CTA (227 KiB).
+    const _: () = assert!(SMEM_BYTES <= 227 * 1024);
     const _: () = assert!(PRODUCER_REGS * 128 + 2 * CONSUMER_REGS * 128 <= 65536);
 }
