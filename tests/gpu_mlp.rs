@@ -51,6 +51,15 @@ use rand::Rng;
 /// full, one past the decode kernels, a small batch, a prefill chunk.
 const MS: [usize; 8] = [1, 2, 7, 9, 16, 17, 100, 2048];
 const ROUTES: [Route; 3] = [Route::FusedDecode, Route::NormCublas, Route::Auto];
+/// [`ROUTES`], and the warpgroup-MMA route where the op has it (compute capability 9.0, K %
+/// 32 == 0).
+fn routes(wgmma: bool) -> Vec<Route> {
+    let mut r = ROUTES.to_vec();
+    if wgmma {
+        r.push(Route::FusedWgmma);
+    }
+    r
+}
 const BASELINES: [Baseline; 2] = [Baseline::NormCublas, Baseline::NormNanofuse];
 
 /// A comparison's bounds: per element `atol_rms·rms(ref) + rtol·|ref|`, and the whole.
@@ -174,7 +183,7 @@ fn check_gate_up(gpu: &Gpu, op: &FusedRmsNormGateUp, base: &UnfusedMlp, p: &Gate
     let (hd, i) = (s.hidden, s.inter);
     let dh = gpu.upload(&p.h).unwrap();
     let mut outputs: Vec<(Route, Vec<bf16>)> = Vec::new();
-    for route in ROUTES {
+    for route in routes(op.has_wgmma()) {
         let mut runs = Vec::new();
         for _ in 0..2 {
             let mut a = poisoned(gpu, m * i);
@@ -284,7 +293,7 @@ fn check_proj(gpu: &Gpu, op: &ProjResidual, base: &UnfusedMlp, p: &ProjPoint, fa
     let (n, m) = (op.dims().1, p.m);
     let dx = gpu.upload(&p.x).unwrap();
     let mut outputs: Vec<(Route, Vec<bf16>)> = Vec::new();
-    for route in ROUTES {
+    for route in routes(op.has_wgmma()) {
         // In place: h holds the residual, uploaded again before each run.
         let mut runs = Vec::new();
         for _ in 0..2 {

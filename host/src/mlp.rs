@@ -24,6 +24,7 @@ use crate::ops::{self, GemmImpl};
 use crate::plan::{self, DECODE_MAX_M, DecodeShape};
 use crate::qkv::{Baseline, Route};
 use crate::shared::{Folded, Shared};
+use crate::wgmma::{WGMMA_MAX_M, WeightMap, no_wgmma, weight_map};
 
 /// Largest M for which [`Route::Auto`] of the MLP ops runs the fused decode kernels; above
 /// it they run the unfused kernels (cuBLAS), like PyTorch.
@@ -199,8 +200,15 @@ impl FusedRmsNormGateUp {
         let ones = gpu.upload(&vec![bf16::ONE; h])?;
         gpu.stream().synchronize().map_err(Error::driver("cuStreamSynchronize"))?;
         drop(gd);
-        let weights = Shared::new(Folded { w, ones, map: None }, gpu.stream());
+        let map = weight_map(gpu, wb.ptr, 2 * i, h)?;
+        let weights = Shared::new(Folded { w, ones, map }, gpu.stream());
         Ok(FusedRmsNormGateUp { gpu: gpu.clone(), shape, weights, scratch: Mutex::new(None), decode: None })
+    }
+
+    /// Whether `Route::FusedWgmma` can run: the device has the sm_90a module and
+    /// `hidden % 32 == 0`.
+    pub fn has_wgmma(&self) -> bool {
+        self.weights.map.is_some()
     }
 
     /// A view of this op that issues on `gpu`'s stream, sharing the weight; as
@@ -291,9 +299,20 @@ impl FusedRmsNormGateUp {
                 // SAFETY: as above.
                 unsafe { self.norm_cublas(hb.ptr, ab.ptr, m) }
             }
-            Route::FusedTiled | Route::FusedWgmma => Err(Error::Value {
+            Route::FusedWgmma => {
+                let (Some(kernels), Some(map)) = (gpu.wgmma.as_ref(), self.weights.map.as_ref()) else {
+                    return Err(no_wgmma(gpu, s.hidden));
+                };
+                if m > WGMMA_MAX_M {
+                    return Err(Error::Dimension { arg: "M", expected: "at most 65535 · 128 for FusedWgmma", got: m });
+                }
+                // SAFETY: buffers checked above; the map describes this op's folded weight;
+                // hidden % 32 == 0 (a map exists), inter % 8 == 0 (validated).
+                unsafe { kernels.gate_up(gpu.stream(), gpu.pdl(), map, inp, ab.ptr, s.inter as u32, s.eps) }
+            }
+            Route::FusedTiled => Err(Error::Value {
                 arg: "route",
-                expected: "Auto, FusedDecode or NormCublas",
+                expected: "Auto, FusedDecode, FusedWgmma or NormCublas",
                 got: format!("{route:?}"),
             }),
         }
@@ -349,9 +368,16 @@ pub struct ProjResidual {
     in_features: usize,
     out_features: usize,
     /// Shared with the op's views.
-    w: Shared<CudaSlice<bf16>>,
+    w: Shared<ProjWeight>,
     /// A forced decode launch shape (benchmark sweeps); `None`: the planner's.
     decode: Option<DecodeShape>,
+}
+
+/// The projection's weight `[out_features, in_features]` as given, and its tensor map for
+/// the warpgroup-MMA kernel where the device has it.
+struct ProjWeight {
+    w: CudaSlice<bf16>,
+    map: Option<WeightMap>,
 }
 
 impl ProjResidual {
@@ -363,8 +389,17 @@ impl ProjResidual {
         if w.len() != wlen {
             return Err(Error::Length { arg: "w", expected: wlen, got: w.len() });
         }
-        let w = Shared::new(gpu.upload(w)?, gpu.stream());
+        let w = gpu.upload(w)?;
+        let (ptr, _) = gpu.address("w", &w)?;
+        let map = weight_map(gpu, ptr, out_features, in_features)?;
+        let w = Shared::new(ProjWeight { w, map }, gpu.stream());
         Ok(ProjResidual { gpu: gpu.clone(), in_features, out_features, w, decode: None })
+    }
+
+    /// Whether `Route::FusedWgmma` can run: the device has the sm_90a module and
+    /// `in_features % 32 == 0`.
+    pub fn has_wgmma(&self) -> bool {
+        self.w.map.is_some()
     }
 
     /// A view of this op that issues on `gpu`'s stream, sharing the weight; as
@@ -427,7 +462,7 @@ impl ProjResidual {
         let gpu = &self.gpu;
         let xb = gpu.input("x", x, checked_len("m * in_features", m, self.in_features)?)?;
         let hb = gpu.output("h", h, checked_len("m * out_features", m, self.out_features)?)?;
-        check_no_overlap(&[hb], &[xb, stream_ref(gpu, &self.w, "w")])?;
+        check_no_overlap(&[hb], &[xb, stream_ref(gpu, &self.w.w, "w")])?;
         // SAFETY: buffers checked above; h is both the residual and the output.
         unsafe { self.run(route, xb.ptr, hb.ptr, hb.ptr, m) }
     }
@@ -449,7 +484,7 @@ impl ProjResidual {
         let xb = gpu.input("x", x, checked_len("m * in_features", m, self.in_features)?)?;
         let rb = gpu.input("residual", residual, len)?;
         let ob = gpu.output("out", out, len)?;
-        check_no_overlap(&[ob], &[xb, rb, stream_ref(gpu, &self.w, "w")])?;
+        check_no_overlap(&[ob], &[xb, rb, stream_ref(gpu, &self.w.w, "w")])?;
         // SAFETY: buffers checked above.
         unsafe { self.run(route, xb.ptr, rb.ptr, ob.ptr, m) }
     }
@@ -462,7 +497,7 @@ impl ProjResidual {
             return Ok(());
         }
         let (gpu, n, k) = (&self.gpu, self.out_features, self.in_features);
-        let w = stream_ref(gpu, &self.w, "w").ptr;
+        let w = stream_ref(gpu, &self.w.w, "w").ptr;
         let route = if route == Route::Auto { self.auto_route(m) } else { route };
         match route {
             Route::Auto | Route::FusedDecode => {
@@ -486,9 +521,21 @@ impl ProjResidual {
                 // SAFETY: out holds the residual; W [N, K] natural, x [m, K].
                 unsafe { blas.gemm_xwt_add(x, w, out, m, k, n) }
             }
-            Route::FusedTiled | Route::FusedWgmma => Err(Error::Value {
+            Route::FusedWgmma => {
+                let Some((kernels, map)) = gpu.wgmma.as_ref().zip(self.w.map.as_ref()) else {
+                    return Err(no_wgmma(gpu, k));
+                };
+                if m > WGMMA_MAX_M {
+                    return Err(Error::Dimension { arg: "M", expected: "at most 65535 · 128 for FusedWgmma", got: m });
+                }
+                let inp = Operands { x, w, m: m as u32, hidden: k as u32 };
+                // SAFETY: forwarded to the caller; the map describes this op's weight;
+                // in_features % 32 == 0 (a map exists), out_features % 8 == 0 (validated).
+                unsafe { kernels.proj(gpu.stream(), gpu.pdl(), map, inp, residual, out, n as u32) }
+            }
+            Route::FusedTiled => Err(Error::Value {
                 arg: "route",
-                expected: "Auto, FusedDecode or NormCublas",
+                expected: "Auto, FusedDecode, FusedWgmma or NormCublas",
                 got: format!("{route:?}"),
             }),
         }

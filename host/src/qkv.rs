@@ -16,7 +16,7 @@ use crate::kernels::{DecodeOp, Operands, QkvOut, RmsNormArgs, TiledOp};
 use crate::ops::{self, GemmImpl};
 use crate::plan::{self, DECODE_MAX_M, DecodeShape, Tile};
 use crate::shared::{Folded, Shared};
-use crate::wgmma::{WGMMA_MAX_M, WeightMap};
+use crate::wgmma::{WGMMA_MAX_M, no_wgmma, weight_map};
 
 /// Largest M for which [`Route::Auto`] of the packed forms runs the fused decode kernel, for
 /// a hidden size; above it they run RMSNorm + one cuBLAS GEMM, the same kernels as the
@@ -218,15 +218,6 @@ pub struct FusedRmsNormQkv {
     scratch: Mutex<Option<CudaSlice<bf16>>>,
 }
 
-/// The TMA's tensor map of the folded weight at `w`, where the warpgroup-MMA kernels can
-/// run this shape (the device has them, and `hidden % 32 == 0`: whole interleave blocks).
-fn weight_map(gpu: &Gpu, shape: &QkvShape, w: u64) -> Result<Option<WeightMap>> {
-    if gpu.wgmma.is_none() || !shape.hidden.is_multiple_of(32) {
-        return Ok(None);
-    }
-    WeightMap::new(gpu, w, shape.n(), shape.hidden).map(Some)
-}
-
 /// Checks and uploads `g [hidden]` and `w [n, hidden]`.
 fn upload_weights(gpu: &Gpu, shape: &QkvShape, g: &[bf16], w: &[bf16]) -> Result<(CudaSlice<bf16>, CudaSlice<bf16>)> {
     shape.validate()?;
@@ -324,7 +315,7 @@ impl FusedRmsNormQkv {
         if let Err(e) = folded.and_then(|()| gpu.synchronize()) {
             return Err(give_back(e, g, w, true));
         }
-        let map = match weight_map(gpu, &shape, wb.ptr) {
+        let map = match weight_map(gpu, wb.ptr, shape.n(), shape.hidden) {
             Ok(map) => map,
             Err(e) => return Err(give_back(e, g, w, true)),
         };
@@ -380,7 +371,7 @@ impl FusedRmsNormQkv {
         unsafe { gpu.kernels.fold_gain(gpu.stream(), fb.ptr, gb.ptr, shape.n() as u32, shape.hidden as u32)? };
         // The caller's buffers are read until here.
         gpu.synchronize()?;
-        let map = weight_map(gpu, &shape, fb.ptr)?;
+        let map = weight_map(gpu, fb.ptr, shape.n(), shape.hidden)?;
         let weights = Shared::new(Folded { w: folded, ones, map }, gpu.stream());
         Ok(FusedRmsNormQkv { gpu: gpu.clone(), shape, weights, tuning: Tuning::default(), scratch: Mutex::new(None) })
     }
@@ -599,11 +590,7 @@ impl FusedRmsNormQkv {
     /// `inp` and `out` are checked device buffers of this op's shape; `inp.m >= 1`.
     unsafe fn launch_wgmma(&self, inp: Operands, out: QkvOut) -> Result<()> {
         let (Some(kernels), Some(map)) = (self.gpu.wgmma.as_ref(), self.weights.map.as_ref()) else {
-            return Err(Error::Value {
-                arg: "route",
-                expected: "FusedWgmma on a device of compute capability 9.0 and hidden % 32 == 0",
-                got: format!("{:?}, hidden {}", self.gpu.info().compute_capability, self.shape.hidden),
-            });
+            return Err(no_wgmma(&self.gpu, self.shape.hidden));
         };
         if inp.m as usize > WGMMA_MAX_M {
             return Err(Error::Dimension {

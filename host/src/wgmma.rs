@@ -25,10 +25,17 @@ const PTR: usize = 8;
 const SCALAR: usize = 4;
 const FUSED: &[usize] = &[PTR, PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR, SCALAR];
 const GEMM: &[usize] = &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR];
+const GATE_UP: &[usize] = &[PTR, PTR, PTR, SCALAR, SCALAR, SCALAR, SCALAR];
+const PROJ: &[usize] = &[PTR, PTR, PTR, PTR, SCALAR, SCALAR, SCALAR];
 
 /// The entries of the sm_90a module: PTX name and parameter sizes (checked against the
 /// PTX by `tests/ptx.rs`).
-pub const WGMMA_ENTRIES: [(&str, &[usize]); 2] = [("fused_rmsnorm_qkv_wgmma", FUSED), ("gemm_wgmma", GEMM)];
+pub const WGMMA_ENTRIES: [(&str, &[usize]); 4] = [
+    ("fused_rmsnorm_qkv_wgmma", FUSED),
+    ("gemm_wgmma", GEMM),
+    ("fused_rmsnorm_gate_up_wgmma", GATE_UP),
+    ("proj_residual_wgmma", PROJ),
+];
 
 /// Largest M of a launch (grid y is `ceil(M / 128)`, at most 65535).
 pub(crate) const WGMMA_MAX_M: usize = 65_535 * BM as usize;
@@ -37,6 +44,8 @@ pub(crate) const WGMMA_MAX_M: usize = 65_535 * BM as usize;
 pub(crate) struct WgmmaKernels {
     fused: Entry,
     gemm: Entry,
+    gate_up: Entry,
+    proj: Entry,
 }
 
 impl WgmmaKernels {
@@ -53,7 +62,12 @@ impl WgmmaKernels {
                 .map_err(Error::driver("cuFuncSetAttribute"))?;
             Ok::<_, Error>(Entry { f, name, params })
         };
-        Ok(WgmmaKernels { fused: load(WGMMA_ENTRIES[0])?, gemm: load(WGMMA_ENTRIES[1])? })
+        Ok(WgmmaKernels {
+            fused: load(WGMMA_ENTRIES[0])?,
+            gemm: load(WGMMA_ENTRIES[1])?,
+            gate_up: load(WGMMA_ENTRIES[2])?,
+            proj: load(WGMMA_ENTRIES[3])?,
+        })
     }
 
     /// The launch shape for `m` tokens and `n` W rows.
@@ -107,6 +121,76 @@ impl WgmmaKernels {
                     .run(stream),
             }
         }
+    }
+
+    /// Fused RMSNorm + gate/up + SiLU·mul into `a [m, inter]`, W (the folded, blocked
+    /// `[2 inter, hidden]`) through `map`.
+    ///
+    /// # Safety
+    /// `inp.x [m, hidden]` and `a [m, inter]` are device buffers of this context, 16-byte
+    /// aligned, not overlapping; `map` describes the W of `inp` with `2 inter` rows;
+    /// `hidden % 32 == 0`, `inter % 8 == 0`; `1 <= m <= WGMMA_MAX_M`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn gate_up(
+        &self,
+        stream: &CudaStream,
+        pdl: bool,
+        map: &WeightMap,
+        inp: Operands,
+        a: u64,
+        inter: u32,
+        eps: f32,
+    ) -> Result<()> {
+        let shape = Self::shape(inp.m, 2 * inter);
+        let launch = Launch::new(&self.gate_up, shape).pdl(pdl);
+        // SAFETY: the arguments in the entry's order; buffers per the caller.
+        unsafe {
+            launch.arg(inp.x).arg(map.device_ptr()).arg(a).arg(inp.m).arg(inp.hidden).arg(inter).arg(eps).run(stream)
+        }
+    }
+
+    /// `out [m, n] = residual + x · Wᵀ`, W `[n, hidden]` through `map`.
+    ///
+    /// # Safety
+    /// `inp.x [m, hidden]`, `residual` and `out [m, n]` are device buffers of this context,
+    /// 16-byte aligned; `out` is `residual` or overlaps nothing; `map` describes the W of
+    /// `inp` with `n` rows; `hidden % 32 == 0`, `n % 8 == 0`; `1 <= m <= WGMMA_MAX_M`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn proj(
+        &self,
+        stream: &CudaStream,
+        pdl: bool,
+        map: &WeightMap,
+        inp: Operands,
+        residual: u64,
+        out: u64,
+        n: u32,
+    ) -> Result<()> {
+        let shape = Self::shape(inp.m, n);
+        let launch = Launch::new(&self.proj, shape).pdl(pdl);
+        // SAFETY: the arguments in the entry's order; buffers per the caller.
+        unsafe {
+            launch.arg(inp.x).arg(map.device_ptr()).arg(residual).arg(out).arg(inp.m).arg(inp.hidden).arg(n).run(stream)
+        }
+    }
+}
+
+/// The tensor map of a weight `w [n, k]` (device address, 16-byte aligned) for the
+/// warpgroup-MMA kernels, where `gpu` has them and the shape suits them (`k % 32 == 0`:
+/// whole interleave blocks); `None` otherwise.
+pub(crate) fn weight_map(gpu: &Gpu, w: u64, n: usize, k: usize) -> Result<Option<WeightMap>> {
+    if gpu.wgmma.is_none() || !k.is_multiple_of(32) {
+        return Ok(None);
+    }
+    WeightMap::new(gpu, w, n, k).map(Some)
+}
+
+/// The error of a `Route::FusedWgmma` call where the op has no tensor map.
+pub(crate) fn no_wgmma(gpu: &Gpu, k: usize) -> Error {
+    Error::Value {
+        arg: "route",
+        expected: "FusedWgmma on a device of compute capability 9.0 and K % 32 == 0",
+        got: format!("compute capability {:?}, K = {k}", gpu.info().compute_capability),
     }
 }
 

@@ -41,8 +41,12 @@ pub const LAUNCH_BOUNDS: [(&str, u32, u32); 23] = [
 
 /// Launch bounds of the sm_90a module's kernels (see [`LAUNCH_BOUNDS`]): one CTA per SM, which
 /// also gives them the register cap at entry that `setmaxnreg` needs.
-pub const LAUNCH_BOUNDS_SM90A: [(&str, u32, u32); 2] =
-    [("fused_rmsnorm_qkv_wgmma", wgmma::THREADS, 1), ("gemm_wgmma", wgmma::THREADS, 1)];
+pub const LAUNCH_BOUNDS_SM90A: [(&str, u32, u32); 4] = [
+    ("fused_rmsnorm_qkv_wgmma", wgmma::THREADS, 1),
+    ("gemm_wgmma", wgmma::THREADS, 1),
+    ("fused_rmsnorm_gate_up_wgmma", wgmma::THREADS, 1),
+    ("proj_residual_wgmma", wgmma::THREADS, 1),
+];
 
 /// The decode engine's per-sequence device state: `state [LEN]` u32, read and advanced on
 /// the device so that one captured CUDA graph replays every step.

@@ -1,10 +1,16 @@
-//! # Fused RMSNorm + QKV projection for prefill (M > 16): warpgroup MMA fed by the TMA (sm_90a)
+//! # The prefill GEMMs (M > 16) on warpgroup MMA fed by the TMA (sm_90a), four epilogues
 //!
-//! `q, k, v = split(rmsnorm(x) · Wᵀ)` (`fused_rmsnorm_qkv_wgmma`) and the plain
-//! `y = x · Wᵀ` (`gemm_wgmma`) for `x [M, K]`, `W [N, K]` bf16, f32 accumulation. The fused
-//! op's W is the folded `W' = bf16(W · diag(g))` in the k-interleaved order
+//! `y = scale · x · Wᵀ` for `x [M, K]`, `W [N, K]` bf16, f32 accumulation, then an
+//! epilogue ([`BlockOut`]):
+//! * `fused_rmsnorm_qkv_wgmma`: `q, k, v = split(rmsnorm(x) · Wᵀ)`;
+//! * `gemm_wgmma`: `y = x · Wᵀ`;
+//! * `fused_rmsnorm_gate_up_wgmma`: `a = silu(gate) · up` of `rmsnorm(x) · [Wg; Wu]ᵀ`, W in
+//!   the fused MLP's blocked gate/up row order (`config::mlp`);
+//! * `proj_residual_wgmma`: `out = residual + x · Wᵀ` (in place when `out == residual`).
+//!
+//! The fused ops' W is the folded `W' = bf16(W · diag(g))` in the k-interleaved order
 //! (`config::interleave`), so `out[m, n] = inv_rms[m] · Σ_k x[m, k] · W'[n, k]`; the plain
-//! GEMM takes x and W in the same order, whichever it is, with `inv_rms = 1`.
+//! ones take x and W in the same order, whichever it is, with `scale = 1`.
 //!
 //! # Tiling (`config::wgmma`)
 //! * CTA tile `BM x BN = 128 tokens x 256 W rows`, K in tiles of `BK = 64`; grid
@@ -41,9 +47,11 @@
 //!
 //! # Epilogue
 //! Accumulator `i` of lane `(g, q)` in warp `w` is `[16 w + g + 8 ((i / 2) % 2), 8 (i / 4) +
-//! 2q + i % 2]` of the warpgroup's 64 x 256 block; pairs of columns go out as one 4-byte
-//! store where they land in one tensor (`QkvOut::store_pair`), rows `>= M` and columns `>= N`
-//! are skipped. Tails: the TMA fills W rows past N and columns past K with zeros, `cp.async`
+//! 2q + i % 2]` of the warpgroup's 64 x 256 block; the epilogue gets a row's columns per
+//! 16-column block (`BlockOut`: in the gate/up weight's blocked order a block is 8 gate
+//! and the 8 matching up rows, so SiLU·mul needs no exchange) and stores pairs of columns as
+//! 4-byte words; rows `>= M` and columns `>= N` are skipped. Rounding as the decode
+//! epilogues: the GEMM result is rounded to bf16 before the activation or the residual add. Tails: the TMA fills W rows past N and columns past K with zeros, `cp.async`
 //! zero-fills x past M and K.
 //!
 //! # Traffic and work (per call)
@@ -56,8 +64,10 @@
 //! (box `64 x 256`, 128-byte swizzle, zero fill); optionally with programmatic stream
 //! serialization. Launch bounds 384 threads, 1 CTA per SM (for `setmaxnreg`).
 
+use crate::activation::{round_bf16, silu_mul};
 use crate::config::wgmma::{BK, BM, BN, CONSUMER_REGS, PRODUCER_REGS, STAGE_BYTES, STAGES, THREADS, W_TILE_BYTES};
 use crate::norm::{inv_rms, sum_squares_bf16x8};
+use crate::ptx::convert::{cvt_rn_bf16x2_f32, unpack_bf16x2};
 use crate::ptx::cp_async::cp_async_cg_shared_global_16;
 use crate::ptx::mbarrier::{
     cp_async_mbarrier_arrive_noinc_shared, fence_mbarrier_init_release_cluster, mbarrier_arrive_expect_tx_shared,
@@ -99,7 +109,7 @@ pub unsafe extern "gpu-kernel" fn fused_rmsnorm_qkv_wgmma(
     eps: f32,
 ) {
     // SAFETY: forwarded to the caller.
-    unsafe { run::<true>(x, w_map, QkvOut { q, k: k_out, v, nq, nkv }, m, k, eps) }
+    unsafe { run(x, w_map, Qkv::<true>(QkvOut { q, k: k_out, v, nq, nkv }), m, k, eps) }
 }
 
 /// `y = x · Wᵀ`, prefill. See the module documentation.
@@ -110,7 +120,151 @@ pub unsafe extern "gpu-kernel" fn fused_rmsnorm_qkv_wgmma(
 pub unsafe extern "gpu-kernel" fn gemm_wgmma(x: *const u16, w_map: *const u8, y: *mut u16, m: u32, k: u32, n: u32) {
     let out = QkvOut { q: y, k: y, v: y, nq: n, nkv: 0 };
     // SAFETY: forwarded to the caller.
-    unsafe { run::<false>(x, w_map, out, m, k, 0.0) }
+    unsafe { run(x, w_map, Qkv::<false>(out), m, k, 0.0) }
+}
+
+/// Fused RMSNorm + gate/up + SiLU·mul, prefill: `a [m, inter]`. See the module
+/// documentation.
+///
+/// # Safety
+/// As [`fused_rmsnorm_qkv_wgmma`] with W the folded, blocked, interleaved `[2 inter, k]`,
+/// `inter % 8 == 0`, and `a [m, inter]`.
+#[unsafe(no_mangle)]
+pub unsafe extern "gpu-kernel" fn fused_rmsnorm_gate_up_wgmma(
+    x: *const u16,
+    w_map: *const u8,
+    a: *mut u16,
+    m: u32,
+    k: u32,
+    inter: u32,
+    eps: f32,
+) {
+    if !inter.is_multiple_of(8) {
+        trap();
+    }
+    // SAFETY: forwarded to the caller.
+    unsafe { run(x, w_map, GateUp { a, inter }, m, k, eps) }
+}
+
+/// `out = residual + x · Wᵀ`, prefill. See the module documentation.
+///
+/// # Safety
+/// As [`gemm_wgmma`] with `residual, out [m, n]` (`out` may be `residual`, nothing else may
+/// overlap), `n % 8 == 0`.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "gpu-kernel" fn proj_residual_wgmma(
+    x: *const u16,
+    w_map: *const u8,
+    residual: *const u16,
+    out: *mut u16,
+    m: u32,
+    k: u32,
+    n: u32,
+) {
+    if !n.is_multiple_of(8) {
+        trap();
+    }
+    // SAFETY: forwarded to the caller.
+    unsafe { run(x, w_map, Residual { residual, out, n }, m, k, 0.0) }
+}
+
+/// Where a consumer's finished values go. Per token row and 16-column block `c16` (a
+/// multiple of 16) of the W rows, lane `q` holds columns `c16 + 2q, + 1` (`lo`) and
+/// `c16 + 8 + 2q, + 1` (`hi`), already scaled; the block is called for every `c16 < rows()`.
+trait BlockOut: Copy {
+    /// Whether the values are scaled by the row's inv_rms (the fused RMSNorm).
+    const NORM: bool;
+    /// W rows (N).
+    fn rows(&self) -> u32;
+    /// Stores one lane's values of `token`'s block `c16`.
+    ///
+    /// # Safety
+    /// `token` is below the M the tensors hold; `c16 < rows()`.
+    unsafe fn store(&self, token: u32, c16: u32, q: u32, lo: [f32; 2], hi: [f32; 2]);
+}
+
+/// Columns straight to the q, k, v (or one y) tensors.
+#[derive(Clone, Copy)]
+struct Qkv<const NORM: bool>(QkvOut);
+
+impl<const NORM: bool> BlockOut for Qkv<NORM> {
+    const NORM: bool = NORM;
+    #[inline(always)]
+    fn rows(&self) -> u32 {
+        self.0.n()
+    }
+    #[inline(always)]
+    unsafe fn store(&self, token: u32, c16: u32, q: u32, lo: [f32; 2], hi: [f32; 2]) {
+        let n = self.0.n();
+        // (A closure called twice: iterating over an array of the pairs put it in local
+        // memory.)
+        let pair = |col: u32, v: [f32; 2]| {
+            if col < n {
+                // SAFETY: col < n, token per the caller.
+                unsafe { self.0.store_pair(token, col, v[0], v[1]) };
+            }
+        };
+        pair(c16 + 2 * q, lo);
+        pair(c16 + 8 + 2 * q, hi);
+    }
+}
+
+/// `a [M, inter] = silu(gate) · up`: in the blocked row order, block `c16 / 16`'s first 8
+/// rows are gate rows `c16 / 2 ..+ 8`, its last 8 the up rows of the same indices, so `lo`
+/// and `hi` are gate and up of intermediate columns `c16 / 2 + 2q, + 1`.
+#[derive(Clone, Copy)]
+struct GateUp {
+    a: *mut u16,
+    inter: u32,
+}
+
+impl BlockOut for GateUp {
+    const NORM: bool = true;
+    #[inline(always)]
+    fn rows(&self) -> u32 {
+        2 * self.inter
+    }
+    #[inline(always)]
+    unsafe fn store(&self, token: u32, c16: u32, q: u32, lo: [f32; 2], hi: [f32; 2]) {
+        let col = c16 / 2 + 2 * q;
+        let word = cvt_rn_bf16x2_f32(silu_mul(lo[0], hi[0]), silu_mul(lo[1], hi[1]));
+        // SAFETY: col + 1 < inter (c16 < 2 inter, inter % 8 == 0); 4-byte aligned (col even).
+        unsafe { (self.a.add(token as usize * self.inter as usize + col as usize) as *mut u32).write(word) };
+    }
+}
+
+/// `out = bf16(residual + bf16(y))`, each element read and written by one thread.
+#[derive(Clone, Copy)]
+struct Residual {
+    residual: *const u16,
+    out: *mut u16,
+    n: u32,
+}
+
+impl BlockOut for Residual {
+    const NORM: bool = false;
+    #[inline(always)]
+    fn rows(&self) -> u32 {
+        self.n
+    }
+    #[inline(always)]
+    unsafe fn store(&self, token: u32, c16: u32, q: u32, lo: [f32; 2], hi: [f32; 2]) {
+        let pair = |col: u32, v: [f32; 2]| {
+            if col < self.n {
+                let off = token as usize * self.n as usize + col as usize;
+                // SAFETY: col + 1 < n (both even: n % 8 == 0), 4-byte aligned; token per the
+                // caller.
+                unsafe {
+                    let (r0, r1) = unpack_bf16x2((self.residual.add(off) as *const u32).read());
+                    let word = cvt_rn_bf16x2_f32(r0 + round_bf16(v[0]), r1 + round_bf16(v[1]));
+                    (self.out.add(off) as *mut u32).write(word);
+                }
+            }
+        };
+        pair(c16 + 2 * q, lo);
+        pair(c16 + 8 + 2 * q, hi);
+    }
 }
 
 /// Shared memory of the launch: the stages, then the barriers, from a 1024-byte aligned base.
@@ -149,12 +303,12 @@ fn swizzled(r: u32, c: u32) -> u32 {
     r * 128 + ((c ^ (r % 8)) * 16)
 }
 
-/// The kernel body; `NORM` scales by the row's inv_rms.
+/// The kernel body, epilogue `E`.
 ///
 /// # Safety
 /// As the entries'.
 #[inline(always)]
-unsafe fn run<const NORM: bool>(x: *const u16, w_map: *const u8, out: QkvOut, m: u32, k: u32, eps: f32) {
+unsafe fn run<E: BlockOut>(x: *const u16, w_map: *const u8, out: E, m: u32, k: u32, eps: f32) {
     if block_dim_x() != THREADS || !k.is_multiple_of(32) || k == 0 || m == 0 {
         trap();
     }
@@ -185,7 +339,7 @@ unsafe fn run<const NORM: bool>(x: *const u16, w_map: *const u8, out: QkvOut, m:
     } else {
         setmaxnreg_inc::<CONSUMER_REGS>();
         // SAFETY: forwarded.
-        unsafe { consume::<NORM>(sm, out, m, k, m0, n0, k_tiles, tid - WG, eps) };
+        unsafe { consume(sm, out, m, k, m0, n0, k_tiles, tid - WG, eps) };
     }
 }
 
@@ -243,17 +397,7 @@ unsafe fn produce(sm: Smem, x: *const u16, w_map: *const u8, m: u32, k: u32, m0:
 /// As [`run`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn consume<const NORM: bool>(
-    sm: Smem,
-    out: QkvOut,
-    m: u32,
-    k: u32,
-    m0: u32,
-    n0: u32,
-    k_tiles: u32,
-    t: u32,
-    eps: f32,
-) {
+unsafe fn consume<E: BlockOut>(sm: Smem, out: E, m: u32, k: u32, m0: u32, n0: u32, k_tiles: u32, t: u32, eps: f32) {
     let c = (thread_idx_x() / WG) - 1;
     let (w, lane) = (t / 32, lane_id());
     let (g, q) = (lane / 4, lane % 4);
@@ -272,7 +416,7 @@ unsafe fn consume<const NORM: bool>(
         // SAFETY: inside the stage's x tile.
         let ld = |r: u32, chunk: u32| unsafe { ld_shared_v4_u32(xt.byte_add(swizzled(r, chunk)).cast()) };
         let (b0r0, b0r1, b1r0, b1r1) = (ld(r0, q), ld(r1, q), ld(r0, 4 + q), ld(r1, 4 + q));
-        if NORM {
+        if E::NORM {
             ss[0] += sum_squares_bf16x8(b0r0) + sum_squares_bf16x8(b1r0);
             ss[1] += sum_squares_bf16x8(b0r1) + sum_squares_bf16x8(b1r1);
         }
@@ -294,34 +438,37 @@ unsafe fn consume<const NORM: bool>(
 
     // Epilogue: the row scales, then pairs of columns.
     let mut sc = [1.0f32; 2];
-    if NORM {
+    if E::NORM {
         for (v, s) in ss.iter_mut().zip(sc.iter_mut()) {
             *v += shfl_sync_bfly_f32(*v, 1);
             *v += shfl_sync_bfly_f32(*v, 2);
             *s = inv_rms(*v, k, eps);
         }
     }
-    let n = out.n();
+    let n = out.rows();
     let (row0, row1) = (m0 + r0, m0 + r1);
-    // Columns 8 j + 2q, + 1 of both rows: accumulators 4 j ..+ 4.
-    let store = |j: u32, a: [f32; 4]| {
-        let col = n0 + 8 * j + 2 * q;
-        if col < n {
-            // SAFETY: row < m and col < n.
+    // 16-column block b: accumulators 8 b ..+ 8 (columns 16 b + 2q, + 1 of both rows, then
+    // 16 b + 8 + 2q, + 1).
+    let store = |b: u32, a: [f32; 8]| {
+        let c16 = n0 + 16 * b;
+        if c16 < n {
+            // SAFETY: rows checked against m, c16 < n.
             unsafe {
                 if row0 < m {
-                    out.store_pair(row0, col, a[0] * sc[0], a[1] * sc[0]);
+                    out.store(row0, c16, q, [a[0] * sc[0], a[1] * sc[0]], [a[4] * sc[0], a[5] * sc[0]]);
                 }
                 if row1 < m {
-                    out.store_pair(row1, col, a[2] * sc[1], a[3] * sc[1]);
+                    out.store(row1, c16, q, [a[2] * sc[1], a[3] * sc[1]], [a[6] * sc[1], a[7] * sc[1]]);
                 }
             }
         }
     };
-    // Written out for each j (a macro, not a loop) so that every accumulator index is a
+    // Written out for each block (a macro, not a loop) so that every accumulator index is a
     // constant: a run-time index would move the accumulators to local memory.
     macro_rules! store_all {
-        ($($j:literal)*) => { $(store($j, [acc[4 * $j], acc[4 * $j + 1], acc[4 * $j + 2], acc[4 * $j + 3]]);)* };
+        ($($b:literal)*) => {
+            $(store($b, core::array::from_fn(|i| acc[8 * $b + i]));)*
+        };
     }
-    store_all!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);
+    store_all!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
 }

@@ -28,6 +28,8 @@ pub mod ptx;
 
 // Helpers both PTX modules use.
 #[cfg(target_arch = "nvptx64")]
+mod activation;
+#[cfg(target_arch = "nvptx64")]
 mod norm;
 #[cfg(target_arch = "nvptx64")]
 mod qkv_out;
@@ -39,7 +41,6 @@ macro_rules! sm90_modules {
     };
 }
 sm90_modules! {
-    mod activation;
     mod argmax_key;
     mod decode;
     mod head;
