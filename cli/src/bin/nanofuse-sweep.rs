@@ -9,7 +9,9 @@
 //!   and `Auto`, against `reference::qkv_rows`;
 //! * `UnfusedRmsNormQkv::forward_into` for `NormCublas` and `NormNanofuse`, against the same rows;
 //! * `ops::rms_norm` against `reference::rms_norm_f32` (every row);
-//! * `ops::gemm` with nanofuse's GEMM and with cuBLAS, against `reference::gemm_rows`.
+//! * `ops::gemm` with nanofuse's GEMM and with cuBLAS, against `reference::gemm_rows`;
+//! * `FusedWgmma` (the sm_90a module's `fused_rmsnorm_qkv_wgmma`) where the device and K
+//!   allow it.
 //!
 //! Per MLP shape (H, I) and M, the same way:
 //! * `FusedRmsNormGateUp::forward_into_with` on `FusedDecode` (the four
@@ -19,7 +21,9 @@
 //!   `FusedDecode` (the four `proj_residual_decode*` entries) and `NormCublas` (cuBLAS with
 //!   `beta = 1`), in place on `Auto`, against `reference::proj_residual_rows`;
 //! * `UnfusedMlp::gate_up_into` and `down_into` for `NormCublas` and `NormNanofuse` (their
-//!   GEMMs, `silu_mul` on PyTorch's merged layout, `residual_add`), against the same rows.
+//!   GEMMs, `silu_mul` on PyTorch's merged layout, `residual_add`), against the same rows;
+//! * `FusedWgmma` for both ops (`fused_rmsnorm_gate_up_wgmma`, `proj_residual_wgmma`) where
+//!   the device and K allow it.
 //!
 //! The decode engine's kernels (`engine_sweep`): `argmax` over tail lengths, `step_begin`
 //! (a prompt step and an overflow step), `qk_norm_rope` with and without the q/k norm,
@@ -52,14 +56,14 @@ use nanofuse::plan::{self, DECODE_MAX_M, DecodePlan};
 use nanofuse::reference::{self, compare, concat_qkv, rms};
 use nanofuse::{
     Baseline, Error, FusedRmsNormGateUp, FusedRmsNormQkv, Gpu, KernelId, MlpShape, ProjResidual, QkvShape, Route,
-    UnfusedMlp, UnfusedRmsNormQkv, bf16,
+    UnfusedMlp, UnfusedRmsNormQkv, WGMMA_ENTRIES, bf16,
 };
 use nanofuse_cli::bench::{random_bf16, random_weights};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 /// The shapes of the sweep: (name, K, Nq, Nkv).
-const SHAPES: [(&str, usize, usize, usize); 4] = [
+const SHAPES: [(&str, usize, usize, usize); 5] = [
     // K = 1000 and N = 341 are multiples of no tile size; the q/k and k/v boundaries fall
     // inside MMA tiles.
     ("tails", 1000, 203, 69),
@@ -71,6 +75,9 @@ const SHAPES: [(&str, usize, usize, usize); 4] = [
     // the row shared by all warps at M = 1); at M = 9 its x rows (216 KB) do not fit two
     // CTAs per SM, so the planner streams x through the ring (`_ring`).
     ("long-k", 12288, 256, 64),
+    // K = 1056 = 16 · 64 + 32: whole interleave blocks (the warpgroup-MMA path runs it) and a
+    // half K tile; N off every tile.
+    ("wgmma-tails", 1056, 203, 69),
 ];
 
 /// Batch sizes: one token, a few, one past 8 (the decode kernels' two-token-tile entries with
@@ -90,7 +97,7 @@ const MAX_REL_FROBENIUS: f64 = 4e-3;
 
 /// The MLP shapes of the sweep: (name, H, I), all H and I odd multiples of 8 (every K loop
 /// ends in a partial 32-element block). On an H100 the planner picks:
-const MLP_SHAPES: [(&str, usize, usize); 3] = [
+const MLP_SHAPES: [(&str, usize, usize); 4] = [
     // gate/up and down: `_early_m8` at M <= 8, `_early` above.
     ("mlp-tails", 1000, 2008),
     // gate/up: the plain entry at M <= 3, the ring from M = 4 (x rows too long to stage
@@ -99,6 +106,9 @@ const MLP_SHAPES: [(&str, usize, usize); 3] = [
     // gate/up: `_early_m8`, `_early`; down (K = 12296): the plain entry at M <= 3, the
     // ring from M = 4.
     ("mlp-long-i", 136, 12296),
+    // H and I multiples of 32 (the warpgroup-MMA path runs gate/up and down), neither of 64
+    // (K tails), 2I off the 256-row tile.
+    ("mlp-wgmma", 1056, 1184),
 ];
 
 /// Batch sizes of the MLP cases: every M of the decode kernels, one past, a small batch.
@@ -191,6 +201,9 @@ fn main() -> ExitCode {
     if args.list_kernels {
         for k in KernelId::ALL {
             println!("{}", k.name());
+        }
+        for (name, _) in WGMMA_ENTRIES {
+            println!("{name}");
         }
         return ExitCode::SUCCESS;
     }
@@ -335,6 +348,9 @@ impl<'a> Sweep<'a> {
             ("ops::gemm cublas", |s| s.gemm(GemmImpl::Cublas)),
         ];
         cases.extend(rest);
+        if self.op.has_wgmma() {
+            cases.push(("fused-wgmma", |s| s.forward(Route::FusedWgmma)));
+        }
         cases
     }
 
@@ -614,6 +630,13 @@ impl<'a> MlpSweep<'a> {
                 ("down baseline nanofuse", |s| s.down_baseline(Baseline::NormNanofuse)),
             ];
             cases.extend(rest);
+            if self.ops.gate_up.has_wgmma() {
+                cases.push(("gate-up fused-wgmma", |s| s.gate_up(Route::FusedWgmma)));
+            }
+            if self.ops.proj.has_wgmma() {
+                cases.push(("proj fused-wgmma", |s| s.proj(Route::FusedWgmma, false)));
+                cases.push(("proj fused-wgmma (out)", |s| s.proj(Route::FusedWgmma, true)));
+            }
         }
         cases
     }
