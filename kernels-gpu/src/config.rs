@@ -423,6 +423,23 @@ pub mod wgmma {
     /// full and an empty barrier (8 bytes each) per stage.
     pub const SMEM_BYTES: u32 = 1024 + STAGES * STAGE_BYTES + 16 * STAGES;
 
+    /// The `wgmma` matrix descriptor of a K-major tile with 128-byte swizzle at shared
+    /// address `base` (1024-byte aligned: base offset 0), at its k16 slice `j` (0..4): bits
+    /// 0-13 the start address >> 4 (slice `j` starts `32 j` bytes in), bits 16-29 the leading
+    /// byte offset >> 4 (unused with swizzling; 1), bits 32-45 the stride byte offset >> 4
+    /// (1024 bytes between 8-row groups), bits 62-63 the layout (1: 128-byte swizzle).
+    pub const fn desc_k_sw128(base: u32, j: u32) -> u64 {
+        let start = ((base & 0x3_FFFF) >> 4) as u64 + 2 * j as u64;
+        start | (1 << 16) | (64 << 32) | (1 << 62)
+    }
+
+    /// The byte offset of 16-byte chunk `c` of row `r` in a tile of 128-byte rows with the
+    /// 128-byte swizzle (what the TMA writes with `CU_TENSOR_MAP_SWIZZLE_128B` into a
+    /// 1024-byte aligned tile, and what the kernel's `cp.async` copies of x write).
+    pub const fn swizzled(r: u32, c: u32) -> u32 {
+        r * 128 + ((c ^ (r % 8)) * 16)
+    }
+
     const _: () = assert!(STAGE_BYTES.is_multiple_of(1024));
     // An H100's opt-in maximum of dynamic shared memory per CTA (227 KiB).
     const _: () = assert!(SMEM_BYTES <= 227 * 1024);

@@ -65,7 +65,9 @@
 //! serialization. Launch bounds 384 threads, 1 CTA per SM (for `setmaxnreg`).
 
 use crate::activation::{round_bf16, silu_mul};
-use crate::config::wgmma::{BK, BM, BN, CONSUMER_REGS, PRODUCER_REGS, STAGE_BYTES, STAGES, THREADS, W_TILE_BYTES};
+use crate::config::wgmma::{
+    BK, BM, BN, CONSUMER_REGS, PRODUCER_REGS, STAGE_BYTES, STAGES, THREADS, W_TILE_BYTES, swizzled,
+};
 use crate::norm::{inv_rms, sum_squares_bf16x8};
 use crate::ptx::convert::{cvt_rn_bf16x2_f32, unpack_bf16x2};
 use crate::ptx::cp_async::cp_async_cg_shared_global_16;
@@ -295,12 +297,6 @@ impl Smem {
     fn empty(self, s: u32) -> SharedPtr<u64> {
         SharedPtr::from_addr(self.base + STAGES * STAGE_BYTES + 8 * (STAGES + s))
     }
-}
-
-/// The byte offset of 16-byte chunk `c` of row `r` in a 128-byte-swizzled tile.
-#[inline(always)]
-fn swizzled(r: u32, c: u32) -> u32 {
-    r * 128 + ((c ^ (r % 8)) * 16)
 }
 
 /// The kernel body, epilogue `E`.

@@ -16,7 +16,7 @@
 //! byte offset >> 4 (unused with swizzling; 1), bits 32-45 the stride byte offset >> 4
 //! (1024 bytes between 8-row groups: 64), bits 62-63 the layout (1: 128-byte swizzle).
 //! The k16 slice `j` of the 64-wide row starts `32 j` bytes in: add `2 j` to the
-//! descriptor ([`desc_k_sw128`]). (PTX ISA, "Matrix Descriptor Format"; CUTLASS's
+//! descriptor ([`desc_k_sw128`], in `config` so that the host's tests check its fields). (PTX ISA, "Matrix Descriptor Format"; CUTLASS's
 //! `make_gmma_desc` makes the same choice.)
 //!
 //! # Ordering
@@ -28,13 +28,7 @@
 
 use core::arch::asm;
 
-/// The descriptor of a K-major, 128-byte-swizzled tile at shared address `base` (1024-byte
-/// aligned), at its k16 slice `j` (0..4). See the module documentation.
-#[inline(always)]
-pub const fn desc_k_sw128(base: u32, j: u32) -> u64 {
-    let start = ((base & 0x3_FFFF) >> 4) as u64 + 2 * j as u64;
-    start | (1 << 16) | (64 << 32) | (1 << 62)
-}
+pub use crate::config::wgmma::desc_k_sw128;
 
 /// `wgmma.fence.sync.aligned;` — order the warpgroup's earlier register writes before the
 /// `wgmma`s that follow.
