@@ -11,7 +11,7 @@
 //! `config::wgmma`.)
 
 use nanofuse_kernels_gpu::config::interleave::source;
-use nanofuse_kernels_gpu::config::wgmma::{desc_k_sw128, swizzled};
+use nanofuse_kernels_gpu::config::wgmma::{BM, consumer_rows, desc_k_sw128, swizzled};
 
 #[test]
 fn descriptor_fields() {
@@ -52,6 +52,23 @@ fn natural_chunk_q_is_the_interleaved_a_fragment() {
                     assert_eq!(source(pos + 8, k), chunk_elem(2 * s + 1), "block {b} q {q} slice {s} a2/a3");
                 }
             }
+        }
+    }
+}
+
+#[test]
+fn consumer_warpgroups_cover_their_rows() {
+    for c in 0..2 {
+        let mut count = vec![0; BM as usize];
+        for t in 0..128 {
+            let (r0, r1) = consumer_rows(c, t);
+            assert_eq!(r1, r0 + 8);
+            count[r0 as usize] += 1;
+            count[r1 as usize] += 1;
+        }
+        for (r, &n) in count.iter().enumerate() {
+            let mine = (64 * c as usize..64 * c as usize + 64).contains(&r);
+            assert_eq!(n, if mine { 4 } else { 0 }, "consumer {c}, row {r}");
         }
     }
 }

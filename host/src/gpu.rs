@@ -103,17 +103,19 @@ struct CachedWgmma {
 
 static WGMMA_MODULES: Mutex<Vec<CachedWgmma>> = Mutex::new(Vec::new());
 
-/// The sm_90a module `ptx` loaded in `ctx`, shared as [`shared_kernels`] shares the main one.
-fn shared_wgmma(ctx: &Arc<CudaContext>, ptx: &str) -> Result<Arc<WgmmaKernels>> {
+/// The sm_90a module `ptx` loaded in `ctx`, shared as [`shared_kernels`] shares the main one;
+/// `None` where its compiled entries are unusable (`WgmmaKernels::load`).
+fn shared_wgmma(ctx: &Arc<CudaContext>, ptx: &str) -> Result<Option<Arc<WgmmaKernels>>> {
     let mut cache = WGMMA_MODULES.lock().unwrap_or_else(PoisonError::into_inner);
     cache.retain(|m| m.kernels.strong_count() > 0);
     let key = ctx.cu_ctx() as usize;
     if let Some(kernels) = cache.iter().find(|m| m.ctx == key && *m.ptx == *ptx).and_then(|m| m.kernels.upgrade()) {
-        return Ok(kernels);
+        return Ok(Some(kernels));
     }
-    let kernels = Arc::new(WgmmaKernels::load(ctx, ptx)?);
+    let Some(kernels) = WgmmaKernels::load(ctx, ptx)? else { return Ok(None) };
+    let kernels = Arc::new(kernels);
     cache.push(CachedWgmma { ctx: key, ptx: ptx.into(), kernels: Arc::downgrade(&kernels) });
-    Ok(kernels)
+    Ok(Some(kernels))
 }
 
 impl Gpu {
@@ -169,7 +171,7 @@ impl Gpu {
         check_arch(&info, ptx_arch)?;
         let kernels = shared_kernels(&ctx, ptx, info.max_smem_per_block)?;
         let wgmma = match sm90a_ptx {
-            Some(text) if !text.is_empty() && info.compute_capability == (9, 0) => Some(shared_wgmma(&ctx, text)?),
+            Some(text) if !text.is_empty() && info.compute_capability == (9, 0) => shared_wgmma(&ctx, text)?,
             _ => None,
         };
         let pdl = AtomicBool::new(info.compute_capability.0 >= 9);

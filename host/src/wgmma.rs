@@ -14,7 +14,7 @@ use cudarc::driver::sys::{
 };
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use cudarc::nvrtc::Ptx;
-use nanofuse_kernels_gpu::config::wgmma::{BK, BM, BN, SMEM_BYTES, THREADS};
+use nanofuse_kernels_gpu::config::wgmma::{BK, BM, BN, ENTRY_REGS, SMEM_BYTES, THREADS};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -49,8 +49,11 @@ pub(crate) struct WgmmaKernels {
 }
 
 impl WgmmaKernels {
-    /// Loads the module's entries and raises their dynamic shared-memory limit.
-    pub(crate) fn load(ctx: &Arc<CudaContext>, ptx: &str) -> Result<WgmmaKernels> {
+    /// Loads the module's entries and raises their dynamic shared-memory limit; `None` when
+    /// the driver's compilation of an entry broke the contract its `setmaxnreg` split rests on
+    /// ([`ENTRY_REGS`] registers per thread, no local memory): the consumers' request would
+    /// then wait forever, so the ops take other routes.
+    pub(crate) fn load(ctx: &Arc<CudaContext>, ptx: &str) -> Result<Option<WgmmaKernels>> {
         let module = ctx
             .load_module(Ptx::from_src(ptx))
             .map_err(|e| Error::Module { reason: format!("the sm_90a module: {e}") })?;
@@ -60,14 +63,18 @@ impl WgmmaKernels {
                 .map_err(|e| Error::Module { reason: format!("kernel `{name}` not found: {e}") })?;
             f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_BYTES as i32)
                 .map_err(Error::driver("cuFuncSetAttribute"))?;
-            Ok::<_, Error>(Entry { f, name, params })
+            let attr = |a| f.get_attribute(a).map_err(Error::driver("cuFuncGetAttribute"));
+            let regs = attr(CUfunction_attribute::CU_FUNC_ATTRIBUTE_NUM_REGS)?;
+            let local = attr(CUfunction_attribute::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)?;
+            let sound = regs == ENTRY_REGS as i32 && local == 0;
+            Ok::<_, Error>(sound.then_some(Entry { f, name, params }))
         };
-        Ok(WgmmaKernels {
-            fused: load(WGMMA_ENTRIES[0])?,
-            gemm: load(WGMMA_ENTRIES[1])?,
-            gate_up: load(WGMMA_ENTRIES[2])?,
-            proj: load(WGMMA_ENTRIES[3])?,
-        })
+        let (Some(fused), Some(gemm), Some(gate_up), Some(proj)) =
+            (load(WGMMA_ENTRIES[0])?, load(WGMMA_ENTRIES[1])?, load(WGMMA_ENTRIES[2])?, load(WGMMA_ENTRIES[3])?)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(WgmmaKernels { fused, gemm, gate_up, proj }))
     }
 
     /// The launch shape for `m` tokens and `n` W rows.

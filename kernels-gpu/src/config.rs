@@ -409,6 +409,10 @@ pub mod wgmma {
     pub const STAGES: u32 = 4;
     /// Threads per CTA: a producer warpgroup and two consumer warpgroups.
     pub const THREADS: u32 = 384;
+    /// Registers per thread at entry: the launch bounds (384 threads, one CTA per SM) cap
+    /// ptxas at `65536 / 384` rounded down to a multiple of 8; the `setmaxnreg` split below
+    /// hands out exactly the CTA's `384 · ENTRY_REGS` (the host checks the compiled entries).
+    pub const ENTRY_REGS: u32 = 168;
     /// Registers per thread the producer warpgroup keeps (`setmaxnreg.dec`).
     pub const PRODUCER_REGS: u32 = 40;
     /// Registers per thread the consumer warpgroups take (`setmaxnreg.inc`).
@@ -440,8 +444,18 @@ pub mod wgmma {
         r * 128 + ((c ^ (r % 8)) * 16)
     }
 
+    /// The two tile rows (tokens) of consumer warpgroup `c` (0 or 1) that its thread `t`
+    /// (0..128, within the warpgroup) holds in its A fragments and accumulators: warp `t /
+    /// 32` of the warpgroup owns rows `64 c + 16 (t / 32) ..+ 16`, lane group `(t % 32) / 4`
+    /// rows `g` and `g + 8` of those.
+    pub const fn consumer_rows(c: u32, t: u32) -> (u32, u32) {
+        let r0 = 64 * c + 16 * (t / 32) + (t % 32) / 4;
+        (r0, r0 + 8)
+    }
+
     const _: () = assert!(STAGE_BYTES.is_multiple_of(1024));
     // An H100's opt-in maximum of dynamic shared memory per CTA (227 KiB).
     const _: () = assert!(SMEM_BYTES <= 227 * 1024);
-    const _: () = assert!(PRODUCER_REGS * 128 + 2 * CONSUMER_REGS * 128 <= 65536);
+    const _: () = assert!(PRODUCER_REGS * 128 + 2 * CONSUMER_REGS * 128 == ENTRY_REGS * THREADS);
+    const _: () = assert!(ENTRY_REGS * THREADS <= 65536 && (ENTRY_REGS + 8) * THREADS > 65536);
 }

@@ -10,7 +10,7 @@
 //!
 //! The fused ops' W is the folded `W' = bf16(W · diag(g))` in the k-interleaved order
 //! (`config::interleave`), so `out[m, n] = inv_rms[m] · Σ_k x[m, k] · W'[n, k]`; the plain
-//! ones take x and W in the same order, whichever it is, with `scale = 1`.
+//! ones take W as given, in natural order, with `scale = 1`. x is always natural.
 //!
 //! # Tiling (`config::wgmma`)
 //! * CTA tile `BM x BN = 128 tokens x 256 W rows`, K in tiles of `BK = 64`; grid
@@ -23,7 +23,8 @@
 //!   swizzle) and an x tile `[128][64]` (16 KiB, the same swizzle written by `cp.async`:
 //!   16-byte chunk `c` of row `r` at chunk `c ^ (r % 8)`), 1024-byte aligned. A `full`
 //!   barrier per stage completes when the W tile's bytes have landed (the producer's leader
-//!   arms it with `expect_tx`) and each of the 128 producer threads' x copies have
+//!   arms it with `expect_tx`) and each of the 128 producer threads' x copies (thread `t`:
+//!   chunk `t % 8` of rows `t / 8 + 16 i`, so a warp reads whole rows) have
 //!   (`cp.async.mbarrier.arrive.noinc`): count 129. An `empty` barrier per stage completes
 //!   when the 256 consumer threads are done with it.
 //!
@@ -33,7 +34,8 @@
 //! block for its rows `16 w + g` and `+ 8` (interleaved slot `2q, 2q + 1` holds natural
 //! word `4q`, slot `2q + 8, 2q + 9` word `4q + 1`, and the next slice words `4q + 2`, `4q +
 //! 3`): one `ld.shared.v4` per row and block gives the A fragments of two `wgmma`s in the
-//! interleaved order, so x never needs rewriting. The same registers give the row's sum of
+//! interleaved order, so x never needs rewriting. With a natural W (the plain entries) slice
+//! `j`'s slots are word `q` of x's chunks `2j` and `2j + 1`: four `ld.shared.u32` per slice. The same registers give the row's sum of
 //! squares for the norm (the four lanes `q` of a row add theirs at the end), in the lanes
 //! whose accumulators the row's `inv_rms` scales: the norm costs no shared memory and no
 //! barrier. Requires `K % 32 == 0` (whole interleave blocks); the host routes other K
@@ -66,16 +68,16 @@
 
 use crate::activation::{round_bf16, silu_mul};
 use crate::config::wgmma::{
-    BK, BM, BN, CONSUMER_REGS, PRODUCER_REGS, STAGE_BYTES, STAGES, THREADS, W_TILE_BYTES, swizzled,
+    BK, BM, BN, CONSUMER_REGS, PRODUCER_REGS, STAGE_BYTES, STAGES, THREADS, W_TILE_BYTES, consumer_rows, swizzled,
 };
 use crate::norm::{inv_rms, sum_squares_bf16x8};
 use crate::ptx::convert::{cvt_rn_bf16x2_f32, unpack_bf16x2};
-use crate::ptx::cp_async::cp_async_cg_shared_global_16;
+use crate::ptx::cp_async::{cp_async_cg_shared_global_16, cp_async_wait_all};
 use crate::ptx::mbarrier::{
     cp_async_mbarrier_arrive_noinc_shared, fence_mbarrier_init_release_cluster, mbarrier_arrive_expect_tx_shared,
     mbarrier_arrive_shared, mbarrier_init_shared, mbarrier_wait_parity,
 };
-use crate::ptx::shared::{SharedPtr, dynamic_shared_base, ld_shared_v4_u32};
+use crate::ptx::shared::{SharedPtr, dynamic_shared_base, ld_shared_u32, ld_shared_v4_u32};
 use crate::ptx::sync::{griddepcontrol_launch_dependents, griddepcontrol_wait};
 use crate::ptx::thread::{block_dim_x, block_idx_x, block_idx_y, lane_id, sync_threads, thread_idx_x};
 use crate::ptx::tma::{cp_async_bulk_tensor_2d_global_shared, fence_proxy_tensormap_acquire_sys};
@@ -111,18 +113,18 @@ pub unsafe extern "gpu-kernel" fn fused_rmsnorm_qkv_wgmma(
     eps: f32,
 ) {
     // SAFETY: forwarded to the caller.
-    unsafe { run(x, w_map, Qkv::<true>(QkvOut { q, k: k_out, v, nq, nkv }), m, k, eps) }
+    unsafe { run::<false, _>(x, w_map, Qkv::<true>(QkvOut { q, k: k_out, v, nq, nkv }), m, k, eps) }
 }
 
-/// `y = x · Wᵀ`, prefill. See the module documentation.
+/// `y = x · Wᵀ`, prefill, W natural. See the module documentation.
 ///
 /// # Safety
-/// As [`fused_rmsnorm_qkv_wgmma`] with `y [m, n]` and W `[n, k]`.
+/// As [`fused_rmsnorm_qkv_wgmma`] with `y [m, n]` and `w_map` describing a natural W `[n, k]`.
 #[unsafe(no_mangle)]
 pub unsafe extern "gpu-kernel" fn gemm_wgmma(x: *const u16, w_map: *const u8, y: *mut u16, m: u32, k: u32, n: u32) {
     let out = QkvOut { q: y, k: y, v: y, nq: n, nkv: 0 };
     // SAFETY: forwarded to the caller.
-    unsafe { run(x, w_map, Qkv::<false>(out), m, k, 0.0) }
+    unsafe { run::<true, _>(x, w_map, Qkv::<false>(out), m, k, 0.0) }
 }
 
 /// Fused RMSNorm + gate/up + SiLU·mul, prefill: `a [m, inter]`. See the module
@@ -145,10 +147,10 @@ pub unsafe extern "gpu-kernel" fn fused_rmsnorm_gate_up_wgmma(
         trap();
     }
     // SAFETY: forwarded to the caller.
-    unsafe { run(x, w_map, GateUp { a, inter }, m, k, eps) }
+    unsafe { run::<false, _>(x, w_map, GateUp { a, inter }, m, k, eps) }
 }
 
-/// `out = residual + x · Wᵀ`, prefill. See the module documentation.
+/// `out = residual + x · Wᵀ`, prefill, W natural. See the module documentation.
 ///
 /// # Safety
 /// As [`gemm_wgmma`] with `residual, out [m, n]` (`out` may be `residual`, nothing else may
@@ -168,7 +170,7 @@ pub unsafe extern "gpu-kernel" fn proj_residual_wgmma(
         trap();
     }
     // SAFETY: forwarded to the caller.
-    unsafe { run(x, w_map, Residual { residual, out, n }, m, k, 0.0) }
+    unsafe { run::<true, _>(x, w_map, Residual { residual, out, n }, m, k, 0.0) }
 }
 
 /// Where a consumer's finished values go. Per token row and 16-column block `c16` (a
@@ -299,12 +301,12 @@ impl Smem {
     }
 }
 
-/// The kernel body, epilogue `E`.
+/// The kernel body: W in natural k order (`W_NAT`) or k-interleaved, epilogue `E`.
 ///
 /// # Safety
 /// As the entries'.
 #[inline(always)]
-unsafe fn run<E: BlockOut>(x: *const u16, w_map: *const u8, out: E, m: u32, k: u32, eps: f32) {
+unsafe fn run<const W_NAT: bool, E: BlockOut>(x: *const u16, w_map: *const u8, out: E, m: u32, k: u32, eps: f32) {
     if block_dim_x() != THREADS || !k.is_multiple_of(32) || k == 0 || m == 0 {
         trap();
     }
@@ -335,7 +337,7 @@ unsafe fn run<E: BlockOut>(x: *const u16, w_map: *const u8, out: E, m: u32, k: u
     } else {
         setmaxnreg_inc::<CONSUMER_REGS>();
         // SAFETY: forwarded.
-        unsafe { consume(sm, out, m, k, m0, n0, k_tiles, tid - WG, eps) };
+        unsafe { consume::<W_NAT, E>(sm, out, m, k, m0, n0, k_tiles, tid % WG, eps) };
     }
 }
 
@@ -363,8 +365,9 @@ unsafe fn produce(sm: Smem, x: *const u16, w_map: *const u8, m: u32, k: u32, m0:
         load_w(kt);
     }
     griddepcontrol_wait();
-    let row = m0 + t;
-    let row_ok = row < m;
+    // Thread t copies chunk t % 8 of tile rows t / 8 + 16 i: each warp instruction reads four
+    // whole 128-byte rows of x.
+    let chunk = t % 8;
     for kt in 0..k_tiles {
         let s = kt % STAGES;
         let phase = (kt / STAGES) & 1;
@@ -374,16 +377,21 @@ unsafe fn produce(sm: Smem, x: *const u16, w_map: *const u8, m: u32, k: u32, m0:
             load_w(kt);
         }
         let xt = sm.x_tile(s);
-        for c in 0..(BK / 8) {
-            let col = kt * BK + 8 * c;
-            let ok = row_ok && col < k;
-            let src = if ok { x.wrapping_add(row as usize * k as usize + col as usize) } else { x };
-            // SAFETY: the chunk lies in row t of the stage's x tile; src is read only when ok.
-            unsafe { cp_async_cg_shared_global_16(xt.byte_add(swizzled(t, c)), src.cast(), if ok { 16 } else { 0 }) };
+        let col = kt * BK + 8 * chunk;
+        for i in 0..(BM / 16) {
+            let r = t / 8 + 16 * i;
+            let ok = m0 + r < m && col < k;
+            let src = if ok { x.wrapping_add((m0 + r) as usize * k as usize + col as usize) } else { x };
+            // SAFETY: the chunk lies in row r of the stage's x tile; src is read only when ok.
+            unsafe {
+                cp_async_cg_shared_global_16(xt.byte_add(swizzled(r, chunk)), src.cast(), if ok { 16 } else { 0 })
+            };
         }
         // SAFETY: the stage's full barrier counts this thread's arrival.
         unsafe { cp_async_mbarrier_arrive_noinc_shared(sm.full(s)) };
     }
+    // The thread's last copies (and their arrivals) complete before it exits.
+    cp_async_wait_all();
 }
 
 /// A consumer warpgroup (`t` its thread, 0..128): tokens `64 c ..+ 64` of the tile, `c` the
@@ -393,13 +401,25 @@ unsafe fn produce(sm: Smem, x: *const u16, w_map: *const u8, m: u32, k: u32, m0:
 /// As [`run`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn consume<E: BlockOut>(sm: Smem, out: E, m: u32, k: u32, m0: u32, n0: u32, k_tiles: u32, t: u32, eps: f32) {
+unsafe fn consume<const W_NAT: bool, E: BlockOut>(
+    sm: Smem,
+    out: E,
+    m: u32,
+    k: u32,
+    m0: u32,
+    n0: u32,
+    k_tiles: u32,
+    t: u32,
+    eps: f32,
+) {
+    // Every read of this warpgroup's inputs follows a `full` barrier that the producer's
+    // copies after its dependency wait complete; waiting here too costs nothing and does not
+    // rest the epilogue's residual reads and stores on that chain.
+    griddepcontrol_wait();
     let c = (thread_idx_x() / WG) - 1;
-    let (w, lane) = (t / 32, lane_id());
-    let (g, q) = (lane / 4, lane % 4);
-    // The lane's rows of the x tile (a0/a2 and a1/a3 of the A fragment).
-    let r0 = 64 * c + 16 * w + g;
-    let r1 = r0 + 8;
+    let q = lane_id() % 4;
+    // The lane's rows of the x tile (a0/a2 and a1/a3 of the A fragment, and of D).
+    let (r0, r1) = consumer_rows(c, t);
     let mut acc = [0.0f32; 128];
     let mut ss = [0.0f32; 2];
     for kt in 0..k_tiles {
@@ -409,22 +429,43 @@ unsafe fn consume<E: BlockOut>(sm: Smem, out: E, m: u32, k: u32, m0: u32, n0: u3
         // barrier) and x (this CTA's cp.async, through the barrier) are visible.
         unsafe { mbarrier_wait_parity(sm.full(s), phase) };
         let xt = sm.x_tile(s);
-        // SAFETY: inside the stage's x tile.
-        let ld = |r: u32, chunk: u32| unsafe { ld_shared_v4_u32(xt.byte_add(swizzled(r, chunk)).cast()) };
-        let (b0r0, b0r1, b1r0, b1r1) = (ld(r0, q), ld(r1, q), ld(r0, 4 + q), ld(r1, 4 + q));
-        if E::NORM {
-            ss[0] += sum_squares_bf16x8(b0r0) + sum_squares_bf16x8(b1r0);
-            ss[1] += sum_squares_bf16x8(b0r1) + sum_squares_bf16x8(b1r1);
-        }
         let wt = sm.w_tile(s).addr();
+        // The four k16 slices' A fragments (module documentation, "Why A comes from registers").
+        let a: [[u32; 4]; 4] = if W_NAT {
+            // W natural: slice j's slots 2q, 2q + 1 / 2q + 8, 2q + 9 are word q of chunks 2j / 2j + 1.
+            // SAFETY: inside the stage's x tile.
+            let ld = |r: u32, chunk: u32| unsafe { ld_shared_u32(xt.byte_add(swizzled(r, chunk) + 4 * q).cast()) };
+            core::array::from_fn(|j| {
+                let j = j as u32;
+                [ld(r0, 2 * j), ld(r1, 2 * j), ld(r0, 2 * j + 1), ld(r1, 2 * j + 1)]
+            })
+        } else {
+            // W interleaved: natural chunk q of each 32-element block holds two slices' A words.
+            // SAFETY: inside the stage's x tile.
+            let ld = |r: u32, chunk: u32| unsafe { ld_shared_v4_u32(xt.byte_add(swizzled(r, chunk)).cast()) };
+            let (b0r0, b0r1, b1r0, b1r1) = (ld(r0, q), ld(r1, q), ld(r0, 4 + q), ld(r1, 4 + q));
+            [
+                [b0r0[0], b0r1[0], b0r0[1], b0r1[1]],
+                [b0r0[2], b0r1[2], b0r0[3], b0r1[3]],
+                [b1r0[0], b1r1[0], b1r0[1], b1r1[1]],
+                [b1r0[2], b1r1[2], b1r0[3], b1r1[3]],
+            ]
+        };
+        if E::NORM {
+            // Rows r0 (words a0, a2) and r1 (a1, a3): the lane's 16 elements of each per k tile.
+            for f in a.iter() {
+                ss[0] += sum_squares_bf16x8([f[0], f[2], 0, 0]);
+                ss[1] += sum_squares_bf16x8([f[1], f[3], 0, 0]);
+            }
+        }
         wgmma_fence();
         // SAFETY: the stage's W tile, seen through its full barrier; the warpgroup issues
         // these together with the same descriptors.
         unsafe {
-            wgmma_m64n256k16_f32_bf16_rs(&mut acc, [b0r0[0], b0r1[0], b0r0[1], b0r1[1]], desc_k_sw128(wt, 0), kt > 0);
-            wgmma_m64n256k16_f32_bf16_rs(&mut acc, [b0r0[2], b0r1[2], b0r0[3], b0r1[3]], desc_k_sw128(wt, 1), true);
-            wgmma_m64n256k16_f32_bf16_rs(&mut acc, [b1r0[0], b1r1[0], b1r0[1], b1r1[1]], desc_k_sw128(wt, 2), true);
-            wgmma_m64n256k16_f32_bf16_rs(&mut acc, [b1r0[2], b1r1[2], b1r0[3], b1r1[3]], desc_k_sw128(wt, 3), true);
+            wgmma_m64n256k16_f32_bf16_rs(&mut acc, a[0], desc_k_sw128(wt, 0), kt > 0);
+            wgmma_m64n256k16_f32_bf16_rs(&mut acc, a[1], desc_k_sw128(wt, 1), true);
+            wgmma_m64n256k16_f32_bf16_rs(&mut acc, a[2], desc_k_sw128(wt, 2), true);
+            wgmma_m64n256k16_f32_bf16_rs(&mut acc, a[3], desc_k_sw128(wt, 3), true);
         }
         wgmma_commit_group();
         wgmma_wait_group::<0>(&mut acc);

@@ -68,6 +68,14 @@ pub fn cp_async_commit_group() {
     unsafe { asm!("cp.async.commit_group;", options(nostack)) }
 }
 
+/// `cp.async.wait_all;` — wait until every `cp.async` this thread issued, committed or not,
+/// has completed.
+#[inline(always)]
+pub fn cp_async_wait_all() {
+    // SAFETY: no operands.
+    unsafe { asm!("cp.async.wait_all;", options(nostack)) }
+}
+
 /// `cp.async.wait_group N;` — wait until at most `N` committed groups are pending.
 #[inline(always)]
 pub fn cp_async_wait_group<const N: u32>() {
