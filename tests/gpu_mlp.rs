@@ -183,7 +183,7 @@ fn check_gate_up(gpu: &Gpu, op: &FusedRmsNormGateUp, base: &UnfusedMlp, p: &Gate
     let (hd, i) = (s.hidden, s.inter);
     let dh = gpu.upload(&p.h).unwrap();
     let mut outputs: Vec<(Route, Vec<bf16>)> = Vec::new();
-    for route in routes(op.has_wgmma()) {
+    for route in routes(common::wgmma_route(gpu, op.has_wgmma(), s.hidden)) {
         let mut runs = Vec::new();
         for _ in 0..2 {
             let mut a = poisoned(gpu, m * i);
@@ -293,7 +293,7 @@ fn check_proj(gpu: &Gpu, op: &ProjResidual, base: &UnfusedMlp, p: &ProjPoint, fa
     let (n, m) = (op.dims().1, p.m);
     let dx = gpu.upload(&p.x).unwrap();
     let mut outputs: Vec<(Route, Vec<bf16>)> = Vec::new();
-    for route in routes(op.has_wgmma()) {
+    for route in routes(common::wgmma_route(gpu, op.has_wgmma(), op.dims().0)) {
         // In place: h holds the residual, uploaded again before each run.
         let mut runs = Vec::new();
         for _ in 0..2 {

@@ -45,10 +45,8 @@ fn check_shape(name: &str, shape: QkvShape) {
     let mut failures = Vec::new();
     // The warpgroup-MMA path where this device and shape have it (sm_90a, K % 32 == 0).
     let mut paths = PATHS.to_vec();
-    if op.has_wgmma() {
+    if common::wgmma_route(&gpu, op.has_wgmma(), k) {
         paths.push(Route::FusedWgmma);
-    } else {
-        println!("{name}: FusedWgmma not available here (needs compute capability 9.0 and K % 32 == 0)");
     }
     // Every path; the separate-output fallback both ways (one GEMM + split_qkv, three GEMMs).
     let variants = paths.iter().flat_map(|&p| {

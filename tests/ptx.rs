@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use nanofuse::{KERNELS_ARCH, KERNELS_PTX, KERNELS_SM90A_PTX, KernelId, WGMMA_ENTRIES};
+use nanofuse_kernels_gpu::config::wgmma::ENTRY_REGS;
 
 /// The PTX names of every entry the host launches.
 fn kernel_names() -> impl Iterator<Item = &'static str> {
@@ -237,6 +238,8 @@ fn sm90a_module_has_its_entries_and_runs_on_warpgroup_mma() {
             r.spill_store_bytes + r.spill_load_bytes
         );
         assert_eq!(r.spill_store_bytes + r.spill_load_bytes + r.stack_bytes, 0, "`{name}` spills or has a stack frame");
+        // The host refuses the module otherwise (its setmaxnreg split rests on this count).
+        assert_eq!(r.registers, ENTRY_REGS, "`{name}`: registers per thread against config::wgmma::ENTRY_REGS");
     }
     let Some(nvdisasm) = tool("nvdisasm") else {
         skip_note("SASS checks, nvdisasm not found (pip install nvidia-cuda-nvdisasm)");

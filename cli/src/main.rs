@@ -530,6 +530,9 @@ fn tune(a: TuneArgs) -> AppResult<()> {
     let gpu = open()?;
     let copy_gbs = copy_bandwidth_gbs(&gpu, 1 << 30, 20)?;
     print_header(&gpu, Some(copy_gbs));
+    if let Some(why) = gpu.wgmma_unavailable() {
+        println!("warpgroup-MMA rows not run: {why}");
+    }
     println!("{:<13} {:>5} {:<34} {:>9} {:>8} {:>7}", "shape", "M", "variant", "µs", "GB/s", "% copy");
     let info = gpu.info().clone();
     for model in &models {

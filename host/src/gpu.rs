@@ -53,7 +53,8 @@ pub struct Gpu {
     /// One `Kernels` per context and PTX text, shared (see `shared_kernels`).
     pub(crate) kernels: Arc<Kernels>,
     /// The sm_90a module's kernels (warpgroup MMA), where the device and the build have them.
-    pub(crate) wgmma: Option<Arc<WgmmaKernels>>,
+    /// The sm_90a module, or why it is not in use on this device.
+    pub(crate) wgmma: std::result::Result<Arc<WgmmaKernels>, Arc<str>>,
     info: DeviceInfo,
     blas: Mutex<Option<Arc<Blas>>>,
     pdl: AtomicBool,
@@ -94,28 +95,45 @@ fn shared_kernels(ctx: &Arc<CudaContext>, ptx: &str, max_smem: u32) -> Result<Ar
     Ok(kernels)
 }
 
-/// The sm_90a modules loaded in this process, as [`MODULES`].
+/// The sm_90a modules loaded in this process, as [`MODULES`], and the refusals: a module the
+/// driver's compilation made unusable stays refused for its context (no second JIT).
 struct CachedWgmma {
     ctx: usize,
     ptx: Box<str>,
-    kernels: Weak<WgmmaKernels>,
+    kernels: std::result::Result<Weak<WgmmaKernels>, Arc<str>>,
 }
 
 static WGMMA_MODULES: Mutex<Vec<CachedWgmma>> = Mutex::new(Vec::new());
 
 /// The sm_90a module `ptx` loaded in `ctx`, shared as [`shared_kernels`] shares the main one;
-/// `None` where its compiled entries are unusable (`WgmmaKernels::load`).
-fn shared_wgmma(ctx: &Arc<CudaContext>, ptx: &str) -> Result<Option<Arc<WgmmaKernels>>> {
+/// `Err` says why it is unusable (`WgmmaKernels::load`).
+fn shared_wgmma(ctx: &Arc<CudaContext>, ptx: &str) -> std::result::Result<Arc<WgmmaKernels>, Arc<str>> {
     let mut cache = WGMMA_MODULES.lock().unwrap_or_else(PoisonError::into_inner);
-    cache.retain(|m| m.kernels.strong_count() > 0);
+    cache.retain(|m| m.kernels.as_ref().map_or(true, |k| k.strong_count() > 0));
     let key = ctx.cu_ctx() as usize;
-    if let Some(kernels) = cache.iter().find(|m| m.ctx == key && *m.ptx == *ptx).and_then(|m| m.kernels.upgrade()) {
-        return Ok(Some(kernels));
+    if let Some(m) = cache.iter().find(|m| m.ctx == key && *m.ptx == *ptx) {
+        match &m.kernels {
+            Err(why) => return Err(why.clone()),
+            Ok(weak) => {
+                if let Some(kernels) = weak.upgrade() {
+                    return Ok(kernels);
+                }
+            }
+        }
     }
-    let Some(kernels) = WgmmaKernels::load(ctx, ptx)? else { return Ok(None) };
-    let kernels = Arc::new(kernels);
-    cache.push(CachedWgmma { ctx: key, ptx: ptx.into(), kernels: Arc::downgrade(&kernels) });
-    Ok(Some(kernels))
+    let (kernels, cached) = match WgmmaKernels::load(ctx, ptx) {
+        Ok(k) => {
+            let k = Arc::new(k);
+            let weak = Arc::downgrade(&k);
+            (Ok(k), Ok(weak))
+        }
+        Err(why) => {
+            let why: Arc<str> = format!("the sm_90a module is refused: {why}").into();
+            (Err(why.clone()), Err(why))
+        }
+    };
+    cache.push(CachedWgmma { ctx: key, ptx: ptx.into(), kernels: cached });
+    kernels
 }
 
 impl Gpu {
@@ -171,8 +189,11 @@ impl Gpu {
         check_arch(&info, ptx_arch)?;
         let kernels = shared_kernels(&ctx, ptx, info.max_smem_per_block)?;
         let wgmma = match sm90a_ptx {
-            Some(text) if !text.is_empty() && info.compute_capability == (9, 0) => shared_wgmma(&ctx, text)?,
-            _ => None,
+            _ if info.compute_capability != (9, 0) => {
+                Err(format!("compute capability {:?}: the sm_90a module needs 9.0", info.compute_capability).into())
+            }
+            Some(text) if !text.is_empty() => shared_wgmma(&ctx, text),
+            _ => Err("no sm_90a module was given (or the build made none)".into()),
         };
         let pdl = AtomicBool::new(info.compute_capability.0 >= 9);
         Ok(Arc::new(Gpu { ctx, stream, kernels, wgmma, info, blas: Mutex::new(None), pdl }))
@@ -243,7 +264,14 @@ impl Gpu {
 
     /// Whether the warpgroup-MMA kernels (the sm_90a module) are loaded.
     pub fn has_wgmma(&self) -> bool {
-        self.wgmma.is_some()
+        self.wgmma.is_ok()
+    }
+
+    /// Why the warpgroup-MMA kernels are not loaded (`None` when they are): the device is
+    /// not of compute capability 9.0, no sm_90a module was given, or the driver's
+    /// compilation of it was unusable (the reason names the entry and its register count).
+    pub fn wgmma_unavailable(&self) -> Option<String> {
+        self.wgmma.as_ref().err().map(|why| why.to_string())
     }
 
     /// The device's properties.

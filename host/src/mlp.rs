@@ -300,7 +300,7 @@ impl FusedRmsNormGateUp {
                 unsafe { self.norm_cublas(hb.ptr, ab.ptr, m) }
             }
             Route::FusedWgmma => {
-                let (Some(kernels), Some(map)) = (gpu.wgmma.as_ref(), self.weights.map.as_ref()) else {
+                let (Some(kernels), Some(map)) = (gpu.wgmma.as_ref().ok(), self.weights.map.as_ref()) else {
                     return Err(no_wgmma(gpu, s.hidden));
                 };
                 if m > WGMMA_MAX_M {
@@ -522,7 +522,7 @@ impl ProjResidual {
                 unsafe { blas.gemm_xwt_add(x, w, out, m, k, n) }
             }
             Route::FusedWgmma => {
-                let Some((kernels, map)) = gpu.wgmma.as_ref().zip(self.w.map.as_ref()) else {
+                let Some((kernels, map)) = gpu.wgmma.as_ref().ok().zip(self.w.map.as_ref()) else {
                     return Err(no_wgmma(gpu, k));
                 };
                 if m > WGMMA_MAX_M {

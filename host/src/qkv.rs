@@ -589,7 +589,7 @@ impl FusedRmsNormQkv {
     /// # Safety
     /// `inp` and `out` are checked device buffers of this op's shape; `inp.m >= 1`.
     unsafe fn launch_wgmma(&self, inp: Operands, out: QkvOut) -> Result<()> {
-        let (Some(kernels), Some(map)) = (self.gpu.wgmma.as_ref(), self.weights.map.as_ref()) else {
+        let (Some(kernels), Some(map)) = (self.gpu.wgmma.as_ref().ok(), self.weights.map.as_ref()) else {
             return Err(no_wgmma(&self.gpu, self.shape.hidden));
         };
         if inp.m as usize > WGMMA_MAX_M {

@@ -49,32 +49,34 @@ pub(crate) struct WgmmaKernels {
 }
 
 impl WgmmaKernels {
-    /// Loads the module's entries and raises their dynamic shared-memory limit; `None` when
-    /// the driver's compilation of an entry broke the contract its `setmaxnreg` split rests on
-    /// ([`ENTRY_REGS`] registers per thread, no local memory): the consumers' request would
-    /// then wait forever, so the ops take other routes.
-    pub(crate) fn load(ctx: &Arc<CudaContext>, ptx: &str) -> Result<Option<WgmmaKernels>> {
-        let module = ctx
-            .load_module(Ptx::from_src(ptx))
-            .map_err(|e| Error::Module { reason: format!("the sm_90a module: {e}") })?;
+    /// Loads the module's entries and raises their dynamic shared-memory limit. `Err` holds
+    /// why the module is not usable here: the driver could not compile it, an entry is
+    /// missing, or the driver's compilation of an entry broke the contract its `setmaxnreg`
+    /// split rests on ([`ENTRY_REGS`] registers per thread, no local memory; the consumers'
+    /// request would then wait forever). The ops then take other routes.
+    pub(crate) fn load(ctx: &Arc<CudaContext>, ptx: &str) -> std::result::Result<WgmmaKernels, String> {
+        let module = ctx.load_module(Ptx::from_src(ptx)).map_err(|e| format!("the driver did not load it: {e}"))?;
         let load = |(name, params): (&'static str, &'static [usize])| {
-            let f = module
-                .load_function(name)
-                .map_err(|e| Error::Module { reason: format!("kernel `{name}` not found: {e}") })?;
+            let f = module.load_function(name).map_err(|e| format!("kernel `{name}` not found: {e}"))?;
             f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_BYTES as i32)
-                .map_err(Error::driver("cuFuncSetAttribute"))?;
-            let attr = |a| f.get_attribute(a).map_err(Error::driver("cuFuncGetAttribute"));
+                .map_err(|e| format!("`{name}`: cuFuncSetAttribute: {e}"))?;
+            let attr = |a| f.get_attribute(a).map_err(|e| format!("`{name}`: cuFuncGetAttribute: {e}"));
             let regs = attr(CUfunction_attribute::CU_FUNC_ATTRIBUTE_NUM_REGS)?;
             let local = attr(CUfunction_attribute::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)?;
-            let sound = regs == ENTRY_REGS as i32 && local == 0;
-            Ok::<_, Error>(sound.then_some(Entry { f, name, params }))
+            if regs != ENTRY_REGS as i32 || local != 0 {
+                return Err(format!(
+                    "`{name}` compiled to {regs} registers and {local} bytes of local memory; its \
+                     warpgroup split needs exactly {ENTRY_REGS} and none"
+                ));
+            }
+            Ok(Entry { f, name, params })
         };
-        let (Some(fused), Some(gemm), Some(gate_up), Some(proj)) =
-            (load(WGMMA_ENTRIES[0])?, load(WGMMA_ENTRIES[1])?, load(WGMMA_ENTRIES[2])?, load(WGMMA_ENTRIES[3])?)
-        else {
-            return Ok(None);
-        };
-        Ok(Some(WgmmaKernels { fused, gemm, gate_up, proj }))
+        Ok(WgmmaKernels {
+            fused: load(WGMMA_ENTRIES[0])?,
+            gemm: load(WGMMA_ENTRIES[1])?,
+            gate_up: load(WGMMA_ENTRIES[2])?,
+            proj: load(WGMMA_ENTRIES[3])?,
+        })
     }
 
     /// The launch shape for `m` tokens and `n` W rows.
@@ -82,8 +84,9 @@ impl WgmmaKernels {
         Shape { grid: (n.div_ceil(BN), m.div_ceil(BM)), block: THREADS, cluster_x: 1, smem: SMEM_BYTES }
     }
 
-    /// Fused RMSNorm + QKV (`eps`) or, with `eps = None`, `y = x · Wᵀ` into the packed
-    /// output, W read through `map`.
+    /// Fused RMSNorm + QKV (`eps`; `map` describes the folded, k-interleaved W) or, with
+    /// `eps = None`, `y = x · Wᵀ` into the packed output (`map` describes a natural W:
+    /// `gemm_wgmma` reads A in the natural k order).
     ///
     /// # Safety
     /// `inp.x [m, hidden]` and the outputs are device buffers of this context as
@@ -186,7 +189,7 @@ impl WgmmaKernels {
 /// warpgroup-MMA kernels, where `gpu` has them and the shape suits them (`k % 32 == 0`:
 /// whole interleave blocks); `None` otherwise.
 pub(crate) fn weight_map(gpu: &Gpu, w: u64, n: usize, k: usize) -> Result<Option<WeightMap>> {
-    if gpu.wgmma.is_none() || !k.is_multiple_of(32) {
+    if gpu.wgmma.is_err() || !k.is_multiple_of(32) {
         return Ok(None);
     }
     WeightMap::new(gpu, w, n, k).map(Some)
@@ -194,11 +197,11 @@ pub(crate) fn weight_map(gpu: &Gpu, w: u64, n: usize, k: usize) -> Result<Option
 
 /// The error of a `Route::FusedWgmma` call where the op has no tensor map.
 pub(crate) fn no_wgmma(gpu: &Gpu, k: usize) -> Error {
-    Error::Value {
-        arg: "route",
-        expected: "FusedWgmma on a device of compute capability 9.0 and K % 32 == 0",
-        got: format!("compute capability {:?}, K = {k}", gpu.info().compute_capability),
-    }
+    let got = match gpu.wgmma_unavailable() {
+        Some(why) => why,
+        None => format!("K = {k}, not a multiple of 32"),
+    };
+    Error::Value { arg: "route", expected: "FusedWgmma: the sm_90a module loaded and K % 32 == 0", got }
 }
 
 /// A `CUtensorMap` for the TMA's reads of a weight `W [n, k]` bf16 (row-major): boxes of

@@ -341,8 +341,9 @@ unsafe fn run<const W_NAT: bool, E: BlockOut>(x: *const u16, w_map: *const u8, o
     }
 }
 
-/// The producer warpgroup: thread 0 copies the W tiles by the TMA; thread `t` copies row
-/// `t` of each x tile (8 chunks of 16 bytes, zero past M and K).
+/// The producer warpgroup: thread 0 copies the W tiles by the TMA; thread `t` copies chunk
+/// `t % 8` of rows `t / 8 + 16 i` (`i` = 0..8) of each x tile (16 bytes each, zero past M
+/// and K), so the 8 lanes of a row read its 128 bytes together.
 ///
 /// # Safety
 /// As [`run`].

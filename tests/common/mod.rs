@@ -87,3 +87,17 @@ pub fn random_weights(rng: &mut impl Rng, shape: &QkvShape) -> (Vec<bf16>, Vec<b
     let a = (3.0 / shape.hidden as f32).sqrt();
     (random_bf16(rng, shape.hidden, 0.5, 1.5), random_bf16(rng, shape.n() * shape.hidden, -a, a))
 }
+
+/// Whether an op with weight rows of length `k` runs `Route::FusedWgmma` (`has`: the op's
+/// `has_wgmma()`). Where the device could run the sm_90a module (compute capability 9.0, the
+/// build carries the module, `k % 32 == 0`) and the op lacks the route, the test fails with
+/// the reason, so a run on an H100 cannot pass without running the warpgroup-MMA kernels.
+pub fn wgmma_route(gpu: &Gpu, has: bool, k: usize) -> bool {
+    let capable = gpu.info().compute_capability == (9, 0) && !nanofuse::KERNELS_SM90A_PTX.is_empty();
+    if !has {
+        let why = gpu.wgmma_unavailable().unwrap_or_else(|| format!("K = {k}, not a multiple of 32"));
+        assert!(!capable || !k.is_multiple_of(32), "FusedWgmma missing on a compute capability 9.0 device: {why}");
+        println!("FusedWgmma not run: {why}");
+    }
+    has
+}

@@ -234,6 +234,10 @@ fn main() -> ExitCode {
         nanofuse::KERNELS_ARCH,
         if gpu.pdl() { "on" } else { "off" }
     );
+    match gpu.wgmma_unavailable() {
+        None => println!("warpgroup-MMA kernels (sm_90a module): loaded"),
+        Some(why) => println!("warpgroup-MMA kernels not run: {why}"),
+    }
 
     let start = Instant::now();
     let mut tally = Tally::default();
