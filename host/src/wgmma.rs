@@ -16,6 +16,7 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use cudarc::nvrtc::Ptx;
 use nanofuse_kernels_gpu::config::wgmma::{BK, BM, BN, ENTRY_REGS, SMEM_BYTES, THREADS};
 
+use crate::current::Current;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::{Operands, QkvOut};
@@ -217,7 +218,12 @@ pub(crate) struct WeightMap {
 impl WeightMap {
     /// Encodes the map of the weight at device address `w` (16-byte aligned) and uploads it.
     pub(crate) fn new(gpu: &Gpu, w: u64, n: usize, k: usize) -> Result<WeightMap> {
-        let bytes = encode_weight_map(w, n, k)?;
+        // The encoder checks `w` against the calling thread's current context, which need
+        // not be this one (an engine's thread, a test thread that never bound it).
+        let bytes = {
+            let _current = Current::bind(gpu.context())?;
+            encode_weight_map(w, n, k)?
+        };
         let buf = gpu.upload(&bytes)?;
         let (ptr, _) = gpu.address("tensor map", &buf)?;
         Ok(WeightMap { _buf: buf, ptr })
