@@ -52,16 +52,6 @@
 //!    before any is used, summed over the splits in order (bitwise the same whichever CTA
 //!    is last).
 //!
-//! # Prefetch
-//! Between `griddepcontrol.launch_dependents` and `griddepcontrol.wait`, thread 0 asks L2
-//! (`cp.async.bulk.prefetch.L2`) for the CTA's chunk of K and V rows (contiguous in the
-//! cache layout) and, in the fused form, the RoPE table row, so that their DRAM latency
-//! overlaps the wait and the q chain instead of following it. The chunk comes from the
-//! state's position word read before the wait, which may still be the previous step's
-//! (the kernel that advances it need not have finished): it only steers the prefetch, and
-//! every read after the wait uses the word read then. Rows the previous kernel writes are
-//! safe to prefetch too: writes land in L2, which the later loads read.
-//!
 //! # Traffic
 //! Per row, `4 hd len num_kv_heads` bytes of K and V (each row read once), plus per active
 //! split `4 (ML + hd) num_heads` bytes of partials written and read back (L2). A prefill
@@ -71,15 +61,14 @@
 //! # Launch
 //! grid `(rows · num_kv_heads, splits)` (`config::attention::splits`), block
 //! `(128, 1, 1)`, dynamic shared memory `config::attention::SMEM_BYTES`; optionally with
-//! programmatic stream serialization (everything but the launch-shape checks and the
-//! prefetch after `griddepcontrol.wait`).
+//! programmatic stream serialization (everything but the launch-shape checks after
+//! `griddepcontrol.wait`).
 
 use crate::config::attention::{MAX_GROUP, MAX_HEAD_DIM, MAX_SPLITS, MERGE_UNROLL, ML, THREADS, UNROLL, WARPS, active};
 use crate::config::step::POS;
 use crate::head::{ld_words, norm_rope, pack_words, unpack_words};
 use crate::ptx::atomic::{atom_global_add_u32, fence_acq_rel_gpu};
 use crate::ptx::convert::{ex2_approx_f32, rcp_approx_f32};
-use crate::ptx::cp_async::cp_async_bulk_prefetch_l2_global;
 use crate::ptx::global::{ld_global_cg_v2_f32, ld_global_cg_v4_f32};
 use crate::ptx::shared::{SharedPtr, dynamic_shared_base, ld_shared_f32, ld_shared_u32, st_shared_f32, st_shared_u32};
 use crate::ptx::sync::{griddepcontrol_launch_dependents, griddepcontrol_wait};
@@ -268,49 +257,25 @@ unsafe fn run<const W: usize, const E: usize, const ROPE: bool>(a: Args) {
     };
     let out_row = |h: u32| a.out.wrapping_add((row as usize * a.num_heads as usize + h as usize) * hd as usize);
 
-    // From the state's position word: the row's position, the active splits and this
-    // split's chunk of positions (empty for an idle split).
-    let chunk_of = |last_pos: u32| {
-        let pos = last_pos.wrapping_sub(a.rows - 1 - row);
-        let len = if pos < a.max_seq { pos + 1 } else { a.max_seq };
-        let act = active(splits, len);
-        let chunk = len.div_ceil(act);
-        let start = split.saturating_mul(chunk).min(len);
-        (pos, act, start, start.saturating_add(chunk).min(len))
-    };
-    let cache_at = |p: u32| (kvh as usize * a.max_seq as usize + p as usize) * hd as usize;
-
     griddepcontrol_launch_dependents();
-    // Before the wait (Prefetch): ask L2 for this split's K and V rows and the RoPE row.
-    if tid == 0 {
-        // SAFETY: state holds LEN words. The word may still be the previous step's
-        // position (the kernel that advances it need not be done): it only steers the
-        // prefetch. The ranges lie inside the caches and the table (rows below max_seq).
-        unsafe {
-            let (pos, _, start, end) = chunk_of(a.state.add(POS).read_volatile());
-            if end > start {
-                let bytes = (end - start) * hd * 2;
-                cp_async_bulk_prefetch_l2_global(a.k_cache.add(cache_at(start)).cast(), bytes);
-                cp_async_bulk_prefetch_l2_global(a.v_cache.add(cache_at(start)).cast(), bytes);
-            }
-            if ROPE {
-                let row = a.rope.table.add(pos.min(a.max_seq - 1) as usize * hd as usize);
-                cp_async_bulk_prefetch_l2_global(row.cast(), hd * 4);
-            }
-        }
-    }
     griddepcontrol_wait();
 
     // SAFETY: state holds LEN words.
-    let (pos, act, start, end) = chunk_of(unsafe { a.state.add(POS).read_volatile() });
+    let last_pos = unsafe { a.state.add(POS).read_volatile() };
+    let pos = last_pos.wrapping_sub(a.rows - 1 - row);
+    let len = if pos < a.max_seq { pos + 1 } else { a.max_seq };
+    let act = active(splits, len);
     if split >= act {
         // Uniform over the CTA; idle splits take no part in the merge.
         return;
     }
+    let chunk = len.div_ceil(act);
+    let start = split.saturating_mul(chunk).min(len);
+    let end = start.saturating_add(chunk).min(len);
     let elem0 = lane * E as u32;
 
     // 1. This warp's positions, online softmax per q head.
-    let kv_row = |p: u32| cache_at(p) + elem0 as usize;
+    let kv_row = |p: u32| (kvh as usize * a.max_seq as usize + p as usize) * hd as usize + elem0 as usize;
     let q_stride = (a.num_heads + 2 * a.num_kv_heads) as usize * hd as usize;
     let qkv_row = a.qkv.wrapping_add(row as usize * q_stride);
     // The fused form's table row (the last one stands in past the cache).
@@ -358,7 +323,7 @@ unsafe fn run<const W: usize, const E: usize, const ROPE: bool>(a: Args) {
         for u in 0..U {
             let pp = p + u as u32 * WARPS;
             if pp < end {
-                // SAFETY: position pp < end <= max_seq of kv head kvh.
+                // SAFETY: position pp < len <= max_seq of kv head kvh.
                 unsafe {
                     kw[u] = ld_words::<W>(a.k_cache.add(kv_row(pp)));
                     vw[u] = ld_words::<W>(a.v_cache.add(kv_row(pp)));
