@@ -36,6 +36,7 @@ pub use attention::{
     AttnScratch, AttnShape, MAX_ROWS as ATTN_MAX_ROWS, QkNorm, attention_decode, attention_decode_rope,
     attention_splits, qk_norm_rope,
 };
+pub use blas::release_idle_cublas_handles;
 pub use check::BUFFER_ALIGN;
 pub use cudarc;
 pub use device::{DeviceInfo, arch_number, device_count, driver_present};

@@ -285,6 +285,7 @@ fn main() -> ExitCode {
         tally.record("final synchronize", Err(e.into()));
     }
     drop(gpu); // free everything before exit, so a leak check sees a clean context
+    nanofuse::release_idle_cublas_handles(); // the handles nanofuse pools for reuse, too
     println!("finished in {:.1} s", start.elapsed().as_secs_f64());
     println!("sweep: {} passed, {} failed", tally.passed, tally.failed);
     if tally.failed == 0 && !tally.driver_error { ExitCode::SUCCESS } else { ExitCode::FAILURE }
