@@ -186,7 +186,8 @@ fn assemble_text(ptxas: &Path, text: &str, arch: &str, stem: &str) -> (PathBuf, 
     (cubin, report)
 }
 
-/// `nvdisasm -c` of `cubin`: per kernel, how many SASS lines contain each of `ops`.
+/// `nvdisasm -c` of `cubin`: per kernel, how many SASS lines contain each of `ops` (an op
+/// `A+B` counts the lines that contain both `A` and `B`).
 fn sass_counts(nvdisasm: &Path, cubin: &Path, ops: &[&'static str]) -> BTreeMap<String, BTreeMap<&'static str, usize>> {
     let out = Command::new(nvdisasm).arg("-c").arg(cubin).output().expect("run nvdisasm");
     assert!(out.status.success(), "nvdisasm failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -199,7 +200,7 @@ fn sass_counts(nvdisasm: &Path, cubin: &Path, ops: &[&'static str]) -> BTreeMap<
         }
         let c = counts.entry(current.clone()).or_default();
         for &op in ops {
-            if line.contains(op) {
+            if op.split('+').all(|part| line.contains(part)) {
                 *c.entry(op).or_default() += 1;
             }
         }
@@ -282,25 +283,8 @@ fn ptxas_no_spills_no_stack_and_sass_uses_tensor_cores() {
         skip_note("SASS checks, nvdisasm not found (pip install nvidia-cuda-nvdisasm)");
         return;
     };
-    let out = Command::new(nvdisasm).arg("-c").arg(&cubin).output().expect("run nvdisasm");
-    assert!(out.status.success(), "nvdisasm failed: {}", String::from_utf8_lossy(&out.stderr));
-    let sass = String::from_utf8_lossy(&out.stdout);
-    let mut counts: BTreeMap<String, BTreeMap<&str, usize>> = BTreeMap::new();
-    let mut current = String::new();
-    for line in sass.lines() {
-        if let Some(rest) = line.strip_prefix(".text.") {
-            current = rest.trim_end_matches(':').to_string();
-        }
-        let c = counts.entry(current.clone()).or_default();
-        for op in ["HMMA", "LDSM", "LDL", "STL", "LDGSTS"] {
-            if line.contains(op) {
-                *c.entry(op).or_default() += 1;
-            }
-        }
-        if line.contains("LDG.E") && line.contains(".128") {
-            *c.entry("LDG.128").or_default() += 1;
-        }
-    }
+    const LDG_128: &str = "LDG.E+.128";
+    let counts = sass_counts(&nvdisasm, &cubin, &["HMMA", "LDSM", "LDL", "STL", "LDGSTS", LDG_128]);
     for name in MMA_KERNELS {
         assert!(kernel_names().any(|k| k == name), "MMA_KERNELS names `{name}`, which the PTX does not export");
     }
@@ -312,7 +296,7 @@ fn ptxas_no_spills_no_stack_and_sass_uses_tensor_cores() {
             "{name:<32} {:>5} {:>5} {:>7} {:>7} {:>7}",
             n("HMMA"),
             n("LDSM"),
-            n("LDG.128"),
+            n(LDG_128),
             n("LDGSTS"),
             n("LDL") + n("STL")
         );
@@ -321,7 +305,7 @@ fn ptxas_no_spills_no_stack_and_sass_uses_tensor_cores() {
             assert!(n("HMMA") > 0 && n("LDSM") > 0, "`{name}` lacks HMMA or LDSM in SASS");
         }
         if is_decode_gemm(name) || name.starts_with("rms_norm") {
-            assert!(n("LDG.128") > 0, "`{name}` lacks 16-byte global loads");
+            assert!(n(LDG_128) > 0, "`{name}` lacks 16-byte global loads");
         }
         if is_decode_gemm(name) {
             assert!(n("LDGSTS") > 0, "`{name}` lacks cp.async staging of x");
