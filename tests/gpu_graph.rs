@@ -224,20 +224,7 @@ fn opening_the_device_elsewhere_leaves_a_capture_intact() {
     let Some(gpu) = common::gpu() else { return };
     let mut rng = common::rng("opening_the_device_elsewhere_leaves_a_capture_intact");
     let (g, w) = random_weights(&mut rng, &QKV);
-    let gpu = fresh(&gpu);
-    let op = FusedRmsNormQkv::new(&gpu, QKV, &g, &w).unwrap();
-    let x = gpu.upload(&random_bf16(&mut rng, QKV.hidden, -3.0, 3.0)).unwrap();
-    let mut y = gpu.alloc_zeros::<bf16>(QKV.n()).unwrap();
-    let graph = capture(&gpu, "FusedRmsNormQkv::forward_packed_into at M = 1, the device opened meanwhile", || {
-        let opened = std::thread::spawn(|| nanofuse::open(0).map(drop)).join().expect("the opening thread panicked");
-        opened.expect("opening the device while another thread captures");
-        op.forward_packed_into(&x, 1, &mut y)
-    });
-    let got = replays(&gpu, &graph, &mut [&mut y]);
-    gpu.fill_nan(&mut y).unwrap();
-    op.forward_packed_into(&x, 1, &mut y).unwrap();
-    let want = vec![gpu.download(&y).unwrap()];
-    got.iter().for_each(|got| assert_bitwise("the capture with the device opened meanwhile", got, &want));
+    capture_survives(&gpu, &mut rng, &g, &w, "the device opened meanwhile", || nanofuse::open(0).map(drop));
 }
 
 /// As above for the end of a cuBLAS user: another thread opens the device, runs the cuBLAS
@@ -250,10 +237,6 @@ fn a_cublas_user_ending_elsewhere_leaves_a_capture_intact() {
     let Some(gpu) = common::gpu() else { return };
     let mut rng = common::rng("a_cublas_user_ending_elsewhere_leaves_a_capture_intact");
     let (g, w) = random_weights(&mut rng, &QKV);
-    let gpu = fresh(&gpu);
-    let op = FusedRmsNormQkv::new(&gpu, QKV, &g, &w).unwrap();
-    let x = gpu.upload(&random_bf16(&mut rng, QKV.hidden, -3.0, 3.0)).unwrap();
-    let mut y = gpu.alloc_zeros::<bf16>(QKV.n()).unwrap();
     let (g2, w2, x2) = (g.clone(), w.clone(), random_bf16(&mut rng, QKV.hidden, -3.0, 3.0));
     let elsewhere = move || -> Result<()> {
         let other = nanofuse::open(0)?;
@@ -266,14 +249,31 @@ fn a_cublas_user_ending_elsewhere_leaves_a_capture_intact() {
     };
     // The cuBLAS handle is made before the capture, so that only its end falls inside.
     std::thread::spawn(elsewhere.clone()).join().expect("the warm-up thread panicked").unwrap();
-    let graph = capture(&gpu, "FusedRmsNormQkv::forward_packed_into at M = 1, a cuBLAS user ending meanwhile", || {
-        let ended = std::thread::spawn(elsewhere).join().expect("the cuBLAS thread panicked");
-        ended.expect("a cuBLAS user in another thread while this one captures");
+    capture_survives(&gpu, &mut rng, &g, &w, "a cuBLAS user ending meanwhile", elsewhere);
+}
+
+/// Captures the fused QKV op at M = 1 on a fresh `Gpu` while `elsewhere` runs to its end on
+/// another thread, then checks every replay bitwise against an eager run.
+fn capture_survives(
+    gpu: &Gpu,
+    rng: &mut impl rand::Rng,
+    g: &[bf16],
+    w: &[bf16],
+    meanwhile: &str,
+    elsewhere: impl FnOnce() -> Result<()> + Send + 'static,
+) {
+    let gpu = fresh(gpu);
+    let op = FusedRmsNormQkv::new(&gpu, QKV, g, w).unwrap();
+    let x = gpu.upload(&random_bf16(rng, QKV.hidden, -3.0, 3.0)).unwrap();
+    let mut y = gpu.alloc_zeros::<bf16>(QKV.n()).unwrap();
+    let graph = capture(&gpu, &format!("FusedRmsNormQkv::forward_packed_into at M = 1, {meanwhile}"), || {
+        let done = std::thread::spawn(elsewhere).join().expect("the other thread panicked");
+        done.unwrap_or_else(|e| panic!("{meanwhile}: {e}"));
         op.forward_packed_into(&x, 1, &mut y)
     });
     let got = replays(&gpu, &graph, &mut [&mut y]);
     gpu.fill_nan(&mut y).unwrap();
     op.forward_packed_into(&x, 1, &mut y).unwrap();
     let want = vec![gpu.download(&y).unwrap()];
-    got.iter().for_each(|got| assert_bitwise("the capture with a cuBLAS user ending meanwhile", got, &want));
+    got.iter().for_each(|got| assert_bitwise(&format!("the capture with {meanwhile}"), got, &want));
 }
