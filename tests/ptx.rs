@@ -141,6 +141,8 @@ struct Resources {
     stack_bytes: u32,
     spill_store_bytes: u32,
     spill_load_bytes: u32,
+    /// ptxas reported that it serialized this function's `wgmma`s.
+    wgmma_serialized: bool,
 }
 
 fn number_before(line: &str, unit: &str) -> Option<u32> {
@@ -181,6 +183,12 @@ fn assemble_text(ptxas: &Path, text: &str, arch: &str, stem: &str) -> (PathBuf, 
         }
         if line.contains("Used") && line.contains("registers") {
             r.registers = number_before(line, "registers").unwrap_or(0);
+        }
+        // ptxas's "Potential Performance Loss: wgmma.mma_async instructions are serialized
+        // due to ... in the function 'NAME'": it waits after every MMA.
+        if line.contains("wgmma.mma_async instructions are serialized") {
+            let name = line.rsplit("function '").next().unwrap_or("").trim_end_matches('\'').to_string();
+            report.entry(name).or_default().wgmma_serialized = true;
         }
     }
     (cubin, report)
@@ -259,7 +267,10 @@ fn sm90a_module_has_its_entries_and_runs_on_warpgroup_mma() {
         );
         assert!(n("HGMMA") > 0 && n("UTMALDG") > 0 && n("LDGSTS") > 0, "`{name}`: no HGMMA, UTMALDG or LDGSTS in SASS");
         assert_eq!(n("LDL") + n("STL"), 0, "`{name}` uses local memory");
+        assert!(!report[name].wgmma_serialized, "`{name}`: ptxas serialized the `wgmma`s");
     }
+    let serialized: Vec<&String> = report.iter().filter(|(_, r)| r.wgmma_serialized).map(|(n, _)| n).collect();
+    assert!(serialized.is_empty(), "ptxas serialized the `wgmma`s of {serialized:?}");
 }
 
 #[test]
