@@ -267,8 +267,8 @@ fn sm90a_module_has_its_entries_and_runs_on_warpgroup_mma() {
         );
         assert!(n("HGMMA") > 0 && n("UTMALDG") > 0 && n("LDGSTS") > 0, "`{name}`: no HGMMA, UTMALDG or LDGSTS in SASS");
         assert_eq!(n("LDL") + n("STL"), 0, "`{name}` uses local memory");
-        assert!(!report[name].wgmma_serialized, "`{name}`: ptxas serialized the `wgmma`s");
     }
+    // Any function, an entry or a helper ptxas kept out of line.
     let serialized: Vec<&String> = report.iter().filter(|(_, r)| r.wgmma_serialized).map(|(n, _)| n).collect();
     assert!(serialized.is_empty(), "ptxas serialized the `wgmma`s of {serialized:?}");
 }
