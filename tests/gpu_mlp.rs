@@ -48,8 +48,9 @@ use nanofuse::{
 use rand::Rng;
 
 /// Token counts: one, two, most of one token tile, one into the second tile, both tiles
-/// full, one past the decode kernels, a small batch, a prefill chunk.
-const MS: [usize; 8] = [1, 2, 7, 9, 16, 17, 100, 2048];
+/// full, one past the decode kernels, a small batch, three warpgroup-MMA token tiles (a
+/// cluster and a half), a prefill chunk.
+const MS: [usize; 9] = [1, 2, 7, 9, 16, 17, 100, 300, 2048];
 const ROUTES: [Route; 3] = [Route::FusedDecode, Route::NormCublas, Route::Auto];
 /// [`ROUTES`], and the warpgroup-MMA route where the op has it (compute capability 9.0, K %
 /// 32 == 0).

@@ -20,7 +20,7 @@ use nanofuse::plan::{DECODE_MAX_M, DecodeShape};
 use nanofuse::reference::{self, Comparison, compare, concat_qkv, rms};
 use nanofuse::{Baseline, Error, FusedRmsNormQkv, QkvShape, Route, Tuning, UnfusedRmsNormQkv, bf16};
 
-const MS: [usize; 9] = [1, 2, 3, 7, 16, 17, 64, 100, 2048];
+const MS: [usize; 10] = [1, 2, 3, 7, 16, 17, 64, 100, 300, 2048];
 const PATHS: [Route; 4] = [Route::FusedDecode, Route::FusedTiled, Route::NormCublas, Route::Auto];
 const MAX_REL_FROBENIUS: f64 = 4e-3;
 const ELEMENT_TOL: f64 = 0.02;

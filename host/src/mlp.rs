@@ -304,7 +304,7 @@ impl FusedRmsNormGateUp {
                     return Err(no_wgmma(gpu, s.hidden));
                 };
                 if m > WGMMA_MAX_M {
-                    return Err(Error::Dimension { arg: "M", expected: "at most 65535 · 128 for FusedWgmma", got: m });
+                    return Err(Error::Dimension { arg: "M", expected: "at most 2^31 - 1 for FusedWgmma", got: m });
                 }
                 // SAFETY: buffers checked above; the map describes this op's folded weight;
                 // hidden % 32 == 0 (a map exists), inter % 8 == 0 (validated).
@@ -526,7 +526,7 @@ impl ProjResidual {
                     return Err(no_wgmma(gpu, k));
                 };
                 if m > WGMMA_MAX_M {
-                    return Err(Error::Dimension { arg: "M", expected: "at most 65535 · 128 for FusedWgmma", got: m });
+                    return Err(Error::Dimension { arg: "M", expected: "at most 2^31 - 1 for FusedWgmma", got: m });
                 }
                 let inp = Operands { x, w, m: m as u32, hidden: k as u32 };
                 // SAFETY: forwarded to the caller; the map describes this op's weight;

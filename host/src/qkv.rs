@@ -595,7 +595,7 @@ impl FusedRmsNormQkv {
         if inp.m as usize > WGMMA_MAX_M {
             return Err(Error::Dimension {
                 arg: "M",
-                expected: "at most 65535 · 128 for FusedWgmma",
+                expected: "at most 2^31 - 1 for FusedWgmma",
                 got: inp.m as usize,
             });
         }

@@ -14,7 +14,7 @@ use cudarc::driver::sys::{
 };
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use cudarc::nvrtc::Ptx;
-use nanofuse_kernels_gpu::config::wgmma::{BK, BM, BN, ENTRY_REGS, SMEM_BYTES, THREADS};
+use nanofuse_kernels_gpu::config::wgmma::{BK, BM, BN, CLUSTER, ENTRY_REGS, SMEM_BYTES, THREADS, W_BOX_ROWS};
 
 use crate::current::Current;
 use crate::error::{Error, Result};
@@ -38,8 +38,11 @@ pub const WGMMA_ENTRIES: [(&str, &[usize]); 4] = [
     ("proj_residual_wgmma", PROJ),
 ];
 
-/// Largest M of a launch (grid y is `ceil(M / 128)`, at most 65535).
-pub(crate) const WGMMA_MAX_M: usize = 65_535 * BM as usize;
+/// Largest M of a launch (the kernels index tokens in 32 bits; grid x is `ceil(M / 128)`).
+pub(crate) const WGMMA_MAX_M: usize = i32::MAX as usize;
+
+/// Largest N (W rows) of a launch (grid y is `ceil(N / 256)`, at most 65535).
+pub(crate) const WGMMA_MAX_N: u32 = 65_535 * BN;
 
 /// The loaded sm_90a module.
 pub(crate) struct WgmmaKernels {
@@ -80,9 +83,20 @@ impl WgmmaKernels {
         })
     }
 
-    /// The launch shape for `m` tokens and `n` W rows.
-    fn shape(m: u32, n: u32) -> Shape {
-        Shape { grid: (n.div_ceil(BN), m.div_ceil(BM)), block: THREADS, cluster_x: 1, smem: SMEM_BYTES }
+    /// The launch shape for `m` tokens and `n` W rows: token tiles along grid x, so that the
+    /// CTAs the hardware starts one after another walk down the token tiles of one W tile
+    /// column before the next, and the CTAs resident together share W tiles in L2 (with W
+    /// tiles along x, every wave of CTAs would sweep the whole of W). Clusters of `CLUSTER`
+    /// CTAs along x: the token tiles are rounded up to whole clusters (a CTA past M computes
+    /// zeros and stores nothing, but loads its share of the W tiles).
+    fn shape(m: u32, n: u32) -> Result<Shape> {
+        if n > WGMMA_MAX_N {
+            return Err(Error::Dimension {
+                arg: "N", expected: "at most 65535 · 256 for FusedWgmma", got: n as usize
+            });
+        }
+        let grid_x = m.div_ceil(BM).div_ceil(CLUSTER) * CLUSTER;
+        Ok(Shape { grid: (grid_x, n.div_ceil(BN)), block: THREADS, cluster_x: CLUSTER, smem: SMEM_BYTES })
     }
 
     /// Fused RMSNorm + QKV (`eps`; `map` describes the folded, k-interleaved W) or, with
@@ -92,8 +106,7 @@ impl WgmmaKernels {
     /// # Safety
     /// `inp.x [m, hidden]` and the outputs are device buffers of this context as
     /// [`QkvOut`] describes them, 16-byte aligned; `map` describes the W of `inp` with `n =
-    /// out.nq + 2 out.nkv` rows; `hidden % 32 == 0`; `1 <= m`, grid y `ceil(m / 128) <
-    /// 65536`.
+    /// out.nq + 2 out.nkv` rows; `hidden % 32 == 0`; `1 <= m <= WGMMA_MAX_M`.
     pub(crate) unsafe fn qkv(
         &self,
         stream: &CudaStream,
@@ -104,7 +117,7 @@ impl WgmmaKernels {
         eps: Option<f32>,
     ) -> Result<()> {
         let n = out.nq + 2 * out.nkv;
-        let shape = Self::shape(inp.m, n);
+        let shape = Self::shape(inp.m, n)?;
         // SAFETY: the arguments in each entry's order; buffers per the caller.
         unsafe {
             match eps {
@@ -152,7 +165,7 @@ impl WgmmaKernels {
         inter: u32,
         eps: f32,
     ) -> Result<()> {
-        let shape = Self::shape(inp.m, 2 * inter);
+        let shape = Self::shape(inp.m, 2 * inter)?;
         let launch = Launch::new(&self.gate_up, shape).pdl(pdl);
         // SAFETY: the arguments in the entry's order; buffers per the caller.
         unsafe {
@@ -177,7 +190,7 @@ impl WgmmaKernels {
         out: u64,
         n: u32,
     ) -> Result<()> {
-        let shape = Self::shape(inp.m, n);
+        let shape = Self::shape(inp.m, n)?;
         let launch = Launch::new(&self.proj, shape).pdl(pdl);
         // SAFETY: the arguments in the entry's order; buffers per the caller.
         unsafe {
@@ -206,7 +219,8 @@ pub(crate) fn no_wgmma(gpu: &Gpu, k: usize) -> Error {
 }
 
 /// A `CUtensorMap` for the TMA's reads of a weight `W [n, k]` bf16 (row-major): boxes of
-/// `BK x BN` (64 elements of k, 256 rows), 128-byte swizzle, zeros outside the matrix. It
+/// `BK x W_BOX_ROWS` (64 elements of k, a CTA's 128 of a tile's 256 rows), 128-byte
+/// swizzle, zeros outside the matrix. It
 /// lives in device memory (written once, here), and the kernels take its address; it
 /// stays valid while the weight buffer does (the op owning both keeps them together).
 pub(crate) struct WeightMap {
@@ -235,12 +249,13 @@ impl WeightMap {
 }
 
 /// `cuTensorMapEncodeTiled` for `W [n, k]` at `w`: dimensions innermost first (`k`, `n`),
-/// row stride `2 k` bytes, box `BK x BN`; the map's 128 bytes.
+/// row stride `2 k` bytes, box `BK x W_BOX_ROWS` (a CTA's share of a W tile, which it
+/// multicasts to its cluster); the map's 128 bytes.
 pub(crate) fn encode_weight_map(w: u64, n: usize, k: usize) -> Result<[u8; 128]> {
     let mut map = std::mem::MaybeUninit::<CUtensorMap>::zeroed();
     let dims: [u64; 2] = [k as u64, n as u64];
     let strides: [u64; 1] = [2 * k as u64];
-    let boxes: [u32; 2] = [BK, BN];
+    let boxes: [u32; 2] = [BK, W_BOX_ROWS];
     let elem_strides: [u32; 2] = [1, 1];
     // SAFETY: every pointer names a live local of the rank's length; the driver only writes
     // `map`.

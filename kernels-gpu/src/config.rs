@@ -407,6 +407,12 @@ pub mod wgmma {
     pub const BK: u32 = 64;
     /// Shared-memory stages of the pipeline.
     pub const STAGES: u32 = 4;
+    /// CTAs per cluster, along the token tiles (grid x): the CTAs of a cluster compute the
+    /// same W rows for consecutive token tiles, and each loads `1 / CLUSTER` of every W tile
+    /// by a TMA multicast into all of them, so L2 serves each W tile once per cluster.
+    pub const CLUSTER: u32 = 2;
+    /// W rows of the TMA box (each CTA's share of a W tile).
+    pub const W_BOX_ROWS: u32 = BN / CLUSTER;
     /// Threads per CTA: a producer warpgroup and two consumer warpgroups.
     pub const THREADS: u32 = 384;
     /// Registers per thread at entry: the launch bounds (384 threads, one CTA per SM) cap
@@ -454,6 +460,8 @@ pub mod wgmma {
     }
 
     const _: () = assert!(STAGE_BYTES.is_multiple_of(1024));
+    // Each CTA's share of a W tile starts on a swizzle period (8 rows of 128 bytes).
+    const _: () = assert!(BN.is_multiple_of(CLUSTER) && W_BOX_ROWS.is_multiple_of(8) && CLUSTER <= 16);
     // An H100's opt-in maximum of dynamic shared memory per CTA (227 KiB).
     const _: () = assert!(SMEM_BYTES <= 227 * 1024);
     const _: () = assert!(PRODUCER_REGS * 128 + 2 * CONSUMER_REGS * 128 == ENTRY_REGS * THREADS);

@@ -14,7 +14,14 @@
 //!
 //! # Tiling (`config::wgmma`)
 //! * CTA tile `BM x BN = 128 tokens x 256 W rows`, K in tiles of `BK = 64`; grid
-//!   `(ceil(N / BN), ceil(M / BM))`, one CTA per SM (its shared memory).
+//!   `(ceil(M / BM), ceil(N / BN))`, one CTA per SM (its shared memory). Token tiles run
+//!   along x, so that the CTAs the hardware starts one after another (x fastest) walk down
+//!   the token tiles of one W tile column first, and the CTAs resident at one time share
+//!   their W tiles in L2.
+//! * Clusters of `CLUSTER = 2` CTAs along x (the host rounds grid x up to whole clusters;
+//!   a CTA past M computes zeros and stores nothing): the CTAs of a cluster share their W
+//!   tiles, and CTA `r` loads rows `128 r ..+ 128` of each by a TMA multicast into both, so
+//!   L2 serves every W tile once per cluster instead of once per CTA.
 //! * Three warpgroups: warpgroup 0 produces (W by the TMA, x by `cp.async`), warpgroups 1
 //!   and 2 consume (tokens `64 (c - 1) ..+ 64` of the tile each, all 256 W rows: one
 //!   `wgmma.m64n256k16` per k16 slice, 128 f32 accumulators per thread). `setmaxnreg` gives
@@ -22,11 +29,15 @@
 //! * `STAGES` shared-memory stages, each a W tile `[256][64]` (32 KiB, the TMA's 128-byte
 //!   swizzle) and an x tile `[128][64]` (16 KiB, the same swizzle written by `cp.async`:
 //!   16-byte chunk `c` of row `r` at chunk `c ^ (r % 8)`), 1024-byte aligned. A `full`
-//!   barrier per stage completes when the W tile's bytes have landed (the producer's leader
-//!   arms it with `expect_tx`) and each of the 128 producer threads' x copies (thread `t`:
-//!   chunk `t % 8` of rows `t / 8 + 16 i`, so a warp reads whole rows) have
-//!   (`cp.async.mbarrier.arrive.noinc`): count 129. An `empty` barrier per stage completes
-//!   when the 256 consumer threads are done with it.
+//!   barrier per stage completes when the whole W tile's bytes have landed (both halves:
+//!   the producer's leader arms it with `expect_tx` for the tile; the other CTA's half may
+//!   land first, which the barrier's transaction count allows) and each of the 128 producer
+//!   threads' x copies (thread `t`: chunk `t % 8` of rows `t / 8 + 16 i`, so a warp reads
+//!   whole rows) have (`cp.async.mbarrier.arrive.noinc`): count 129. An `empty` barrier per
+//!   stage completes when the 8 consumer warps of every CTA of the cluster are done with the
+//!   stage (lane 0 of each arrives on the stage's empty barrier in each CTA): count 16,
+//!   because both CTAs' producers write into it. A cluster barrier after the barriers'
+//!   initialization and another before exit keep every copy and arrival inside running CTAs.
 //!
 //! # Why A comes from registers
 //! W is in the interleaved k order and x is not; a consumer lane `(g, q)` of warp `w` needs,
@@ -57,30 +68,33 @@
 //! zero-fills x past M and K.
 //!
 //! # Traffic and work (per call)
-//! `2 M N K` flops; W read `ceil(M / BM)` times, x `ceil(N / BN)` times (L2), `2 M N` bytes
-//! written.
+//! `2 M N K` flops; W read from L2 once per cluster (`ceil(M / BM) / 2` times), x `ceil(N /
+//! BN)` times (L2), `2 M N` bytes written.
 //!
 //! # Launch
-//! block `(384, 1, 1)`, grid `(ceil(N / 256), ceil(M / 128))`, dynamic shared memory
-//! `config::wgmma::SMEM_BYTES`; `w_map` a `CUtensorMap` in global memory for W `[N, K]`
-//! (box `64 x 256`, 128-byte swizzle, zero fill); optionally with programmatic stream
-//! serialization. Launch bounds 384 threads, 1 CTA per SM (for `setmaxnreg`).
+//! block `(384, 1, 1)`, grid `(2 ceil(ceil(M / 128) / 2), ceil(N / 256))` in clusters of
+//! `(2, 1, 1)`, dynamic shared memory `config::wgmma::SMEM_BYTES`; `w_map` a `CUtensorMap`
+//! in global memory for W `[N, K]` (box `64 x 128`, a CTA's share of a W tile, 128-byte
+//! swizzle, zero fill); optionally with programmatic stream serialization. A launch
+//! without the cluster traps. Launch bounds 384 threads, 1 CTA per SM (for `setmaxnreg`).
 
 use crate::activation::{round_bf16, silu_mul};
 use crate::config::wgmma::{
-    BK, BM, BN, CONSUMER_REGS, PRODUCER_REGS, STAGE_BYTES, STAGES, THREADS, W_TILE_BYTES, consumer_rows, swizzled,
+    BK, BM, BN, CLUSTER, CONSUMER_REGS, PRODUCER_REGS, STAGE_BYTES, STAGES, THREADS, W_BOX_ROWS, W_TILE_BYTES,
+    consumer_rows, swizzled,
 };
 use crate::norm::{inv_rms, sum_squares_bf16x8};
+use crate::ptx::cluster::{barrier_cluster_sync, cluster_ctarank, cluster_nctarank, mapa_shared_cluster};
 use crate::ptx::convert::{cvt_rn_bf16x2_f32, unpack_bf16x2};
 use crate::ptx::cp_async::{cp_async_cg_shared_global_16, cp_async_wait_all};
 use crate::ptx::mbarrier::{
     cp_async_mbarrier_arrive_noinc_shared, fence_mbarrier_init_release_cluster, mbarrier_arrive_expect_tx_shared,
-    mbarrier_arrive_shared, mbarrier_init_shared, mbarrier_wait_parity,
+    mbarrier_arrive_shared_cluster, mbarrier_init_shared, mbarrier_wait_parity,
 };
 use crate::ptx::shared::{SharedPtr, dynamic_shared_base, ld_shared_u32, ld_shared_v4_u32};
 use crate::ptx::sync::{griddepcontrol_launch_dependents, griddepcontrol_wait};
-use crate::ptx::thread::{block_dim_x, block_idx_x, block_idx_y, lane_id, sync_threads, thread_idx_x};
-use crate::ptx::tma::{cp_async_bulk_tensor_2d_global_shared, fence_proxy_tensormap_acquire_sys};
+use crate::ptx::thread::{block_dim_x, block_idx_x, block_idx_y, lane_id, thread_idx_x};
+use crate::ptx::tma::{cp_async_bulk_tensor_2d_global_shared_multicast, fence_proxy_tensormap_acquire_sys};
 use crate::ptx::trap;
 use crate::ptx::warp::shfl_sync_bfly_f32;
 use crate::ptx::wgmma::{
@@ -91,6 +105,8 @@ use crate::qkv_out::QkvOut;
 
 /// Threads of a warpgroup.
 const WG: u32 = 128;
+/// Warps of the two consumer warpgroups (one arrival each on a stage's empty barrier).
+const CONSUMER_WARPS: u32 = 2 * WG / 32;
 
 /// Fused RMSNorm + QKV projection, prefill. See the module documentation.
 ///
@@ -307,11 +323,11 @@ impl Smem {
 /// As the entries'.
 #[inline(always)]
 unsafe fn run<const W_NAT: bool, E: BlockOut>(x: *const u16, w_map: *const u8, out: E, m: u32, k: u32, eps: f32) {
-    if block_dim_x() != THREADS || !k.is_multiple_of(32) || k == 0 || m == 0 {
+    if block_dim_x() != THREADS || cluster_nctarank() != CLUSTER || !k.is_multiple_of(32) || k == 0 || m == 0 {
         trap();
     }
     let tid = thread_idx_x();
-    let (n0, m0) = (block_idx_x() * BN, block_idx_y() * BM);
+    let (n0, m0) = (block_idx_y() * BN, block_idx_x() * BM);
     let k_tiles = k.div_ceil(BK);
     let sm = Smem::new();
     griddepcontrol_launch_dependents();
@@ -321,14 +337,15 @@ unsafe fn run<const W_NAT: bool, E: BlockOut>(x: *const u16, w_map: *const u8, o
         unsafe {
             for s in 0..STAGES {
                 mbarrier_init_shared(sm.full(s), WG + 1);
-                mbarrier_init_shared(sm.empty(s), 2 * WG);
+                mbarrier_init_shared(sm.empty(s), CLUSTER * CONSUMER_WARPS);
             }
             fence_proxy_tensormap_acquire_sys(w_map);
         }
         fence_mbarrier_init_release_cluster();
     }
-    // SAFETY: uniform.
-    unsafe { sync_threads() };
+    // Every CTA of the cluster has its barriers initialized before any copy or arrival
+    // reaches them. SAFETY: uniform.
+    unsafe { barrier_cluster_sync() };
 
     if tid < WG {
         setmaxnreg_dec::<PRODUCER_REGS>();
@@ -339,6 +356,9 @@ unsafe fn run<const W_NAT: bool, E: BlockOut>(x: *const u16, w_map: *const u8, o
         // SAFETY: forwarded.
         unsafe { consume::<W_NAT, E>(sm, out, m, k, m0, n0, k_tiles, tid % WG, eps) };
     }
+    // No CTA leaves while another of its cluster may still arrive on its barriers.
+    // SAFETY: every thread of the cluster gets here.
+    unsafe { barrier_cluster_sync() };
 }
 
 /// The producer warpgroup: thread 0 copies the W tiles by the TMA; thread `t` copies chunk
@@ -350,13 +370,24 @@ unsafe fn run<const W_NAT: bool, E: BlockOut>(x: *const u16, w_map: *const u8, o
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn produce(sm: Smem, x: *const u16, w_map: *const u8, m: u32, k: u32, m0: u32, n0: u32, k_tiles: u32, t: u32) {
+    // This CTA's share of each W tile: rows `W_BOX_ROWS · rank ..+ W_BOX_ROWS`, multicast to
+    // every CTA of the cluster; each CTA's full barrier waits for the whole tile's bytes.
+    let share = cluster_ctarank() * W_BOX_ROWS;
     let load_w = |kt: u32| {
         let s = kt % STAGES;
         if t == 0 {
-            // SAFETY: stage s is free (its empty barrier passed); the box lands in its W tile.
+            // SAFETY: stage s is free in every CTA of the cluster (its empty barrier counts
+            // the consumers of all of them); the box lands in this CTA's share of their W tiles.
             unsafe {
                 mbarrier_arrive_expect_tx_shared(sm.full(s), W_TILE_BYTES);
-                cp_async_bulk_tensor_2d_global_shared(sm.w_tile(s), w_map, (kt * BK) as i32, n0 as i32, sm.full(s));
+                cp_async_bulk_tensor_2d_global_shared_multicast(
+                    sm.w_tile(s).byte_add(share * 128),
+                    w_map,
+                    (kt * BK) as i32,
+                    (n0 + share) as i32,
+                    sm.full(s),
+                    ((1u32 << CLUSTER) - 1) as u16,
+                );
             }
         }
     };
@@ -470,8 +501,15 @@ unsafe fn consume<const W_NAT: bool, E: BlockOut>(
         }
         wgmma_commit_group();
         wgmma_wait_group::<0>(&mut acc);
-        // SAFETY: an initialized barrier; this thread no longer reads the stage.
-        unsafe { mbarrier_arrive_shared(sm.empty(s)) };
+        if lane_id() == 0 {
+            // The warp no longer reads the stage (its loads came before its `wgmma`s, which
+            // completed): free it in every CTA of the cluster, whose producers all write it.
+            for r in 0..CLUSTER {
+                // SAFETY: an initialized barrier of a running CTA of the cluster (none leaves
+                // before the final cluster barrier).
+                unsafe { mbarrier_arrive_shared_cluster(mapa_shared_cluster(sm.empty(s), r)) };
+            }
+        }
     }
 
     // Epilogue: the row scales, then pairs of columns.

@@ -14,6 +14,16 @@ pub fn cluster_ctarank() -> u32 {
     r
 }
 
+/// `mov.u32 r, %cluster_nctarank;` — the number of CTAs in this CTA's cluster (1 without a
+/// cluster launch).
+#[inline(always)]
+pub fn cluster_nctarank() -> u32 {
+    let r: u32;
+    // SAFETY: reading a special register has no preconditions.
+    unsafe { asm!("mov.u32 {r}, %cluster_nctarank;", r = out(reg32) r, options(pure, nomem, nostack)) }
+    r
+}
+
 /// `barrier.cluster.arrive.release.aligned; barrier.cluster.wait.acquire.aligned;` — wait
 /// until every thread of every CTA in the cluster arrives; shared-memory writes before it
 /// are visible to the whole cluster after it.
