@@ -9,12 +9,14 @@
 use std::sync::Arc;
 
 use cudarc::driver::sys::{
-    self, CUfunction_attribute, CUtensorMap, CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
-    CUtensorMapL2promotion, CUtensorMapSwizzle,
+    self, CUdevice_attribute, CUfunction_attribute, CUlaunchAttributeID, CUtensorMap, CUtensorMapDataType,
+    CUtensorMapFloatOOBfill, CUtensorMapInterleave, CUtensorMapL2promotion, CUtensorMapSwizzle,
 };
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use cudarc::nvrtc::Ptx;
-use nanofuse_kernels_gpu::config::wgmma::{BK, BM, BN, CLUSTER, ENTRY_REGS, SMEM_BYTES, THREADS, W_BOX_ROWS};
+use nanofuse_kernels_gpu::config::wgmma::{
+    BK, BM, BN, CLUSTER_MAX, ENTRY_REGS, MULTICAST, SMEM_BYTES, SPLIT_MAX, THREADS, W_BOX_ROWS,
+};
 
 use crate::current::Current;
 use crate::error::{Error, Result};
@@ -44,12 +46,46 @@ pub(crate) const WGMMA_MAX_M: usize = i32::MAX as usize;
 /// Largest N (W rows) of a launch (grid y is `ceil(N / 256)`, at most 65535).
 pub(crate) const WGMMA_MAX_N: u32 = 65_535 * BN;
 
+/// Fewest k tiles a CTA of a split over K gets: below two, the pipeline has nothing to
+/// overlap and the partial sums' exchange costs more than the split gains.
+const MIN_K_TILES_PER_CTA: u32 = 2;
+
+/// The split over K for `tiles` output tiles (CTAs without a split) in clusters of `cx`
+/// along x, over `k_tiles` k tiles, on `sms` SMs: the largest of 8, 4, 2 whose CTAs all
+/// run at once (at most `sms` of them, and no more clusters than `max_clusters(cx, split)`
+/// can be resident), within the portable cluster size, with at least
+/// [`MIN_K_TILES_PER_CTA`] k tiles per CTA; else 1. A split fills the SMs that a few output
+/// tiles (small M) leave idle, while the op is bound by reading W.
+pub(crate) fn split_k(cx: u32, tiles: u32, k_tiles: u32, sms: u32, max_clusters: impl Fn(u32, u32) -> u32) -> u32 {
+    let mut split = SPLIT_MAX;
+    while split > 1 {
+        let fits = cx * split <= CLUSTER_MAX
+            && tiles * split <= sms
+            && k_tiles >= MIN_K_TILES_PER_CTA * split
+            && tiles.div_ceil(cx) <= max_clusters(cx, split);
+        if fits {
+            return split;
+        }
+        split /= 2;
+    }
+    1
+}
+
+/// The cluster shapes a launch may take: `cx` in 1, `MULTICAST`; split 1, 2, 4, 8.
+const CX_CHOICES: [u32; 2] = [1, MULTICAST];
+const SPLIT_CHOICES: [u32; 4] = [1, 2, 4, 8];
+
 /// The loaded sm_90a module.
 pub(crate) struct WgmmaKernels {
     fused: Entry,
     gemm: Entry,
     gate_up: Entry,
     proj: Entry,
+    /// SMs of the device.
+    sms: u32,
+    /// Clusters of each shape (`CX_CHOICES` x `SPLIT_CHOICES`) that can be resident at once
+    /// (`cuOccupancyMaxActiveClusters`; 0 where the shape is not allowed).
+    max_clusters: [[u32; 4]; 2],
 }
 
 impl WgmmaKernels {
@@ -75,28 +111,55 @@ impl WgmmaKernels {
             }
             Ok(Entry { f, name, params })
         };
+        let fused = load(WGMMA_ENTRIES[0])?;
+        let sms = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| format!("cuDeviceGetAttribute: {e}"))? as u32;
+        // Every entry has the same launch resources (threads, registers, shared memory), so
+        // one entry's cluster occupancy is every entry's.
+        let _current = Current::bind(ctx).map_err(|e| e.to_string())?;
+        let mut max_clusters = [[0u32; 4]; 2];
+        for (row, &cx) in max_clusters.iter_mut().zip(CX_CHOICES.iter()) {
+            for (slot, &split) in row.iter_mut().zip(SPLIT_CHOICES.iter()) {
+                if cx * split <= CLUSTER_MAX {
+                    *slot = max_active_clusters(&fused, cx, split)?;
+                }
+            }
+        }
         Ok(WgmmaKernels {
-            fused: load(WGMMA_ENTRIES[0])?,
+            fused,
             gemm: load(WGMMA_ENTRIES[1])?,
             gate_up: load(WGMMA_ENTRIES[2])?,
             proj: load(WGMMA_ENTRIES[3])?,
+            sms,
+            max_clusters,
         })
     }
 
-    /// The launch shape for `m` tokens and `n` W rows: token tiles along grid x, so that the
-    /// CTAs the hardware starts one after another walk down the token tiles of one W tile
-    /// column before the next, and the CTAs resident together share W tiles in L2 (with W
-    /// tiles along x, every wave of CTAs would sweep the whole of W). Clusters of `CLUSTER`
-    /// CTAs along x: the token tiles are rounded up to whole clusters (a CTA past M computes
-    /// zeros and stores nothing, but loads its share of the W tiles).
-    fn shape(m: u32, n: u32) -> Result<Shape> {
+    /// The launch shape for `m` tokens, `n` W rows and `k`: token tiles along grid x, so
+    /// that the CTAs the hardware starts one after another walk down the token tiles of one
+    /// W tile column before the next, and the CTAs resident together share W tiles in L2
+    /// (with W tiles along x, every wave of CTAs would sweep the whole of W). With two token
+    /// tiles or more, clusters of `MULTICAST` CTAs along x share each W tile by multicast
+    /// (the token tiles rounded up to whole pairs: a CTA past M computes zeros and stores
+    /// nothing, but loads its share of the W tiles). Where the output tiles leave SMs idle,
+    /// a split over K along z ([`split_k`]).
+    fn shape(&self, m: u32, n: u32, k: u32) -> Result<Shape> {
         if n > WGMMA_MAX_N {
             return Err(Error::Dimension {
                 arg: "N", expected: "at most 65535 · 256 for FusedWgmma", got: n as usize
             });
         }
-        let grid_x = m.div_ceil(BM).div_ceil(CLUSTER) * CLUSTER;
-        Ok(Shape { grid: (grid_x, n.div_ceil(BN)), block: THREADS, cluster_x: CLUSTER, smem: SMEM_BYTES })
+        let token_tiles = m.div_ceil(BM);
+        let cx = if token_tiles >= 2 { MULTICAST } else { 1 };
+        let grid = (token_tiles.div_ceil(cx) * cx, n.div_ceil(BN));
+        let max_clusters = |cx: u32, split: u32| {
+            let row = CX_CHOICES.iter().position(|&c| c == cx);
+            let col = SPLIT_CHOICES.iter().position(|&s| s == split);
+            row.zip(col).map_or(0, |(r, c)| self.max_clusters[r][c])
+        };
+        let split = split_k(cx, grid.0 * grid.1, k.div_ceil(BK), self.sms, max_clusters);
+        Ok(Shape { grid, block: THREADS, cluster_x: cx, split_z: split, smem: SMEM_BYTES })
     }
 
     /// Fused RMSNorm + QKV (`eps`; `map` describes the folded, k-interleaved W) or, with
@@ -117,7 +180,7 @@ impl WgmmaKernels {
         eps: Option<f32>,
     ) -> Result<()> {
         let n = out.nq + 2 * out.nkv;
-        let shape = Self::shape(inp.m, n)?;
+        let shape = self.shape(inp.m, n, inp.hidden)?;
         // SAFETY: the arguments in each entry's order; buffers per the caller.
         unsafe {
             match eps {
@@ -165,7 +228,7 @@ impl WgmmaKernels {
         inter: u32,
         eps: f32,
     ) -> Result<()> {
-        let shape = Self::shape(inp.m, 2 * inter)?;
+        let shape = self.shape(inp.m, 2 * inter, inp.hidden)?;
         let launch = Launch::new(&self.gate_up, shape).pdl(pdl);
         // SAFETY: the arguments in the entry's order; buffers per the caller.
         unsafe {
@@ -190,13 +253,41 @@ impl WgmmaKernels {
         out: u64,
         n: u32,
     ) -> Result<()> {
-        let shape = Self::shape(inp.m, n)?;
+        let shape = self.shape(inp.m, n, inp.hidden)?;
         let launch = Launch::new(&self.proj, shape).pdl(pdl);
         // SAFETY: the arguments in the entry's order; buffers per the caller.
         unsafe {
             launch.arg(inp.x).arg(map.device_ptr()).arg(residual).arg(out).arg(inp.m).arg(inp.hidden).arg(n).run(stream)
         }
     }
+}
+
+/// `cuOccupancyMaxActiveClusters` for `entry` in clusters of `cx` x 1 x `split` CTAs.
+fn max_active_clusters(entry: &Entry, cx: u32, split: u32) -> std::result::Result<u32, String> {
+    // SAFETY: a plain C struct of integers and a union; zero is a valid bit pattern.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr.value.clusterDim.x = cx;
+    attr.value.clusterDim.y = 1;
+    attr.value.clusterDim.z = split;
+    let cfg = sys::CUlaunchConfig {
+        gridDimX: cx,
+        gridDimY: 1,
+        gridDimZ: split,
+        blockDimX: THREADS,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: SMEM_BYTES,
+        hStream: std::ptr::null_mut(),
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    let mut n: std::ffi::c_int = 0;
+    // SAFETY: the config and its attribute outlive the call, which only writes `n`.
+    unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, entry.f.cu_function(), &cfg) }
+        .result()
+        .map_err(|e| format!("`{}`: cuOccupancyMaxActiveClusters ({cx} x 1 x {split}): {e}", entry.name))?;
+    Ok(n.max(0) as u32)
 }
 
 /// The tensor map of a weight `w [n, k]` (device address, 16-byte aligned) for the
@@ -219,7 +310,7 @@ pub(crate) fn no_wgmma(gpu: &Gpu, k: usize) -> Error {
 }
 
 /// A `CUtensorMap` for the TMA's reads of a weight `W [n, k]` bf16 (row-major): boxes of
-/// `BK x W_BOX_ROWS` (64 elements of k, a CTA's 128 of a tile's 256 rows), 128-byte
+/// `BK x W_BOX_ROWS` (64 elements of k, half of a tile's 256 rows), 128-byte
 /// swizzle, zeros outside the matrix. It
 /// lives in device memory (written once, here), and the kernels take its address; it
 /// stays valid while the weight buffer does (the op owning both keeps them together).
@@ -249,8 +340,8 @@ impl WeightMap {
 }
 
 /// `cuTensorMapEncodeTiled` for `W [n, k]` at `w`: dimensions innermost first (`k`, `n`),
-/// row stride `2 k` bytes, box `BK x W_BOX_ROWS` (a CTA's share of a W tile, which it
-/// multicasts to its cluster); the map's 128 bytes.
+/// row stride `2 k` bytes, box `BK x W_BOX_ROWS` (half a W tile: a CTA's share, which it
+/// multicasts to its pair, or one of the two boxes a CTA alone loads); the map's 128 bytes.
 pub(crate) fn encode_weight_map(w: u64, n: usize, k: usize) -> Result<[u8; 128]> {
     let mut map = std::mem::MaybeUninit::<CUtensorMap>::zeroed();
     let dims: [u64; 2] = [k as u64, n as u64];
@@ -282,5 +373,45 @@ pub(crate) fn encode_weight_map(w: u64, n: usize, k: usize) -> Result<[u8; 128]>
             chunk.copy_from_slice(&word.to_ne_bytes());
         }
         Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_k;
+
+    const H100_SMS: u32 = 132;
+
+    /// Enough clusters of every shape for one wave.
+    fn plenty(_: u32, _: u32) -> u32 {
+        1000
+    }
+
+    #[test]
+    fn split_fills_the_sms_that_few_output_tiles_leave_idle() {
+        // M = 128 (one token tile, no pair): Qwen3-0.6B QKV, 16 W tiles, K = 1024 (16 k tiles).
+        assert_eq!(split_k(1, 16, 16, H100_SMS, plenty), 8);
+        // Llama-3-8B QKV, 24 W tiles: 8 would be 192 CTAs, more than one wave.
+        assert_eq!(split_k(1, 24, 64, H100_SMS, plenty), 4);
+        // Llama-3-70B QKV, 40 W tiles.
+        assert_eq!(split_k(1, 40, 128, H100_SMS, plenty), 2);
+        // M = 300 on Qwen3-0.6B: 4 token tiles in pairs, 64 tiles; pairs cap the split at 4.
+        assert_eq!(split_k(2, 64, 16, H100_SMS, plenty), 2);
+        assert_eq!(split_k(2, 8, 64, H100_SMS, plenty), 4);
+        // M = 2048: 256 tiles already fill the SMs.
+        assert_eq!(split_k(2, 256, 16, H100_SMS, plenty), 1);
+    }
+
+    #[test]
+    fn split_keeps_two_k_tiles_per_cta_and_one_wave_of_clusters() {
+        // K = 256: 4 k tiles, at most a split of 2.
+        assert_eq!(split_k(1, 16, 4, H100_SMS, plenty), 2);
+        // K = 64: one k tile, no split.
+        assert_eq!(split_k(1, 16, 1, H100_SMS, plenty), 1);
+        // Only 14 clusters of 8 fit at once: 16 tiles take a split of 4 instead.
+        let few_eights = |_: u32, split: u32| if split == 8 { 14 } else { 1000 };
+        assert_eq!(split_k(1, 16, 16, H100_SMS, few_eights), 4);
+        // A shape the device cannot launch at all (0 clusters) is never chosen.
+        assert_eq!(split_k(1, 16, 16, H100_SMS, |_, _| 0), 1);
     }
 }

@@ -80,21 +80,29 @@
 
 use crate::activation::{round_bf16, silu_mul};
 use crate::config::wgmma::{
-    BK, BM, BN, CLUSTER, CONSUMER_REGS, PRODUCER_REGS, STAGE_BYTES, STAGES, THREADS, W_BOX_ROWS, W_TILE_BYTES,
-    consumer_rows, swizzled,
+    BK, BLOCKS, BM, BN, CONSUMER_REGS, MULTICAST, PRODUCER_REGS, SPLIT_MAX, STAGE_BYTES, STAGES, THREADS, W_BOX_ROWS,
+    W_TILE_BYTES, consumer_rows, partial_offset, partial_ss_offset, swizzled,
 };
 use crate::norm::{inv_rms, sum_squares_bf16x8};
-use crate::ptx::cluster::{barrier_cluster_sync, cluster_ctarank, cluster_nctarank, mapa_shared_cluster};
+use crate::ptx::cluster::{
+    barrier_cluster_sync, cluster_ctaid_x, cluster_ctaid_z, cluster_nctaid_x, cluster_nctaid_z, cluster_nctarank,
+    ld_shared_cluster_v2_f32, ld_shared_cluster_v4_u32, mapa_shared_cluster,
+};
 use crate::ptx::convert::{cvt_rn_bf16x2_f32, unpack_bf16x2};
 use crate::ptx::cp_async::{cp_async_cg_shared_global_16, cp_async_wait_all};
 use crate::ptx::mbarrier::{
     cp_async_mbarrier_arrive_noinc_shared, fence_mbarrier_init_release_cluster, mbarrier_arrive_expect_tx_shared,
     mbarrier_arrive_shared_cluster, mbarrier_init_shared, mbarrier_wait_parity,
 };
-use crate::ptx::shared::{SharedPtr, dynamic_shared_base, ld_shared_u32, ld_shared_v4_u32};
+use crate::ptx::shared::{
+    SharedPtr, dynamic_shared_base, ld_shared_u32, ld_shared_v4_u32, st_shared_v2_f32, st_shared_v4_u32,
+};
 use crate::ptx::sync::{griddepcontrol_launch_dependents, griddepcontrol_wait};
-use crate::ptx::thread::{block_dim_x, block_idx_x, block_idx_y, lane_id, thread_idx_x};
-use crate::ptx::tma::{cp_async_bulk_tensor_2d_global_shared_multicast, fence_proxy_tensormap_acquire_sys};
+use crate::ptx::thread::{bar_sync, block_dim_x, block_idx_x, block_idx_y, grid_dim_z, lane_id, thread_idx_x};
+use crate::ptx::tma::{
+    cp_async_bulk_tensor_2d_global_shared, cp_async_bulk_tensor_2d_global_shared_multicast,
+    fence_proxy_tensormap_acquire_sys,
+};
 use crate::ptx::trap;
 use crate::ptx::warp::shfl_sync_bfly_f32;
 use crate::ptx::wgmma::{
@@ -317,18 +325,57 @@ impl Smem {
     }
 }
 
+/// Where a CTA sits in its cluster: `cx` CTAs along x (1 or `MULTICAST`) compute
+/// consecutive token tiles and share the W tiles by multicast, `x` this CTA's index among
+/// them; `split` CTAs along z (grid z is the split) take `1 / split` of the k tiles each of
+/// the same output tile, `z` this CTA's index among them.
+#[derive(Clone, Copy)]
+struct Place {
+    cx: u32,
+    x: u32,
+    split: u32,
+    z: u32,
+}
+
+impl Place {
+    /// This CTA's place, or a trap where the launch is not a shape the kernel knows.
+    #[inline(always)]
+    fn get() -> Place {
+        // (`max(1)`: the split is never 0, and so the divisions by it need no check.)
+        let split = cluster_nctaid_z().max(1);
+        let p = Place { cx: cluster_nctaid_x(), x: cluster_ctaid_x(), split, z: cluster_ctaid_z() };
+        let split_ok = p.split <= SPLIT_MAX && BLOCKS.is_multiple_of(p.split) && grid_dim_z() == p.split;
+        if !(p.cx == 1 || p.cx == MULTICAST) || !split_ok || p.cx * p.split != cluster_nctarank() {
+            trap();
+        }
+        p
+    }
+
+    /// The cluster rank of the CTA at `(x, z)` of this cluster (its y extent is 1).
+    #[inline(always)]
+    fn rank(self, x: u32, z: u32) -> u32 {
+        x + self.cx * z
+    }
+}
+
 /// The kernel body: W in natural k order (`W_NAT`) or k-interleaved, epilogue `E`.
 ///
 /// # Safety
 /// As the entries'.
 #[inline(always)]
 unsafe fn run<const W_NAT: bool, E: BlockOut>(x: *const u16, w_map: *const u8, out: E, m: u32, k: u32, eps: f32) {
-    if block_dim_x() != THREADS || cluster_nctarank() != CLUSTER || !k.is_multiple_of(32) || k == 0 || m == 0 {
+    let place = Place::get();
+    if block_dim_x() != THREADS || !k.is_multiple_of(32) || k == 0 || m == 0 {
         trap();
     }
     let tid = thread_idx_x();
     let (n0, m0) = (block_idx_y() * BN, block_idx_x() * BM);
-    let k_tiles = k.div_ceil(BK);
+    // This CTA's k tiles: `kt0 ..+ k_tiles` (none for the last CTAs of a split when the
+    // tiles do not divide evenly; they add zeros).
+    let all_tiles = k.div_ceil(BK);
+    let per = all_tiles.div_ceil(place.split);
+    let kt0 = (place.z * per).min(all_tiles);
+    let k_tiles = (kt0 + per).min(all_tiles) - kt0;
     let sm = Smem::new();
     griddepcontrol_launch_dependents();
     if tid == 0 {
@@ -337,7 +384,7 @@ unsafe fn run<const W_NAT: bool, E: BlockOut>(x: *const u16, w_map: *const u8, o
         unsafe {
             for s in 0..STAGES {
                 mbarrier_init_shared(sm.full(s), WG + 1);
-                mbarrier_init_shared(sm.empty(s), CLUSTER * CONSUMER_WARPS);
+                mbarrier_init_shared(sm.empty(s), place.cx * CONSUMER_WARPS);
             }
             fence_proxy_tensormap_acquire_sys(w_map);
         }
@@ -347,18 +394,33 @@ unsafe fn run<const W_NAT: bool, E: BlockOut>(x: *const u16, w_map: *const u8, o
     // reaches them. SAFETY: uniform.
     unsafe { barrier_cluster_sync() };
 
+    let tiles = Tiles { m0, n0, kt0, count: k_tiles };
     if tid < WG {
         setmaxnreg_dec::<PRODUCER_REGS>();
         // SAFETY: forwarded.
-        unsafe { produce(sm, x, w_map, m, k, m0, n0, k_tiles, tid) };
+        unsafe { produce(sm, place, x, w_map, m, k, tiles, tid) };
+        if place.split > 1 {
+            // The consumers' barrier between writing and reading the partial sums.
+            // SAFETY: uniform across the cluster (every CTA has the same split).
+            unsafe { barrier_cluster_sync() };
+        }
     } else {
         setmaxnreg_inc::<CONSUMER_REGS>();
         // SAFETY: forwarded.
-        unsafe { consume::<W_NAT, E>(sm, out, m, k, m0, n0, k_tiles, tid % WG, eps) };
+        unsafe { consume::<W_NAT, E>(sm, place, out, m, k, tiles, tid % WG, eps) };
     }
-    // No CTA leaves while another of its cluster may still arrive on its barriers.
-    // SAFETY: every thread of the cluster gets here.
+    // No CTA leaves while another of its cluster may still arrive on its barriers or read
+    // its partial sums. SAFETY: every thread of the cluster gets here.
     unsafe { barrier_cluster_sync() };
+}
+
+/// A CTA's work: the output tile at token `m0`, W row `n0`, over k tiles `kt0 ..+ count`.
+#[derive(Clone, Copy)]
+struct Tiles {
+    m0: u32,
+    n0: u32,
+    kt0: u32,
+    count: u32,
 }
 
 /// The producer warpgroup: thread 0 copies the W tiles by the TMA; thread `t` copies chunk
@@ -369,49 +431,66 @@ unsafe fn run<const W_NAT: bool, E: BlockOut>(x: *const u16, w_map: *const u8, o
 /// As [`run`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn produce(sm: Smem, x: *const u16, w_map: *const u8, m: u32, k: u32, m0: u32, n0: u32, k_tiles: u32, t: u32) {
-    // This CTA's share of each W tile: rows `W_BOX_ROWS · rank ..+ W_BOX_ROWS`, multicast to
-    // every CTA of the cluster; each CTA's full barrier waits for the whole tile's bytes.
-    let share = cluster_ctarank() * W_BOX_ROWS;
-    let load_w = |kt: u32| {
-        let s = kt % STAGES;
+unsafe fn produce(sm: Smem, place: Place, x: *const u16, w_map: *const u8, m: u32, k: u32, tiles: Tiles, t: u32) {
+    let Tiles { m0, n0, kt0, count } = tiles;
+    // With a multicast pair, this CTA's share of each W tile is rows `W_BOX_ROWS · x ..+
+    // W_BOX_ROWS`, into both CTAs of its pair; alone, it loads both halves. Either way each
+    // CTA's full barrier waits for the whole tile's bytes.
+    let load_w = |i: u32| {
+        let s = i % STAGES;
+        let c0 = ((kt0 + i) * BK) as i32;
         if t == 0 {
-            // SAFETY: stage s is free in every CTA of the cluster (its empty barrier counts
-            // the consumers of all of them); the box lands in this CTA's share of their W tiles.
+            // SAFETY: stage s is free in every CTA the box lands in (the empty barrier counts
+            // the consumers of both CTAs of a pair); each box lands in its rows of the W tile.
             unsafe {
                 mbarrier_arrive_expect_tx_shared(sm.full(s), W_TILE_BYTES);
-                cp_async_bulk_tensor_2d_global_shared_multicast(
-                    sm.w_tile(s).byte_add(share * 128),
-                    w_map,
-                    (kt * BK) as i32,
-                    (n0 + share) as i32,
-                    sm.full(s),
-                    ((1u32 << CLUSTER) - 1) as u16,
-                );
+                if place.cx == MULTICAST {
+                    let share = place.x * W_BOX_ROWS;
+                    let pair = ((1u32 << MULTICAST) - 1) << place.rank(0, place.z);
+                    cp_async_bulk_tensor_2d_global_shared_multicast(
+                        sm.w_tile(s).byte_add(share * 128),
+                        w_map,
+                        c0,
+                        (n0 + share) as i32,
+                        sm.full(s),
+                        pair as u16,
+                    );
+                } else {
+                    for h in 0..MULTICAST {
+                        let rows = h * W_BOX_ROWS;
+                        cp_async_bulk_tensor_2d_global_shared(
+                            sm.w_tile(s).byte_add(rows * 128),
+                            w_map,
+                            c0,
+                            (n0 + rows) as i32,
+                            sm.full(s),
+                        );
+                    }
+                }
             }
         }
     };
     // Weights before the dependency wait: the first STAGES tiles' buffers are free.
-    let first = if k_tiles < STAGES { k_tiles } else { STAGES };
-    for kt in 0..first {
-        load_w(kt);
+    let first = if count < STAGES { count } else { STAGES };
+    for i in 0..first {
+        load_w(i);
     }
     griddepcontrol_wait();
     // Thread t copies chunk t % 8 of tile rows t / 8 + 16 i: each warp instruction reads four
     // whole 128-byte rows of x.
     let chunk = t % 8;
-    for kt in 0..k_tiles {
-        let s = kt % STAGES;
-        let phase = (kt / STAGES) & 1;
-        if kt >= STAGES {
+    for i in 0..count {
+        let s = i % STAGES;
+        let phase = (i / STAGES) & 1;
+        if i >= STAGES {
             // SAFETY: an initialized barrier of this CTA.
             unsafe { mbarrier_wait_parity(sm.empty(s), phase ^ 1) };
-            load_w(kt);
+            load_w(i);
         }
         let xt = sm.x_tile(s);
-        let col = kt * BK + 8 * chunk;
-        for i in 0..(BM / 16) {
-            let r = t / 8 + 16 * i;
+        let col = (kt0 + i) * BK + 8 * chunk;
+        for j in 0..(BM / 16) {
+            let r = t / 8 + 16 * j;
             let ok = m0 + r < m && col < k;
             let src = if ok { x.wrapping_add((m0 + r) as usize * k as usize + col as usize) } else { x };
             // SAFETY: the chunk lies in row r of the stage's x tile; src is read only when ok.
@@ -427,7 +506,8 @@ unsafe fn produce(sm: Smem, x: *const u16, w_map: *const u8, m: u32, k: u32, m0:
 }
 
 /// A consumer warpgroup (`t` its thread, 0..128): tokens `64 c ..+ 64` of the tile, `c` the
-/// consumer index, all BN W rows; then the epilogue.
+/// consumer index, all BN W rows, over the CTA's k tiles; then the epilogue, through the
+/// split's sum where there is one.
 ///
 /// # Safety
 /// As [`run`].
@@ -435,15 +515,15 @@ unsafe fn produce(sm: Smem, x: *const u16, w_map: *const u8, m: u32, k: u32, m0:
 #[allow(clippy::too_many_arguments)]
 unsafe fn consume<const W_NAT: bool, E: BlockOut>(
     sm: Smem,
+    place: Place,
     out: E,
     m: u32,
     k: u32,
-    m0: u32,
-    n0: u32,
-    k_tiles: u32,
+    tiles: Tiles,
     t: u32,
     eps: f32,
 ) {
+    let Tiles { m0, n0, count, .. } = tiles;
     // Every read of this warpgroup's inputs follows a `full` barrier that the producer's
     // copies after its dependency wait complete; waiting here too costs nothing and does not
     // rest the epilogue's residual reads and stores on that chain.
@@ -454,9 +534,9 @@ unsafe fn consume<const W_NAT: bool, E: BlockOut>(
     let (r0, r1) = consumer_rows(c, t);
     let mut acc = [0.0f32; 128];
     let mut ss = [0.0f32; 2];
-    for kt in 0..k_tiles {
-        let s = kt % STAGES;
-        let phase = (kt / STAGES) & 1;
+    for i in 0..count {
+        let s = i % STAGES;
+        let phase = (i / STAGES) & 1;
         // SAFETY: an initialized barrier; after it the stage's W (async proxy, through the
         // barrier) and x (this CTA's cp.async, through the barrier) are visible.
         unsafe { mbarrier_wait_parity(sm.full(s), phase) };
@@ -494,7 +574,7 @@ unsafe fn consume<const W_NAT: bool, E: BlockOut>(
         // SAFETY: the stage's W tile, seen through its full barrier; the warpgroup issues
         // these together with the same descriptors.
         unsafe {
-            wgmma_m64n256k16_f32_bf16_rs(&mut acc, a[0], desc_k_sw128(wt, 0), kt > 0);
+            wgmma_m64n256k16_f32_bf16_rs(&mut acc, a[0], desc_k_sw128(wt, 0), i > 0);
             wgmma_m64n256k16_f32_bf16_rs(&mut acc, a[1], desc_k_sw128(wt, 1), true);
             wgmma_m64n256k16_f32_bf16_rs(&mut acc, a[2], desc_k_sw128(wt, 2), true);
             wgmma_m64n256k16_f32_bf16_rs(&mut acc, a[3], desc_k_sw128(wt, 3), true);
@@ -503,29 +583,29 @@ unsafe fn consume<const W_NAT: bool, E: BlockOut>(
         wgmma_wait_group::<0>(&mut acc);
         if lane_id() == 0 {
             // The warp no longer reads the stage (its loads came before its `wgmma`s, which
-            // completed): free it in every CTA of the cluster, whose producers all write it.
-            for r in 0..CLUSTER {
+            // completed): free it in every CTA its producer's boxes land in.
+            for x in 0..place.cx {
                 // SAFETY: an initialized barrier of a running CTA of the cluster (none leaves
                 // before the final cluster barrier).
-                unsafe { mbarrier_arrive_shared_cluster(mapa_shared_cluster(sm.empty(s), r)) };
+                unsafe { mbarrier_arrive_shared_cluster(mapa_shared_cluster(sm.empty(s), place.rank(x, place.z))) };
             }
+        }
+    }
+    if E::NORM {
+        // The four lanes `q` of a row hold its k range's sum of squares between them.
+        for v in ss.iter_mut() {
+            *v += shfl_sync_bfly_f32(*v, 1);
+            *v += shfl_sync_bfly_f32(*v, 2);
         }
     }
 
     // Epilogue: the row scales, then pairs of columns.
-    let mut sc = [1.0f32; 2];
-    if E::NORM {
-        for (v, s) in ss.iter_mut().zip(sc.iter_mut()) {
-            *v += shfl_sync_bfly_f32(*v, 1);
-            *v += shfl_sync_bfly_f32(*v, 2);
-            *s = inv_rms(*v, k, eps);
-        }
-    }
+    let scales = |ss: [f32; 2]| if E::NORM { ss.map(|v| inv_rms(v, k, eps)) } else { [1.0f32; 2] };
     let n = out.rows();
     let (row0, row1) = (m0 + r0, m0 + r1);
     // 16-column block b: accumulators 8 b ..+ 8 (columns 16 b + 2q, + 1 of both rows, then
     // 16 b + 8 + 2q, + 1).
-    let store = |b: u32, a: [f32; 8]| {
+    let store = |b: u32, a: [f32; 8], sc: [f32; 2]| {
         let c16 = n0 + 16 * b;
         if c16 < n {
             // SAFETY: rows checked against m, c16 < n.
@@ -539,12 +619,76 @@ unsafe fn consume<const W_NAT: bool, E: BlockOut>(
             }
         }
     };
-    // Written out for each block (a macro, not a loop) so that every accumulator index is a
-    // constant: a run-time index would move the accumulators to local memory.
-    macro_rules! store_all {
+    if place.split == 1 {
+        let sc = scales(ss);
+        // Written out for each block (a macro, not a loop) so that every accumulator index is
+        // a constant: a run-time index would move the accumulators to local memory.
+        macro_rules! store_all {
+            ($($b:literal)*) => {
+                $(store($b, core::array::from_fn(|i| acc[8 * $b + i]), sc);)*
+            };
+        }
+        store_all!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+        return;
+    }
+
+    // A split over K: every CTA of the split puts its partial sums in its stage memory; CTA
+    // `z` then adds blocks `z · BLOCKS / split ..+ BLOCKS / split` of all of them, in rank
+    // order (the same order in every run), and stores those.
+    let u = thread_idx_x() - WG;
+    let base = sm.w_tile(0);
+    // Both consumer warpgroups are done with the stages (their last `wgmma`s completed, and
+    // every box addressed to this CTA has landed: each was awaited) before either overwrites
+    // them. SAFETY: the 256 consumer threads, and nothing else uses barrier 1.
+    unsafe { bar_sync(1, 2 * WG) };
+    let put = |b: u32, h: u32, v: [f32; 4]| {
+        // SAFETY: inside the stage memory (`config::wgmma`'s assertion), 16-byte aligned.
+        unsafe { st_shared_v4_u32(base.byte_add(partial_offset(b, h, u)).cast(), v.map(f32::to_bits)) }
+    };
+    macro_rules! put_all {
         ($($b:literal)*) => {
-            $(store($b, core::array::from_fn(|i| acc[8 * $b + i]));)*
+            $(
+                put($b, 0, core::array::from_fn(|i| acc[8 * $b + i]));
+                put($b, 1, core::array::from_fn(|i| acc[8 * $b + 4 + i]));
+            )*
         };
     }
-    store_all!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+    put_all!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+    if E::NORM {
+        // SAFETY: as `put`.
+        unsafe { st_shared_v2_f32(base.byte_add(partial_ss_offset(u)).cast(), ss) };
+    }
+    // The partial sums of every CTA of the split are visible to all of them.
+    // SAFETY: uniform across the cluster (the producers take part too).
+    unsafe { barrier_cluster_sync() };
+    let peer = |z: u32| mapa_shared_cluster(base, place.rank(place.x, z));
+    let mut total = [0.0f32; 2];
+    if E::NORM {
+        for z in 0..place.split {
+            // SAFETY: a running CTA's partial sums, written before the cluster barrier.
+            let v = unsafe { ld_shared_cluster_v2_f32(peer(z) + partial_ss_offset(u)) };
+            total[0] += v[0];
+            total[1] += v[1];
+        }
+    }
+    let sc = scales(total);
+    let mine = BLOCKS / place.split;
+    for b in place.z * mine..(place.z + 1) * mine {
+        let (mut lo, mut hi) = ([0.0f32; 4], [0.0f32; 4]);
+        for z in 0..place.split {
+            // SAFETY: as above; 16-byte aligned.
+            let (pl, ph) = unsafe {
+                let at = peer(z);
+                (
+                    ld_shared_cluster_v4_u32(at + partial_offset(b, 0, u)),
+                    ld_shared_cluster_v4_u32(at + partial_offset(b, 1, u)),
+                )
+            };
+            for i in 0..4 {
+                lo[i] += f32::from_bits(pl[i]);
+                hi[i] += f32::from_bits(ph[i]);
+            }
+        }
+        store(b, [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]], sc);
+    }
 }
