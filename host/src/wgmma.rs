@@ -84,7 +84,8 @@ pub(crate) struct WgmmaKernels {
     /// SMs of the device.
     sms: u32,
     /// Clusters of each shape (`CX_CHOICES` x `SPLIT_CHOICES`) that can be resident at once
-    /// (`cuOccupancyMaxActiveClusters`; 0 where the shape is not allowed).
+    /// (`cuOccupancyMaxActiveClusters`; 0 where the shape is not allowed, and for split 1,
+    /// which needs no count).
     max_clusters: [[u32; 4]; 2],
 }
 
@@ -121,7 +122,8 @@ impl WgmmaKernels {
         let mut max_clusters = [[0u32; 4]; 2];
         for (row, &cx) in max_clusters.iter_mut().zip(CX_CHOICES.iter()) {
             for (slot, &split) in row.iter_mut().zip(SPLIT_CHOICES.iter()) {
-                if cx * split <= CLUSTER_MAX {
+                // (`split_k` asks only about splits; a shape without one always fits.)
+                if split > 1 && cx * split <= CLUSTER_MAX {
                     *slot = max_active_clusters(&fused, cx, split)?;
                 }
             }

@@ -14,14 +14,26 @@
 //!
 //! # Tiling (`config::wgmma`)
 //! * CTA tile `BM x BN = 128 tokens x 256 W rows`, K in tiles of `BK = 64`; grid
-//!   `(ceil(M / BM), ceil(N / BN))`, one CTA per SM (its shared memory). Token tiles run
-//!   along x, so that the CTAs the hardware starts one after another (x fastest) walk down
-//!   the token tiles of one W tile column first, and the CTAs resident at one time share
-//!   their W tiles in L2.
-//! * Clusters of `CLUSTER = 2` CTAs along x (the host rounds grid x up to whole clusters;
-//!   a CTA past M computes zeros and stores nothing): the CTAs of a cluster share their W
-//!   tiles, and CTA `r` loads rows `128 r ..+ 128` of each by a TMA multicast into both, so
-//!   L2 serves every W tile once per cluster instead of once per CTA.
+//!   `(ceil(M / BM), ceil(N / BN), split)`, one CTA per SM (its shared memory). Token tiles
+//!   run along x, so that the CTAs the hardware starts one after another (x fastest) walk
+//!   down the token tiles of one W tile column first, and the CTAs resident at one time
+//!   share their W tiles in L2.
+//! * With two token tiles or more, pairs of CTAs along x (`MULTICAST = 2`; the host rounds
+//!   grid x up to whole pairs; a CTA past M computes zeros and stores nothing) share their
+//!   W tiles: CTA `x` of a pair loads rows `128 x ..+ 128` of each by a TMA multicast into
+//!   both, so L2 serves every W tile once per pair instead of once per CTA. With one token
+//!   tile a CTA loads both halves itself.
+//! * A split over K where the output tiles are too few to fill the SMs (small M; the host
+//!   picks `split` in 1, 2, 4, 8): the `split` CTAs along z of a cluster (`MULTICAST x 1 x
+//!   split` or `1 x 1 x split`) compute the same output tile over consecutive ranges of
+//!   `ceil(k tiles / split)` k tiles each (the last ones may be short or empty). After the
+//!   main loop each puts its accumulators and its rows' partial sums of squares into its
+//!   own stage memory (`config::wgmma::partial_offset`: consumer thread `u` at the same
+//!   offset in every CTA), a cluster barrier, and CTA `z` adds blocks `z · 16 / split ..+ 16
+//!   / split` of the tile's sixteen 16-column blocks from all of them through distributed
+//!   shared memory (`ld.shared::cluster`), in rank order, so the result is the same in every
+//!   run; the row scales come from the summed squares and the epilogue (SiLU·mul, the
+//!   residual) runs on the sums. Nothing goes to global memory but the output.
 //! * Three warpgroups: warpgroup 0 produces (W by the TMA, x by `cp.async`), warpgroups 1
 //!   and 2 consume (tokens `64 (c - 1) ..+ 64` of the tile each, all 256 W rows: one
 //!   `wgmma.m64n256k16` per k16 slice, 128 f32 accumulators per thread). `setmaxnreg` gives
@@ -34,10 +46,11 @@
 //!   land first, which the barrier's transaction count allows) and each of the 128 producer
 //!   threads' x copies (thread `t`: chunk `t % 8` of rows `t / 8 + 16 i`, so a warp reads
 //!   whole rows) have (`cp.async.mbarrier.arrive.noinc`): count 129. An `empty` barrier per
-//!   stage completes when the 8 consumer warps of every CTA of the cluster are done with the
-//!   stage (lane 0 of each arrives on the stage's empty barrier in each CTA): count 16,
-//!   because both CTAs' producers write into it. A cluster barrier after the barriers'
-//!   initialization and another before exit keep every copy and arrival inside running CTAs.
+//!   stage completes when the 8 consumer warps of every CTA its boxes land in are done with
+//!   the stage (lane 0 of each arrives on the stage's empty barrier in each CTA of the
+//!   pair): count 8 per CTA of the pair, because both CTAs' producers write into it. A
+//!   cluster barrier after the barriers' initialization and another before exit keep every
+//!   copy, arrival and partial-sum read inside running CTAs.
 //!
 //! # Why A comes from registers
 //! W is in the interleaved k order and x is not; a consumer lane `(g, q)` of warp `w` needs,
@@ -68,15 +81,17 @@
 //! zero-fills x past M and K.
 //!
 //! # Traffic and work (per call)
-//! `2 M N K` flops; W read from L2 once per cluster (`ceil(M / BM) / 2` times), x `ceil(N /
-//! BN)` times (L2), `2 M N` bytes written.
+//! `2 M N K` flops; W read from L2 once per pair (`ceil(M / BM) / 2` times; once with one
+//! token tile), x `ceil(N / BN)` times (L2), `2 M N` bytes written; a split adds `(split -
+//! 1) / split` of `4 · 128 · 256` bytes per CTA of distributed shared-memory reads.
 //!
 //! # Launch
-//! block `(384, 1, 1)`, grid `(2 ceil(ceil(M / 128) / 2), ceil(N / 256))` in clusters of
-//! `(2, 1, 1)`, dynamic shared memory `config::wgmma::SMEM_BYTES`; `w_map` a `CUtensorMap`
-//! in global memory for W `[N, K]` (box `64 x 128`, a CTA's share of a W tile, 128-byte
-//! swizzle, zero fill); optionally with programmatic stream serialization. A launch
-//! without the cluster traps. Launch bounds 384 threads, 1 CTA per SM (for `setmaxnreg`).
+//! block `(384, 1, 1)`, grid `(cx ceil(ceil(M / 128) / cx), ceil(N / 256), split)` in
+//! clusters of `(cx, 1, split)`, `cx` 2 with two token tiles or more and else 1, `split` in
+//! 1, 2, 4, 8 and `cx · split <= 8`; dynamic shared memory `config::wgmma::SMEM_BYTES`;
+//! `w_map` a `CUtensorMap` in global memory for W `[N, K]` (box `64 x 128`, half a W tile,
+//! 128-byte swizzle, zero fill); optionally with programmatic stream serialization. A launch
+//! of another shape traps. Launch bounds 384 threads, 1 CTA per SM (for `setmaxnreg`).
 
 use crate::activation::{round_bf16, silu_mul};
 use crate::config::wgmma::{
