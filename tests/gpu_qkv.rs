@@ -48,12 +48,17 @@ fn check_shape(name: &str, shape: QkvShape) {
     if common::wgmma_route(&gpu, op.has_wgmma(), k) {
         paths.push(Route::FusedWgmma);
     }
-    // Every path; the separate-output fallback both ways (one GEMM + split_qkv, three GEMMs).
+    // Every path; the separate-output fallback both ways (one GEMM + split_qkv, three GEMMs);
+    // the warpgroup-MMA path with the launcher's split over K and with each split forced.
     let variants = paths.iter().flat_map(|&p| {
-        let splits: &[Option<bool>] = if p == Route::NormCublas { &[Some(true), Some(false)] } else { &[None] };
-        splits.iter().map(move |&s| (p, s))
+        let splits: &[(Option<bool>, Option<u32>)] = match p {
+            Route::NormCublas => &[(Some(true), None), (Some(false), None)],
+            Route::FusedWgmma => &[(None, None), (None, Some(1)), (None, Some(2)), (None, Some(4)), (None, Some(8))],
+            _ => &[(None, None)],
+        };
+        splits.iter().map(move |&(s, w)| (p, s, w))
     });
-    let variants: Vec<(Route, Option<bool>)> = variants.collect();
+    let variants: Vec<(Route, Option<bool>, Option<u32>)> = variants.collect();
 
     for &m in &MS {
         let x = random_bf16(&mut rng, m * k, -3.0, 3.0);
@@ -63,12 +68,13 @@ fn check_shape(name: &str, shape: QkvShape) {
 
         // Every path of the op, twice (determinism).
         let mut fused_outputs = Vec::new();
-        for &(path, split) in &variants {
-            op.set_tuning(Tuning { split, ..Tuning::default() });
-            let label = match split {
-                Some(true) => format!("{path:?} (one GEMM + split)"),
-                Some(false) => format!("{path:?} (three GEMMs)"),
-                None => format!("{path:?}"),
+        for &(path, split, wgmma_split) in &variants {
+            op.set_tuning(Tuning { split, wgmma_split, ..Tuning::default() });
+            let label = match (split, wgmma_split) {
+                (Some(true), _) => format!("{path:?} (one GEMM + split)"),
+                (Some(false), _) => format!("{path:?} (three GEMMs)"),
+                (None, Some(w)) => format!("{path:?} (split over K {w})"),
+                (None, None) => format!("{path:?}"),
             };
             let mut runs = Vec::new();
             for _ in 0..2 {
@@ -76,6 +82,11 @@ fn check_shape(name: &str, shape: QkvShape) {
                 let r = op.forward_into_with(path, &dx, m, &mut q, &mut kk, &mut v);
                 if path == Route::FusedDecode && m > DECODE_MAX_M {
                     assert!(matches!(r, Err(Error::Dimension { arg: "M", .. })), "decode path at M={m}: {r:?}");
+                    break;
+                }
+                // Pairs of CTAs (M > 128) and a split of 8 would need clusters of 16.
+                if wgmma_split == Some(8) && m > 128 {
+                    assert!(matches!(r, Err(Error::Value { arg: "wgmma_split", .. })), "split 8 at M={m}: {r:?}");
                     break;
                 }
                 r.unwrap();

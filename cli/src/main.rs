@@ -313,6 +313,10 @@ const METHOD: &str = "each variant captured in one CUDA graph over a ring of dis
 /// Rounds over which `bench` interleaves the variants of one shape and M.
 const ROUNDS: usize = 10;
 
+/// Largest M at which `tune` also times each forced split over K of the warpgroup-MMA
+/// route (above it the output tiles fill the SMs and the launcher does not split).
+const WGMMA_SPLIT_SWEEP_MAX_M: usize = 512;
+
 fn bench(a: BenchArgs) -> AppResult<()> {
     let models = select_models(&a.shapes)?;
     check_ms(&a.m)?;
@@ -570,6 +574,15 @@ fn tune(a: TuneArgs) -> AppResult<()> {
                 if wl.has_wgmma() {
                     row("wgmma packed".into(), &mut wl, Variant::FusedWgmmaPacked)?;
                     row("wgmma q,k,v".into(), &mut wl, Variant::FusedWgmma)?;
+                    // Each split over K against the launcher's choice, where M leaves SMs idle.
+                    if m <= WGMMA_SPLIT_SWEEP_MAX_M {
+                        let most = if m <= 128 { 8 } else { 4 };
+                        for split in [1, 2, 4, 8].into_iter().filter(|&s| s <= most) {
+                            wl.set_tuning(Tuning { wgmma_split: Some(split), ..Tuning::default() });
+                            row(format!("wgmma packed split={split}"), &mut wl, Variant::FusedWgmmaPacked)?;
+                        }
+                        wl.set_tuning(Tuning::default());
+                    }
                 }
                 row("unfused-cublas (again)".into(), &mut wl, Variant::NormCublas)?;
                 continue;

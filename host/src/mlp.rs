@@ -308,7 +308,7 @@ impl FusedRmsNormGateUp {
                 }
                 // SAFETY: buffers checked above; the map describes this op's folded weight;
                 // hidden % 32 == 0 (a map exists), inter % 8 == 0 (validated).
-                unsafe { kernels.gate_up(gpu.stream(), gpu.pdl(), map, inp, ab.ptr, s.inter as u32, s.eps) }
+                unsafe { kernels.gate_up(gpu.stream(), gpu.pdl(), map, inp, ab.ptr, s.inter as u32, s.eps, None) }
             }
             Route::FusedTiled => Err(Error::Value {
                 arg: "route",
@@ -531,7 +531,7 @@ impl ProjResidual {
                 let inp = Operands { x, w, m: m as u32, hidden: k as u32 };
                 // SAFETY: forwarded to the caller; the map describes this op's weight;
                 // in_features % 32 == 0 (a map exists), out_features % 8 == 0 (validated).
-                unsafe { kernels.proj(gpu.stream(), gpu.pdl(), map, inp, residual, out, n as u32) }
+                unsafe { kernels.proj(gpu.stream(), gpu.pdl(), map, inp, residual, out, n as u32, None) }
             }
             Route::FusedTiled => Err(Error::Value {
                 arg: "route",

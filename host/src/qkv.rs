@@ -143,6 +143,10 @@ pub struct Tuning {
     /// The separate-output fallback: `Some(true)` one GEMM + `split_qkv`, `Some(false)`
     /// three GEMMs; `None` splits up to [`auto_split_max_m`].
     pub split: Option<bool>,
+    /// The warpgroup-MMA route's split over K: 1, 2, 4 or 8 CTAs per output tile (at most 4
+    /// where M has two token tiles or more, which run in multicast pairs); `None` is the
+    /// launcher's choice (it splits where the output tiles leave SMs idle).
+    pub wgmma_split: Option<u32>,
 }
 
 /// q, k, v as three separate device tensors.
@@ -601,7 +605,9 @@ impl FusedRmsNormQkv {
         }
         // SAFETY: forwarded to the caller; the map describes this op's folded weight
         // (built with it, held with it); hidden % 32 == 0 (a map exists).
-        unsafe { kernels.qkv(self.gpu.stream(), self.gpu.pdl(), map, inp, out, Some(self.shape.eps)) }
+        unsafe {
+            kernels.qkv(self.gpu.stream(), self.gpu.pdl(), map, inp, out, Some(self.shape.eps), self.tuning.wgmma_split)
+        }
     }
 
     /// The fused decode and tiled launches on the folded weight: x natural against the

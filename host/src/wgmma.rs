@@ -146,7 +146,9 @@ impl WgmmaKernels {
     /// (the token tiles rounded up to whole pairs: a CTA past M computes zeros and stores
     /// nothing, but loads its share of the W tiles). Where the output tiles leave SMs idle,
     /// a split over K along z ([`split_k`]).
-    fn shape(&self, m: u32, n: u32, k: u32) -> Result<Shape> {
+    /// `forced` replaces the choice of the split (1, 2, 4 or 8, with `cx · split <= 8`:
+    /// else a typed error).
+    fn shape(&self, m: u32, n: u32, k: u32, forced: Option<u32>) -> Result<Shape> {
         if n > WGMMA_MAX_N {
             return Err(Error::Dimension {
                 arg: "N", expected: "at most 65535 · 256 for FusedWgmma", got: n as usize
@@ -160,7 +162,17 @@ impl WgmmaKernels {
             let col = SPLIT_CHOICES.iter().position(|&s| s == split);
             row.zip(col).map_or(0, |(r, c)| self.max_clusters[r][c])
         };
-        let split = split_k(cx, grid.0 * grid.1, k.div_ceil(BK), self.sms, max_clusters);
+        let split = match forced {
+            None => split_k(cx, grid.0 * grid.1, k.div_ceil(BK), self.sms, max_clusters),
+            Some(s) if SPLIT_CHOICES.contains(&s) && cx * s <= CLUSTER_MAX => s,
+            Some(s) => {
+                return Err(Error::Value {
+                    arg: "wgmma_split",
+                    expected: "1, 2, 4 or 8, at most 4 where M > 128 (CTA pairs)",
+                    got: format!("{s} at M = {m}"),
+                });
+            }
+        };
         Ok(Shape { grid, block: THREADS, cluster_x: cx, split_z: split, smem: SMEM_BYTES })
     }
 
@@ -172,6 +184,7 @@ impl WgmmaKernels {
     /// `inp.x [m, hidden]` and the outputs are device buffers of this context as
     /// [`QkvOut`] describes them, 16-byte aligned; `map` describes the W of `inp` with `n =
     /// out.nq + 2 out.nkv` rows; `hidden % 32 == 0`; `1 <= m <= WGMMA_MAX_M`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn qkv(
         &self,
         stream: &CudaStream,
@@ -180,9 +193,10 @@ impl WgmmaKernels {
         inp: Operands,
         out: QkvOut,
         eps: Option<f32>,
+        split: Option<u32>,
     ) -> Result<()> {
         let n = out.nq + 2 * out.nkv;
-        let shape = self.shape(inp.m, n, inp.hidden)?;
+        let shape = self.shape(inp.m, n, inp.hidden, split)?;
         // SAFETY: the arguments in each entry's order; buffers per the caller.
         unsafe {
             match eps {
@@ -229,8 +243,9 @@ impl WgmmaKernels {
         a: u64,
         inter: u32,
         eps: f32,
+        split: Option<u32>,
     ) -> Result<()> {
-        let shape = self.shape(inp.m, 2 * inter, inp.hidden)?;
+        let shape = self.shape(inp.m, 2 * inter, inp.hidden, split)?;
         let launch = Launch::new(&self.gate_up, shape).pdl(pdl);
         // SAFETY: the arguments in the entry's order; buffers per the caller.
         unsafe {
@@ -254,8 +269,9 @@ impl WgmmaKernels {
         residual: u64,
         out: u64,
         n: u32,
+        split: Option<u32>,
     ) -> Result<()> {
-        let shape = self.shape(inp.m, n, inp.hidden)?;
+        let shape = self.shape(inp.m, n, inp.hidden, split)?;
         let launch = Launch::new(&self.proj, shape).pdl(pdl);
         // SAFETY: the arguments in the entry's order; buffers per the caller.
         unsafe {
