@@ -436,6 +436,21 @@ pub mod wgmma {
         ((2 * b + h) * 256 + u) * 16
     }
 
+    /// The k tiles of CTA `z` of a split of `split` over `all` k tiles: `(first, count)`,
+    /// consecutive ranges of `ceil(all / split)` (the last ones short or empty).
+    pub const fn split_k_tiles(z: u32, split: u32, all: u32) -> (u32, u32) {
+        let per = all.div_ceil(split);
+        let first = if z * per < all { z * per } else { all };
+        let end = if first + per < all { first + per } else { all };
+        (first, end - first)
+    }
+
+    /// The 16-column blocks CTA `z` of a split of `split` finishes: `(first, count)`.
+    pub const fn split_blocks(z: u32, split: u32) -> (u32, u32) {
+        let count = BLOCKS / split;
+        (z * count, count)
+    }
+
     /// The offset of consumer thread `u`'s two sums of squares (rows `r0`, `r1`), after the
     /// accumulators.
     pub const fn partial_ss_offset(u: u32) -> u32 {

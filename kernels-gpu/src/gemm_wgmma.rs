@@ -96,7 +96,7 @@
 use crate::activation::{round_bf16, silu_mul};
 use crate::config::wgmma::{
     BK, BLOCKS, BM, BN, CONSUMER_REGS, MULTICAST, PRODUCER_REGS, SPLIT_MAX, STAGE_BYTES, STAGES, THREADS, W_BOX_ROWS,
-    W_TILE_BYTES, consumer_rows, partial_offset, partial_ss_offset, swizzled,
+    W_TILE_BYTES, consumer_rows, partial_offset, partial_ss_offset, split_blocks, split_k_tiles, swizzled,
 };
 use crate::norm::{inv_rms, sum_squares_bf16x8};
 use crate::ptx::cluster::{
@@ -387,10 +387,7 @@ unsafe fn run<const W_NAT: bool, E: BlockOut>(x: *const u16, w_map: *const u8, o
     let (n0, m0) = (block_idx_y() * BN, block_idx_x() * BM);
     // This CTA's k tiles: `kt0 ..+ k_tiles` (none for the last CTAs of a split when the
     // tiles do not divide evenly; they add zeros).
-    let all_tiles = k.div_ceil(BK);
-    let per = all_tiles.div_ceil(place.split);
-    let kt0 = (place.z * per).min(all_tiles);
-    let k_tiles = (kt0 + per).min(all_tiles) - kt0;
+    let (kt0, k_tiles) = split_k_tiles(place.z, place.split, k.div_ceil(BK));
     let sm = Smem::new();
     griddepcontrol_launch_dependents();
     if tid == 0 {
@@ -687,8 +684,8 @@ unsafe fn consume<const W_NAT: bool, E: BlockOut>(
         }
     }
     let sc = scales(total);
-    let mine = BLOCKS / place.split;
-    for b in place.z * mine..(place.z + 1) * mine {
+    let (first, mine) = split_blocks(place.z, place.split);
+    for b in first..first + mine {
         let (mut lo, mut hi) = ([0.0f32; 4], [0.0f32; 4]);
         for z in 0..place.split {
             // SAFETY: as above; 16-byte aligned.
