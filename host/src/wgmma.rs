@@ -60,7 +60,7 @@ pub(crate) fn split_k(cx: u32, tiles: u32, k_tiles: u32, sms: u32, max_clusters:
     let mut split = SPLIT_MAX;
     while split > 1 {
         let fits = cx * split <= CLUSTER_MAX
-            && tiles * split <= sms
+            && tiles.saturating_mul(split) <= sms
             && k_tiles >= MIN_K_TILES_PER_CTA * split
             && tiles.div_ceil(cx) <= max_clusters(cx, split);
         if fits {
@@ -123,8 +123,9 @@ impl WgmmaKernels {
         for (row, &cx) in max_clusters.iter_mut().zip(CX_CHOICES.iter()) {
             for (slot, &split) in row.iter_mut().zip(SPLIT_CHOICES.iter()) {
                 // (`split_k` asks only about splits; a shape without one always fits.)
+                // A failed query rules that shape out (0), not the module.
                 if split > 1 && cx * split <= CLUSTER_MAX {
-                    *slot = max_active_clusters(&fused, cx, split)?;
+                    *slot = max_active_clusters(&fused, cx, split).unwrap_or(0);
                 }
             }
         }
@@ -146,8 +147,10 @@ impl WgmmaKernels {
     /// (the token tiles rounded up to whole pairs: a CTA past M computes zeros and stores
     /// nothing, but loads its share of the W tiles). Where the output tiles leave SMs idle,
     /// a split over K along z ([`split_k`]).
-    /// `forced` replaces the choice of the split (1, 2, 4 or 8, with `cx · split <= 8`:
-    /// else a typed error).
+    /// `forced` replaces the choice of the split (1, 2, 4 or 8, with `cx · split <= 8` and
+    /// a cluster shape the device can run: else a typed error). The split changes the
+    /// order of the additions, so outputs are bitwise the same from run to run of one
+    /// shape, M, device and tuning, not across them.
     fn shape(&self, m: u32, n: u32, k: u32, forced: Option<u32>) -> Result<Shape> {
         if n > WGMMA_MAX_N {
             return Err(Error::Dimension {
@@ -163,12 +166,13 @@ impl WgmmaKernels {
             row.zip(col).map_or(0, |(r, c)| self.max_clusters[r][c])
         };
         let split = match forced {
-            None => split_k(cx, grid.0 * grid.1, k.div_ceil(BK), self.sms, max_clusters),
-            Some(s) if SPLIT_CHOICES.contains(&s) && cx * s <= CLUSTER_MAX => s,
+            None => split_k(cx, grid.0.saturating_mul(grid.1), k.div_ceil(BK), self.sms, max_clusters),
+            Some(1) => 1,
+            Some(s) if SPLIT_CHOICES.contains(&s) && cx * s <= CLUSTER_MAX && max_clusters(cx, s) > 0 => s,
             Some(s) => {
                 return Err(Error::Value {
                     arg: "wgmma_split",
-                    expected: "1, 2, 4 or 8, at most 4 where M > 128 (CTA pairs)",
+                    expected: "1, 2, 4 or 8, at most 4 where M > 128 (CTA pairs), a cluster shape the device runs",
                     got: format!("{s} at M = {m}"),
                 });
             }

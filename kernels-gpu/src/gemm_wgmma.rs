@@ -32,7 +32,7 @@
 //!   offset in every CTA), a cluster barrier, and CTA `z` adds blocks `z · 16 / split ..+ 16
 //!   / split` of the tile's sixteen 16-column blocks from all of them through distributed
 //!   shared memory (`ld.shared::cluster`), in rank order, so the result is the same in every
-//!   run; the row scales come from the summed squares and the epilogue (SiLU·mul, the
+//!   run of a launch shape (a different split, e.g. at another M, rounds differently); the row scales come from the summed squares and the epilogue (SiLU·mul, the
 //!   residual) runs on the sums. Nothing goes to global memory but the output.
 //! * Three warpgroups: warpgroup 0 produces (W by the TMA, x by `cp.async`), warpgroups 1
 //!   and 2 consume (tokens `64 (c - 1) ..+ 64` of the tile each, all 256 W rows: one
@@ -100,8 +100,8 @@ use crate::config::wgmma::{
 };
 use crate::norm::{inv_rms, sum_squares_bf16x8};
 use crate::ptx::cluster::{
-    barrier_cluster_sync, cluster_ctaid_x, cluster_ctaid_z, cluster_nctaid_x, cluster_nctaid_z, cluster_nctarank,
-    ld_shared_cluster_v2_f32, ld_shared_cluster_v4_u32, mapa_shared_cluster,
+    barrier_cluster_sync, cluster_ctaid_x, cluster_ctaid_z, cluster_ctarank, cluster_nctaid_x, cluster_nctaid_z,
+    cluster_nctarank, ld_shared_cluster_v2_f32, ld_shared_cluster_v4_u32, mapa_shared_cluster,
 };
 use crate::ptx::convert::{cvt_rn_bf16x2_f32, unpack_bf16x2};
 use crate::ptx::cp_async::{cp_async_cg_shared_global_16, cp_async_wait_all};
@@ -360,7 +360,10 @@ impl Place {
         let split = cluster_nctaid_z().max(1);
         let p = Place { cx: cluster_nctaid_x(), x: cluster_ctaid_x(), split, z: cluster_ctaid_z() };
         let split_ok = p.split <= SPLIT_MAX && BLOCKS.is_multiple_of(p.split) && grid_dim_z() == p.split;
-        if !(p.cx == 1 || p.cx == MULTICAST) || !split_ok || p.cx * p.split != cluster_nctarank() {
+        // The rank order (x fastest) that the multicast masks and `mapa` targets assume is
+        // checked, not taken on trust: the PTX ISA calls `%cluster_ctarank` only "linear".
+        let order_ok = cluster_ctarank() == p.rank(p.x, p.z);
+        if !(p.cx == 1 || p.cx == MULTICAST) || !split_ok || p.cx * p.split != cluster_nctarank() || !order_ok {
             trap();
         }
         p
