@@ -159,6 +159,9 @@ pub struct FusedRmsNormGateUp {
     scratch: Mutex<Option<CudaSlice<bf16>>>,
     /// A forced decode launch shape (benchmark sweeps); `None`: the planner's.
     decode: Option<DecodeShape>,
+    /// A forced split over K of the warpgroup-MMA route (tests, sweeps); `None`: the
+    /// launcher's.
+    wgmma_split: Option<u32>,
 }
 
 /// Checks `g [H]`, `wg [I, H]`, `wu [I, H]`.
@@ -202,7 +205,14 @@ impl FusedRmsNormGateUp {
         drop(gd);
         let map = weight_map(gpu, wb.ptr, 2 * i, h)?;
         let weights = Shared::new(Folded { w, ones, map }, gpu.stream());
-        Ok(FusedRmsNormGateUp { gpu: gpu.clone(), shape, weights, scratch: Mutex::new(None), decode: None })
+        Ok(FusedRmsNormGateUp {
+            gpu: gpu.clone(),
+            shape,
+            weights,
+            scratch: Mutex::new(None),
+            decode: None,
+            wgmma_split: None,
+        })
     }
 
     /// Whether `Route::FusedWgmma` can run: the device has the sm_90a module and
@@ -222,6 +232,7 @@ impl FusedRmsNormGateUp {
             weights,
             scratch: Mutex::new(None),
             decode: self.decode,
+            wgmma_split: self.wgmma_split,
         })
     }
 
@@ -246,6 +257,12 @@ impl FusedRmsNormGateUp {
     /// an output in one CTA.
     pub fn set_decode_shape(&mut self, shape: Option<DecodeShape>) {
         self.decode = shape;
+    }
+
+    /// Forces the warpgroup-MMA route's split over K (1, 2, 4 or 8; at most 4 where M >
+    /// 128: a typed error at launch otherwise); `None`: the launcher's choice.
+    pub fn set_wgmma_split(&mut self, split: Option<u32>) {
+        self.wgmma_split = split;
     }
 
     /// Allocates the fallback's scratch for up to `max_m` tokens and creates the cuBLAS
@@ -308,7 +325,9 @@ impl FusedRmsNormGateUp {
                 }
                 // SAFETY: buffers checked above; the map describes this op's folded weight;
                 // hidden % 32 == 0 (a map exists), inter % 8 == 0 (validated).
-                unsafe { kernels.gate_up(gpu.stream(), gpu.pdl(), map, inp, ab.ptr, s.inter as u32, s.eps, None) }
+                unsafe {
+                    kernels.gate_up(gpu.stream(), gpu.pdl(), map, inp, ab.ptr, s.inter as u32, s.eps, self.wgmma_split)
+                }
             }
             Route::FusedTiled => Err(Error::Value {
                 arg: "route",
@@ -371,6 +390,9 @@ pub struct ProjResidual {
     w: Shared<ProjWeight>,
     /// A forced decode launch shape (benchmark sweeps); `None`: the planner's.
     decode: Option<DecodeShape>,
+    /// A forced split over K of the warpgroup-MMA route (tests, sweeps); `None`: the
+    /// launcher's.
+    wgmma_split: Option<u32>,
 }
 
 /// The projection's weight `[out_features, in_features]` as given, and its tensor map for
@@ -393,7 +415,7 @@ impl ProjResidual {
         let (ptr, _) = gpu.address("w", &w)?;
         let map = weight_map(gpu, ptr, out_features, in_features)?;
         let w = Shared::new(ProjWeight { w, map }, gpu.stream());
-        Ok(ProjResidual { gpu: gpu.clone(), in_features, out_features, w, decode: None })
+        Ok(ProjResidual { gpu: gpu.clone(), in_features, out_features, w, decode: None, wgmma_split: None })
     }
 
     /// Whether `Route::FusedWgmma` can run: the device has the sm_90a module and
@@ -413,6 +435,7 @@ impl ProjResidual {
             out_features: self.out_features,
             w,
             decode: self.decode,
+            wgmma_split: self.wgmma_split,
         })
     }
 
@@ -433,6 +456,12 @@ impl ProjResidual {
     /// Forces the decode kernel's launch shape (benchmark sweeps; `None`: the planner's).
     pub fn set_decode_shape(&mut self, shape: Option<DecodeShape>) {
         self.decode = shape;
+    }
+
+    /// Forces the warpgroup-MMA route's split over K (1, 2, 4 or 8; at most 4 where M >
+    /// 128: a typed error at launch otherwise); `None`: the launcher's choice.
+    pub fn set_wgmma_split(&mut self, split: Option<u32>) {
+        self.wgmma_split = split;
     }
 
     /// Creates the cuBLAS handle of the fallback now (before capturing a CUDA graph). The
@@ -531,7 +560,7 @@ impl ProjResidual {
                 let inp = Operands { x, w, m: m as u32, hidden: k as u32 };
                 // SAFETY: forwarded to the caller; the map describes this op's weight;
                 // in_features % 32 == 0 (a map exists), out_features % 8 == 0 (validated).
-                unsafe { kernels.proj(gpu.stream(), gpu.pdl(), map, inp, residual, out, n as u32, None) }
+                unsafe { kernels.proj(gpu.stream(), gpu.pdl(), map, inp, residual, out, n as u32, self.wgmma_split) }
             }
             Route::FusedTiled => Err(Error::Value {
                 arg: "route",
