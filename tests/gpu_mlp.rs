@@ -42,8 +42,8 @@ use nanofuse::cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, Cud
 use nanofuse::plan::{self, DECODE_MAX_M, DecodePlan, MAX_DIM};
 use nanofuse::reference::{self, Comparison, compare, rms};
 use nanofuse::{
-    BUFFER_ALIGN, Baseline, Error, FusedRmsNormGateUp, Gpu, MlpShape, ProjResidual, Result, Route, UnfusedMlp,
-    auto_mlp_fused_max_m, auto_proj_fused_max_m, bf16,
+    AUTO_PAIRS, BUFFER_ALIGN, Baseline, Error, FusedRmsNormGateUp, Gpu, MlpShape, ProjResidual, Result, Route,
+    UnfusedMlp, WgmmaShape, auto_mlp_fused_max_m, auto_proj_fused_max_m, bf16,
 };
 use rand::Rng;
 
@@ -429,8 +429,9 @@ fn check_proj(gpu: &Gpu, op: &ProjResidual, base: &UnfusedMlp, p: &ProjPoint, fa
 /// tile (no pairs, splits up to 8) and three (pairs, splits up to 4).
 const SPLIT_MS: [usize; 2] = [100, 300];
 
-/// Both ops' warpgroup-MMA route with each split over K forced (1, 2, 4, 8): against the
-/// reference, two runs bitwise; a split of 8 with CTA pairs (M > 128) a typed error.
+/// Both ops' warpgroup-MMA route with each split over K forced (1, 2, 4, 8), and without CTA
+/// pairs (alone and with a split of 8): against the reference, two runs bitwise; a split of
+/// 8 with CTA pairs (M > 128) a typed error.
 fn check_forced_splits(
     gpu: &Gpu,
     op: &mut FusedRmsNormGateUp,
@@ -441,10 +442,19 @@ fn check_forced_splits(
 ) {
     let (i, n, m) = (op.shape().inter, proj.dims().1, gp.m);
     let (dh, dx) = (gpu.upload(&gp.h).unwrap(), gpu.upload(&pp.x).unwrap());
-    for split in [1, 2, 4, 8] {
-        op.set_wgmma_split(Some(split));
-        proj.set_wgmma_split(Some(split));
-        let refused = split == 8 && m > 128;
+    let shapes = [
+        (Some(1), None),
+        (Some(2), None),
+        (Some(4), None),
+        (Some(8), None),
+        (None, Some(false)),
+        (Some(8), Some(false)),
+    ];
+    for (split, pairs) in shapes {
+        let shape = WgmmaShape { split, pairs };
+        op.set_wgmma_shape(shape);
+        proj.set_wgmma_shape(shape);
+        let refused = split == Some(8) && m > 128 && pairs.unwrap_or(AUTO_PAIRS);
         let (mut gate_up_runs, mut proj_runs) = (Vec::new(), Vec::new());
         for _ in 0..2 {
             let mut a = poisoned(gpu, m * i);
@@ -455,8 +465,8 @@ fn check_forced_splits(
             ];
             for (what, r) in ["gate/up", "proj"].iter().zip(&rs) {
                 match (refused, r) {
-                    (true, Err(Error::Value { arg: "wgmma_split", .. })) | (false, Ok(())) => {}
-                    (_, r) => fail.push(format!("{what} M={m} split {split}: {r:?}")),
+                    (true, Err(Error::Value { arg: "WgmmaShape::split", .. })) | (false, Ok(())) => {}
+                    (_, r) => fail.push(format!("{what} M={m} {shape:?}: {r:?}")),
                 }
             }
             if refused || rs.iter().any(|r| r.is_err()) {
@@ -473,16 +483,16 @@ fn check_forced_splits(
                 continue;
             }
             match check(&runs[0], width, rows, want, bounds) {
-                Ok(c) => println!("{what} M={m:<4} FusedWgmma split {split}: {c}"),
-                Err(e) => fail.push(format!("{what} M={m} FusedWgmma split {split}: {e}")),
+                Ok(c) => println!("{what} M={m:<4} FusedWgmma {shape:?}: {c}"),
+                Err(e) => fail.push(format!("{what} M={m} FusedWgmma {shape:?}: {e}")),
             }
             if let Some(j) = first_difference(&runs[0], &runs[1]) {
-                fail.push(format!("{what} M={m} FusedWgmma split {split}: two runs differ, first at {j}"));
+                fail.push(format!("{what} M={m} FusedWgmma {shape:?}: two runs differ, first at {j}"));
             }
         }
     }
-    op.set_wgmma_split(None);
-    proj.set_wgmma_split(None);
+    op.set_wgmma_shape(WgmmaShape::default());
+    proj.set_wgmma_shape(WgmmaShape::default());
 }
 
 /// One MLP: the gate/up op on `h [m, H]` and the down projection (K = I, N = H) on

@@ -18,7 +18,7 @@ use common::{gather, sample_rows};
 use common::{random_bf16, random_weights};
 use nanofuse::plan::{DECODE_MAX_M, DecodeShape};
 use nanofuse::reference::{self, Comparison, compare, concat_qkv, rms};
-use nanofuse::{Baseline, Error, FusedRmsNormQkv, QkvShape, Route, Tuning, UnfusedRmsNormQkv, bf16};
+use nanofuse::{Baseline, Error, FusedRmsNormQkv, QkvShape, Route, Tuning, UnfusedRmsNormQkv, WgmmaShape, bf16};
 
 const MS: [usize; 10] = [1, 2, 3, 7, 16, 17, 64, 100, 300, 2048];
 const PATHS: [Route; 4] = [Route::FusedDecode, Route::FusedTiled, Route::NormCublas, Route::Auto];
@@ -49,16 +49,27 @@ fn check_shape(name: &str, shape: QkvShape) {
         paths.push(Route::FusedWgmma);
     }
     // Every path; the separate-output fallback both ways (one GEMM + split_qkv, three GEMMs);
-    // the warpgroup-MMA path with the launcher's split over K and with each split forced.
+    // the warpgroup-MMA path with the launcher's choices, with each split over K forced, and
+    // without CTA pairs (alone and with the largest split, which pairs would refuse).
+    let ws = |split, pairs| WgmmaShape { split, pairs };
+    let wgmma_shapes = [
+        ws(None, None),
+        ws(Some(1), None),
+        ws(Some(2), None),
+        ws(Some(4), None),
+        ws(Some(8), None),
+        ws(None, Some(false)),
+        ws(Some(8), Some(false)),
+    ];
     let variants = paths.iter().flat_map(|&p| {
-        let splits: &[(Option<bool>, Option<u32>)] = match p {
-            Route::NormCublas => &[(Some(true), None), (Some(false), None)],
-            Route::FusedWgmma => &[(None, None), (None, Some(1)), (None, Some(2)), (None, Some(4)), (None, Some(8))],
-            _ => &[(None, None)],
+        let shapes: Vec<(Option<bool>, WgmmaShape)> = match p {
+            Route::NormCublas => vec![(Some(true), WgmmaShape::default()), (Some(false), WgmmaShape::default())],
+            Route::FusedWgmma => wgmma_shapes.iter().map(|&w| (None, w)).collect(),
+            _ => vec![(None, WgmmaShape::default())],
         };
-        splits.iter().map(move |&(s, w)| (p, s, w))
+        shapes.into_iter().map(move |(s, w)| (p, s, w))
     });
-    let variants: Vec<(Route, Option<bool>, Option<u32>)> = variants.collect();
+    let variants: Vec<(Route, Option<bool>, WgmmaShape)> = variants.collect();
 
     for &m in &MS {
         let x = random_bf16(&mut rng, m * k, -3.0, 3.0);
@@ -68,13 +79,13 @@ fn check_shape(name: &str, shape: QkvShape) {
 
         // Every path of the op, twice (determinism).
         let mut fused_outputs = Vec::new();
-        for &(path, split, wgmma_split) in &variants {
-            op.set_tuning(Tuning { split, wgmma_split, ..Tuning::default() });
-            let label = match (split, wgmma_split) {
+        for &(path, split, wgmma) in &variants {
+            op.set_tuning(Tuning { split, wgmma, ..Tuning::default() });
+            let label = match (split, wgmma) {
                 (Some(true), _) => format!("{path:?} (one GEMM + split)"),
                 (Some(false), _) => format!("{path:?} (three GEMMs)"),
-                (None, Some(w)) => format!("{path:?} (split over K {w})"),
-                (None, None) => format!("{path:?}"),
+                (None, w) if w == WgmmaShape::default() => format!("{path:?}"),
+                (None, w) => format!("{path:?} ({w:?})"),
             };
             let mut runs = Vec::new();
             for _ in 0..2 {
@@ -84,9 +95,11 @@ fn check_shape(name: &str, shape: QkvShape) {
                     assert!(matches!(r, Err(Error::Dimension { arg: "M", .. })), "decode path at M={m}: {r:?}");
                     break;
                 }
-                // Pairs of CTAs (M > 128) and a split of 8 would need clusters of 16.
-                if wgmma_split == Some(8) && m > 128 {
-                    assert!(matches!(r, Err(Error::Value { arg: "wgmma_split", .. })), "split 8 at M={m}: {r:?}");
+                // Pairs of CTAs (M > 128, on by default) and a split of 8 would need clusters of 16.
+                let paired = m > 128 && wgmma.pairs.unwrap_or(nanofuse::AUTO_PAIRS);
+                if wgmma.split == Some(8) && paired {
+                    let refused = matches!(r, Err(Error::Value { arg: "WgmmaShape::split", .. }));
+                    assert!(refused, "split 8 with pairs at M={m}: {r:?}");
                     break;
                 }
                 r.unwrap();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use nanofuse::plan::{self, DECODE_MAX_M, Tile};
-use nanofuse::{Gpu, Tuning};
+use nanofuse::{AUTO_PAIRS, Gpu, Tuning, WGMMA_TOKEN_TILE as BM, WgmmaShape};
 use nanofuse_cli::bench::{BENCH_MS, MLP_MS, MODELS, Measurement, Model, Op, Variant, Workload, min_bytes};
 use nanofuse_cli::timing::copy_bandwidth_gbs;
 use nanofuse_cli::{bench, chart};
@@ -140,6 +140,9 @@ struct TuneArgs {
     /// Also sweep each decode shape with the x ring forced on and off.
     #[arg(long)]
     ring: bool,
+    /// Time only the variants whose label contains this text (e.g. to profile one kernel).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -545,6 +548,9 @@ fn tune(a: TuneArgs) -> AppResult<()> {
         for &m in &ms {
             wl.set_m(m)?;
             let row = |label: String, wl: &mut Workload, v: Variant| -> AppResult<()> {
+                if a.only.as_ref().is_some_and(|o| !label.contains(o.as_str())) {
+                    return Ok(());
+                }
                 let st = wl.time(v, 5, a.replays)?;
                 let gbs = min_bytes(&s, m) as f64 / (st.median_us * 1e-6) / 1e9;
                 println!(
@@ -574,15 +580,25 @@ fn tune(a: TuneArgs) -> AppResult<()> {
                 if wl.has_wgmma() {
                     row("wgmma packed".into(), &mut wl, Variant::FusedWgmmaPacked)?;
                     row("wgmma q,k,v".into(), &mut wl, Variant::FusedWgmma)?;
-                    // Each split over K against the launcher's choice, where M leaves SMs idle.
-                    if m <= WGMMA_SPLIT_SWEEP_MAX_M {
-                        let most = if m <= 128 { 8 } else { 4 };
-                        for split in [1, 2, 4, 8].into_iter().filter(|&s| s <= most) {
-                            wl.set_tuning(Tuning { wgmma_split: Some(split), ..Tuning::default() });
-                            row(format!("wgmma packed split={split}"), &mut wl, Variant::FusedWgmmaPacked)?;
+                    // Pairs on and off where there are two token tiles or more; each split over
+                    // K against the launcher's choice, where M leaves SMs idle.
+                    let pairings: &[bool] = if m > BM { &[true, false] } else { &[AUTO_PAIRS] };
+                    for &pairs in pairings {
+                        let tag =
+                            if m > BM { format!(" pairs={}", if pairs { "on" } else { "off" }) } else { String::new() };
+                        let force =
+                            |split| Tuning { wgmma: WgmmaShape { split, pairs: Some(pairs) }, ..Tuning::default() };
+                        wl.set_tuning(force(None));
+                        row(format!("wgmma packed{tag}"), &mut wl, Variant::FusedWgmmaPacked)?;
+                        if m <= WGMMA_SPLIT_SWEEP_MAX_M {
+                            let most = if pairs && m > BM { 4 } else { 8 };
+                            for split in [1, 2, 4, 8].into_iter().filter(|&s| s <= most) {
+                                wl.set_tuning(force(Some(split)));
+                                row(format!("wgmma packed split={split}{tag}"), &mut wl, Variant::FusedWgmmaPacked)?;
+                            }
                         }
-                        wl.set_tuning(Tuning::default());
                     }
+                    wl.set_tuning(Tuning::default());
                 }
                 row("unfused-cublas (again)".into(), &mut wl, Variant::NormCublas)?;
                 continue;

@@ -24,7 +24,7 @@ use crate::ops::{self, GemmImpl};
 use crate::plan::{self, DECODE_MAX_M, DecodeShape};
 use crate::qkv::{Baseline, Route};
 use crate::shared::{Folded, Shared};
-use crate::wgmma::{WGMMA_MAX_M, WeightMap, no_wgmma, weight_map};
+use crate::wgmma::{WGMMA_MAX_M, WeightMap, WgmmaShape, no_wgmma, weight_map};
 
 /// Largest M for which [`Route::Auto`] of the MLP ops runs the fused decode kernels; above
 /// it they run the unfused kernels (cuBLAS), like PyTorch.
@@ -159,9 +159,9 @@ pub struct FusedRmsNormGateUp {
     scratch: Mutex<Option<CudaSlice<bf16>>>,
     /// A forced decode launch shape (benchmark sweeps); `None`: the planner's.
     decode: Option<DecodeShape>,
-    /// A forced split over K of the warpgroup-MMA route (tests, sweeps); `None`: the
-    /// launcher's.
-    wgmma_split: Option<u32>,
+    /// A forced launch shape of the warpgroup-MMA route (tests, sweeps); `None` fields:
+    /// the launcher's.
+    wgmma: WgmmaShape,
 }
 
 /// Checks `g [H]`, `wg [I, H]`, `wu [I, H]`.
@@ -211,7 +211,7 @@ impl FusedRmsNormGateUp {
             weights,
             scratch: Mutex::new(None),
             decode: None,
-            wgmma_split: None,
+            wgmma: WgmmaShape::default(),
         })
     }
 
@@ -232,7 +232,7 @@ impl FusedRmsNormGateUp {
             weights,
             scratch: Mutex::new(None),
             decode: self.decode,
-            wgmma_split: self.wgmma_split,
+            wgmma: self.wgmma,
         })
     }
 
@@ -259,10 +259,10 @@ impl FusedRmsNormGateUp {
         self.decode = shape;
     }
 
-    /// Forces the warpgroup-MMA route's split over K (1, 2, 4 or 8; at most 4 where M >
-    /// 128: a typed error at launch otherwise); `None`: the launcher's choice.
-    pub fn set_wgmma_split(&mut self, split: Option<u32>) {
-        self.wgmma_split = split;
+    /// Forces the warpgroup-MMA route's launch shape (split over K, CTA pairs; a split the
+    /// device cannot run is a typed error at launch); `None` fields: the launcher's choice.
+    pub fn set_wgmma_shape(&mut self, shape: WgmmaShape) {
+        self.wgmma = shape;
     }
 
     /// Allocates the fallback's scratch for up to `max_m` tokens and creates the cuBLAS
@@ -325,9 +325,7 @@ impl FusedRmsNormGateUp {
                 }
                 // SAFETY: buffers checked above; the map describes this op's folded weight;
                 // hidden % 32 == 0 (a map exists), inter % 8 == 0 (validated).
-                unsafe {
-                    kernels.gate_up(gpu.stream(), gpu.pdl(), map, inp, ab.ptr, s.inter as u32, s.eps, self.wgmma_split)
-                }
+                unsafe { kernels.gate_up(gpu.stream(), gpu.pdl(), map, inp, ab.ptr, s.inter as u32, s.eps, self.wgmma) }
             }
             Route::FusedTiled => Err(Error::Value {
                 arg: "route",
@@ -390,9 +388,9 @@ pub struct ProjResidual {
     w: Shared<ProjWeight>,
     /// A forced decode launch shape (benchmark sweeps); `None`: the planner's.
     decode: Option<DecodeShape>,
-    /// A forced split over K of the warpgroup-MMA route (tests, sweeps); `None`: the
-    /// launcher's.
-    wgmma_split: Option<u32>,
+    /// A forced launch shape of the warpgroup-MMA route (tests, sweeps); `None` fields:
+    /// the launcher's.
+    wgmma: WgmmaShape,
 }
 
 /// The projection's weight `[out_features, in_features]` as given, and its tensor map for
@@ -415,7 +413,7 @@ impl ProjResidual {
         let (ptr, _) = gpu.address("w", &w)?;
         let map = weight_map(gpu, ptr, out_features, in_features)?;
         let w = Shared::new(ProjWeight { w, map }, gpu.stream());
-        Ok(ProjResidual { gpu: gpu.clone(), in_features, out_features, w, decode: None, wgmma_split: None })
+        Ok(ProjResidual { gpu: gpu.clone(), in_features, out_features, w, decode: None, wgmma: WgmmaShape::default() })
     }
 
     /// Whether `Route::FusedWgmma` can run: the device has the sm_90a module and
@@ -435,7 +433,7 @@ impl ProjResidual {
             out_features: self.out_features,
             w,
             decode: self.decode,
-            wgmma_split: self.wgmma_split,
+            wgmma: self.wgmma,
         })
     }
 
@@ -458,10 +456,10 @@ impl ProjResidual {
         self.decode = shape;
     }
 
-    /// Forces the warpgroup-MMA route's split over K (1, 2, 4 or 8; at most 4 where M >
-    /// 128: a typed error at launch otherwise); `None`: the launcher's choice.
-    pub fn set_wgmma_split(&mut self, split: Option<u32>) {
-        self.wgmma_split = split;
+    /// Forces the warpgroup-MMA route's launch shape (split over K, CTA pairs; a split the
+    /// device cannot run is a typed error at launch); `None` fields: the launcher's choice.
+    pub fn set_wgmma_shape(&mut self, shape: WgmmaShape) {
+        self.wgmma = shape;
     }
 
     /// Creates the cuBLAS handle of the fallback now (before capturing a CUDA graph). The
@@ -560,7 +558,7 @@ impl ProjResidual {
                 let inp = Operands { x, w, m: m as u32, hidden: k as u32 };
                 // SAFETY: forwarded to the caller; the map describes this op's weight;
                 // in_features % 32 == 0 (a map exists), out_features % 8 == 0 (validated).
-                unsafe { kernels.proj(gpu.stream(), gpu.pdl(), map, inp, residual, out, n as u32, self.wgmma_split) }
+                unsafe { kernels.proj(gpu.stream(), gpu.pdl(), map, inp, residual, out, n as u32, self.wgmma) }
             }
             Route::FusedTiled => Err(Error::Value {
                 arg: "route",

@@ -16,7 +16,7 @@ use crate::kernels::{DecodeOp, Operands, QkvOut, RmsNormArgs, TiledOp};
 use crate::ops::{self, GemmImpl};
 use crate::plan::{self, DECODE_MAX_M, DecodeShape, Tile};
 use crate::shared::{Folded, Shared};
-use crate::wgmma::{WGMMA_MAX_M, no_wgmma, weight_map};
+use crate::wgmma::{WGMMA_MAX_M, WgmmaShape, no_wgmma, weight_map};
 
 /// Largest M for which [`Route::Auto`] of the packed forms runs the fused decode kernel, for
 /// a hidden size; above it they run RMSNorm + one cuBLAS GEMM, the same kernels as the
@@ -143,10 +143,9 @@ pub struct Tuning {
     /// The separate-output fallback: `Some(true)` one GEMM + `split_qkv`, `Some(false)`
     /// three GEMMs; `None` splits up to [`auto_split_max_m`].
     pub split: Option<bool>,
-    /// The warpgroup-MMA route's split over K: 1, 2, 4 or 8 CTAs per output tile (at most 4
-    /// where M has two token tiles or more, which run in multicast pairs); `None` is the
-    /// launcher's choice (it splits where the output tiles leave SMs idle).
-    pub wgmma_split: Option<u32>,
+    /// The warpgroup-MMA route's launch shape (split over K, CTA pairs); its `None` fields
+    /// are the launcher's choice.
+    pub wgmma: WgmmaShape,
 }
 
 /// q, k, v as three separate device tensors.
@@ -606,7 +605,7 @@ impl FusedRmsNormQkv {
         // SAFETY: forwarded to the caller; the map describes this op's folded weight
         // (built with it, held with it); hidden % 32 == 0 (a map exists).
         unsafe {
-            kernels.qkv(self.gpu.stream(), self.gpu.pdl(), map, inp, out, Some(self.shape.eps), self.tuning.wgmma_split)
+            kernels.qkv(self.gpu.stream(), self.gpu.pdl(), map, inp, out, Some(self.shape.eps), self.tuning.wgmma)
         }
     }
 

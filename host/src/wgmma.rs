@@ -46,6 +46,27 @@ pub(crate) const WGMMA_MAX_M: usize = i32::MAX as usize;
 /// Largest N (W rows) of a launch (grid y is `ceil(N / 256)`, at most 65535).
 pub(crate) const WGMMA_MAX_N: u32 = 65_535 * BN;
 
+/// A forced launch shape of the warpgroup-MMA route, for tests and sweeps; a `None` field
+/// leaves that choice to the launcher.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WgmmaShape {
+    /// The split over K: 1, 2, 4 or 8 CTAs per output tile, at most 4 with CTA pairs (a
+    /// cluster holds at most 8 CTAs); a split the device cannot run is a typed error at
+    /// launch. `None`: the launcher splits where the output tiles leave SMs idle.
+    pub split: Option<u32>,
+    /// Whether the CTAs of consecutive token tiles run in pairs that share each W tile by
+    /// a TMA multicast (with one token tile there is nothing to pair, and the CTA runs
+    /// alone either way). `None`: [`AUTO_PAIRS`].
+    pub pairs: Option<bool>,
+}
+
+/// Tokens per output tile of the warpgroup-MMA kernels (one token tile; a launch pairs CTAs
+/// only with more tokens than this).
+pub const WGMMA_TOKEN_TILE: usize = BM as usize;
+
+/// Whether the launcher pairs CTAs by default (where M has two token tiles or more).
+pub const AUTO_PAIRS: bool = true;
+
 /// Fewest k tiles a CTA of a split over K gets: below two, the pipeline has nothing to
 /// overlap and the partial sums' exchange costs more than the split gains.
 const MIN_K_TILES_PER_CTA: u32 = 2;
@@ -143,36 +164,37 @@ impl WgmmaKernels {
     /// that the CTAs the hardware starts one after another walk down the token tiles of one
     /// W tile column before the next, and the CTAs resident together share W tiles in L2
     /// (with W tiles along x, every wave of CTAs would sweep the whole of W). With two token
-    /// tiles or more, clusters of `MULTICAST` CTAs along x share each W tile by multicast
-    /// (the token tiles rounded up to whole pairs: a CTA past M computes zeros and stores
+    /// tiles or more and pairs on ([`WgmmaShape::pairs`]), clusters of `MULTICAST` CTAs
+    /// along x share each W tile by multicast (the token tiles rounded up to whole pairs: a CTA past M computes zeros and stores
     /// nothing, but loads its share of the W tiles). Where the output tiles leave SMs idle,
     /// a split over K along z ([`split_k`]).
-    /// `forced` replaces the choice of the split (1, 2, 4 or 8, with `cx · split <= 8` and
-    /// a cluster shape the device can run: else a typed error). The split changes the
+    /// `forced` replaces the choice of the pairs and of the split (1, 2, 4 or 8, with `cx ·
+    /// split <= 8` and a cluster shape the device can run: else a typed error). The split changes the
     /// order of the additions, so outputs are bitwise the same from run to run of one
     /// shape, M, device and tuning, not across them.
-    fn shape(&self, m: u32, n: u32, k: u32, forced: Option<u32>) -> Result<Shape> {
+    fn shape(&self, m: u32, n: u32, k: u32, forced: WgmmaShape) -> Result<Shape> {
         if n > WGMMA_MAX_N {
             return Err(Error::Dimension {
                 arg: "N", expected: "at most 65535 · 256 for FusedWgmma", got: n as usize
             });
         }
         let token_tiles = m.div_ceil(BM);
-        let cx = if token_tiles >= 2 { MULTICAST } else { 1 };
+        let pairs = forced.pairs.unwrap_or(AUTO_PAIRS);
+        let cx = if pairs && token_tiles >= 2 { MULTICAST } else { 1 };
         let grid = (token_tiles.div_ceil(cx) * cx, n.div_ceil(BN));
         let max_clusters = |cx: u32, split: u32| {
             let row = CX_CHOICES.iter().position(|&c| c == cx);
             let col = SPLIT_CHOICES.iter().position(|&s| s == split);
             row.zip(col).map_or(0, |(r, c)| self.max_clusters[r][c])
         };
-        let split = match forced {
+        let split = match forced.split {
             None => split_k(cx, grid.0.saturating_mul(grid.1), k.div_ceil(BK), self.sms, max_clusters),
             Some(1) => 1,
             Some(s) if SPLIT_CHOICES.contains(&s) && cx * s <= CLUSTER_MAX && max_clusters(cx, s) > 0 => s,
             Some(s) => {
                 return Err(Error::Value {
-                    arg: "wgmma_split",
-                    expected: "1, 2, 4 or 8, at most 4 where M > 128 (CTA pairs), a cluster shape the device runs",
+                    arg: "WgmmaShape::split",
+                    expected: "1, 2, 4 or 8, at most 4 with CTA pairs (M > 128), a cluster shape the device runs",
                     got: format!("{s} at M = {m}"),
                 });
             }
@@ -197,10 +219,10 @@ impl WgmmaKernels {
         inp: Operands,
         out: QkvOut,
         eps: Option<f32>,
-        split: Option<u32>,
+        forced: WgmmaShape,
     ) -> Result<()> {
         let n = out.nq + 2 * out.nkv;
-        let shape = self.shape(inp.m, n, inp.hidden, split)?;
+        let shape = self.shape(inp.m, n, inp.hidden, forced)?;
         // SAFETY: the arguments in each entry's order; buffers per the caller.
         unsafe {
             match eps {
@@ -247,9 +269,9 @@ impl WgmmaKernels {
         a: u64,
         inter: u32,
         eps: f32,
-        split: Option<u32>,
+        forced: WgmmaShape,
     ) -> Result<()> {
-        let shape = self.shape(inp.m, 2 * inter, inp.hidden, split)?;
+        let shape = self.shape(inp.m, 2 * inter, inp.hidden, forced)?;
         let launch = Launch::new(&self.gate_up, shape).pdl(pdl);
         // SAFETY: the arguments in the entry's order; buffers per the caller.
         unsafe {
@@ -273,9 +295,9 @@ impl WgmmaKernels {
         residual: u64,
         out: u64,
         n: u32,
-        split: Option<u32>,
+        forced: WgmmaShape,
     ) -> Result<()> {
-        let shape = self.shape(inp.m, n, inp.hidden, split)?;
+        let shape = self.shape(inp.m, n, inp.hidden, forced)?;
         let launch = Launch::new(&self.proj, shape).pdl(pdl);
         // SAFETY: the arguments in the entry's order; buffers per the caller.
         unsafe {
