@@ -429,9 +429,9 @@ fn check_proj(gpu: &Gpu, op: &ProjResidual, base: &UnfusedMlp, p: &ProjPoint, fa
 /// tile (no pairs, splits up to 8) and three (pairs, splits up to 4).
 const SPLIT_MS: [usize; 2] = [100, 300];
 
-/// Both ops' warpgroup-MMA route with each split over K forced (1, 2, 4, 8), and without CTA
-/// pairs (alone and with a split of 8): against the reference, two runs bitwise; a split of
-/// 8 with CTA pairs (M > 128) a typed error.
+/// Both ops' warpgroup-MMA route with each split over K forced (1, 2, 4, 8), and with CTA
+/// pairs forced on and off (alone and with a split of 8): against the reference, two runs
+/// bitwise; a split of 8 with CTA pairs (M > 128) a typed error.
 fn check_forced_splits(
     gpu: &Gpu,
     op: &mut FusedRmsNormGateUp,
@@ -447,6 +447,8 @@ fn check_forced_splits(
         (Some(2), None),
         (Some(4), None),
         (Some(8), None),
+        (None, Some(true)),
+        (Some(8), Some(true)),
         (None, Some(false)),
         (Some(8), Some(false)),
     ];

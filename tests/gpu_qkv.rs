@@ -50,7 +50,7 @@ fn check_shape(name: &str, shape: QkvShape) {
     }
     // Every path; the separate-output fallback both ways (one GEMM + split_qkv, three GEMMs);
     // the warpgroup-MMA path with the launcher's choices, with each split over K forced, and
-    // without CTA pairs (alone and with the largest split, which pairs would refuse).
+    // with CTA pairs forced on and off (alone and with the largest split, which pairs refuse).
     let ws = |split, pairs| WgmmaShape { split, pairs };
     let wgmma_shapes = [
         ws(None, None),
@@ -58,6 +58,8 @@ fn check_shape(name: &str, shape: QkvShape) {
         ws(Some(2), None),
         ws(Some(4), None),
         ws(Some(8), None),
+        ws(None, Some(true)),
+        ws(Some(8), Some(true)),
         ws(None, Some(false)),
         ws(Some(8), Some(false)),
     ];

@@ -316,8 +316,8 @@ const METHOD: &str = "each variant captured in one CUDA graph over a ring of dis
 /// Rounds over which `bench` interleaves the variants of one shape and M.
 const ROUNDS: usize = 10;
 
-/// Largest M at which `tune` also times each forced split over K of the warpgroup-MMA
-/// route (above it the output tiles fill the SMs and the launcher does not split).
+/// Largest M at which `tune` times every forced split over K of the warpgroup-MMA route
+/// (above it the output tiles fill the SMs, and it times splits 1 and 2 only).
 const WGMMA_SPLIT_SWEEP_MAX_M: usize = 512;
 
 fn bench(a: BenchArgs) -> AppResult<()> {
@@ -580,8 +580,8 @@ fn tune(a: TuneArgs) -> AppResult<()> {
                 if wl.has_wgmma() {
                     row("wgmma packed".into(), &mut wl, Variant::FusedWgmmaPacked)?;
                     row("wgmma q,k,v".into(), &mut wl, Variant::FusedWgmma)?;
-                    // Pairs on and off where there are two token tiles or more; each split over
-                    // K against the launcher's choice, where M leaves SMs idle.
+                    // Pairs on and off where there are two token tiles or more; forced splits
+                    // over K against the launcher's choice.
                     let pairings: &[bool] = if m > BM { &[true, false] } else { &[AUTO_PAIRS] };
                     for &pairs in pairings {
                         let tag =
@@ -590,12 +590,17 @@ fn tune(a: TuneArgs) -> AppResult<()> {
                             |split| Tuning { wgmma: WgmmaShape { split, pairs: Some(pairs) }, ..Tuning::default() };
                         wl.set_tuning(force(None));
                         row(format!("wgmma packed{tag}"), &mut wl, Variant::FusedWgmmaPacked)?;
-                        if m <= WGMMA_SPLIT_SWEEP_MAX_M {
-                            let most = if pairs && m > BM { 4 } else { 8 };
-                            for split in [1, 2, 4, 8].into_iter().filter(|&s| s <= most) {
-                                wl.set_tuning(force(Some(split)));
-                                row(format!("wgmma packed split={split}{tag}"), &mut wl, Variant::FusedWgmmaPacked)?;
-                            }
+                        // Every split at small M; above it, where the tiles fill a wave, 1 and 2
+                        // alone (with pairs, the split's choice only).
+                        let most = match (pairs && m > BM, m <= WGMMA_SPLIT_SWEEP_MAX_M) {
+                            (false, true) => 8,
+                            (true, true) => 4,
+                            (false, false) => 2,
+                            (true, false) => 0,
+                        };
+                        for split in [1, 2, 4, 8].into_iter().filter(|&s| s <= most) {
+                            wl.set_tuning(force(Some(split)));
+                            row(format!("wgmma packed split={split}{tag}"), &mut wl, Variant::FusedWgmmaPacked)?;
                         }
                     }
                     wl.set_tuning(Tuning::default());

@@ -64,8 +64,11 @@ pub struct WgmmaShape {
 /// only with more tokens than this).
 pub const WGMMA_TOKEN_TILE: usize = BM as usize;
 
-/// Whether the launcher pairs CTAs by default (where M has two token tiles or more).
-pub const AUTO_PAIRS: bool = true;
+/// Whether the launcher pairs CTAs by default (where M has two token tiles or more). Off:
+/// measured on the H100 (`nanofuse tune`, M = 256-2048, the four QKV shapes), the pairs
+/// were slower than single CTAs nearly everywhere; the tile order already lets the
+/// resident CTAs share W tiles in L2, and pairs cap the split at 4 and need clusters.
+pub const AUTO_PAIRS: bool = false;
 
 /// Fewest k tiles a CTA of a split over K gets: below two, the pipeline has nothing to
 /// overlap and the partial sums' exchange costs more than the split gains.
@@ -75,22 +78,43 @@ const MIN_K_TILES_PER_CTA: u32 = 2;
 /// along x, over `k_tiles` k tiles, on `sms` SMs: the largest of 8, 4, 2 whose CTAs all
 /// run at once (at most `sms` of them, and no more clusters than `max_clusters(cx, split)`
 /// can be resident), within the portable cluster size, with at least
-/// [`MIN_K_TILES_PER_CTA`] k tiles per CTA; else 1. A split fills the SMs that a few output
+/// [`MIN_K_TILES_PER_CTA`] k tiles per CTA. A split fills the SMs that a few output
 /// tiles (small M) leave idle, while the op is bound by reading W.
+///
+/// Where even the tiles alone take more than one wave, a split of 2 where it cuts the
+/// waves' work by at least a fifth ([`WAVE_GAIN`]): the last wave of whole tiles runs
+/// mostly idle SMs (Llama-3-70B at M = 512: 160 tiles on 132 SMs are two waves of whole
+/// tiles, or three of half tiles, 1.5 tiles' time). Larger splits over several waves
+/// measured slower: their clusters of 4 and 8 leave SMs idle between waves. Else 1.
 pub(crate) fn split_k(cx: u32, tiles: u32, k_tiles: u32, sms: u32, max_clusters: impl Fn(u32, u32) -> u32) -> u32 {
+    let allowed = |split: u32| cx * split <= CLUSTER_MAX && k_tiles >= MIN_K_TILES_PER_CTA * split;
     let mut split = SPLIT_MAX;
     while split > 1 {
-        let fits = cx * split <= CLUSTER_MAX
-            && tiles.saturating_mul(split) <= sms
-            && k_tiles >= MIN_K_TILES_PER_CTA * split
-            && tiles.div_ceil(cx) <= max_clusters(cx, split);
+        let fits =
+            allowed(split) && tiles.saturating_mul(split) <= sms && tiles.div_ceil(cx) <= max_clusters(cx, split);
         if fits {
             return split;
         }
         split /= 2;
     }
+    if tiles > sms && allowed(2) {
+        // Resident CTAs of a split of 2: whole clusters, at most one per SM.
+        let slots = max_clusters(cx, 2).saturating_mul(2 * cx).min(sms);
+        if slots > 0 {
+            let (whole, halves) = (tiles.div_ceil(sms), tiles.saturating_mul(2).div_ceil(slots));
+            // halves / 2 <= (1 - WAVE_GAIN) · whole, in integers.
+            let (num, den) = WAVE_GAIN;
+            if halves.saturating_mul(den) <= whole.saturating_mul(2 * (den - num)) {
+                return 2;
+            }
+        }
+    }
     1
 }
+
+/// The least cut in the waves' work (a fraction `num / den`) for which [`split_k`] splits
+/// tiles that fill more than one wave.
+const WAVE_GAIN: (u32, u32) = (1, 5);
 
 /// The cluster shapes a launch may take: `cx` in 1, `MULTICAST`; split 1, 2, 4, 8.
 const CX_CHOICES: [u32; 2] = [1, MULTICAST];
@@ -444,6 +468,21 @@ mod tests {
         assert_eq!(split_k(2, 8, 64, H100_SMS, plenty), 4);
         // M = 2048: 256 tiles already fill the SMs.
         assert_eq!(split_k(2, 256, 16, H100_SMS, plenty), 1);
+    }
+
+    #[test]
+    fn split_of_two_where_the_last_wave_of_whole_tiles_runs_mostly_idle() {
+        // Llama-3-70B at M = 512: 160 tiles, two waves; halves take three, 1.5 tiles' time.
+        assert_eq!(split_k(1, 160, 128, H100_SMS, plenty), 2);
+        // Qwen3-0.6B at M = 2048: 256 tiles, two waves either way.
+        assert_eq!(split_k(1, 256, 16, H100_SMS, plenty), 1);
+        // Llama-3-70B at M = 1024: 320 tiles, three waves against 2.5: less than a fifth.
+        assert_eq!(split_k(1, 320, 128, H100_SMS, plenty), 1);
+        // Fewer resident clusters of 2 than SMs / 2 count: 40 clusters are 80 slots, and
+        // 320 halves take four waves of them, no better than two of whole tiles.
+        assert_eq!(split_k(1, 160, 128, H100_SMS, |_, _| 40), 1);
+        // One k tile per half is too little.
+        assert_eq!(split_k(1, 160, 3, H100_SMS, plenty), 1);
     }
 
     #[test]
