@@ -100,9 +100,8 @@ use crate::config::wgmma::{
 };
 use crate::norm::{inv_rms, sum_squares_bf16x8};
 use crate::ptx::cluster::{
-    barrier_cluster_arrive_release, barrier_cluster_sync, barrier_cluster_wait_acquire, cluster_ctaid_x,
-    cluster_ctaid_z, cluster_ctarank, cluster_nctaid_x, cluster_nctaid_z, cluster_nctarank, ld_shared_cluster_v2_f32,
-    ld_shared_cluster_v4_u32, mapa_shared_cluster,
+    barrier_cluster_sync, cluster_ctaid_x, cluster_ctaid_z, cluster_ctarank, cluster_nctaid_x, cluster_nctaid_z,
+    cluster_nctarank, ld_shared_cluster_v2_f32, ld_shared_cluster_v4_u32, mapa_shared_cluster,
 };
 use crate::ptx::convert::{cvt_rn_bf16x2_f32, unpack_bf16x2};
 use crate::ptx::cp_async::{cp_async_cg_shared_global_16, cp_async_wait_all};
@@ -114,9 +113,7 @@ use crate::ptx::shared::{
     SharedPtr, dynamic_shared_base, ld_shared_u32, ld_shared_v4_u32, st_shared_v2_f32, st_shared_v4_u32,
 };
 use crate::ptx::sync::{griddepcontrol_launch_dependents, griddepcontrol_wait};
-use crate::ptx::thread::{
-    bar_sync, block_dim_x, block_idx_x, block_idx_y, grid_dim_z, lane_id, sync_threads, thread_idx_x,
-};
+use crate::ptx::thread::{bar_sync, block_dim_x, block_idx_x, block_idx_y, grid_dim_z, lane_id, thread_idx_x};
 use crate::ptx::tma::{
     cp_async_bulk_tensor_2d_global_shared, cp_async_bulk_tensor_2d_global_shared_multicast,
     fence_proxy_tensormap_acquire_sys,
@@ -372,13 +369,6 @@ impl Place {
         p
     }
 
-    /// Whether the CTA is its own cluster (no pair, no split): then nothing crosses CTAs and
-    /// the kernel needs no cluster barrier.
-    #[inline(always)]
-    fn alone(self) -> bool {
-        self.cx * self.split == 1
-    }
-
     /// The cluster rank of the CTA at `(x, z)` of this cluster (its y extent is 1).
     #[inline(always)]
     fn rank(self, x: u32, z: u32) -> u32 {
@@ -416,14 +406,8 @@ unsafe fn run<const W_NAT: bool, E: BlockOut>(x: *const u16, w_map: *const u8, o
         fence_mbarrier_init_release_cluster();
     }
     // Every CTA of the cluster has its barriers initialized before any copy or arrival
-    // reaches them. SAFETY: uniform (the place is the same for the whole CTA and cluster).
-    unsafe {
-        if place.alone() {
-            sync_threads();
-        } else {
-            barrier_cluster_sync();
-        }
-    }
+    // reaches them. SAFETY: uniform.
+    unsafe { barrier_cluster_sync() };
 
     let tiles = Tiles { m0, n0, kt0, count: k_tiles };
     if tid < WG {
@@ -435,23 +419,14 @@ unsafe fn run<const W_NAT: bool, E: BlockOut>(x: *const u16, w_map: *const u8, o
             // SAFETY: uniform across the cluster (every CTA has the same split).
             unsafe { barrier_cluster_sync() };
         }
-        if !place.alone() {
-            // The exit barrier's arrival (the consumers arrive inside `consume`).
-            // SAFETY: uniform across the cluster.
-            unsafe { barrier_cluster_arrive_release() };
-        }
     } else {
         setmaxnreg_inc::<CONSUMER_REGS>();
         // SAFETY: forwarded.
         unsafe { consume::<W_NAT, E>(sm, place, out, m, k, tiles, tid % WG, eps) };
     }
-    if !place.alone() {
-        // No CTA leaves while another of its cluster may still arrive on its barriers or
-        // read its partial sums: every thread arrived after its last access to another
-        // CTA's shared memory, before the epilogue's stores (whose completion a release
-        // would wait for). SAFETY: every thread of the cluster gets here, once arrived.
-        unsafe { barrier_cluster_wait_acquire() };
-    }
+    // No CTA leaves while another of its cluster may still arrive on its barriers or read
+    // its partial sums. SAFETY: every thread of the cluster gets here.
+    unsafe { barrier_cluster_sync() };
 }
 
 /// A CTA's work: the output tile at token `m0`, W row `n0`, over k tiles `kt0 ..+ count`.
@@ -660,11 +635,6 @@ unsafe fn consume<const W_NAT: bool, E: BlockOut>(
         }
     };
     if place.split == 1 {
-        if !place.alone() {
-            // The last remote arrival (on the pair's empty barriers) is behind us.
-            // SAFETY: uniform across the cluster; the wait is in `run`.
-            unsafe { barrier_cluster_arrive_release() };
-        }
         let sc = scales(ss);
         // Written out for each block (a macro, not a loop) so that every accumulator index is
         // a constant: a run-time index would move the accumulators to local memory.
@@ -717,13 +687,9 @@ unsafe fn consume<const W_NAT: bool, E: BlockOut>(
         }
     }
     let sc = scales(total);
-    // This CTA's blocks `first ..+ mine` (at most BLOCKS / 2: the split is at least 2),
-    // summed over the split into slots 0..mine, all read before the exit barrier's arrival
-    // and stored after it. Slots are written out (a macro) so that their indices are
-    // constants and they stay in registers.
     let (first, mine) = split_blocks(place.z, place.split);
-    let sum = |b: u32| {
-        let mut a = [0.0f32; 8];
+    for b in first..first + mine {
+        let (mut lo, mut hi) = ([0.0f32; 4], [0.0f32; 4]);
         for z in 0..place.split {
             // SAFETY: as above; 16-byte aligned.
             let (pl, ph) = unsafe {
@@ -734,27 +700,10 @@ unsafe fn consume<const W_NAT: bool, E: BlockOut>(
                 )
             };
             for i in 0..4 {
-                a[i] += f32::from_bits(pl[i]);
-                a[4 + i] += f32::from_bits(ph[i]);
+                lo[i] += f32::from_bits(pl[i]);
+                hi[i] += f32::from_bits(ph[i]);
             }
         }
-        a
-    };
-    const _: () = assert!(BLOCKS / 2 == 8, "sum_all! and store_mine! write out 8 slots");
-    let mut sums = [[0.0f32; 8]; (BLOCKS / 2) as usize];
-    macro_rules! sum_all {
-        ($($j:literal)*) => {
-            $(if $j < mine { sums[$j] = sum(first + $j); })*
-        };
+        store(b, [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]], sc);
     }
-    sum_all!(0 1 2 3 4 5 6 7);
-    // Every read of another CTA's shared memory is done. SAFETY: uniform across the
-    // cluster; the wait is in `run`.
-    unsafe { barrier_cluster_arrive_release() };
-    macro_rules! store_mine {
-        ($($j:literal)*) => {
-            $(if $j < mine { store(first + $j, sums[$j], sc); })*
-        };
-    }
-    store_mine!(0 1 2 3 4 5 6 7);
 }

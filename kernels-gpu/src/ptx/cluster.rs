@@ -61,33 +61,6 @@ pub fn cluster_ctaid_z() -> u32 {
     r
 }
 
-/// `barrier.cluster.arrive.release.aligned;` — this thread's arrival at the cluster barrier
-/// (the first half of [`barrier_cluster_sync`]); its memory operations before it are
-/// ordered before every thread's [`barrier_cluster_wait_acquire`] of this phase returns.
-/// The release waits for the thread's outstanding memory operations, so arrive before a
-/// burst of global stores and wait after it rather than both after.
-///
-/// # Safety
-/// Every thread of every CTA of the cluster must arrive once per phase, each warp as a whole
-/// (`.aligned`), and wait before it arrives again.
-#[inline(always)]
-pub unsafe fn barrier_cluster_arrive_release() {
-    // SAFETY: forwarded to the caller.
-    unsafe { asm!("barrier.cluster.arrive.release.aligned;", options(nostack)) }
-}
-
-/// `barrier.cluster.wait.acquire.aligned;` — wait until every thread of every CTA of the
-/// cluster has arrived in the current phase ([`barrier_cluster_arrive_release`]).
-///
-/// # Safety
-/// As [`barrier_cluster_arrive_release`]: after this thread's arrival of the phase, each
-/// warp as a whole.
-#[inline(always)]
-pub unsafe fn barrier_cluster_wait_acquire() {
-    // SAFETY: forwarded to the caller.
-    unsafe { asm!("barrier.cluster.wait.acquire.aligned;", options(nostack)) }
-}
-
 /// `barrier.cluster.arrive.release.aligned; barrier.cluster.wait.acquire.aligned;` — wait
 /// until every thread of every CTA in the cluster arrives; shared-memory writes before it
 /// are visible to the whole cluster after it.
@@ -98,8 +71,7 @@ pub unsafe fn barrier_cluster_wait_acquire() {
 pub unsafe fn barrier_cluster_sync() {
     // SAFETY: forwarded to the caller.
     unsafe {
-        barrier_cluster_arrive_release();
-        barrier_cluster_wait_acquire();
+        asm!("barrier.cluster.arrive.release.aligned;", "barrier.cluster.wait.acquire.aligned;", options(nostack))
     }
 }
 
