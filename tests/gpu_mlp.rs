@@ -42,14 +42,15 @@ use nanofuse::cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, Cud
 use nanofuse::plan::{self, DECODE_MAX_M, DecodePlan, MAX_DIM};
 use nanofuse::reference::{self, Comparison, compare, rms};
 use nanofuse::{
-    BUFFER_ALIGN, Baseline, Error, FusedRmsNormGateUp, Gpu, MlpShape, ProjResidual, Result, Route, UnfusedMlp,
-    auto_mlp_fused_max_m, auto_proj_fused_max_m, bf16,
+    AUTO_PAIRS, BUFFER_ALIGN, Baseline, Error, FusedRmsNormGateUp, Gpu, MlpShape, ProjResidual, Result, Route,
+    UnfusedMlp, WgmmaShape, auto_mlp_fused_max_m, auto_proj_fused_max_m, bf16,
 };
 use rand::Rng;
 
 /// Token counts: one, two, most of one token tile, one into the second tile, both tiles
-/// full, one past the decode kernels, a small batch, a prefill chunk.
-const MS: [usize; 8] = [1, 2, 7, 9, 16, 17, 100, 2048];
+/// full, one past the decode kernels, a small batch, three warpgroup-MMA token tiles (a
+/// cluster and a half), a prefill chunk.
+const MS: [usize; 9] = [1, 2, 7, 9, 16, 17, 100, 300, 2048];
 const ROUTES: [Route; 3] = [Route::FusedDecode, Route::NormCublas, Route::Auto];
 /// [`ROUTES`], and the warpgroup-MMA route where the op has it (compute capability 9.0, K %
 /// 32 == 0).
@@ -424,6 +425,78 @@ fn check_proj(gpu: &Gpu, op: &ProjResidual, base: &UnfusedMlp, p: &ProjPoint, fa
     }
 }
 
+/// The M at which every forced split over K of the warpgroup-MMA route runs: one token
+/// tile (no pairs, splits up to 8) and three (pairs, splits up to 4).
+const SPLIT_MS: [usize; 2] = [100, 300];
+
+/// Both ops' warpgroup-MMA route with each split over K forced (1, 2, 4, 8), and with CTA
+/// pairs forced on and off (alone and with a split of 8): against the reference, two runs
+/// bitwise; a split of 8 with CTA pairs (M > 128) a typed error.
+fn check_forced_splits(
+    gpu: &Gpu,
+    op: &mut FusedRmsNormGateUp,
+    proj: &mut ProjResidual,
+    gp: &GateUpPoint,
+    pp: &ProjPoint,
+    fail: &mut Vec<String>,
+) {
+    let (i, n, m) = (op.shape().inter, proj.dims().1, gp.m);
+    let (dh, dx) = (gpu.upload(&gp.h).unwrap(), gpu.upload(&pp.x).unwrap());
+    let shapes = [
+        (Some(1), None),
+        (Some(2), None),
+        (Some(4), None),
+        (Some(8), None),
+        (None, Some(true)),
+        (Some(8), Some(true)),
+        (None, Some(false)),
+        (Some(8), Some(false)),
+    ];
+    for (split, pairs) in shapes {
+        let shape = WgmmaShape { split, pairs };
+        op.set_wgmma_shape(shape);
+        proj.set_wgmma_shape(shape);
+        let refused = split == Some(8) && m > 128 && pairs.unwrap_or(AUTO_PAIRS);
+        let (mut gate_up_runs, mut proj_runs) = (Vec::new(), Vec::new());
+        for _ in 0..2 {
+            let mut a = poisoned(gpu, m * i);
+            let mut h = gpu.upload(&pp.residual).unwrap();
+            let rs = [
+                op.forward_into_with(Route::FusedWgmma, &dh, m, &mut a),
+                proj.forward_into_with(Route::FusedWgmma, &dx, m, &mut h),
+            ];
+            for (what, r) in ["gate/up", "proj"].iter().zip(&rs) {
+                match (refused, r) {
+                    (true, Err(Error::Value { arg: "WgmmaShape::split", .. })) | (false, Ok(())) => {}
+                    (_, r) => fail.push(format!("{what} M={m} {shape:?}: {r:?}")),
+                }
+            }
+            if refused || rs.iter().any(|r| r.is_err()) {
+                break;
+            }
+            gate_up_runs.push(gpu.download(&a).unwrap());
+            proj_runs.push(gpu.download(&h).unwrap());
+        }
+        for (what, runs, width, rows, want, bounds) in [
+            ("gate/up", &gate_up_runs, i, &gp.rows, &gp.want, GATE_UP),
+            ("proj", &proj_runs, n, &pp.rows, &pp.want, PROJ),
+        ] {
+            if runs.len() < 2 {
+                continue;
+            }
+            match check(&runs[0], width, rows, want, bounds) {
+                Ok(c) => println!("{what} M={m:<4} FusedWgmma {shape:?}: {c}"),
+                Err(e) => fail.push(format!("{what} M={m} FusedWgmma {shape:?}: {e}")),
+            }
+            if let Some(j) = first_difference(&runs[0], &runs[1]) {
+                fail.push(format!("{what} M={m} FusedWgmma {shape:?}: two runs differ, first at {j}"));
+            }
+        }
+    }
+    op.set_wgmma_shape(WgmmaShape::default());
+    proj.set_wgmma_shape(WgmmaShape::default());
+}
+
 /// One MLP: the gate/up op on `h [m, H]` and the down projection (K = I, N = H) on
 /// `x [m, I]`, every route and both baselines, at every M.
 fn check_mlp(name: &str, shape: MlpShape) {
@@ -448,10 +521,10 @@ fn check_mlp(name: &str, shape: MlpShape) {
         .collect();
     let proj_points = proj_points(&mut rng, &wd, i, h);
 
-    let op = FusedRmsNormGateUp::new(&gpu, shape, &g, &wg, &wu).unwrap();
+    let mut op = FusedRmsNormGateUp::new(&gpu, shape, &g, &wg, &wu).unwrap();
     let base = UnfusedMlp::new(&gpu, shape, &g, &wg, &wu, &wd).unwrap();
     drop((wg, wu));
-    let proj = ProjResidual::new(&gpu, i, h, &wd).unwrap();
+    let mut proj = ProjResidual::new(&gpu, i, h, &wd).unwrap();
     drop(wd);
     assert_eq!(proj.dims(), (i, h));
 
@@ -459,6 +532,11 @@ fn check_mlp(name: &str, shape: MlpShape) {
     for (gp, pp) in gate_up_points.iter().zip(&proj_points) {
         check_gate_up(&gpu, &op, &base, gp, &mut failures);
         check_proj(&gpu, &proj, &base, pp, &mut failures);
+    }
+    if common::wgmma_route(&gpu, op.has_wgmma(), h) {
+        for (gp, pp) in gate_up_points.iter().zip(&proj_points).filter(|(gp, _)| SPLIT_MS.contains(&gp.m)) {
+            check_forced_splits(&gpu, &mut op, &mut proj, gp, pp, &mut failures);
+        }
     }
     gpu.synchronize().unwrap();
     assert!(failures.is_empty(), "{name}: {} failures:\n{}", failures.len(), failures.join("\n"));

@@ -18,9 +18,9 @@ use common::{gather, sample_rows};
 use common::{random_bf16, random_weights};
 use nanofuse::plan::{DECODE_MAX_M, DecodeShape};
 use nanofuse::reference::{self, Comparison, compare, concat_qkv, rms};
-use nanofuse::{Baseline, Error, FusedRmsNormQkv, QkvShape, Route, Tuning, UnfusedRmsNormQkv, bf16};
+use nanofuse::{Baseline, Error, FusedRmsNormQkv, QkvShape, Route, Tuning, UnfusedRmsNormQkv, WgmmaShape, bf16};
 
-const MS: [usize; 9] = [1, 2, 3, 7, 16, 17, 64, 100, 2048];
+const MS: [usize; 10] = [1, 2, 3, 7, 16, 17, 64, 100, 300, 2048];
 const PATHS: [Route; 4] = [Route::FusedDecode, Route::FusedTiled, Route::NormCublas, Route::Auto];
 const MAX_REL_FROBENIUS: f64 = 4e-3;
 const ELEMENT_TOL: f64 = 0.02;
@@ -48,12 +48,30 @@ fn check_shape(name: &str, shape: QkvShape) {
     if common::wgmma_route(&gpu, op.has_wgmma(), k) {
         paths.push(Route::FusedWgmma);
     }
-    // Every path; the separate-output fallback both ways (one GEMM + split_qkv, three GEMMs).
+    // Every path; the separate-output fallback both ways (one GEMM + split_qkv, three GEMMs);
+    // the warpgroup-MMA path with the launcher's choices, with each split over K forced, and
+    // with CTA pairs forced on and off (alone and with the largest split, which pairs refuse).
+    let ws = |split, pairs| WgmmaShape { split, pairs };
+    let wgmma_shapes = [
+        ws(None, None),
+        ws(Some(1), None),
+        ws(Some(2), None),
+        ws(Some(4), None),
+        ws(Some(8), None),
+        ws(None, Some(true)),
+        ws(Some(8), Some(true)),
+        ws(None, Some(false)),
+        ws(Some(8), Some(false)),
+    ];
     let variants = paths.iter().flat_map(|&p| {
-        let splits: &[Option<bool>] = if p == Route::NormCublas { &[Some(true), Some(false)] } else { &[None] };
-        splits.iter().map(move |&s| (p, s))
+        let shapes: Vec<(Option<bool>, WgmmaShape)> = match p {
+            Route::NormCublas => vec![(Some(true), WgmmaShape::default()), (Some(false), WgmmaShape::default())],
+            Route::FusedWgmma => wgmma_shapes.iter().map(|&w| (None, w)).collect(),
+            _ => vec![(None, WgmmaShape::default())],
+        };
+        shapes.into_iter().map(move |(s, w)| (p, s, w))
     });
-    let variants: Vec<(Route, Option<bool>)> = variants.collect();
+    let variants: Vec<(Route, Option<bool>, WgmmaShape)> = variants.collect();
 
     for &m in &MS {
         let x = random_bf16(&mut rng, m * k, -3.0, 3.0);
@@ -63,12 +81,13 @@ fn check_shape(name: &str, shape: QkvShape) {
 
         // Every path of the op, twice (determinism).
         let mut fused_outputs = Vec::new();
-        for &(path, split) in &variants {
-            op.set_tuning(Tuning { split, ..Tuning::default() });
-            let label = match split {
-                Some(true) => format!("{path:?} (one GEMM + split)"),
-                Some(false) => format!("{path:?} (three GEMMs)"),
-                None => format!("{path:?}"),
+        for &(path, split, wgmma) in &variants {
+            op.set_tuning(Tuning { split, wgmma, ..Tuning::default() });
+            let label = match (split, wgmma) {
+                (Some(true), _) => format!("{path:?} (one GEMM + split)"),
+                (Some(false), _) => format!("{path:?} (three GEMMs)"),
+                (None, w) if w == WgmmaShape::default() => format!("{path:?}"),
+                (None, w) => format!("{path:?} ({w:?})"),
             };
             let mut runs = Vec::new();
             for _ in 0..2 {
@@ -76,6 +95,13 @@ fn check_shape(name: &str, shape: QkvShape) {
                 let r = op.forward_into_with(path, &dx, m, &mut q, &mut kk, &mut v);
                 if path == Route::FusedDecode && m > DECODE_MAX_M {
                     assert!(matches!(r, Err(Error::Dimension { arg: "M", .. })), "decode path at M={m}: {r:?}");
+                    break;
+                }
+                // Pairs of CTAs (M > 128, on by default) and a split of 8 would need clusters of 16.
+                let paired = m > 128 && wgmma.pairs.unwrap_or(nanofuse::AUTO_PAIRS);
+                if wgmma.split == Some(8) && paired {
+                    let refused = matches!(r, Err(Error::Value { arg: "WgmmaShape::split", .. }));
+                    assert!(refused, "split 8 with pairs at M={m}: {r:?}");
                     break;
                 }
                 r.unwrap();

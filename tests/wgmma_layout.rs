@@ -7,11 +7,18 @@
 //!   values that the `wgmma` k-slots `2q, 2q + 1` / `2q + 8, 2q + 9` of the block's two k16
 //!   slices pair with W's interleaved positions;
 //!
+//! * the split over K: its k-tile ranges and column blocks partition the work, and the
+//!   partial sums' slots are distinct, inside the stage memory, and a warp's 16-byte
+//!   accesses of one half-block are 512 contiguous bytes (no bank conflict).
+//!
 //! (The shared-memory budget and the register split are compile-time assertions in
 //! `config::wgmma`.)
 
 use nanofuse_kernels_gpu::config::interleave::source;
-use nanofuse_kernels_gpu::config::wgmma::{BM, consumer_rows, desc_k_sw128, swizzled};
+use nanofuse_kernels_gpu::config::wgmma::{
+    BLOCKS, BM, PARTIAL_BYTES, SPLIT_MAX, consumer_rows, desc_k_sw128, partial_offset, partial_ss_offset, split_blocks,
+    split_k_tiles, swizzled,
+};
 
 #[test]
 fn descriptor_fields() {
@@ -71,4 +78,56 @@ fn consumer_warpgroups_cover_their_rows() {
             assert_eq!(n, if mine { 4 } else { 0 }, "consumer {c}, row {r}");
         }
     }
+}
+
+#[test]
+fn split_ranges_partition_the_k_tiles_and_the_blocks() {
+    for split in [1, 2, 4, SPLIT_MAX] {
+        for all in 1..300 {
+            let mut next = 0;
+            for z in 0..split {
+                let (first, count) = split_k_tiles(z, split, all);
+                assert_eq!(
+                    first,
+                    next.min(all),
+                    "split {split}, {all} tiles: CTA {z} starts where {} ended",
+                    z.max(1) - 1
+                );
+                assert!(count <= all.div_ceil(split), "split {split}, {all} tiles: CTA {z} takes {count}");
+                next = first + count;
+            }
+            assert_eq!(next, all, "split {split}, {all} tiles: every k tile taken");
+        }
+        let mut blocks = Vec::new();
+        for z in 0..split {
+            let (first, count) = split_blocks(z, split);
+            blocks.extend(first..first + count);
+        }
+        assert_eq!(blocks, (0..BLOCKS).collect::<Vec<_>>(), "split {split}: each block finished by one CTA");
+    }
+}
+
+#[test]
+fn partial_sums_have_distinct_slots_in_the_stage_memory() {
+    let mut slots = Vec::new();
+    for b in 0..BLOCKS {
+        for h in 0..2 {
+            for warp in 0..8 {
+                let offs: Vec<u32> = (0..32).map(|lane| partial_offset(b, h, 32 * warp + lane)).collect();
+                assert_eq!(offs[0] % 512, 0, "block {b} half {h} warp {warp}: 512-byte aligned");
+                for (lane, &o) in offs.iter().enumerate() {
+                    assert_eq!(o, offs[0] + 16 * lane as u32, "block {b} half {h} warp {warp}: contiguous");
+                }
+                slots.extend(offs.iter().map(|&o| (o, 16)));
+            }
+        }
+    }
+    slots.extend((0..256).map(|u| (partial_ss_offset(u), 8)));
+    slots.sort();
+    for pair in slots.windows(2) {
+        assert!(pair[0].0 + pair[0].1 <= pair[1].0, "slots {pair:?} overlap");
+    }
+    let (last, len) = *slots.last().unwrap();
+    // (PARTIAL_BYTES inside the stages is a compile-time assertion in `config::wgmma`.)
+    assert_eq!(last + len, PARTIAL_BYTES, "the slots fill PARTIAL_BYTES");
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use nanofuse::plan::{self, DECODE_MAX_M, Tile};
-use nanofuse::{Gpu, Tuning};
+use nanofuse::{AUTO_PAIRS, Gpu, Tuning, WGMMA_TOKEN_TILE as BM, WgmmaShape};
 use nanofuse_cli::bench::{BENCH_MS, MLP_MS, MODELS, Measurement, Model, Op, Variant, Workload, min_bytes};
 use nanofuse_cli::timing::copy_bandwidth_gbs;
 use nanofuse_cli::{bench, chart};
@@ -140,6 +140,9 @@ struct TuneArgs {
     /// Also sweep each decode shape with the x ring forced on and off.
     #[arg(long)]
     ring: bool,
+    /// Time only the variants whose label contains this text (e.g. to profile one kernel).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -312,6 +315,10 @@ const METHOD: &str = "each variant captured in one CUDA graph over a ring of dis
 
 /// Rounds over which `bench` interleaves the variants of one shape and M.
 const ROUNDS: usize = 10;
+
+/// Largest M at which `tune` times every forced split over K of the warpgroup-MMA route
+/// (above it the output tiles fill the SMs, and it times splits 1 and 2 only).
+const WGMMA_SPLIT_SWEEP_MAX_M: usize = 512;
 
 fn bench(a: BenchArgs) -> AppResult<()> {
     let models = select_models(&a.shapes)?;
@@ -541,6 +548,9 @@ fn tune(a: TuneArgs) -> AppResult<()> {
         for &m in &ms {
             wl.set_m(m)?;
             let row = |label: String, wl: &mut Workload, v: Variant| -> AppResult<()> {
+                if a.only.as_ref().is_some_and(|o| !label.contains(o.as_str())) {
+                    return Ok(());
+                }
                 let st = wl.time(v, 5, a.replays)?;
                 let gbs = min_bytes(&s, m) as f64 / (st.median_us * 1e-6) / 1e9;
                 println!(
@@ -570,6 +580,30 @@ fn tune(a: TuneArgs) -> AppResult<()> {
                 if wl.has_wgmma() {
                     row("wgmma packed".into(), &mut wl, Variant::FusedWgmmaPacked)?;
                     row("wgmma q,k,v".into(), &mut wl, Variant::FusedWgmma)?;
+                    // Pairs on and off where there are two token tiles or more; forced splits
+                    // over K against the launcher's choice.
+                    let pairings: &[bool] = if m > BM { &[true, false] } else { &[AUTO_PAIRS] };
+                    for &pairs in pairings {
+                        let tag =
+                            if m > BM { format!(" pairs={}", if pairs { "on" } else { "off" }) } else { String::new() };
+                        let force =
+                            |split| Tuning { wgmma: WgmmaShape { split, pairs: Some(pairs) }, ..Tuning::default() };
+                        wl.set_tuning(force(None));
+                        row(format!("wgmma packed{tag}"), &mut wl, Variant::FusedWgmmaPacked)?;
+                        // Every split at small M; above it, where the tiles fill a wave, 1 and 2
+                        // alone (with pairs, the split's choice only).
+                        let most = match (pairs && m > BM, m <= WGMMA_SPLIT_SWEEP_MAX_M) {
+                            (false, true) => 8,
+                            (true, true) => 4,
+                            (false, false) => 2,
+                            (true, false) => 0,
+                        };
+                        for split in [1, 2, 4, 8].into_iter().filter(|&s| s <= most) {
+                            wl.set_tuning(force(Some(split)));
+                            row(format!("wgmma packed split={split}{tag}"), &mut wl, Variant::FusedWgmmaPacked)?;
+                        }
+                    }
+                    wl.set_tuning(Tuning::default());
                 }
                 row("unfused-cublas (again)".into(), &mut wl, Variant::NormCublas)?;
                 continue;

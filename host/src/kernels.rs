@@ -405,7 +405,8 @@ impl Kernels {
     /// `1 <= rows < 2^31`.
     pub(crate) unsafe fn rms_norm(&self, stream: &CudaStream, pdl: bool, a: RmsNormArgs) -> Result<()> {
         let id = if a.interleave { KernelId::RmsNormInterleaved } else { KernelId::RmsNorm };
-        let shape = Shape { grid: (a.rows, 1), block: rms_norm::THREADS, cluster_x: 1, smem: rms_norm::SMEM_BYTES };
+        let shape =
+            Shape { grid: (a.rows, 1), block: rms_norm::THREADS, cluster_x: 1, split_z: 1, smem: rms_norm::SMEM_BYTES };
         let launch = Launch::new(self.entry(id), shape).pdl(pdl);
         // SAFETY: the arguments in `rms_norm`'s order (`rms_norm_interleaved` takes the
         // same); buffers per the caller.
@@ -420,7 +421,7 @@ impl Kernels {
     /// this context, not overlapping; `hidden % 8 == 0`; `1 <= n < 2^31`.
     pub(crate) unsafe fn fold_gain(&self, stream: &CudaStream, w: u64, g: u64, n: u32, hidden: u32) -> Result<()> {
         let grid = n.clamp(1, fold_gain::MAX_CTAS);
-        let shape = Shape { grid: (grid, 1), block: fold_gain::THREADS, cluster_x: 1, smem: 0 };
+        let shape = Shape { grid: (grid, 1), block: fold_gain::THREADS, cluster_x: 1, split_z: 1, smem: 0 };
         let launch = Launch::new(self.entry(KernelId::FoldGain), shape);
         // SAFETY: the arguments in `fold_gain`'s order; buffers per the caller.
         unsafe { launch.arg(w).arg(g).arg(n).arg(hidden).run(stream) }
@@ -433,7 +434,7 @@ impl Kernels {
     /// each, the outputs disjoint from `y`; `1 <= m < 2^31`.
     pub(crate) unsafe fn split_qkv(&self, stream: &CudaStream, pdl: bool, y: u64, out: QkvOut, m: u32) -> Result<()> {
         let grid = m.clamp(1, split_qkv::MAX_CTAS);
-        let shape = Shape { grid: (grid, 1), block: split_qkv::THREADS, cluster_x: 1, smem: 0 };
+        let shape = Shape { grid: (grid, 1), block: split_qkv::THREADS, cluster_x: 1, split_z: 1, smem: 0 };
         let launch = Launch::new(self.entry(KernelId::SplitQkv), shape).pdl(pdl);
         // SAFETY: the arguments in `split_qkv`'s order; buffers per the caller.
         unsafe { launch.arg(y).arg(out.q).arg(out.k_out).arg(out.v).arg(m).arg(out.nq).arg(out.nkv).run(stream) }
@@ -455,8 +456,13 @@ impl Kernels {
         inp: Operands,
         out: QkvOut,
     ) -> Result<()> {
-        let shape =
-            Shape { grid: plan.grid, block: decode::THREADS, cluster_x: plan.k_splits(), smem: plan.smem_bytes };
+        let shape = Shape {
+            grid: plan.grid,
+            block: decode::THREADS,
+            cluster_x: plan.k_splits(),
+            split_z: 1,
+            smem: plan.smem_bytes,
+        };
         // The entry's token tiles hold m (else the kernel traps): the plan was made for m.
         debug_assert!(inp.m <= plan.token_tiles * decode::TOKEN_TILE, "plan for a smaller M");
         let (split, chunk) = (plan.warp_split, plan.k_chunk);
@@ -562,7 +568,7 @@ impl Kernels {
     /// buffers on this context, the written ones (state, slot, tokens, h) disjoint from
     /// every other; `hidden % 8 == 0`, `rows >= 1`.
     pub(crate) unsafe fn step_begin(&self, stream: &CudaStream, pdl: bool, a: StepArgs) -> Result<()> {
-        let shape = Shape { grid: (1, 1), block: step::THREADS, cluster_x: 1, smem: 0 };
+        let shape = Shape { grid: (1, 1), block: step::THREADS, cluster_x: 1, split_z: 1, smem: 0 };
         let launch = Launch::new(self.entry(KernelId::StepBegin), shape).pdl(pdl);
         // SAFETY: the arguments in `decode_step_begin`'s order; buffers per the caller.
         unsafe {
@@ -592,7 +598,7 @@ impl Kernels {
     /// `1 <= rows <= 65535`.
     pub(crate) unsafe fn qk_norm_rope(&self, stream: &CudaStream, pdl: bool, a: RopeArgs) -> Result<()> {
         let grid = (a.num_heads + a.num_kv_heads).div_ceil(rope::WARPS);
-        let shape = Shape { grid: (grid, a.rows), block: rope::THREADS, cluster_x: 1, smem: 0 };
+        let shape = Shape { grid: (grid, a.rows), block: rope::THREADS, cluster_x: 1, split_z: 1, smem: 0 };
         let launch = Launch::new(self.entry(KernelId::QkNormRope), shape).pdl(pdl);
         // SAFETY: the arguments in `qk_norm_rope`'s order; buffers per the caller.
         unsafe {
@@ -631,6 +637,7 @@ impl Kernels {
             grid: (a.rows * a.num_kv_heads, a.splits),
             block: attention::THREADS,
             cluster_x: 1,
+            split_z: 1,
             smem: attention::SMEM_BYTES,
         };
         let scale_log2 = std::f32::consts::LOG2_E / (a.head_dim as f32).sqrt();
@@ -672,7 +679,8 @@ impl Kernels {
     pub(crate) unsafe fn argmax(&self, stream: &CudaStream, pdl: bool, logits: u64, n: u32, slot: u64) -> Result<()> {
         let per_cta = argmax::THREADS * config::VEC;
         let grid = n.div_ceil(per_cta).clamp(1, argmax::MAX_CTAS);
-        let shape = Shape { grid: (grid, 1), block: argmax::THREADS, cluster_x: 1, smem: argmax::SMEM_BYTES };
+        let shape =
+            Shape { grid: (grid, 1), block: argmax::THREADS, cluster_x: 1, split_z: 1, smem: argmax::SMEM_BYTES };
         let launch = Launch::new(self.entry(KernelId::ArgmaxBf16), shape).pdl(pdl);
         // SAFETY: the arguments in `argmax_bf16`'s order; buffers per the caller.
         unsafe { launch.arg(logits).arg(n).arg(slot).run(stream) }
@@ -685,7 +693,7 @@ impl Kernels {
     /// `m · inter` bf16, disjoint; `inter % 8 == 0`, `block % 8 == 0`, `1 <= m < 2^31`.
     pub(crate) unsafe fn silu_mul(&self, stream: &CudaStream, pdl: bool, a: SiluMulArgs) -> Result<()> {
         let grid = a.m.clamp(1, elementwise::MAX_CTAS);
-        let shape = Shape { grid: (grid, 1), block: elementwise::THREADS, cluster_x: 1, smem: 0 };
+        let shape = Shape { grid: (grid, 1), block: elementwise::THREADS, cluster_x: 1, split_z: 1, smem: 0 };
         let launch = Launch::new(self.entry(KernelId::SiluMul), shape).pdl(pdl);
         // SAFETY: the arguments in `silu_mul`'s order; buffers per the caller.
         unsafe { launch.arg(a.y).arg(a.a).arg(a.m).arg(a.inter).arg(a.block).run(stream) }
@@ -707,7 +715,7 @@ impl Kernels {
     ) -> Result<()> {
         let per_cta = elementwise::THREADS * config::VEC;
         let grid = len.div_ceil(per_cta).clamp(1, elementwise::MAX_CTAS);
-        let shape = Shape { grid: (grid, 1), block: elementwise::THREADS, cluster_x: 1, smem: 0 };
+        let shape = Shape { grid: (grid, 1), block: elementwise::THREADS, cluster_x: 1, split_z: 1, smem: 0 };
         let launch = Launch::new(self.entry(KernelId::ResidualAdd), shape).pdl(pdl);
         // SAFETY: the arguments in `residual_add`'s order; buffers per the caller.
         unsafe { launch.arg(residual).arg(y).arg(out).arg(len).run(stream) }
@@ -727,7 +735,7 @@ impl Kernels {
         inp: Operands,
         out: QkvOut,
     ) -> Result<()> {
-        let shape = Shape { grid: plan.grid, block: plan.block, cluster_x: 1, smem: plan.smem_bytes };
+        let shape = Shape { grid: plan.grid, block: plan.block, cluster_x: 1, split_z: 1, smem: plan.smem_bytes };
         let large = plan.tile == Tile::Large;
         match op {
             TiledOp::Fused { g, eps } => {

@@ -20,12 +20,15 @@ pub(crate) struct Entry {
     pub(crate) params: &'static [usize],
 }
 
-/// Grid, block, cluster (along x; 1 = no cluster) and dynamic shared memory of a launch.
+/// Grid, block, cluster and dynamic shared memory of a launch. The cluster is `cluster_x`
+/// CTAs along x by `split_z` along z, and `split_z` is also grid z (the warpgroup-MMA
+/// kernels' split over K: the CTAs of one output tile); `1, 1` is no cluster.
 #[derive(Clone, Copy)]
 pub(crate) struct Shape {
     pub grid: (u32, u32),
     pub block: u32,
     pub cluster_x: u32,
+    pub split_z: u32,
     pub smem: u32,
 }
 
@@ -119,17 +122,17 @@ impl<'a> Launch<'a> {
             attrs[n_attrs].value.programmaticStreamSerializationAllowed = 1;
             n_attrs += 1;
         }
-        if self.shape.cluster_x > 1 {
+        if self.shape.cluster_x * self.shape.split_z > 1 {
             attrs[n_attrs].id = CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
             attrs[n_attrs].value.clusterDim.x = self.shape.cluster_x;
             attrs[n_attrs].value.clusterDim.y = 1;
-            attrs[n_attrs].value.clusterDim.z = 1;
+            attrs[n_attrs].value.clusterDim.z = self.shape.split_z;
             n_attrs += 1;
         }
         let cfg = sys::CUlaunchConfig {
             gridDimX: self.shape.grid.0,
             gridDimY: self.shape.grid.1,
-            gridDimZ: 1,
+            gridDimZ: self.shape.split_z,
             blockDimX: self.shape.block,
             blockDimY: 1,
             blockDimZ: 1,

@@ -24,7 +24,7 @@ use crate::ops::{self, GemmImpl};
 use crate::plan::{self, DECODE_MAX_M, DecodeShape};
 use crate::qkv::{Baseline, Route};
 use crate::shared::{Folded, Shared};
-use crate::wgmma::{WGMMA_MAX_M, WeightMap, no_wgmma, weight_map};
+use crate::wgmma::{WGMMA_MAX_M, WeightMap, WgmmaShape, no_wgmma, weight_map};
 
 /// Largest M for which [`Route::Auto`] of the MLP ops runs the fused decode kernels; above
 /// it they run the unfused kernels (cuBLAS), like PyTorch.
@@ -159,6 +159,9 @@ pub struct FusedRmsNormGateUp {
     scratch: Mutex<Option<CudaSlice<bf16>>>,
     /// A forced decode launch shape (benchmark sweeps); `None`: the planner's.
     decode: Option<DecodeShape>,
+    /// A forced launch shape of the warpgroup-MMA route (tests, sweeps); `None` fields:
+    /// the launcher's.
+    wgmma: WgmmaShape,
 }
 
 /// Checks `g [H]`, `wg [I, H]`, `wu [I, H]`.
@@ -202,7 +205,14 @@ impl FusedRmsNormGateUp {
         drop(gd);
         let map = weight_map(gpu, wb.ptr, 2 * i, h)?;
         let weights = Shared::new(Folded { w, ones, map }, gpu.stream());
-        Ok(FusedRmsNormGateUp { gpu: gpu.clone(), shape, weights, scratch: Mutex::new(None), decode: None })
+        Ok(FusedRmsNormGateUp {
+            gpu: gpu.clone(),
+            shape,
+            weights,
+            scratch: Mutex::new(None),
+            decode: None,
+            wgmma: WgmmaShape::default(),
+        })
     }
 
     /// Whether `Route::FusedWgmma` can run: the device has the sm_90a module and
@@ -222,6 +232,7 @@ impl FusedRmsNormGateUp {
             weights,
             scratch: Mutex::new(None),
             decode: self.decode,
+            wgmma: self.wgmma,
         })
     }
 
@@ -246,6 +257,12 @@ impl FusedRmsNormGateUp {
     /// an output in one CTA.
     pub fn set_decode_shape(&mut self, shape: Option<DecodeShape>) {
         self.decode = shape;
+    }
+
+    /// Forces the warpgroup-MMA route's launch shape (split over K, CTA pairs; a split the
+    /// device cannot run is a typed error at launch); `None` fields: the launcher's choice.
+    pub fn set_wgmma_shape(&mut self, shape: WgmmaShape) {
+        self.wgmma = shape;
     }
 
     /// Allocates the fallback's scratch for up to `max_m` tokens and creates the cuBLAS
@@ -304,11 +321,11 @@ impl FusedRmsNormGateUp {
                     return Err(no_wgmma(gpu, s.hidden));
                 };
                 if m > WGMMA_MAX_M {
-                    return Err(Error::Dimension { arg: "M", expected: "at most 65535 · 128 for FusedWgmma", got: m });
+                    return Err(Error::Dimension { arg: "M", expected: "at most 2^31 - 1 for FusedWgmma", got: m });
                 }
                 // SAFETY: buffers checked above; the map describes this op's folded weight;
                 // hidden % 32 == 0 (a map exists), inter % 8 == 0 (validated).
-                unsafe { kernels.gate_up(gpu.stream(), gpu.pdl(), map, inp, ab.ptr, s.inter as u32, s.eps) }
+                unsafe { kernels.gate_up(gpu.stream(), gpu.pdl(), map, inp, ab.ptr, s.inter as u32, s.eps, self.wgmma) }
             }
             Route::FusedTiled => Err(Error::Value {
                 arg: "route",
@@ -371,6 +388,9 @@ pub struct ProjResidual {
     w: Shared<ProjWeight>,
     /// A forced decode launch shape (benchmark sweeps); `None`: the planner's.
     decode: Option<DecodeShape>,
+    /// A forced launch shape of the warpgroup-MMA route (tests, sweeps); `None` fields:
+    /// the launcher's.
+    wgmma: WgmmaShape,
 }
 
 /// The projection's weight `[out_features, in_features]` as given, and its tensor map for
@@ -393,7 +413,7 @@ impl ProjResidual {
         let (ptr, _) = gpu.address("w", &w)?;
         let map = weight_map(gpu, ptr, out_features, in_features)?;
         let w = Shared::new(ProjWeight { w, map }, gpu.stream());
-        Ok(ProjResidual { gpu: gpu.clone(), in_features, out_features, w, decode: None })
+        Ok(ProjResidual { gpu: gpu.clone(), in_features, out_features, w, decode: None, wgmma: WgmmaShape::default() })
     }
 
     /// Whether `Route::FusedWgmma` can run: the device has the sm_90a module and
@@ -413,6 +433,7 @@ impl ProjResidual {
             out_features: self.out_features,
             w,
             decode: self.decode,
+            wgmma: self.wgmma,
         })
     }
 
@@ -433,6 +454,12 @@ impl ProjResidual {
     /// Forces the decode kernel's launch shape (benchmark sweeps; `None`: the planner's).
     pub fn set_decode_shape(&mut self, shape: Option<DecodeShape>) {
         self.decode = shape;
+    }
+
+    /// Forces the warpgroup-MMA route's launch shape (split over K, CTA pairs; a split the
+    /// device cannot run is a typed error at launch); `None` fields: the launcher's choice.
+    pub fn set_wgmma_shape(&mut self, shape: WgmmaShape) {
+        self.wgmma = shape;
     }
 
     /// Creates the cuBLAS handle of the fallback now (before capturing a CUDA graph). The
@@ -526,12 +553,12 @@ impl ProjResidual {
                     return Err(no_wgmma(gpu, k));
                 };
                 if m > WGMMA_MAX_M {
-                    return Err(Error::Dimension { arg: "M", expected: "at most 65535 · 128 for FusedWgmma", got: m });
+                    return Err(Error::Dimension { arg: "M", expected: "at most 2^31 - 1 for FusedWgmma", got: m });
                 }
                 let inp = Operands { x, w, m: m as u32, hidden: k as u32 };
                 // SAFETY: forwarded to the caller; the map describes this op's weight;
                 // in_features % 32 == 0 (a map exists), out_features % 8 == 0 (validated).
-                unsafe { kernels.proj(gpu.stream(), gpu.pdl(), map, inp, residual, out, n as u32) }
+                unsafe { kernels.proj(gpu.stream(), gpu.pdl(), map, inp, residual, out, n as u32, self.wgmma) }
             }
             Route::FusedTiled => Err(Error::Value {
                 arg: "route",

@@ -16,7 +16,7 @@ use crate::kernels::{DecodeOp, Operands, QkvOut, RmsNormArgs, TiledOp};
 use crate::ops::{self, GemmImpl};
 use crate::plan::{self, DECODE_MAX_M, DecodeShape, Tile};
 use crate::shared::{Folded, Shared};
-use crate::wgmma::{WGMMA_MAX_M, no_wgmma, weight_map};
+use crate::wgmma::{WGMMA_MAX_M, WgmmaShape, no_wgmma, weight_map};
 
 /// Largest M for which [`Route::Auto`] of the packed forms runs the fused decode kernel, for
 /// a hidden size; above it they run RMSNorm + one cuBLAS GEMM, the same kernels as the
@@ -143,6 +143,9 @@ pub struct Tuning {
     /// The separate-output fallback: `Some(true)` one GEMM + `split_qkv`, `Some(false)`
     /// three GEMMs; `None` splits up to [`auto_split_max_m`].
     pub split: Option<bool>,
+    /// The warpgroup-MMA route's launch shape (split over K, CTA pairs); its `None` fields
+    /// are the launcher's choice.
+    pub wgmma: WgmmaShape,
 }
 
 /// q, k, v as three separate device tensors.
@@ -595,13 +598,15 @@ impl FusedRmsNormQkv {
         if inp.m as usize > WGMMA_MAX_M {
             return Err(Error::Dimension {
                 arg: "M",
-                expected: "at most 65535 · 128 for FusedWgmma",
+                expected: "at most 2^31 - 1 for FusedWgmma",
                 got: inp.m as usize,
             });
         }
         // SAFETY: forwarded to the caller; the map describes this op's folded weight
         // (built with it, held with it); hidden % 32 == 0 (a map exists).
-        unsafe { kernels.qkv(self.gpu.stream(), self.gpu.pdl(), map, inp, out, Some(self.shape.eps)) }
+        unsafe {
+            kernels.qkv(self.gpu.stream(), self.gpu.pdl(), map, inp, out, Some(self.shape.eps), self.tuning.wgmma)
+        }
     }
 
     /// The fused decode and tiled launches on the folded weight: x natural against the

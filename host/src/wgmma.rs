@@ -9,12 +9,14 @@
 use std::sync::Arc;
 
 use cudarc::driver::sys::{
-    self, CUfunction_attribute, CUtensorMap, CUtensorMapDataType, CUtensorMapFloatOOBfill, CUtensorMapInterleave,
-    CUtensorMapL2promotion, CUtensorMapSwizzle,
+    self, CUdevice_attribute, CUfunction_attribute, CUlaunchAttributeID, CUtensorMap, CUtensorMapDataType,
+    CUtensorMapFloatOOBfill, CUtensorMapInterleave, CUtensorMapL2promotion, CUtensorMapSwizzle,
 };
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use cudarc::nvrtc::Ptx;
-use nanofuse_kernels_gpu::config::wgmma::{BK, BM, BN, ENTRY_REGS, SMEM_BYTES, THREADS};
+use nanofuse_kernels_gpu::config::wgmma::{
+    BK, BM, BN, CLUSTER_MAX, ENTRY_REGS, MULTICAST, SMEM_BYTES, SPLIT_MAX, THREADS, W_BOX_ROWS,
+};
 
 use crate::current::Current;
 use crate::error::{Error, Result};
@@ -38,8 +40,85 @@ pub const WGMMA_ENTRIES: [(&str, &[usize]); 4] = [
     ("proj_residual_wgmma", PROJ),
 ];
 
-/// Largest M of a launch (grid y is `ceil(M / 128)`, at most 65535).
-pub(crate) const WGMMA_MAX_M: usize = 65_535 * BM as usize;
+/// Largest M of a launch (the kernels index tokens in 32 bits; grid x is `ceil(M / 128)`).
+pub(crate) const WGMMA_MAX_M: usize = i32::MAX as usize;
+
+/// Largest N (W rows) of a launch (grid y is `ceil(N / 256)`, at most 65535).
+pub(crate) const WGMMA_MAX_N: u32 = 65_535 * BN;
+
+/// A forced launch shape of the warpgroup-MMA route, for tests and sweeps; a `None` field
+/// leaves that choice to the launcher.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WgmmaShape {
+    /// The split over K: 1, 2, 4 or 8 CTAs per output tile, at most 4 with CTA pairs (a
+    /// cluster holds at most 8 CTAs); a split the device cannot run is a typed error at
+    /// launch. `None`: the launcher splits where the output tiles leave SMs idle.
+    pub split: Option<u32>,
+    /// Whether the CTAs of consecutive token tiles run in pairs that share each W tile by
+    /// a TMA multicast (with one token tile there is nothing to pair, and the CTA runs
+    /// alone either way). `None`: [`AUTO_PAIRS`].
+    pub pairs: Option<bool>,
+}
+
+/// Tokens per output tile of the warpgroup-MMA kernels (one token tile; a launch pairs CTAs
+/// only with more tokens than this).
+pub const WGMMA_TOKEN_TILE: usize = BM as usize;
+
+/// Whether the launcher pairs CTAs by default (where M has two token tiles or more). Off:
+/// measured on the H100 (`nanofuse tune`, M = 256-2048, the four QKV shapes), the pairs
+/// were slower than single CTAs nearly everywhere; the tile order already lets the
+/// resident CTAs share W tiles in L2, and pairs cap the split at 4 and need clusters.
+pub const AUTO_PAIRS: bool = false;
+
+/// Fewest k tiles a CTA of a split over K gets: below two, the pipeline has nothing to
+/// overlap and the partial sums' exchange costs more than the split gains.
+const MIN_K_TILES_PER_CTA: u32 = 2;
+
+/// The split over K for `tiles` output tiles (CTAs without a split) in clusters of `cx`
+/// along x, over `k_tiles` k tiles, on `sms` SMs: the largest of 8, 4, 2 whose CTAs all
+/// run at once (at most `sms` of them, and no more clusters than `max_clusters(cx, split)`
+/// can be resident), within the portable cluster size, with at least
+/// [`MIN_K_TILES_PER_CTA`] k tiles per CTA. A split fills the SMs that a few output
+/// tiles (small M) leave idle, while the op is bound by reading W.
+///
+/// Where even the tiles alone take more than one wave, a split of 2 where it cuts the
+/// waves' work by at least a fifth ([`WAVE_GAIN`]): the last wave of whole tiles runs
+/// mostly idle SMs (Llama-3-70B at M = 512: 160 tiles on 132 SMs are two waves of whole
+/// tiles, or three of half tiles, 1.5 tiles' time). Larger splits over several waves
+/// measured slower: their clusters of 4 and 8 leave SMs idle between waves. Else 1.
+pub(crate) fn split_k(cx: u32, tiles: u32, k_tiles: u32, sms: u32, max_clusters: impl Fn(u32, u32) -> u32) -> u32 {
+    let allowed = |split: u32| cx * split <= CLUSTER_MAX && k_tiles >= MIN_K_TILES_PER_CTA * split;
+    let mut split = SPLIT_MAX;
+    while split > 1 {
+        let fits =
+            allowed(split) && tiles.saturating_mul(split) <= sms && tiles.div_ceil(cx) <= max_clusters(cx, split);
+        if fits {
+            return split;
+        }
+        split /= 2;
+    }
+    if tiles > sms && allowed(2) {
+        // Resident CTAs of a split of 2: whole clusters, at most one per SM.
+        let slots = max_clusters(cx, 2).saturating_mul(2 * cx).min(sms);
+        if slots > 0 {
+            let (whole, halves) = (tiles.div_ceil(sms), tiles.saturating_mul(2).div_ceil(slots));
+            // halves / 2 <= (1 - WAVE_GAIN) · whole, in integers.
+            let (num, den) = WAVE_GAIN;
+            if halves.saturating_mul(den) <= whole.saturating_mul(2 * (den - num)) {
+                return 2;
+            }
+        }
+    }
+    1
+}
+
+/// The least cut in the waves' work (a fraction `num / den`) for which [`split_k`] splits
+/// tiles that fill more than one wave.
+const WAVE_GAIN: (u32, u32) = (1, 5);
+
+/// The cluster shapes a launch may take: `cx` in 1, `MULTICAST`; split 1, 2, 4, 8.
+const CX_CHOICES: [u32; 2] = [1, MULTICAST];
+const SPLIT_CHOICES: [u32; 4] = [1, 2, 4, 8];
 
 /// The loaded sm_90a module.
 pub(crate) struct WgmmaKernels {
@@ -47,6 +126,12 @@ pub(crate) struct WgmmaKernels {
     gemm: Entry,
     gate_up: Entry,
     proj: Entry,
+    /// SMs of the device.
+    sms: u32,
+    /// Clusters of each shape (`CX_CHOICES` x `SPLIT_CHOICES`) that can be resident at once
+    /// (`cuOccupancyMaxActiveClusters`; 0 where the shape is not allowed, and for split 1,
+    /// which needs no count).
+    max_clusters: [[u32; 4]; 2],
 }
 
 impl WgmmaKernels {
@@ -72,17 +157,73 @@ impl WgmmaKernels {
             }
             Ok(Entry { f, name, params })
         };
+        let fused = load(WGMMA_ENTRIES[0])?;
+        let sms = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| format!("cuDeviceGetAttribute: {e}"))? as u32;
+        // Every entry has the same launch resources (threads, registers, shared memory), so
+        // one entry's cluster occupancy is every entry's.
+        let _current = Current::bind(ctx).map_err(|e| e.to_string())?;
+        let mut max_clusters = [[0u32; 4]; 2];
+        for (row, &cx) in max_clusters.iter_mut().zip(CX_CHOICES.iter()) {
+            for (slot, &split) in row.iter_mut().zip(SPLIT_CHOICES.iter()) {
+                // (`split_k` asks only about splits; a shape without one always fits.)
+                // A failed query rules that shape out (0), not the module.
+                if split > 1 && cx * split <= CLUSTER_MAX {
+                    *slot = max_active_clusters(&fused, cx, split).unwrap_or(0);
+                }
+            }
+        }
         Ok(WgmmaKernels {
-            fused: load(WGMMA_ENTRIES[0])?,
+            fused,
             gemm: load(WGMMA_ENTRIES[1])?,
             gate_up: load(WGMMA_ENTRIES[2])?,
             proj: load(WGMMA_ENTRIES[3])?,
+            sms,
+            max_clusters,
         })
     }
 
-    /// The launch shape for `m` tokens and `n` W rows.
-    fn shape(m: u32, n: u32) -> Shape {
-        Shape { grid: (n.div_ceil(BN), m.div_ceil(BM)), block: THREADS, cluster_x: 1, smem: SMEM_BYTES }
+    /// The launch shape for `m` tokens, `n` W rows and `k`: token tiles along grid x, so
+    /// that the CTAs the hardware starts one after another walk down the token tiles of one
+    /// W tile column before the next, and the CTAs resident together share W tiles in L2
+    /// (with W tiles along x, every wave of CTAs would sweep the whole of W). With two token
+    /// tiles or more and pairs on ([`WgmmaShape::pairs`]), clusters of `MULTICAST` CTAs
+    /// along x share each W tile by multicast (the token tiles rounded up to whole pairs: a CTA past M computes zeros and stores
+    /// nothing, but loads its share of the W tiles). Where the output tiles leave SMs idle,
+    /// a split over K along z ([`split_k`]).
+    /// `forced` replaces the choice of the pairs and of the split (1, 2, 4 or 8, with `cx ·
+    /// split <= 8` and a cluster shape the device can run: else a typed error). The split changes the
+    /// order of the additions, so outputs are bitwise the same from run to run of one
+    /// shape, M, device and tuning, not across them.
+    fn shape(&self, m: u32, n: u32, k: u32, forced: WgmmaShape) -> Result<Shape> {
+        if n > WGMMA_MAX_N {
+            return Err(Error::Dimension {
+                arg: "N", expected: "at most 65535 · 256 for FusedWgmma", got: n as usize
+            });
+        }
+        let token_tiles = m.div_ceil(BM);
+        let pairs = forced.pairs.unwrap_or(AUTO_PAIRS);
+        let cx = if pairs && token_tiles >= 2 { MULTICAST } else { 1 };
+        let grid = (token_tiles.div_ceil(cx) * cx, n.div_ceil(BN));
+        let max_clusters = |cx: u32, split: u32| {
+            let row = CX_CHOICES.iter().position(|&c| c == cx);
+            let col = SPLIT_CHOICES.iter().position(|&s| s == split);
+            row.zip(col).map_or(0, |(r, c)| self.max_clusters[r][c])
+        };
+        let split = match forced.split {
+            None => split_k(cx, grid.0.saturating_mul(grid.1), k.div_ceil(BK), self.sms, max_clusters),
+            Some(1) => 1,
+            Some(s) if SPLIT_CHOICES.contains(&s) && cx * s <= CLUSTER_MAX && max_clusters(cx, s) > 0 => s,
+            Some(s) => {
+                return Err(Error::Value {
+                    arg: "WgmmaShape::split",
+                    expected: "1, 2, 4 or 8, at most 4 with CTA pairs (M > 128), a cluster shape the device runs",
+                    got: format!("{s} at M = {m}"),
+                });
+            }
+        };
+        Ok(Shape { grid, block: THREADS, cluster_x: cx, split_z: split, smem: SMEM_BYTES })
     }
 
     /// Fused RMSNorm + QKV (`eps`; `map` describes the folded, k-interleaved W) or, with
@@ -92,8 +233,8 @@ impl WgmmaKernels {
     /// # Safety
     /// `inp.x [m, hidden]` and the outputs are device buffers of this context as
     /// [`QkvOut`] describes them, 16-byte aligned; `map` describes the W of `inp` with `n =
-    /// out.nq + 2 out.nkv` rows; `hidden % 32 == 0`; `1 <= m`, grid y `ceil(m / 128) <
-    /// 65536`.
+    /// out.nq + 2 out.nkv` rows; `hidden % 32 == 0`; `1 <= m <= WGMMA_MAX_M`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn qkv(
         &self,
         stream: &CudaStream,
@@ -102,9 +243,10 @@ impl WgmmaKernels {
         inp: Operands,
         out: QkvOut,
         eps: Option<f32>,
+        forced: WgmmaShape,
     ) -> Result<()> {
         let n = out.nq + 2 * out.nkv;
-        let shape = Self::shape(inp.m, n);
+        let shape = self.shape(inp.m, n, inp.hidden, forced)?;
         // SAFETY: the arguments in each entry's order; buffers per the caller.
         unsafe {
             match eps {
@@ -151,8 +293,9 @@ impl WgmmaKernels {
         a: u64,
         inter: u32,
         eps: f32,
+        forced: WgmmaShape,
     ) -> Result<()> {
-        let shape = Self::shape(inp.m, 2 * inter);
+        let shape = self.shape(inp.m, 2 * inter, inp.hidden, forced)?;
         let launch = Launch::new(&self.gate_up, shape).pdl(pdl);
         // SAFETY: the arguments in the entry's order; buffers per the caller.
         unsafe {
@@ -176,14 +319,43 @@ impl WgmmaKernels {
         residual: u64,
         out: u64,
         n: u32,
+        forced: WgmmaShape,
     ) -> Result<()> {
-        let shape = Self::shape(inp.m, n);
+        let shape = self.shape(inp.m, n, inp.hidden, forced)?;
         let launch = Launch::new(&self.proj, shape).pdl(pdl);
         // SAFETY: the arguments in the entry's order; buffers per the caller.
         unsafe {
             launch.arg(inp.x).arg(map.device_ptr()).arg(residual).arg(out).arg(inp.m).arg(inp.hidden).arg(n).run(stream)
         }
     }
+}
+
+/// `cuOccupancyMaxActiveClusters` for `entry` in clusters of `cx` x 1 x `split` CTAs.
+fn max_active_clusters(entry: &Entry, cx: u32, split: u32) -> std::result::Result<u32, String> {
+    // SAFETY: a plain C struct of integers and a union; zero is a valid bit pattern.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr.value.clusterDim.x = cx;
+    attr.value.clusterDim.y = 1;
+    attr.value.clusterDim.z = split;
+    let cfg = sys::CUlaunchConfig {
+        gridDimX: cx,
+        gridDimY: 1,
+        gridDimZ: split,
+        blockDimX: THREADS,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: SMEM_BYTES,
+        hStream: std::ptr::null_mut(),
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    let mut n: std::ffi::c_int = 0;
+    // SAFETY: the config and its attribute outlive the call, which only writes `n`.
+    unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, entry.f.cu_function(), &cfg) }
+        .result()
+        .map_err(|e| format!("`{}`: cuOccupancyMaxActiveClusters ({cx} x 1 x {split}): {e}", entry.name))?;
+    Ok(n.max(0) as u32)
 }
 
 /// The tensor map of a weight `w [n, k]` (device address, 16-byte aligned) for the
@@ -206,7 +378,8 @@ pub(crate) fn no_wgmma(gpu: &Gpu, k: usize) -> Error {
 }
 
 /// A `CUtensorMap` for the TMA's reads of a weight `W [n, k]` bf16 (row-major): boxes of
-/// `BK x BN` (64 elements of k, 256 rows), 128-byte swizzle, zeros outside the matrix. It
+/// `BK x W_BOX_ROWS` (64 elements of k, half of a tile's 256 rows), 128-byte
+/// swizzle, zeros outside the matrix. It
 /// lives in device memory (written once, here), and the kernels take its address; it
 /// stays valid while the weight buffer does (the op owning both keeps them together).
 pub(crate) struct WeightMap {
@@ -235,12 +408,13 @@ impl WeightMap {
 }
 
 /// `cuTensorMapEncodeTiled` for `W [n, k]` at `w`: dimensions innermost first (`k`, `n`),
-/// row stride `2 k` bytes, box `BK x BN`; the map's 128 bytes.
+/// row stride `2 k` bytes, box `BK x W_BOX_ROWS` (half a W tile: a CTA's share, which it
+/// multicasts to its pair, or one of the two boxes a CTA alone loads); the map's 128 bytes.
 pub(crate) fn encode_weight_map(w: u64, n: usize, k: usize) -> Result<[u8; 128]> {
     let mut map = std::mem::MaybeUninit::<CUtensorMap>::zeroed();
     let dims: [u64; 2] = [k as u64, n as u64];
     let strides: [u64; 1] = [2 * k as u64];
-    let boxes: [u32; 2] = [BK, BN];
+    let boxes: [u32; 2] = [BK, W_BOX_ROWS];
     let elem_strides: [u32; 2] = [1, 1];
     // SAFETY: every pointer names a live local of the rank's length; the driver only writes
     // `map`.
@@ -267,5 +441,60 @@ pub(crate) fn encode_weight_map(w: u64, n: usize, k: usize) -> Result<[u8; 128]>
             chunk.copy_from_slice(&word.to_ne_bytes());
         }
         Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_k;
+
+    const H100_SMS: u32 = 132;
+
+    /// Enough clusters of every shape for one wave.
+    fn plenty(_: u32, _: u32) -> u32 {
+        1000
+    }
+
+    #[test]
+    fn split_fills_the_sms_that_few_output_tiles_leave_idle() {
+        // M = 128 (one token tile, no pair): Qwen3-0.6B QKV, 16 W tiles, K = 1024 (16 k tiles).
+        assert_eq!(split_k(1, 16, 16, H100_SMS, plenty), 8);
+        // Llama-3-8B QKV, 24 W tiles: 8 would be 192 CTAs, more than one wave.
+        assert_eq!(split_k(1, 24, 64, H100_SMS, plenty), 4);
+        // Llama-3-70B QKV, 40 W tiles.
+        assert_eq!(split_k(1, 40, 128, H100_SMS, plenty), 2);
+        // M = 300 on Qwen3-0.6B: 4 token tiles in pairs, 64 tiles; pairs cap the split at 4.
+        assert_eq!(split_k(2, 64, 16, H100_SMS, plenty), 2);
+        assert_eq!(split_k(2, 8, 64, H100_SMS, plenty), 4);
+        // M = 2048: 256 tiles already fill the SMs.
+        assert_eq!(split_k(2, 256, 16, H100_SMS, plenty), 1);
+    }
+
+    #[test]
+    fn split_of_two_where_the_last_wave_of_whole_tiles_runs_mostly_idle() {
+        // Llama-3-70B at M = 512: 160 tiles, two waves; halves take three, 1.5 tiles' time.
+        assert_eq!(split_k(1, 160, 128, H100_SMS, plenty), 2);
+        // Qwen3-0.6B at M = 2048: 256 tiles, two waves either way.
+        assert_eq!(split_k(1, 256, 16, H100_SMS, plenty), 1);
+        // Llama-3-70B at M = 1024: 320 tiles, three waves against 2.5: less than a fifth.
+        assert_eq!(split_k(1, 320, 128, H100_SMS, plenty), 1);
+        // Fewer resident clusters of 2 than SMs / 2 count: 40 clusters are 80 slots, and
+        // 320 halves take four waves of them, no better than two of whole tiles.
+        assert_eq!(split_k(1, 160, 128, H100_SMS, |_, _| 40), 1);
+        // One k tile per half is too little.
+        assert_eq!(split_k(1, 160, 3, H100_SMS, plenty), 1);
+    }
+
+    #[test]
+    fn split_keeps_two_k_tiles_per_cta_and_one_wave_of_clusters() {
+        // K = 256: 4 k tiles, at most a split of 2.
+        assert_eq!(split_k(1, 16, 4, H100_SMS, plenty), 2);
+        // K = 64: one k tile, no split.
+        assert_eq!(split_k(1, 16, 1, H100_SMS, plenty), 1);
+        // Only 14 clusters of 8 fit at once: 16 tiles take a split of 4 instead.
+        let few_eights = |_: u32, split: u32| if split == 8 { 14 } else { 1000 };
+        assert_eq!(split_k(1, 16, 16, H100_SMS, few_eights), 4);
+        // A shape the device cannot launch at all (0 clusters) is never chosen.
+        assert_eq!(split_k(1, 16, 16, H100_SMS, |_, _| 0), 1);
     }
 }

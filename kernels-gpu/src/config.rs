@@ -407,6 +407,55 @@ pub mod wgmma {
     pub const BK: u32 = 64;
     /// Shared-memory stages of the pipeline.
     pub const STAGES: u32 = 4;
+    /// The cluster's extent along the token tiles (grid x) where M has two token tiles or
+    /// more: the CTAs of a cluster row compute the same W rows for consecutive token tiles,
+    /// and each loads `1 / MULTICAST` of every W tile by a TMA multicast into both, so L2
+    /// serves each W tile once per pair. With one token tile the extent is 1 and a CTA loads
+    /// both halves itself.
+    pub const MULTICAST: u32 = 2;
+    /// W rows of the TMA box (a CTA's share of a W tile when it multicasts).
+    pub const W_BOX_ROWS: u32 = BN / MULTICAST;
+    /// Most CTAs a split over K spreads one output tile across (the cluster's extent along
+    /// grid z): the partial sums are added through distributed shared memory, each CTA
+    /// finishing `BLOCKS / split` of the tile's 16-column blocks.
+    pub const SPLIT_MAX: u32 = 8;
+    /// 16-column blocks of a CTA tile (the epilogue's unit).
+    pub const BLOCKS: u32 = BN / 16;
+    /// The largest cluster (`MULTICAST · split`): 8, the portable limit.
+    pub const CLUSTER_MAX: u32 = 8;
+    /// Bytes of a CTA's partial sums in a split over K: each consumer thread's 128
+    /// accumulators, then its two rows' sums of squares, in the stage memory (free by then).
+    pub const PARTIAL_BYTES: u32 = 2 * 128 * 128 * 4 + 2 * 128 * 2 * 4;
+
+    /// The shared-memory byte offset (from the stage base) of half `h` (0: accumulators
+    /// `8 b ..+ 4`, 1: `8 b + 4 ..+ 4`) of 16-column block `b` of consumer thread `u`
+    /// (0..256) in a split over K: a warp's 16-byte stores and loads of one half cover 512
+    /// contiguous bytes (no bank conflict), and thread `u` finds its partners' values at its
+    /// own offset in every CTA of the split.
+    pub const fn partial_offset(b: u32, h: u32, u: u32) -> u32 {
+        ((2 * b + h) * 256 + u) * 16
+    }
+
+    /// The k tiles of CTA `z` of a split of `split` over `all` k tiles: `(first, count)`,
+    /// consecutive ranges of `ceil(all / split)` (the last ones short or empty).
+    pub const fn split_k_tiles(z: u32, split: u32, all: u32) -> (u32, u32) {
+        let per = all.div_ceil(split);
+        let first = if z * per < all { z * per } else { all };
+        let end = if first + per < all { first + per } else { all };
+        (first, end - first)
+    }
+
+    /// The 16-column blocks CTA `z` of a split of `split` finishes: `(first, count)`.
+    pub const fn split_blocks(z: u32, split: u32) -> (u32, u32) {
+        let count = BLOCKS / split;
+        (z * count, count)
+    }
+
+    /// The offset of consumer thread `u`'s two sums of squares (rows `r0`, `r1`), after the
+    /// accumulators.
+    pub const fn partial_ss_offset(u: u32) -> u32 {
+        2 * BLOCKS * 256 * 16 + 8 * u
+    }
     /// Threads per CTA: a producer warpgroup and two consumer warpgroups.
     pub const THREADS: u32 = 384;
     /// Registers per thread at entry: the launch bounds (384 threads, one CTA per SM) cap
@@ -454,6 +503,12 @@ pub mod wgmma {
     }
 
     const _: () = assert!(STAGE_BYTES.is_multiple_of(1024));
+    // Each CTA's share of a W tile starts on a swizzle period (8 rows of 128 bytes).
+    const _: () = assert!(BN.is_multiple_of(MULTICAST) && W_BOX_ROWS.is_multiple_of(8));
+    const _: () = assert!(MULTICAST * (SPLIT_MAX / 2) <= CLUSTER_MAX && SPLIT_MAX <= CLUSTER_MAX);
+    const _: () = assert!(BLOCKS.is_multiple_of(SPLIT_MAX));
+    // The partial sums fit in the stages they overwrite.
+    const _: () = assert!(partial_ss_offset(256) <= STAGES * STAGE_BYTES && PARTIAL_BYTES == partial_ss_offset(256));
     // An H100's opt-in maximum of dynamic shared memory per CTA (227 KiB).
     const _: () = assert!(SMEM_BYTES <= 227 * 1024);
     const _: () = assert!(PRODUCER_REGS * 128 + 2 * CONSUMER_REGS * 128 == ENTRY_REGS * THREADS);

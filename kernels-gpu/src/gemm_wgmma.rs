@@ -14,7 +14,26 @@
 //!
 //! # Tiling (`config::wgmma`)
 //! * CTA tile `BM x BN = 128 tokens x 256 W rows`, K in tiles of `BK = 64`; grid
-//!   `(ceil(N / BN), ceil(M / BM))`, one CTA per SM (its shared memory).
+//!   `(ceil(M / BM), ceil(N / BN), split)`, one CTA per SM (its shared memory). Token tiles
+//!   run along x, so that the CTAs the hardware starts one after another (x fastest) walk
+//!   down the token tiles of one W tile column first, and the CTAs resident at one time
+//!   share their W tiles in L2.
+//! * With two token tiles or more, pairs of CTAs along x (`MULTICAST = 2`; the host rounds
+//!   grid x up to whole pairs; a CTA past M computes zeros and stores nothing) share their
+//!   W tiles: CTA `x` of a pair loads rows `128 x ..+ 128` of each by a TMA multicast into
+//!   both, so L2 serves every W tile once per pair instead of once per CTA. With one token
+//!   tile a CTA loads both halves itself.
+//! * A split over K where the output tiles are too few to fill the SMs (small M; the host
+//!   picks `split` in 1, 2, 4, 8): the `split` CTAs along z of a cluster (`MULTICAST x 1 x
+//!   split` or `1 x 1 x split`) compute the same output tile over consecutive ranges of
+//!   `ceil(k tiles / split)` k tiles each (the last ones may be short or empty). After the
+//!   main loop each puts its accumulators and its rows' partial sums of squares into its
+//!   own stage memory (`config::wgmma::partial_offset`: consumer thread `u` at the same
+//!   offset in every CTA), a cluster barrier, and CTA `z` adds blocks `z · 16 / split ..+ 16
+//!   / split` of the tile's sixteen 16-column blocks from all of them through distributed
+//!   shared memory (`ld.shared::cluster`), in rank order, so the result is the same in every
+//!   run of a launch shape (a different split, e.g. at another M, rounds differently); the row scales come from the summed squares and the epilogue (SiLU·mul, the
+//!   residual) runs on the sums. Nothing goes to global memory but the output.
 //! * Three warpgroups: warpgroup 0 produces (W by the TMA, x by `cp.async`), warpgroups 1
 //!   and 2 consume (tokens `64 (c - 1) ..+ 64` of the tile each, all 256 W rows: one
 //!   `wgmma.m64n256k16` per k16 slice, 128 f32 accumulators per thread). `setmaxnreg` gives
@@ -22,11 +41,16 @@
 //! * `STAGES` shared-memory stages, each a W tile `[256][64]` (32 KiB, the TMA's 128-byte
 //!   swizzle) and an x tile `[128][64]` (16 KiB, the same swizzle written by `cp.async`:
 //!   16-byte chunk `c` of row `r` at chunk `c ^ (r % 8)`), 1024-byte aligned. A `full`
-//!   barrier per stage completes when the W tile's bytes have landed (the producer's leader
-//!   arms it with `expect_tx`) and each of the 128 producer threads' x copies (thread `t`:
-//!   chunk `t % 8` of rows `t / 8 + 16 i`, so a warp reads whole rows) have
-//!   (`cp.async.mbarrier.arrive.noinc`): count 129. An `empty` barrier per stage completes
-//!   when the 256 consumer threads are done with it.
+//!   barrier per stage completes when the whole W tile's bytes have landed (both halves:
+//!   the producer's leader arms it with `expect_tx` for the tile; the other CTA's half may
+//!   land first, which the barrier's transaction count allows) and each of the 128 producer
+//!   threads' x copies (thread `t`: chunk `t % 8` of rows `t / 8 + 16 i`, so a warp reads
+//!   whole rows) have (`cp.async.mbarrier.arrive.noinc`): count 129. An `empty` barrier per
+//!   stage completes when the 8 consumer warps of every CTA its boxes land in are done with
+//!   the stage (lane 0 of each arrives on the stage's empty barrier in each CTA of the
+//!   pair): count 8 per CTA of the pair, because both CTAs' producers write into it. A
+//!   cluster barrier after the barriers' initialization and another before exit keep every
+//!   copy, arrival and partial-sum read inside running CTAs.
 //!
 //! # Why A comes from registers
 //! W is in the interleaved k order and x is not; a consumer lane `(g, q)` of warp `w` needs,
@@ -57,30 +81,43 @@
 //! zero-fills x past M and K.
 //!
 //! # Traffic and work (per call)
-//! `2 M N K` flops; W read `ceil(M / BM)` times, x `ceil(N / BN)` times (L2), `2 M N` bytes
-//! written.
+//! `2 M N K` flops; W read from L2 once per pair (`ceil(M / BM) / 2` times; once with one
+//! token tile), x `ceil(N / BN)` times (L2), `2 M N` bytes written; a split adds `(split -
+//! 1) / split` of `4 · 128 · 256` bytes per CTA of distributed shared-memory reads.
 //!
 //! # Launch
-//! block `(384, 1, 1)`, grid `(ceil(N / 256), ceil(M / 128))`, dynamic shared memory
-//! `config::wgmma::SMEM_BYTES`; `w_map` a `CUtensorMap` in global memory for W `[N, K]`
-//! (box `64 x 256`, 128-byte swizzle, zero fill); optionally with programmatic stream
-//! serialization. Launch bounds 384 threads, 1 CTA per SM (for `setmaxnreg`).
+//! block `(384, 1, 1)`, grid `(cx ceil(ceil(M / 128) / cx), ceil(N / 256), split)` in
+//! clusters of `(cx, 1, split)`, `cx` 2 with two token tiles or more and else 1, `split` in
+//! 1, 2, 4, 8 and `cx · split <= 8`; dynamic shared memory `config::wgmma::SMEM_BYTES`;
+//! `w_map` a `CUtensorMap` in global memory for W `[N, K]` (box `64 x 128`, half a W tile,
+//! 128-byte swizzle, zero fill); optionally with programmatic stream serialization. A launch
+//! of another shape traps. Launch bounds 384 threads, 1 CTA per SM (for `setmaxnreg`).
 
 use crate::activation::{round_bf16, silu_mul};
 use crate::config::wgmma::{
-    BK, BM, BN, CONSUMER_REGS, PRODUCER_REGS, STAGE_BYTES, STAGES, THREADS, W_TILE_BYTES, consumer_rows, swizzled,
+    BK, BLOCKS, BM, BN, CONSUMER_REGS, MULTICAST, PRODUCER_REGS, SPLIT_MAX, STAGE_BYTES, STAGES, THREADS, W_BOX_ROWS,
+    W_TILE_BYTES, consumer_rows, partial_offset, partial_ss_offset, split_blocks, split_k_tiles, swizzled,
 };
 use crate::norm::{inv_rms, sum_squares_bf16x8};
+use crate::ptx::cluster::{
+    barrier_cluster_sync, cluster_ctaid_x, cluster_ctaid_z, cluster_ctarank, cluster_nctaid_x, cluster_nctaid_z,
+    cluster_nctarank, ld_shared_cluster_v2_f32, ld_shared_cluster_v4_u32, mapa_shared_cluster,
+};
 use crate::ptx::convert::{cvt_rn_bf16x2_f32, unpack_bf16x2};
 use crate::ptx::cp_async::{cp_async_cg_shared_global_16, cp_async_wait_all};
 use crate::ptx::mbarrier::{
     cp_async_mbarrier_arrive_noinc_shared, fence_mbarrier_init_release_cluster, mbarrier_arrive_expect_tx_shared,
-    mbarrier_arrive_shared, mbarrier_init_shared, mbarrier_wait_parity,
+    mbarrier_arrive_shared_cluster, mbarrier_init_shared, mbarrier_wait_parity,
 };
-use crate::ptx::shared::{SharedPtr, dynamic_shared_base, ld_shared_u32, ld_shared_v4_u32};
+use crate::ptx::shared::{
+    SharedPtr, dynamic_shared_base, ld_shared_u32, ld_shared_v4_u32, st_shared_v2_f32, st_shared_v4_u32,
+};
 use crate::ptx::sync::{griddepcontrol_launch_dependents, griddepcontrol_wait};
-use crate::ptx::thread::{block_dim_x, block_idx_x, block_idx_y, lane_id, sync_threads, thread_idx_x};
-use crate::ptx::tma::{cp_async_bulk_tensor_2d_global_shared, fence_proxy_tensormap_acquire_sys};
+use crate::ptx::thread::{bar_sync, block_dim_x, block_idx_x, block_idx_y, grid_dim_z, lane_id, thread_idx_x};
+use crate::ptx::tma::{
+    cp_async_bulk_tensor_2d_global_shared, cp_async_bulk_tensor_2d_global_shared_multicast,
+    fence_proxy_tensormap_acquire_sys,
+};
 use crate::ptx::trap;
 use crate::ptx::warp::shfl_sync_bfly_f32;
 use crate::ptx::wgmma::{
@@ -91,6 +128,8 @@ use crate::qkv_out::QkvOut;
 
 /// Threads of a warpgroup.
 const WG: u32 = 128;
+/// Warps of the two consumer warpgroups (one arrival each on a stage's empty barrier).
+const CONSUMER_WARPS: u32 = 2 * WG / 32;
 
 /// Fused RMSNorm + QKV projection, prefill. See the module documentation.
 ///
@@ -301,18 +340,57 @@ impl Smem {
     }
 }
 
+/// Where a CTA sits in its cluster: `cx` CTAs along x (1 or `MULTICAST`) compute
+/// consecutive token tiles and share the W tiles by multicast, `x` this CTA's index among
+/// them; `split` CTAs along z (grid z is the split) take `1 / split` of the k tiles each of
+/// the same output tile, `z` this CTA's index among them.
+#[derive(Clone, Copy)]
+struct Place {
+    cx: u32,
+    x: u32,
+    split: u32,
+    z: u32,
+}
+
+impl Place {
+    /// This CTA's place, or a trap where the launch is not a shape the kernel knows.
+    #[inline(always)]
+    fn get() -> Place {
+        // (`max(1)`: the split is never 0, and so the divisions by it need no check.)
+        let split = cluster_nctaid_z().max(1);
+        let p = Place { cx: cluster_nctaid_x(), x: cluster_ctaid_x(), split, z: cluster_ctaid_z() };
+        let split_ok = p.split <= SPLIT_MAX && BLOCKS.is_multiple_of(p.split) && grid_dim_z() == p.split;
+        // The rank order (x fastest) that the multicast masks and `mapa` targets assume is
+        // checked, not taken on trust: the PTX ISA calls `%cluster_ctarank` only "linear".
+        let order_ok = cluster_ctarank() == p.rank(p.x, p.z);
+        if !(p.cx == 1 || p.cx == MULTICAST) || !split_ok || p.cx * p.split != cluster_nctarank() || !order_ok {
+            trap();
+        }
+        p
+    }
+
+    /// The cluster rank of the CTA at `(x, z)` of this cluster (its y extent is 1).
+    #[inline(always)]
+    fn rank(self, x: u32, z: u32) -> u32 {
+        x + self.cx * z
+    }
+}
+
 /// The kernel body: W in natural k order (`W_NAT`) or k-interleaved, epilogue `E`.
 ///
 /// # Safety
 /// As the entries'.
 #[inline(always)]
 unsafe fn run<const W_NAT: bool, E: BlockOut>(x: *const u16, w_map: *const u8, out: E, m: u32, k: u32, eps: f32) {
+    let place = Place::get();
     if block_dim_x() != THREADS || !k.is_multiple_of(32) || k == 0 || m == 0 {
         trap();
     }
     let tid = thread_idx_x();
-    let (n0, m0) = (block_idx_x() * BN, block_idx_y() * BM);
-    let k_tiles = k.div_ceil(BK);
+    let (n0, m0) = (block_idx_y() * BN, block_idx_x() * BM);
+    // This CTA's k tiles: `kt0 ..+ k_tiles` (none for the last CTAs of a split when the
+    // tiles do not divide evenly; they add zeros).
+    let (kt0, k_tiles) = split_k_tiles(place.z, place.split, k.div_ceil(BK));
     let sm = Smem::new();
     griddepcontrol_launch_dependents();
     if tid == 0 {
@@ -321,24 +399,43 @@ unsafe fn run<const W_NAT: bool, E: BlockOut>(x: *const u16, w_map: *const u8, o
         unsafe {
             for s in 0..STAGES {
                 mbarrier_init_shared(sm.full(s), WG + 1);
-                mbarrier_init_shared(sm.empty(s), 2 * WG);
+                mbarrier_init_shared(sm.empty(s), place.cx * CONSUMER_WARPS);
             }
             fence_proxy_tensormap_acquire_sys(w_map);
         }
         fence_mbarrier_init_release_cluster();
     }
-    // SAFETY: uniform.
-    unsafe { sync_threads() };
+    // Every CTA of the cluster has its barriers initialized before any copy or arrival
+    // reaches them. SAFETY: uniform.
+    unsafe { barrier_cluster_sync() };
 
+    let tiles = Tiles { m0, n0, kt0, count: k_tiles };
     if tid < WG {
         setmaxnreg_dec::<PRODUCER_REGS>();
         // SAFETY: forwarded.
-        unsafe { produce(sm, x, w_map, m, k, m0, n0, k_tiles, tid) };
+        unsafe { produce(sm, place, x, w_map, m, k, tiles, tid) };
+        if place.split > 1 {
+            // The consumers' barrier between writing and reading the partial sums.
+            // SAFETY: uniform across the cluster (every CTA has the same split).
+            unsafe { barrier_cluster_sync() };
+        }
     } else {
         setmaxnreg_inc::<CONSUMER_REGS>();
         // SAFETY: forwarded.
-        unsafe { consume::<W_NAT, E>(sm, out, m, k, m0, n0, k_tiles, tid % WG, eps) };
+        unsafe { consume::<W_NAT, E>(sm, place, out, m, k, tiles, tid % WG, eps) };
     }
+    // No CTA leaves while another of its cluster may still arrive on its barriers or read
+    // its partial sums. SAFETY: every thread of the cluster gets here.
+    unsafe { barrier_cluster_sync() };
+}
+
+/// A CTA's work: the output tile at token `m0`, W row `n0`, over k tiles `kt0 ..+ count`.
+#[derive(Clone, Copy)]
+struct Tiles {
+    m0: u32,
+    n0: u32,
+    kt0: u32,
+    count: u32,
 }
 
 /// The producer warpgroup: thread 0 copies the W tiles by the TMA; thread `t` copies chunk
@@ -349,38 +446,66 @@ unsafe fn run<const W_NAT: bool, E: BlockOut>(x: *const u16, w_map: *const u8, o
 /// As [`run`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn produce(sm: Smem, x: *const u16, w_map: *const u8, m: u32, k: u32, m0: u32, n0: u32, k_tiles: u32, t: u32) {
-    let load_w = |kt: u32| {
-        let s = kt % STAGES;
+unsafe fn produce(sm: Smem, place: Place, x: *const u16, w_map: *const u8, m: u32, k: u32, tiles: Tiles, t: u32) {
+    let Tiles { m0, n0, kt0, count } = tiles;
+    // With a multicast pair, this CTA's share of each W tile is rows `W_BOX_ROWS · x ..+
+    // W_BOX_ROWS`, into both CTAs of its pair; alone, it loads both halves. Either way each
+    // CTA's full barrier waits for the whole tile's bytes.
+    let load_w = |i: u32| {
+        let s = i % STAGES;
+        let c0 = ((kt0 + i) * BK) as i32;
         if t == 0 {
-            // SAFETY: stage s is free (its empty barrier passed); the box lands in its W tile.
+            // SAFETY: stage s is free in every CTA the box lands in (the empty barrier counts
+            // the consumers of both CTAs of a pair); each box lands in its rows of the W tile.
             unsafe {
                 mbarrier_arrive_expect_tx_shared(sm.full(s), W_TILE_BYTES);
-                cp_async_bulk_tensor_2d_global_shared(sm.w_tile(s), w_map, (kt * BK) as i32, n0 as i32, sm.full(s));
+                if place.cx == MULTICAST {
+                    let share = place.x * W_BOX_ROWS;
+                    let pair = ((1u32 << MULTICAST) - 1) << place.rank(0, place.z);
+                    cp_async_bulk_tensor_2d_global_shared_multicast(
+                        sm.w_tile(s).byte_add(share * 128),
+                        w_map,
+                        c0,
+                        (n0 + share) as i32,
+                        sm.full(s),
+                        pair as u16,
+                    );
+                } else {
+                    for h in 0..MULTICAST {
+                        let rows = h * W_BOX_ROWS;
+                        cp_async_bulk_tensor_2d_global_shared(
+                            sm.w_tile(s).byte_add(rows * 128),
+                            w_map,
+                            c0,
+                            (n0 + rows) as i32,
+                            sm.full(s),
+                        );
+                    }
+                }
             }
         }
     };
     // Weights before the dependency wait: the first STAGES tiles' buffers are free.
-    let first = if k_tiles < STAGES { k_tiles } else { STAGES };
-    for kt in 0..first {
-        load_w(kt);
+    let first = if count < STAGES { count } else { STAGES };
+    for i in 0..first {
+        load_w(i);
     }
     griddepcontrol_wait();
     // Thread t copies chunk t % 8 of tile rows t / 8 + 16 i: each warp instruction reads four
     // whole 128-byte rows of x.
     let chunk = t % 8;
-    for kt in 0..k_tiles {
-        let s = kt % STAGES;
-        let phase = (kt / STAGES) & 1;
-        if kt >= STAGES {
+    for i in 0..count {
+        let s = i % STAGES;
+        let phase = (i / STAGES) & 1;
+        if i >= STAGES {
             // SAFETY: an initialized barrier of this CTA.
             unsafe { mbarrier_wait_parity(sm.empty(s), phase ^ 1) };
-            load_w(kt);
+            load_w(i);
         }
         let xt = sm.x_tile(s);
-        let col = kt * BK + 8 * chunk;
-        for i in 0..(BM / 16) {
-            let r = t / 8 + 16 * i;
+        let col = (kt0 + i) * BK + 8 * chunk;
+        for j in 0..(BM / 16) {
+            let r = t / 8 + 16 * j;
             let ok = m0 + r < m && col < k;
             let src = if ok { x.wrapping_add((m0 + r) as usize * k as usize + col as usize) } else { x };
             // SAFETY: the chunk lies in row r of the stage's x tile; src is read only when ok.
@@ -396,7 +521,8 @@ unsafe fn produce(sm: Smem, x: *const u16, w_map: *const u8, m: u32, k: u32, m0:
 }
 
 /// A consumer warpgroup (`t` its thread, 0..128): tokens `64 c ..+ 64` of the tile, `c` the
-/// consumer index, all BN W rows; then the epilogue.
+/// consumer index, all BN W rows, over the CTA's k tiles; then the epilogue, through the
+/// split's sum where there is one.
 ///
 /// # Safety
 /// As [`run`].
@@ -404,15 +530,15 @@ unsafe fn produce(sm: Smem, x: *const u16, w_map: *const u8, m: u32, k: u32, m0:
 #[allow(clippy::too_many_arguments)]
 unsafe fn consume<const W_NAT: bool, E: BlockOut>(
     sm: Smem,
+    place: Place,
     out: E,
     m: u32,
     k: u32,
-    m0: u32,
-    n0: u32,
-    k_tiles: u32,
+    tiles: Tiles,
     t: u32,
     eps: f32,
 ) {
+    let Tiles { m0, n0, count, .. } = tiles;
     // Every read of this warpgroup's inputs follows a `full` barrier that the producer's
     // copies after its dependency wait complete; waiting here too costs nothing and does not
     // rest the epilogue's residual reads and stores on that chain.
@@ -423,9 +549,9 @@ unsafe fn consume<const W_NAT: bool, E: BlockOut>(
     let (r0, r1) = consumer_rows(c, t);
     let mut acc = [0.0f32; 128];
     let mut ss = [0.0f32; 2];
-    for kt in 0..k_tiles {
-        let s = kt % STAGES;
-        let phase = (kt / STAGES) & 1;
+    for i in 0..count {
+        let s = i % STAGES;
+        let phase = (i / STAGES) & 1;
         // SAFETY: an initialized barrier; after it the stage's W (async proxy, through the
         // barrier) and x (this CTA's cp.async, through the barrier) are visible.
         unsafe { mbarrier_wait_parity(sm.full(s), phase) };
@@ -463,31 +589,38 @@ unsafe fn consume<const W_NAT: bool, E: BlockOut>(
         // SAFETY: the stage's W tile, seen through its full barrier; the warpgroup issues
         // these together with the same descriptors.
         unsafe {
-            wgmma_m64n256k16_f32_bf16_rs(&mut acc, a[0], desc_k_sw128(wt, 0), kt > 0);
+            wgmma_m64n256k16_f32_bf16_rs(&mut acc, a[0], desc_k_sw128(wt, 0), i > 0);
             wgmma_m64n256k16_f32_bf16_rs(&mut acc, a[1], desc_k_sw128(wt, 1), true);
             wgmma_m64n256k16_f32_bf16_rs(&mut acc, a[2], desc_k_sw128(wt, 2), true);
             wgmma_m64n256k16_f32_bf16_rs(&mut acc, a[3], desc_k_sw128(wt, 3), true);
         }
         wgmma_commit_group();
         wgmma_wait_group::<0>(&mut acc);
-        // SAFETY: an initialized barrier; this thread no longer reads the stage.
-        unsafe { mbarrier_arrive_shared(sm.empty(s)) };
+        if lane_id() == 0 {
+            // The warp no longer reads the stage (its loads came before its `wgmma`s, which
+            // completed): free it in every CTA its producer's boxes land in.
+            for x in 0..place.cx {
+                // SAFETY: an initialized barrier of a running CTA of the cluster (none leaves
+                // before the final cluster barrier).
+                unsafe { mbarrier_arrive_shared_cluster(mapa_shared_cluster(sm.empty(s), place.rank(x, place.z))) };
+            }
+        }
+    }
+    if E::NORM {
+        // The four lanes `q` of a row hold its k range's sum of squares between them.
+        for v in ss.iter_mut() {
+            *v += shfl_sync_bfly_f32(*v, 1);
+            *v += shfl_sync_bfly_f32(*v, 2);
+        }
     }
 
     // Epilogue: the row scales, then pairs of columns.
-    let mut sc = [1.0f32; 2];
-    if E::NORM {
-        for (v, s) in ss.iter_mut().zip(sc.iter_mut()) {
-            *v += shfl_sync_bfly_f32(*v, 1);
-            *v += shfl_sync_bfly_f32(*v, 2);
-            *s = inv_rms(*v, k, eps);
-        }
-    }
+    let scales = |ss: [f32; 2]| if E::NORM { ss.map(|v| inv_rms(v, k, eps)) } else { [1.0f32; 2] };
     let n = out.rows();
     let (row0, row1) = (m0 + r0, m0 + r1);
     // 16-column block b: accumulators 8 b ..+ 8 (columns 16 b + 2q, + 1 of both rows, then
     // 16 b + 8 + 2q, + 1).
-    let store = |b: u32, a: [f32; 8]| {
+    let store = |b: u32, a: [f32; 8], sc: [f32; 2]| {
         let c16 = n0 + 16 * b;
         if c16 < n {
             // SAFETY: rows checked against m, c16 < n.
@@ -501,12 +634,76 @@ unsafe fn consume<const W_NAT: bool, E: BlockOut>(
             }
         }
     };
-    // Written out for each block (a macro, not a loop) so that every accumulator index is a
-    // constant: a run-time index would move the accumulators to local memory.
-    macro_rules! store_all {
+    if place.split == 1 {
+        let sc = scales(ss);
+        // Written out for each block (a macro, not a loop) so that every accumulator index is
+        // a constant: a run-time index would move the accumulators to local memory.
+        macro_rules! store_all {
+            ($($b:literal)*) => {
+                $(store($b, core::array::from_fn(|i| acc[8 * $b + i]), sc);)*
+            };
+        }
+        store_all!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+        return;
+    }
+
+    // A split over K: every CTA of the split puts its partial sums in its stage memory; CTA
+    // `z` then adds blocks `z · BLOCKS / split ..+ BLOCKS / split` of all of them, in rank
+    // order (the same order in every run), and stores those.
+    let u = thread_idx_x() - WG;
+    let base = sm.w_tile(0);
+    // Both consumer warpgroups are done with the stages (their last `wgmma`s completed, and
+    // every box addressed to this CTA has landed: each was awaited) before either overwrites
+    // them. SAFETY: the 256 consumer threads, and nothing else uses barrier 1.
+    unsafe { bar_sync(1, 2 * WG) };
+    let put = |b: u32, h: u32, v: [f32; 4]| {
+        // SAFETY: inside the stage memory (`config::wgmma`'s assertion), 16-byte aligned.
+        unsafe { st_shared_v4_u32(base.byte_add(partial_offset(b, h, u)).cast(), v.map(f32::to_bits)) }
+    };
+    macro_rules! put_all {
         ($($b:literal)*) => {
-            $(store($b, core::array::from_fn(|i| acc[8 * $b + i]));)*
+            $(
+                put($b, 0, core::array::from_fn(|i| acc[8 * $b + i]));
+                put($b, 1, core::array::from_fn(|i| acc[8 * $b + 4 + i]));
+            )*
         };
     }
-    store_all!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+    put_all!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+    if E::NORM {
+        // SAFETY: as `put`.
+        unsafe { st_shared_v2_f32(base.byte_add(partial_ss_offset(u)).cast(), ss) };
+    }
+    // The partial sums of every CTA of the split are visible to all of them.
+    // SAFETY: uniform across the cluster (the producers take part too).
+    unsafe { barrier_cluster_sync() };
+    let peer = |z: u32| mapa_shared_cluster(base, place.rank(place.x, z));
+    let mut total = [0.0f32; 2];
+    if E::NORM {
+        for z in 0..place.split {
+            // SAFETY: a running CTA's partial sums, written before the cluster barrier.
+            let v = unsafe { ld_shared_cluster_v2_f32(peer(z) + partial_ss_offset(u)) };
+            total[0] += v[0];
+            total[1] += v[1];
+        }
+    }
+    let sc = scales(total);
+    let (first, mine) = split_blocks(place.z, place.split);
+    for b in first..first + mine {
+        let (mut lo, mut hi) = ([0.0f32; 4], [0.0f32; 4]);
+        for z in 0..place.split {
+            // SAFETY: as above; 16-byte aligned.
+            let (pl, ph) = unsafe {
+                let at = peer(z);
+                (
+                    ld_shared_cluster_v4_u32(at + partial_offset(b, 0, u)),
+                    ld_shared_cluster_v4_u32(at + partial_offset(b, 1, u)),
+                )
+            };
+            for i in 0..4 {
+                lo[i] += f32::from_bits(pl[i]);
+                hi[i] += f32::from_bits(ph[i]);
+            }
+        }
+        store(b, [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]], sc);
+    }
 }

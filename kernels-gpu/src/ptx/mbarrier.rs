@@ -48,6 +48,19 @@ pub unsafe fn mbarrier_arrive_shared(bar: SharedPtr<u64>) {
     }
 }
 
+/// `mbarrier.arrive.shared::cluster.b64 _, [a];` — one arrival (release semantics, CTA
+/// scope: the defaults) on the barrier at cluster shared-memory address `a`, this CTA's or
+/// another CTA's of the cluster.
+///
+/// # Safety
+/// `a` comes from `mapa_shared_cluster` for an initialized barrier whose phase still expects
+/// the arrival, and the owning CTA is still running.
+#[inline(always)]
+pub unsafe fn mbarrier_arrive_shared_cluster(a: u32) {
+    // SAFETY: forwarded to the caller.
+    unsafe { asm!("mbarrier.arrive.shared::cluster.b64 _, [{a}];", a = in(reg32) a, options(nostack)) }
+}
+
 /// `mbarrier.arrive.expect_tx.shared::cta.b64 _, [bar], bytes;` — one arrival, and the
 /// current phase also waits for `bytes` more bytes of async copies signalling `bar`.
 ///

@@ -165,3 +165,16 @@ pub unsafe fn st_shared_v4_u32(p: SharedPtr<[u32; 4]>, v: [u32; 4]) {
              options(nostack));
     }
 }
+
+/// `st.shared.v2.f32 [p], {a, b};` — 8 bytes.
+///
+/// # Safety
+/// `p` is 8-byte aligned and inside the launch's shared memory.
+#[inline(always)]
+pub unsafe fn st_shared_v2_f32(p: SharedPtr<[f32; 2]>, v: [f32; 2]) {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        asm!("st.shared.v2.f32 [{p}], {{{a}, {b}}};", p = in(reg32) p.addr, a = in(reg32) v[0], b = in(reg32) v[1],
+             options(nostack));
+    }
+}

@@ -26,6 +26,13 @@ pub fn block_idx_y() -> u32 {
     unsafe { nvptx::_block_idx_y() }
 }
 
+/// `%ctaid.z`: this CTA's index within the grid, dimension z.
+#[inline(always)]
+pub fn block_idx_z() -> u32 {
+    // SAFETY: reading a special register has no preconditions.
+    unsafe { nvptx::_block_idx_z() }
+}
+
 /// `%ntid.x`: threads per CTA, dimension x.
 #[inline(always)]
 pub fn block_dim_x() -> u32 {
@@ -45,6 +52,13 @@ pub fn grid_dim_x() -> u32 {
 pub fn grid_dim_y() -> u32 {
     // SAFETY: reading a special register has no preconditions.
     unsafe { nvptx::_grid_dim_y() }
+}
+
+/// `%nctaid.z`: CTAs in the grid, dimension z.
+#[inline(always)]
+pub fn grid_dim_z() -> u32 {
+    // SAFETY: reading a special register has no preconditions.
+    unsafe { nvptx::_grid_dim_z() }
 }
 
 /// Lane index within the warp (`%tid.x % 32`; all kernels use 1-D CTAs).

@@ -47,3 +47,30 @@ pub unsafe fn cp_async_bulk_tensor_2d_global_shared(
              b = in(reg32) bar.addr(), options(nostack));
     }
 }
+
+/// `cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster
+/// [dst], [map, {c0, c1}], [bar], mask;` — as [`cp_async_bulk_tensor_2d_global_shared`], but
+/// the box lands at the same shared-memory offset `dst` in every CTA of the cluster whose
+/// rank has its bit set in `mask`, and each of them has the bytes credited to its barrier at
+/// offset `bar`.
+///
+/// # Safety
+/// As [`cp_async_bulk_tensor_2d_global_shared`], in every destination CTA (each is running,
+/// its barrier initialized and its phase expecting the bytes, its `dst` free); the launch is
+/// a cluster launch holding those ranks.
+#[inline(always)]
+pub unsafe fn cp_async_bulk_tensor_2d_global_shared_multicast(
+    dst: SharedPtr<u8>,
+    map: *const u8,
+    c0: i32,
+    c1: i32,
+    bar: SharedPtr<u64>,
+    mask: u16,
+) {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        asm!("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [{d}], [{m}, {{{x}, {y}}}], [{b}], {k};",
+             d = in(reg32) dst.addr(), m = in(reg64) map, x = in(reg32) c0, y = in(reg32) c1,
+             b = in(reg32) bar.addr(), k = in(reg16) mask, options(nostack));
+    }
+}
