@@ -98,7 +98,7 @@ use crate::config::wgmma::{
     BK, BLOCKS, BM, BN, CONSUMER_REGS, MULTICAST, PRODUCER_REGS, SPLIT_MAX, STAGE_BYTES, STAGES, THREADS, W_BOX_ROWS,
     W_TILE_BYTES, consumer_rows, partial_offset, partial_ss_offset, split_blocks, split_k_tiles, swizzled,
 };
-use crate::norm::{inv_rms, sum_squares_bf16x8};
+use crate::norm::{add_squares_bf16x4, inv_rms};
 use crate::ptx::cluster::{
     barrier_cluster_sync, cluster_ctaid_x, cluster_ctaid_z, cluster_ctarank, cluster_nctaid_x, cluster_nctaid_z,
     cluster_nctarank, ld_shared_cluster_v2_f32, ld_shared_cluster_v4_u32, mapa_shared_cluster,
@@ -581,8 +581,8 @@ unsafe fn consume<const W_NAT: bool, E: BlockOut>(
         if E::NORM {
             // Rows r0 (words a0, a2) and r1 (a1, a3): the lane's 16 elements of each per k tile.
             for f in a.iter() {
-                ss[0] += sum_squares_bf16x8([f[0], f[2], 0, 0]);
-                ss[1] += sum_squares_bf16x8([f[1], f[3], 0, 0]);
+                ss[0] = add_squares_bf16x4(ss[0], f[0], f[2]);
+                ss[1] = add_squares_bf16x4(ss[1], f[1], f[3]);
             }
         }
         wgmma_fence();

@@ -22,6 +22,18 @@ pub fn unpack_bf16x2(v: u32) -> (f32, f32) {
     (f32::from_bits(v << 16), f32::from_bits(v & 0xffff_0000))
 }
 
+/// `fma.rn.f32 d, a, b, c;` — `a * b + c` with one rounding.
+#[inline(always)]
+pub fn fma_rn_f32(a: f32, b: f32, c: f32) -> f32 {
+    let d: f32;
+    // SAFETY: register-only.
+    unsafe {
+        asm!("fma.rn.f32 {d}, {a}, {b}, {c};", d = out(reg32) d, a = in(reg32) a, b = in(reg32) b, c = in(reg32) c,
+             options(pure, nomem, nostack));
+    }
+    d
+}
+
 /// `rsqrt.approx.f32 d, x;` — `1/sqrt(x)`, max relative error 2^-22.9.
 #[inline(always)]
 pub fn rsqrt_approx_f32(x: f32) -> f32 {
