@@ -4,7 +4,9 @@
 //! The normalization matches the CPU reference (`nanofuse_host::reference`): in f32,
 //! `y = (x * inv_rms) * g`, rounded once to bf16 (nearest-even).
 
-use crate::ptx::convert::{cvt_rn_bf16x2_f32, fma_rn_f32, rsqrt_approx_f32, unpack_bf16x2};
+#[cfg(feature = "sm90a")]
+use crate::ptx::convert::fma_rn_f32;
+use crate::ptx::convert::{cvt_rn_bf16x2_f32, rsqrt_approx_f32, unpack_bf16x2};
 
 /// Sum of the squares of 8 bf16 values, in f32.
 #[inline(always)]
@@ -20,7 +22,9 @@ pub fn sum_squares_bf16x8(v: [u32; 4]) -> f32 {
 }
 
 /// `s` plus the squares of the 4 bf16 values packed in `a` and `b`, one FMA each (the
-/// warpgroup-MMA kernels' per-fragment form: two words of a row at a time).
+/// warpgroup-MMA kernels' per-fragment form: two words of a row at a time; only the sm_90a
+/// module has them).
+#[cfg(feature = "sm90a")]
 #[inline(always)]
 pub fn add_squares_bf16x4(s: f32, a: u32, b: u32) -> f32 {
     let (a0, a1) = unpack_bf16x2(a);
