@@ -18,13 +18,14 @@
 //!   run along x, so that the CTAs the hardware starts one after another (x fastest) walk
 //!   down the token tiles of one W tile column first, and the CTAs resident at one time
 //!   share their W tiles in L2.
-//! * With two token tiles or more, pairs of CTAs along x (`MULTICAST = 2`; the host rounds
-//!   grid x up to whole pairs; a CTA past M computes zeros and stores nothing) share their
-//!   W tiles: CTA `x` of a pair loads rows `128 x ..+ 128` of each by a TMA multicast into
-//!   both, so L2 serves every W tile once per pair instead of once per CTA. With one token
-//!   tile a CTA loads both halves itself.
-//! * A split over K where the output tiles are too few to fill the SMs (small M; the host
-//!   picks `split` in 1, 2, 4, 8): the `split` CTAs along z of a cluster (`MULTICAST x 1 x
+//! * Where the launch asks for pairs (`WgmmaShape::pairs`, off by default: measured slower;
+//!   only with two token tiles or more), pairs of CTAs along x (`MULTICAST = 2`; the host
+//!   rounds grid x up to whole pairs; a CTA past M computes zeros and stores nothing) share
+//!   their W tiles: CTA `x` of a pair loads rows `128 x ..+ 128` of each by a TMA multicast
+//!   into both, so L2 serves every W tile once per pair instead of once per CTA. A CTA
+//!   without a pair loads both halves itself.
+//! * A split over K where the output tiles are too few to fill the SMs, or their last wave
+//!   would leave most SMs idle (the host's `split_k` picks `split` in 1, 2, 4, 8): the `split` CTAs along z of a cluster (`MULTICAST x 1 x
 //!   split` or `1 x 1 x split`) compute the same output tile over consecutive ranges of
 //!   `ceil(k tiles / split)` k tiles each (the last ones may be short or empty). After the
 //!   main loop each puts its accumulators and its rows' partial sums of squares into its
