@@ -40,7 +40,7 @@ pub const WGMMA_ENTRIES: [(&str, &[usize]); 4] = [
     ("proj_residual_wgmma", PROJ),
 ];
 
-/// Largest M of a launch (the kernels index tokens in 32 bits; grid x is `ceil(M / 128)`).
+/// Largest M of a launch (the kernels index tokens in 32 bits).
 pub(crate) const WGMMA_MAX_M: usize = i32::MAX as usize;
 
 /// Most output tiles of a launch (grid x holds one CTA per tile without a persistent walk).

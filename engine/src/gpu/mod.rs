@@ -456,8 +456,10 @@ impl Engine {
     /// stage, µs per step): the whole step first and again last (their difference is the
     /// run's noise), and a stage's time saved is the whole step's minus its variant's. The
     /// outputs of a step without a stage are wrong: this is a timing only, and the engine
-    /// should be reset before it generates again. Stages a mode does not have (the fused
-    /// decode step's RoPE is inside its attention kernel) are not listed.
+    /// should be reset before it generates again (every step takes token 0 from the prompt
+    /// buffer; the fused decode step's attention kernel also writes the KV cache, so without
+    /// it later steps attend over rows never written). Stages a mode does not have (the
+    /// fused decode step's RoPE is inside its attention kernel) are not listed.
     pub fn profile_leave_one_out(&mut self, steps: usize) -> Result<Vec<(&'static str, f64)>> {
         let steps = steps.max(1);
         let fused = self.opts.mode == Mode::Fused;
@@ -473,6 +475,15 @@ impl Engine {
         let event = || ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(driver("cuEventCreate"));
         let (start, end) = (event()?, event()?);
         let stream = self.gpu.stream().clone();
+        // Every step of the profile takes its token (0) from the prompt buffer, not from the
+        // head's slot: the variant without the head writes no slot, and a step after it
+        // would read an empty one (a token outside the vocabulary, flagged by the device).
+        let fill = vec![0u32; needed - self.fed];
+        stream.memcpy_htod(&fill, &mut self.prompt.slice_mut(self.fed..needed)).map_err(driver("token upload"))?;
+        self.prompt_len = self.prompt_len.max(needed);
+        let len = [self.prompt_len as u32];
+        let p = step::PROMPT_LEN;
+        stream.memcpy_htod(&len, &mut self.state.slice_mut(p..p + 1)).map_err(driver("state upload"))?;
         let mut out = Vec::new();
         for skip in variants {
             let graph = self.capture(Head::Argmax, skip)?;
