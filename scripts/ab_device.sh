@@ -22,7 +22,9 @@
 # Compare the tunes with `python3 scripts/ab_tune.py base=tune_base.txt new=tune_new.txt`.
 # Environment: BUDGET (seconds, default 540), MODELS (decode-bench's --model list), GEN
 # (its --gen), TUNE_M (tune's --m), ONLY_BASE / ONLY_NEW (tune's --only per binary: a base
-# without a variant the candidate adds times only the variants both have).
+# without a variant the candidate adds times only the variants both have), STEPS (the
+# steps to run, space-separated among: tests bench1 leave-out tune1 bench2 tune2 sanitize;
+# default all).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 dir=${1:?usage: ab_device.sh DIR (or DIR.tar.xz)}
@@ -49,9 +51,11 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=cs
 
 left() { echo $((budget - ($(date +%s) - start))); }
 # step NAME ESTIMATE_S COMMAND...: runs COMMAND if the budget covers ESTIMATE_S.
+steps=${STEPS:-tests bench1 leave-out tune1 bench2 tune2 sanitize}
 step() {
   local name=$1 est=$2
   shift 2
+  case " $steps " in *" $name "*) ;; *) return 0 ;; esac
   if [ "$(left)" -lt "$est" ]; then
     echo "skipped: $name (needs about ${est} s, $(left) s left)" | tee -a "$summary"
     return 0
@@ -96,10 +100,10 @@ sanitize() {
 }
 
 step tests 60 run_tests
-step "bench round 1" 60 bench 1
+step bench1 60 bench 1
 step leave-out 40 leave_out
-step "tune round 1" 60 tune
-step "bench round 2" 60 bench 2
-step "tune round 2" 60 tune
+step tune1 60 tune
+step bench2 60 bench 2
+step tune2 60 tune
 step sanitize 90 sanitize
 echo "total: $(($(date +%s) - start)) s of $budget" | tee -a "$summary"
