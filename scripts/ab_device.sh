@@ -72,8 +72,9 @@ run_tests() {
   for t in "$dir"/t/*; do
     [ -x "$t" ] || continue
     echo "== $(basename "$t")" >>"$out/tests.txt"
-    "$t" >>"$out/tests.txt" 2>&1 || rc=1
-    grep -E "^test result|FAILED|panicked" "$out/tests.txt" | tail -n 3 | sed "s|^|  $(basename "$t"): |" >>"$summary"
+    "$t" >"$out/test.log" 2>&1 || rc=1
+    cat "$out/test.log" >>"$out/tests.txt"
+    grep -E "^test result|FAILED|panicked" "$out/test.log" | tail -n 3 | sed "s|^|  $(basename "$t"): |" >>"$summary"
   done
   return $rc
 }

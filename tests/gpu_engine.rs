@@ -263,3 +263,30 @@ fn the_stage_profile_times_every_stage() {
         eng.decode_step().unwrap();
     }
 }
+
+#[test]
+fn the_leave_one_out_profile_times_the_step_without_each_stage() {
+    let Some(gpu) = common::gpu() else { return };
+    let cfg = tiny(Arch::Qwen3);
+    let w = random_weights(&cfg, 3);
+    for mode in [Mode::Fused, Mode::Unfused] {
+        let steps = 4;
+        let mut eng = engine(&gpu, &cfg, &w, mode, PROMPT.len() + 9 * (steps + 1) + 8);
+        let (want, _) = eng.generate(&PROMPT, 4, Sampling::Greedy, &[], |_| true).unwrap();
+        eng.prefill(&PROMPT).unwrap();
+        let variants = eng.profile_leave_one_out(steps).unwrap();
+        let names: Vec<_> = variants.iter().map(|s| s.0).collect();
+        let want_names: &[&str] = match mode {
+            Mode::Fused => &["full", "qkv", "attention", "o_proj", "gate_up", "down", "head", "full"],
+            Mode::Unfused => &["full", "qkv", "rope", "attention", "o_proj", "gate_up", "down", "head", "full"],
+        };
+        assert_eq!(names, want_names, "{mode:?}");
+        assert!(variants.iter().all(|s| s.1 > 0.0 && s.1 < 1e5), "{mode:?}: {variants:?}");
+        assert_eq!(eng.position(), PROMPT.len() + want_names.len() * (steps + 1));
+        // A cache too short for the variants is a typed error, before anything runs.
+        assert!(matches!(eng.profile_leave_one_out(1000), Err(Error::SequenceTooLong { .. })));
+        // After a reset the engine generates as before (its own graphs are untouched).
+        let (again, _) = eng.generate(&PROMPT, 4, Sampling::Greedy, &[], |_| true).unwrap();
+        assert_eq!(again, want, "{mode:?}");
+    }
+}

@@ -42,8 +42,8 @@ use nanofuse::cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, Cud
 use nanofuse::plan::{self, DECODE_MAX_M, DecodePlan, MAX_DIM};
 use nanofuse::reference::{self, Comparison, compare, rms};
 use nanofuse::{
-    AUTO_PAIRS, BUFFER_ALIGN, Baseline, Error, FusedRmsNormGateUp, Gpu, MlpShape, ProjResidual, Result, Route,
-    UnfusedMlp, WgmmaShape, auto_mlp_fused_max_m, auto_proj_fused_max_m, bf16,
+    BUFFER_ALIGN, Baseline, Error, FusedRmsNormGateUp, Gpu, MlpShape, ProjResidual, Result, Route, UnfusedMlp,
+    WgmmaShape, auto_mlp_fused_max_m, auto_proj_fused_max_m, bf16,
 };
 use rand::Rng;
 
@@ -429,9 +429,10 @@ fn check_proj(gpu: &Gpu, op: &ProjResidual, base: &UnfusedMlp, p: &ProjPoint, fa
 /// tile (no pairs, splits up to 8) and three (pairs, splits up to 4).
 const SPLIT_MS: [usize; 2] = [100, 300];
 
-/// Both ops' warpgroup-MMA route with each split over K forced (1, 2, 4, 8), and with CTA
-/// pairs forced on and off (alone and with a split of 8): against the reference, two runs
-/// bitwise; a split of 8 with CTA pairs (M > 128) a typed error.
+/// Both ops' warpgroup-MMA route with each forced shape of `common::wgmma_test_shapes`
+/// (each split over K, CTA pairs on and off, the tile walk by 1, 3 or one CTA per tile):
+/// against the reference, two runs bitwise; the shapes `common::wgmma_refusal` names a
+/// typed error.
 fn check_forced_splits(
     gpu: &Gpu,
     op: &mut FusedRmsNormGateUp,
@@ -442,21 +443,11 @@ fn check_forced_splits(
 ) {
     let (i, n, m) = (op.shape().inter, proj.dims().1, gp.m);
     let (dh, dx) = (gpu.upload(&gp.h).unwrap(), gpu.upload(&pp.x).unwrap());
-    let shapes = [
-        (Some(1), None),
-        (Some(2), None),
-        (Some(4), None),
-        (Some(8), None),
-        (None, Some(true)),
-        (Some(8), Some(true)),
-        (None, Some(false)),
-        (Some(8), Some(false)),
-    ];
-    for (split, pairs) in shapes {
-        let shape = WgmmaShape { split, pairs };
+    for shape in common::wgmma_test_shapes() {
         op.set_wgmma_shape(shape);
         proj.set_wgmma_shape(shape);
-        let refused = split == Some(8) && m > 128 && pairs.unwrap_or(AUTO_PAIRS);
+        let refusal = common::wgmma_refusal(m, shape);
+        let refused = refusal.is_some();
         let (mut gate_up_runs, mut proj_runs) = (Vec::new(), Vec::new());
         for _ in 0..2 {
             let mut a = poisoned(gpu, m * i);
@@ -466,9 +457,10 @@ fn check_forced_splits(
                 proj.forward_into_with(Route::FusedWgmma, &dx, m, &mut h),
             ];
             for (what, r) in ["gate/up", "proj"].iter().zip(&rs) {
-                match (refused, r) {
-                    (true, Err(Error::Value { arg: "WgmmaShape::split", .. })) | (false, Ok(())) => {}
-                    (_, r) => fail.push(format!("{what} M={m} {shape:?}: {r:?}")),
+                match (refusal, r) {
+                    (Some(want), Err(Error::Value { arg, .. })) if *arg == want => {}
+                    (None, Ok(())) => {}
+                    (_, r) => fail.push(format!("{what} M={m} {shape:?}: {r:?} (want a refusal: {refusal:?})")),
                 }
             }
             if refused || rs.iter().any(|r| r.is_err()) {

@@ -49,20 +49,9 @@ fn check_shape(name: &str, shape: QkvShape) {
         paths.push(Route::FusedWgmma);
     }
     // Every path; the separate-output fallback both ways (one GEMM + split_qkv, three GEMMs);
-    // the warpgroup-MMA path with the launcher's choices, with each split over K forced, and
-    // with CTA pairs forced on and off (alone and with the largest split, which pairs refuse).
-    let ws = |split, pairs| WgmmaShape { split, pairs };
-    let wgmma_shapes = [
-        ws(None, None),
-        ws(Some(1), None),
-        ws(Some(2), None),
-        ws(Some(4), None),
-        ws(Some(8), None),
-        ws(None, Some(true)),
-        ws(Some(8), Some(true)),
-        ws(None, Some(false)),
-        ws(Some(8), Some(false)),
-    ];
+    // the warpgroup-MMA path with the launcher's choices and each forced shape
+    // (`common::wgmma_test_shapes`).
+    let wgmma_shapes = common::wgmma_test_shapes();
     let variants = paths.iter().flat_map(|&p| {
         let shapes: Vec<(Option<bool>, WgmmaShape)> = match p {
             Route::NormCublas => vec![(Some(true), WgmmaShape::default()), (Some(false), WgmmaShape::default())],
@@ -97,11 +86,11 @@ fn check_shape(name: &str, shape: QkvShape) {
                     assert!(matches!(r, Err(Error::Dimension { arg: "M", .. })), "decode path at M={m}: {r:?}");
                     break;
                 }
-                // Pairs of CTAs (M > 128, on by default) and a split of 8 would need clusters of 16.
-                let paired = m > 128 && wgmma.pairs.unwrap_or(nanofuse::AUTO_PAIRS);
-                if wgmma.split == Some(8) && paired {
-                    let refused = matches!(r, Err(Error::Value { arg: "WgmmaShape::split", .. }));
-                    assert!(refused, "split 8 with pairs at M={m}: {r:?}");
+                if path == Route::FusedWgmma
+                    && let Some(arg) = common::wgmma_refusal(m, wgmma)
+                {
+                    let refused = matches!(&r, Err(Error::Value { arg: a, .. }) if *a == arg);
+                    assert!(refused, "{wgmma:?} at M={m}: want an error naming {arg}, got {r:?}");
                     break;
                 }
                 r.unwrap();

@@ -100,6 +100,10 @@ pub struct DecodeBenchArgs {
     /// Also time one step stage by stage (events between stages) for each engine.
     #[arg(long)]
     breakdown: bool,
+    /// Also time each engine's step with each stage left out of every layer in turn (the
+    /// stages that stay keep their PDL overlap): what each stage adds to a real step.
+    #[arg(long)]
+    leave_out: bool,
     /// Most prompt tokens per prefill batch (1: the prompt one position at a time).
     #[arg(long, default_value_t = DEFAULT_PREFILL_CHUNK)]
     prefill_chunk: usize,
@@ -274,7 +278,22 @@ struct BenchReport {
     method: &'static str,
     rows: Vec<BenchRow>,
     breakdown: Vec<Breakdown>,
+    leave_out: Vec<LeaveOut>,
 }
+
+/// `Engine::profile_leave_one_out` of one engine: µs per step of the whole step (first and
+/// last) and of the step without each stage.
+#[derive(Serialize)]
+struct LeaveOut {
+    model: String,
+    engine: String,
+    position: usize,
+    steps: usize,
+    variants_us_per_step: Vec<(String, f64)>,
+}
+
+/// Steps per variant of `--leave-out`.
+const LEAVE_OUT_STEPS: usize = 32;
 
 const METHOD: &str = "batch 1; prompt of random ids prefilled in batches of up to --prefill-chunk tokens (host \
     wall time of the eager launches and one synchronization); then N greedy decode steps, \
@@ -302,10 +321,12 @@ pub fn decode_bench(a: DecodeBenchArgs) -> AppResult<()> {
     println!("device: {}, driver {}; copy bandwidth measured now: {copy_gbs:.0} GB/s", info.name, info.driver_version);
     println!("method: {METHOD}");
     let max_gen = a.generate.iter().copied().max().unwrap_or(1);
-    let extra = if a.breakdown { 20 } else { 0 };
+    let extra = if a.breakdown { 20 } else { 0 }
+        + if a.leave_out { (Engine::STAGES.len() + 2) * (LEAVE_OUT_STEPS + 1) } else { 0 };
     let max_seq = a.prompt_len + max_gen + extra;
     let mut rows = Vec::new();
     let mut breakdown = Vec::new();
+    let mut leave_out = Vec::new();
     for spec in &models {
         let model = load(spec, 0)?;
         let chunk = a.prefill_chunk;
@@ -386,9 +407,42 @@ pub fn decode_bench(a: DecodeBenchArgs) -> AppResult<()> {
                 });
             }
         }
+        if a.leave_out {
+            let layers = model.config.num_layers as f64;
+            for e in engines.iter_mut() {
+                e.prefill(&prompt)?;
+                let position = e.position();
+                let variants = e.profile_leave_one_out(LEAVE_OUT_STEPS)?;
+                let engine = format!("{:?}", e.options().mode).to_lowercase();
+                let full: Vec<f64> = variants.iter().filter(|v| v.0 == "full").map(|v| v.1).collect();
+                let whole = full.iter().sum::<f64>() / full.len().max(1) as f64;
+                println!(
+                    "  {engine} step with each stage left out (from position {position}, {LEAVE_OUT_STEPS} steps each): \
+                     whole step {} µs",
+                    full.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(" / ")
+                );
+                for (name, us) in variants.iter().filter(|v| v.0 != "full") {
+                    let saved = whole - us;
+                    let per_layer =
+                        if *name == "head" { String::new() } else { format!("  {:>6.2} per layer", saved / layers) };
+                    println!("    without {name:<10} {us:>8.1} µs/step  saves {saved:>7.1} µs{per_layer}");
+                }
+                leave_out.push(LeaveOut {
+                    model: spec.clone(),
+                    engine,
+                    position,
+                    steps: LEAVE_OUT_STEPS,
+                    variants_us_per_step: variants.into_iter().map(|(n, v)| (n.to_string(), v)).collect(),
+                });
+                // The engine's own graphs and state are intact, but the cache rows written
+                // without a stage are wrong: start over before anything else uses it.
+                e.reset(&prompt)?;
+            }
+        }
     }
     if let Some(path) = &a.json {
         let report = BenchReport {
+            leave_out,
             device: info.name.clone(),
             driver_version: info.driver_version,
             copy_bandwidth_gbs: copy_gbs,

@@ -140,9 +140,10 @@ struct TuneArgs {
     /// Also sweep each decode shape with the x ring forced on and off.
     #[arg(long)]
     ring: bool,
-    /// Time only the variants whose label contains this text (e.g. to profile one kernel).
-    #[arg(long)]
-    only: Option<String>,
+    /// Time only the variants whose label contains one of these texts (comma-separated;
+    /// e.g. to profile one kernel).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -548,7 +549,7 @@ fn tune(a: TuneArgs) -> AppResult<()> {
         for &m in &ms {
             wl.set_m(m)?;
             let row = |label: String, wl: &mut Workload, v: Variant| -> AppResult<()> {
-                if a.only.as_ref().is_some_and(|o| !label.contains(o.as_str())) {
+                if !a.only.is_empty() && !a.only.iter().any(|o| label.contains(o.as_str())) {
                     return Ok(());
                 }
                 let st = wl.time(v, 5, a.replays)?;
@@ -586,10 +587,16 @@ fn tune(a: TuneArgs) -> AppResult<()> {
                     for &pairs in pairings {
                         let tag =
                             if m > BM { format!(" pairs={}", if pairs { "on" } else { "off" }) } else { String::new() };
-                        let force =
-                            |split| Tuning { wgmma: WgmmaShape { split, pairs: Some(pairs) }, ..Tuning::default() };
+                        let shape = |split, ctas| WgmmaShape { split, pairs: Some(pairs), ctas };
+                        let force = |split| Tuning { wgmma: shape(split, None), ..Tuning::default() };
                         wl.set_tuning(force(None));
                         row(format!("wgmma packed{tag}"), &mut wl, Variant::FusedWgmmaPacked)?;
+                        if !(pairs && m > BM) {
+                            // Split 1 with one CTA per output tile, against the walk of at most
+                            // one CTA per SM that the launcher takes there.
+                            wl.set_tuning(Tuning { wgmma: shape(Some(1), Some(u32::MAX)), ..Tuning::default() });
+                            row(format!("wgmma packed split=1 ctas=tiles{tag}"), &mut wl, Variant::FusedWgmmaPacked)?;
+                        }
                         // Every split at small M; above it, where the tiles fill a wave, 1 and 2
                         // alone (with pairs, the split's choice only).
                         let most = match (pairs && m > BM, m <= WGMMA_SPLIT_SWEEP_MAX_M) {

@@ -55,4 +55,4 @@ pub use qkv::{
     auto_fused_max_m, auto_packed_fused_max_m, auto_split_max_m,
 };
 pub use sample::{FusedRmsNormArgmax, argmax, argmax_key, argmax_token, step_begin};
-pub use wgmma::{AUTO_PAIRS, WGMMA_ENTRIES, WGMMA_TOKEN_TILE, WgmmaShape};
+pub use wgmma::{AUTO_PAIRS, AUTO_PERSISTENT, WGMMA_ENTRIES, WGMMA_TOKEN_TILE, WgmmaShape};

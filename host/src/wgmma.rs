@@ -15,7 +15,7 @@ use cudarc::driver::sys::{
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use cudarc::nvrtc::Ptx;
 use nanofuse_kernels_gpu::config::wgmma::{
-    BK, BM, BN, CLUSTER_MAX, ENTRY_REGS, MULTICAST, SMEM_BYTES, SPLIT_MAX, THREADS, W_BOX_ROWS,
+    BK, BM, BN, CLUSTER_MAX, ENTRY_REGS, MULTICAST, SMEM_BYTES, SPLIT_MAX, THREADS, W_BOX_ROWS, token_tiles,
 };
 
 use crate::current::Current;
@@ -40,11 +40,11 @@ pub const WGMMA_ENTRIES: [(&str, &[usize]); 4] = [
     ("proj_residual_wgmma", PROJ),
 ];
 
-/// Largest M of a launch (the kernels index tokens in 32 bits; grid x is `ceil(M / 128)`).
+/// Largest M of a launch (the kernels index tokens in 32 bits).
 pub(crate) const WGMMA_MAX_M: usize = i32::MAX as usize;
 
-/// Largest N (W rows) of a launch (grid y is `ceil(N / 256)`, at most 65535).
-pub(crate) const WGMMA_MAX_N: u32 = 65_535 * BN;
+/// Most output tiles of a launch (grid x holds one CTA per tile without a persistent walk).
+pub(crate) const WGMMA_MAX_TILES: u32 = i32::MAX as u32;
 
 /// A forced launch shape of the warpgroup-MMA route, for tests and sweeps; a `None` field
 /// leaves that choice to the launcher.
@@ -58,7 +58,18 @@ pub struct WgmmaShape {
     /// a TMA multicast (with one token tile there is nothing to pair, and the CTA runs
     /// alone either way). `None`: [`AUTO_PAIRS`].
     pub pairs: Option<bool>,
+    /// The CTAs of the launch, each walking the output tiles `b, b + ctas, …` (token tiles
+    /// fastest) with its pipeline running on from one tile into the next: at least 1, at
+    /// most the tiles (more are cut to that; as many as the tiles is one tile per CTA),
+    /// only without a split and without pairs. Forcing it forces split 1 where `split` is
+    /// `None`; with pairs or another split it is a typed error. `None`: one CTA per SM
+    /// ([`AUTO_PERSISTENT`]) where the launcher neither splits nor pairs, else one per tile.
+    pub ctas: Option<u32>,
 }
+
+/// Whether the launcher runs at most one CTA per SM, each walking several output tiles,
+/// where it neither splits nor pairs (else one CTA per tile).
+pub const AUTO_PERSISTENT: bool = true;
 
 /// Tokens per output tile of the warpgroup-MMA kernels (one token tile; a launch pairs CTAs
 /// only with more tokens than this).
@@ -110,6 +121,20 @@ pub(crate) fn split_k(cx: u32, tiles: u32, k_tiles: u32, sms: u32, max_clusters:
         }
     }
     1
+}
+
+/// The CTAs (grid x) of a launch over `tiles` output tiles with a split of `split` and
+/// clusters of `cx` along x, on `sms` SMs, `forced` as [`WgmmaShape::ctas`]: without a split
+/// or pairs at most one per SM ([`AUTO_PERSISTENT`]), each walking every `ctas`-th tile;
+/// else one per tile. `None` where the forced count is not allowed (0, or with pairs; the
+/// caller has already made the split 1 where the CTAs are forced).
+pub(crate) fn walk_ctas(forced: Option<u32>, split: u32, cx: u32, tiles: u32, sms: u32) -> Option<u32> {
+    match forced {
+        None if AUTO_PERSISTENT && split == 1 && cx == 1 => Some(tiles.min(sms.max(1))),
+        None => Some(tiles),
+        Some(c) if c >= 1 && cx == 1 && split == 1 => Some(c.min(tiles)),
+        Some(_) => None,
+    }
 }
 
 /// The least cut in the waves' work (a fraction `num / den`) for which [`split_k`] splits
@@ -184,46 +209,59 @@ impl WgmmaKernels {
         })
     }
 
-    /// The launch shape for `m` tokens, `n` W rows and `k`: token tiles along grid x, so
-    /// that the CTAs the hardware starts one after another walk down the token tiles of one
-    /// W tile column before the next, and the CTAs resident together share W tiles in L2
-    /// (with W tiles along x, every wave of CTAs would sweep the whole of W). With two token
-    /// tiles or more and pairs on ([`WgmmaShape::pairs`]), clusters of `MULTICAST` CTAs
-    /// along x share each W tile by multicast (the token tiles rounded up to whole pairs: a CTA past M computes zeros and stores
-    /// nothing, but loads its share of the W tiles). Where the output tiles leave SMs idle,
-    /// a split over K along z ([`split_k`]).
-    /// `forced` replaces the choice of the pairs and of the split (1, 2, 4 or 8, with `cx ·
-    /// split <= 8` and a cluster shape the device can run: else a typed error). The split changes the
-    /// order of the additions, so outputs are bitwise the same from run to run of one
-    /// shape, M, device and tuning, not across them.
+    /// The launch shape for `m` tokens, `n` W rows and `k`. The output tiles form one walk
+    /// along grid x, token tiles fastest (`config::wgmma::tile_coords`), so that the CTAs
+    /// the hardware starts one after another walk down the token tiles of one W tile column
+    /// before the next, and the CTAs resident together share W tiles in L2 (with W tiles
+    /// fastest, every wave of CTAs would sweep the whole of W). Without a split or pairs,
+    /// at most one CTA per SM ([`AUTO_PERSISTENT`]), each taking every `ctas`-th tile, so
+    /// that its producer loads the next tile's first stages while its consumers store the
+    /// last one. With two token tiles or more and pairs on ([`WgmmaShape::pairs`]), clusters
+    /// of `MULTICAST` CTAs along x share each W tile by multicast (the token tiles rounded up
+    /// to whole pairs: a CTA past M computes zeros and stores nothing, but loads its share of
+    /// the W tiles). Where the output tiles leave SMs idle, a split over K along z
+    /// ([`split_k`]); pairs and splits take one tile per CTA.
+    /// `forced` replaces the choice of the pairs, of the split (1, 2, 4 or 8, with `cx ·
+    /// split <= 8` and a cluster shape the device can run) and of the CTAs (else a typed
+    /// error). The split changes the order of the additions, so outputs are bitwise the
+    /// same from run to run of one shape, M, device and tuning, not across them.
     fn shape(&self, m: u32, n: u32, k: u32, forced: WgmmaShape) -> Result<Shape> {
-        if n > WGMMA_MAX_N {
-            return Err(Error::Dimension {
-                arg: "N", expected: "at most 65535 · 256 for FusedWgmma", got: n as usize
+        let pairs = forced.pairs.unwrap_or(AUTO_PAIRS);
+        let cx = if pairs && m.div_ceil(BM) >= 2 { MULTICAST } else { 1 };
+        let tiles = u64::from(token_tiles(m, cx)) * u64::from(n.div_ceil(BN));
+        if tiles > u64::from(WGMMA_MAX_TILES) {
+            return Err(Error::TooLarge {
+                arg: "M x N",
+                got: tiles,
+                limit: u64::from(WGMMA_MAX_TILES),
+                why: "FusedWgmma launches at most 2^31 - 1 output tiles of 128 tokens x 256 W rows",
             });
         }
-        let token_tiles = m.div_ceil(BM);
-        let pairs = forced.pairs.unwrap_or(AUTO_PAIRS);
-        let cx = if pairs && token_tiles >= 2 { MULTICAST } else { 1 };
-        let grid = (token_tiles.div_ceil(cx) * cx, n.div_ceil(BN));
+        let tiles = tiles as u32;
         let max_clusters = |cx: u32, split: u32| {
             let row = CX_CHOICES.iter().position(|&c| c == cx);
             let col = SPLIT_CHOICES.iter().position(|&s| s == split);
             row.zip(col).map_or(0, |(r, c)| self.max_clusters[r][c])
         };
-        let split = match forced.split {
-            None => split_k(cx, grid.0.saturating_mul(grid.1), k.div_ceil(BK), self.sms, max_clusters),
-            Some(1) => 1,
-            Some(s) if SPLIT_CHOICES.contains(&s) && cx * s <= CLUSTER_MAX && max_clusters(cx, s) > 0 => s,
-            Some(s) => {
+        let split = match (forced.split, forced.ctas) {
+            (None, None) => split_k(cx, tiles, k.div_ceil(BK), self.sms, max_clusters),
+            (None, Some(_)) | (Some(1), _) => 1,
+            (Some(s), None) if SPLIT_CHOICES.contains(&s) && cx * s <= CLUSTER_MAX && max_clusters(cx, s) > 0 => s,
+            (Some(s), _) => {
                 return Err(Error::Value {
                     arg: "WgmmaShape::split",
-                    expected: "1, 2, 4 or 8, at most 4 with CTA pairs (M > 128), a cluster shape the device runs",
+                    expected: "1, 2, 4 or 8, at most 4 with CTA pairs (M > 128), a cluster shape the device runs, \
+                               and 1 where the CTAs are forced",
                     got: format!("{s} at M = {m}"),
                 });
             }
         };
-        Ok(Shape { grid, block: THREADS, cluster_x: cx, split_z: split, smem: SMEM_BYTES })
+        let ctas = walk_ctas(forced.ctas, split, cx, tiles, self.sms).ok_or_else(|| Error::Value {
+            arg: "WgmmaShape::ctas",
+            expected: "at least 1, without CTA pairs (M > 128 with pairs on)",
+            got: format!("{:?} at M = {m}", forced.ctas),
+        })?;
+        Ok(Shape { grid: (ctas, 1), block: THREADS, cluster_x: cx, split_z: split, smem: SMEM_BYTES })
     }
 
     /// Fused RMSNorm + QKV (`eps`; `map` describes the folded, k-interleaved W) or, with
@@ -446,7 +484,8 @@ pub(crate) fn encode_weight_map(w: u64, n: usize, k: usize) -> Result<[u8; 128]>
 
 #[cfg(test)]
 mod tests {
-    use super::split_k;
+    use super::{AUTO_PERSISTENT, split_k, walk_ctas};
+    use nanofuse_kernels_gpu::config::wgmma::{tile_coords, token_tiles};
 
     const H100_SMS: u32 = 132;
 
@@ -496,5 +535,38 @@ mod tests {
         assert_eq!(split_k(1, 16, 16, H100_SMS, few_eights), 4);
         // A shape the device cannot launch at all (0 clusters) is never chosen.
         assert_eq!(split_k(1, 16, 16, H100_SMS, |_, _| 0), 1);
+    }
+
+    #[test]
+    fn walk_takes_one_cta_per_sm_without_a_split_or_pairs() {
+        // Qwen3-0.6B QKV at M = 2048: 16 x 16 tiles on 132 SMs.
+        let auto = walk_ctas(None, 1, 1, 256, H100_SMS);
+        assert_eq!(auto, Some(if AUTO_PERSISTENT { H100_SMS } else { 256 }));
+        // Fewer tiles than SMs: one each either way.
+        assert_eq!(walk_ctas(None, 1, 1, 40, H100_SMS), Some(40));
+        // A split or pairs: one CTA per tile.
+        assert_eq!(walk_ctas(None, 2, 1, 160, H100_SMS), Some(160));
+        assert_eq!(walk_ctas(None, 1, 2, 256, H100_SMS), Some(256));
+        // Forced: cut to the tiles; refused at 0, with pairs or with a split.
+        assert_eq!(walk_ctas(Some(3), 1, 1, 256, H100_SMS), Some(3));
+        assert_eq!(walk_ctas(Some(u32::MAX), 1, 1, 256, H100_SMS), Some(256));
+        assert_eq!(walk_ctas(Some(0), 1, 1, 256, H100_SMS), None);
+        assert_eq!(walk_ctas(Some(3), 1, 2, 256, H100_SMS), None);
+        assert_eq!(walk_ctas(Some(3), 2, 1, 256, H100_SMS), None);
+    }
+
+    #[test]
+    fn the_walk_runs_down_the_token_tiles_of_a_w_tile_first() {
+        // M = 300: three token tiles, four with pairs (whole clusters).
+        assert_eq!(token_tiles(300, 1), 3);
+        assert_eq!(token_tiles(300, 2), 4);
+        assert_eq!(token_tiles(128, 2), 2);
+        assert_eq!(token_tiles(1, 1), 1);
+        let order: Vec<(u32, u32)> = (0..7).map(|t| tile_coords(t, 3)).collect();
+        assert_eq!(order, [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1), (0, 2)]);
+        // With pairs, the two CTAs of a cluster (tiles 2p, 2p + 1) share their W tile.
+        for p in 0..20 {
+            assert_eq!(tile_coords(2 * p, 4).1, tile_coords(2 * p + 1, 4).1);
+        }
     }
 }

@@ -445,6 +445,21 @@ pub mod wgmma {
         (first, end - first)
     }
 
+    /// Token tiles of a launch's tile walk for `m` tokens in clusters of `cx` along x:
+    /// `ceil(m / BM)` rounded up to whole clusters (a tile past M computes zeros and stores
+    /// nothing).
+    pub const fn token_tiles(m: u32, cx: u32) -> u32 {
+        let cx = if cx == 0 { 1 } else { cx };
+        m.div_ceil(BM).div_ceil(cx) * cx
+    }
+
+    /// Output tile `t` of a launch's walk as `(token tile, W tile)`: token tiles fastest, so
+    /// that the tiles in flight at one time (consecutive `t`) share their W tiles in L2.
+    pub const fn tile_coords(t: u32, token_tiles: u32) -> (u32, u32) {
+        let tx = if token_tiles == 0 { 1 } else { token_tiles };
+        (t % tx, t / tx)
+    }
+
     /// The 16-column blocks CTA `z` of a split of `split` finishes: `(first, count)`.
     pub const fn split_blocks(z: u32, split: u32) -> (u32, u32) {
         let count = BLOCKS / split;

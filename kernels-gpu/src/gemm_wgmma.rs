@@ -13,11 +13,15 @@
 //! ones take W as given, in natural order, with `scale = 1`. x is always natural.
 //!
 //! # Tiling (`config::wgmma`)
-//! * CTA tile `BM x BN = 128 tokens x 256 W rows`, K in tiles of `BK = 64`; grid
-//!   `(ceil(M / BM), ceil(N / BN), split)`, one CTA per SM (its shared memory). Token tiles
-//!   run along x, so that the CTAs the hardware starts one after another (x fastest) walk
-//!   down the token tiles of one W tile column first, and the CTAs resident at one time
-//!   share their W tiles in L2.
+//! * CTA tile `BM x BN = 128 tokens x 256 W rows`, K in tiles of `BK = 64`; one CTA per SM
+//!   (its shared memory). The output tiles form one walk, token tiles fastest
+//!   (`config::wgmma::tile_coords`), so that the tiles in flight at one time walk down the
+//!   token tiles of one W tile column first and share their W tiles in L2. CTA `b` of grid
+//!   x takes tiles `b, b + gridDim.x, …`: one each where grid x is the tile count, several
+//!   where the host launches at most one CTA per SM (a persistent walk: without a split or
+//!   pairs). Its pipeline runs on from one tile into the next: the producer and the
+//!   consumers count the stages across tiles, so the next tile's first W and x tiles load
+//!   while the consumers store the last one's results.
 //! * Where the launch asks for pairs (`WgmmaShape::pairs`, off by default: measured slower;
 //!   only with two token tiles or more), pairs of CTAs along x (`MULTICAST = 2`; the host
 //!   rounds grid x up to whole pairs; a CTA past M computes zeros and stores nothing) share
@@ -87,9 +91,10 @@
 //! 1) / split` of `4 · 128 · 256` bytes per CTA of distributed shared-memory reads.
 //!
 //! # Launch
-//! block `(384, 1, 1)`, grid `(cx ceil(ceil(M / 128) / cx), ceil(N / 256), split)` in
-//! clusters of `(cx, 1, split)`, `cx` 2 with two token tiles or more and else 1, `split` in
-//! 1, 2, 4, 8 and `cx · split <= 8`; dynamic shared memory `config::wgmma::SMEM_BYTES`;
+//! block `(384, 1, 1)`, grid `(ctas, 1, split)` in clusters of `(cx, 1, split)`, `cx` 2
+//! with two token tiles or more and pairs on, else 1, `split` in 1, 2, 4, 8 and `cx · split
+//! <= 8`; `ctas` at most the tiles `cx ceil(ceil(M / 128) / cx) · ceil(N / 256)`, and equal
+//! to them with a cluster (pairs or a split); dynamic shared memory `config::wgmma::SMEM_BYTES`;
 //! `w_map` a `CUtensorMap` in global memory for W `[N, K]` (box `64 x 128`, half a W tile,
 //! 128-byte swizzle, zero fill); optionally with programmatic stream serialization. A launch
 //! of another shape traps. Launch bounds 384 threads, 1 CTA per SM (for `setmaxnreg`).
@@ -97,7 +102,8 @@
 use crate::activation::{round_bf16, silu_mul};
 use crate::config::wgmma::{
     BK, BLOCKS, BM, BN, CONSUMER_REGS, MULTICAST, PRODUCER_REGS, SPLIT_MAX, STAGE_BYTES, STAGES, THREADS, W_BOX_ROWS,
-    W_TILE_BYTES, consumer_rows, partial_offset, partial_ss_offset, split_blocks, split_k_tiles, swizzled,
+    W_TILE_BYTES, consumer_rows, partial_offset, partial_ss_offset, split_blocks, split_k_tiles, swizzled, tile_coords,
+    token_tiles,
 };
 use crate::norm::{add_squares_bf16x4, inv_rms};
 use crate::ptx::cluster::{
@@ -114,7 +120,9 @@ use crate::ptx::shared::{
     SharedPtr, dynamic_shared_base, ld_shared_u32, ld_shared_v4_u32, st_shared_v2_f32, st_shared_v4_u32,
 };
 use crate::ptx::sync::{griddepcontrol_launch_dependents, griddepcontrol_wait};
-use crate::ptx::thread::{bar_sync, block_dim_x, block_idx_x, block_idx_y, grid_dim_z, lane_id, thread_idx_x};
+use crate::ptx::thread::{
+    bar_sync, block_dim_x, block_idx_x, grid_dim_x, grid_dim_y, grid_dim_z, lane_id, thread_idx_x,
+};
 use crate::ptx::tma::{
     cp_async_bulk_tensor_2d_global_shared, cp_async_bulk_tensor_2d_global_shared_multicast,
     fence_proxy_tensormap_acquire_sys,
@@ -384,14 +392,11 @@ impl Place {
 #[inline(always)]
 unsafe fn run<const W_NAT: bool, E: BlockOut>(x: *const u16, w_map: *const u8, out: E, m: u32, k: u32, eps: f32) {
     let place = Place::get();
-    if block_dim_x() != THREADS || !k.is_multiple_of(32) || k == 0 || m == 0 {
+    if block_dim_x() != THREADS || !k.is_multiple_of(32) || k == 0 || m == 0 || grid_dim_y() != 1 {
         trap();
     }
+    let walk = Walk::get(place, m, out.rows(), k);
     let tid = thread_idx_x();
-    let (n0, m0) = (block_idx_y() * BN, block_idx_x() * BM);
-    // This CTA's k tiles: `kt0 ..+ k_tiles` (none for the last CTAs of a split when the
-    // tiles do not divide evenly; they add zeros).
-    let (kt0, k_tiles) = split_k_tiles(place.z, place.split, k.div_ceil(BK));
     let sm = Smem::new();
     griddepcontrol_launch_dependents();
     if tid == 0 {
@@ -410,11 +415,10 @@ unsafe fn run<const W_NAT: bool, E: BlockOut>(x: *const u16, w_map: *const u8, o
     // reaches them. SAFETY: uniform.
     unsafe { barrier_cluster_sync() };
 
-    let tiles = Tiles { m0, n0, kt0, count: k_tiles };
     if tid < WG {
         setmaxnreg_dec::<PRODUCER_REGS>();
         // SAFETY: forwarded.
-        unsafe { produce(sm, place, x, w_map, m, k, tiles, tid) };
+        unsafe { produce(sm, place, x, w_map, m, k, walk, tid) };
         if place.split > 1 {
             // The consumers' barrier between writing and reading the partial sums.
             // SAFETY: uniform across the cluster (every CTA has the same split).
@@ -423,38 +427,68 @@ unsafe fn run<const W_NAT: bool, E: BlockOut>(x: *const u16, w_map: *const u8, o
     } else {
         setmaxnreg_inc::<CONSUMER_REGS>();
         // SAFETY: forwarded.
-        unsafe { consume::<W_NAT, E>(sm, place, out, m, k, tiles, tid % WG, eps) };
+        unsafe { consume::<W_NAT, E>(sm, place, out, m, k, walk, tid % WG, eps) };
     }
     // No CTA leaves while another of its cluster may still arrive on its barriers or read
     // its partial sums. SAFETY: every thread of the cluster gets here.
     unsafe { barrier_cluster_sync() };
 }
 
-/// A CTA's work: the output tile at token `m0`, W row `n0`, over k tiles `kt0 ..+ count`.
+/// The output tiles of a CTA: tiles `first, first + stride, …` below `total` of the
+/// launch's walk (`config::wgmma::tile_coords`: token tiles fastest), each over the k tiles
+/// `kt0 ..+ count` (all of them without a split).
 #[derive(Clone, Copy)]
-struct Tiles {
-    m0: u32,
-    n0: u32,
+struct Walk {
+    first: u32,
+    stride: u32,
+    total: u32,
+    token_tiles: u32,
     kt0: u32,
     count: u32,
 }
 
-/// The producer warpgroup: thread 0 copies the W tiles by the TMA; thread `t` copies chunk
-/// `t % 8` of rows `t / 8 + 16 i` (`i` = 0..8) of each x tile (16 bytes each, zero past M
-/// and K), so the 8 lanes of a row read its 128 bytes together.
+impl Walk {
+    /// This CTA's walk: grid x CTAs take the `total` tiles in turn (one each where grid x
+    /// is `total`). A trap where grid x exceeds the tiles, or where a CTA of a cluster (a
+    /// pair or a split) would take more than one: a split's partial sums reuse the stage
+    /// memory that the producer would already be filling for the next tile.
+    #[inline(always)]
+    fn get(place: Place, m: u32, n: u32, k: u32) -> Walk {
+        let token_tiles = token_tiles(m, place.cx);
+        let Some(total) = token_tiles.checked_mul(n.div_ceil(BN)) else { trap() };
+        let (first, stride) = (block_idx_x(), grid_dim_x());
+        if stride > total || (place.cx * place.split > 1 && stride != total) {
+            trap();
+        }
+        let (kt0, count) = split_k_tiles(place.z, place.split, k.div_ceil(BK));
+        Walk { first, stride, total, token_tiles, kt0, count }
+    }
+
+    /// The first token and the first W row of tile `t`.
+    #[inline(always)]
+    fn origin(self, t: u32) -> (u32, u32) {
+        let (tx, ty) = tile_coords(t, self.token_tiles);
+        (tx * BM, ty * BN)
+    }
+}
+
+/// The producer warpgroup, over the CTA's tiles and each tile's k tiles in one sequence
+/// of stages (`g` counts them across tiles, so the next tile's loads start while the
+/// consumers store the last one's): thread 0 copies the W tiles by the TMA; thread `t`
+/// copies chunk `t % 8` of rows `t / 8 + 16 i` (`i` = 0..8) of each x tile (16 bytes each,
+/// zero past M and K), so the 8 lanes of a row read its 128 bytes together.
 ///
 /// # Safety
 /// As [`run`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn produce(sm: Smem, place: Place, x: *const u16, w_map: *const u8, m: u32, k: u32, tiles: Tiles, t: u32) {
-    let Tiles { m0, n0, kt0, count } = tiles;
+unsafe fn produce(sm: Smem, place: Place, x: *const u16, w_map: *const u8, m: u32, k: u32, walk: Walk, t: u32) {
     // With a multicast pair, this CTA's share of each W tile is rows `W_BOX_ROWS · x ..+
     // W_BOX_ROWS`, into both CTAs of its pair; alone, it loads both halves. Either way each
     // CTA's full barrier waits for the whole tile's bytes.
-    let load_w = |i: u32| {
-        let s = i % STAGES;
-        let c0 = ((kt0 + i) * BK) as i32;
+    let load_w = |g: u32, n0: u32, i: u32| {
+        let s = g % STAGES;
+        let c0 = ((walk.kt0 + i) * BK) as i32;
         if t == 0 {
             // SAFETY: stage s is free in every CTA the box lands in (the empty barrier counts
             // the consumers of both CTAs of a pair); each box lands in its rows of the W tile.
@@ -486,44 +520,59 @@ unsafe fn produce(sm: Smem, place: Place, x: *const u16, w_map: *const u8, m: u3
             }
         }
     };
-    // Weights before the dependency wait: the first STAGES tiles' buffers are free.
-    let first = if count < STAGES { count } else { STAGES };
-    for i in 0..first {
-        load_w(i);
+    // Weights before the dependency wait: the first tile's first STAGES k tiles (their
+    // buffers are free).
+    let pre = if walk.first < walk.total { walk.count.min(STAGES) } else { 0 };
+    let (_, n_first) = walk.origin(walk.first);
+    for i in 0..pre {
+        load_w(i, n_first, i);
     }
     griddepcontrol_wait();
     // Thread t copies chunk t % 8 of tile rows t / 8 + 16 i: each warp instruction reads four
     // whole 128-byte rows of x.
     let chunk = t % 8;
-    for i in 0..count {
-        let s = i % STAGES;
-        let phase = (i / STAGES) & 1;
-        if i >= STAGES {
-            // SAFETY: an initialized barrier of this CTA.
-            unsafe { mbarrier_wait_parity(sm.empty(s), phase ^ 1) };
-            load_w(i);
+    let mut g = 0;
+    let mut tile = walk.first;
+    while tile < walk.total {
+        let (m0, n0) = walk.origin(tile);
+        // The tile's rows of x from this thread's first (a tile past M has none).
+        let rows = m.saturating_sub(m0);
+        let x0 = x.wrapping_add(m0 as usize * k as usize);
+        for i in 0..walk.count {
+            let s = g % STAGES;
+            let phase = (g / STAGES) & 1;
+            if g >= pre {
+                if g >= STAGES {
+                    // SAFETY: an initialized barrier of this CTA.
+                    unsafe { mbarrier_wait_parity(sm.empty(s), phase ^ 1) };
+                }
+                load_w(g, n0, i);
+            }
+            let xt = sm.x_tile(s);
+            let col = (walk.kt0 + i) * BK + 8 * chunk;
+            for j in 0..(BM / 16) {
+                let r = t / 8 + 16 * j;
+                let ok = r < rows && col < k;
+                let src = if ok { x0.wrapping_add(r as usize * k as usize + col as usize) } else { x };
+                // SAFETY: the chunk lies in row r of the stage's x tile; src is read only when ok.
+                unsafe {
+                    cp_async_cg_shared_global_16(xt.byte_add(swizzled(r, chunk)), src.cast(), if ok { 16 } else { 0 })
+                };
+            }
+            // SAFETY: the stage's full barrier counts this thread's arrival.
+            unsafe { cp_async_mbarrier_arrive_noinc_shared(sm.full(s)) };
+            g += 1;
         }
-        let xt = sm.x_tile(s);
-        let col = (kt0 + i) * BK + 8 * chunk;
-        for j in 0..(BM / 16) {
-            let r = t / 8 + 16 * j;
-            let ok = m0 + r < m && col < k;
-            let src = if ok { x.wrapping_add((m0 + r) as usize * k as usize + col as usize) } else { x };
-            // SAFETY: the chunk lies in row r of the stage's x tile; src is read only when ok.
-            unsafe {
-                cp_async_cg_shared_global_16(xt.byte_add(swizzled(r, chunk)), src.cast(), if ok { 16 } else { 0 })
-            };
-        }
-        // SAFETY: the stage's full barrier counts this thread's arrival.
-        unsafe { cp_async_mbarrier_arrive_noinc_shared(sm.full(s)) };
+        tile += walk.stride;
     }
     // The thread's last copies (and their arrivals) complete before it exits.
     cp_async_wait_all();
 }
 
-/// A consumer warpgroup (`t` its thread, 0..128): tokens `64 c ..+ 64` of the tile, `c` the
-/// consumer index, all BN W rows, over the CTA's k tiles; then the epilogue, through the
-/// split's sum where there is one.
+/// A consumer warpgroup (`t` its thread, 0..128), per tile of the CTA's walk: tokens `64 c
+/// ..+ 64` of the tile, `c` the consumer index, all BN W rows, over the tile's k tiles
+/// (stages counted across tiles as the producer counts them); then the tile's epilogue,
+/// through the split's sum where there is one (a split's CTA has one tile).
 ///
 /// # Safety
 /// As [`run`].
@@ -535,11 +584,10 @@ unsafe fn consume<const W_NAT: bool, E: BlockOut>(
     out: E,
     m: u32,
     k: u32,
-    tiles: Tiles,
+    walk: Walk,
     t: u32,
     eps: f32,
 ) {
-    let Tiles { m0, n0, count, .. } = tiles;
     // Every read of this warpgroup's inputs follows a `full` barrier that the producer's
     // copies after its dependency wait complete; waiting here too costs nothing and does not
     // rest the epilogue's residual reads and stores on that chain.
@@ -548,163 +596,171 @@ unsafe fn consume<const W_NAT: bool, E: BlockOut>(
     let q = lane_id() % 4;
     // The lane's rows of the x tile (a0/a2 and a1/a3 of the A fragment, and of D).
     let (r0, r1) = consumer_rows(c, t);
+    // (Zero for a split's CTA without k tiles; otherwise each tile's first `wgmma` ignores it.)
     let mut acc = [0.0f32; 128];
-    let mut ss = [0.0f32; 2];
-    for i in 0..count {
-        let s = i % STAGES;
-        let phase = (i / STAGES) & 1;
-        // SAFETY: an initialized barrier; after it the stage's W (async proxy, through the
-        // barrier) and x (this CTA's cp.async, through the barrier) are visible.
-        unsafe { mbarrier_wait_parity(sm.full(s), phase) };
-        let xt = sm.x_tile(s);
-        let wt = sm.w_tile(s).addr();
-        // The four k16 slices' A fragments (module documentation, "Why A comes from registers").
-        let a: [[u32; 4]; 4] = if W_NAT {
-            // W natural: slice j's slots 2q, 2q + 1 / 2q + 8, 2q + 9 are word q of chunks 2j / 2j + 1.
-            // SAFETY: inside the stage's x tile.
-            let ld = |r: u32, chunk: u32| unsafe { ld_shared_u32(xt.byte_add(swizzled(r, chunk) + 4 * q).cast()) };
-            core::array::from_fn(|j| {
-                let j = j as u32;
-                [ld(r0, 2 * j), ld(r1, 2 * j), ld(r0, 2 * j + 1), ld(r1, 2 * j + 1)]
-            })
-        } else {
-            // W interleaved: natural chunk q of each 32-element block holds two slices' A words.
-            // SAFETY: inside the stage's x tile.
-            let ld = |r: u32, chunk: u32| unsafe { ld_shared_v4_u32(xt.byte_add(swizzled(r, chunk)).cast()) };
-            let (b0r0, b0r1, b1r0, b1r1) = (ld(r0, q), ld(r1, q), ld(r0, 4 + q), ld(r1, 4 + q));
-            [
-                [b0r0[0], b0r1[0], b0r0[1], b0r1[1]],
-                [b0r0[2], b0r1[2], b0r0[3], b0r1[3]],
-                [b1r0[0], b1r1[0], b1r0[1], b1r1[1]],
-                [b1r0[2], b1r1[2], b1r0[3], b1r1[3]],
-            ]
-        };
-        if E::NORM {
-            // Rows r0 (words a0, a2) and r1 (a1, a3): the lane's 16 elements of each per k tile.
-            for f in a.iter() {
-                ss[0] = add_squares_bf16x4(ss[0], f[0], f[2]);
-                ss[1] = add_squares_bf16x4(ss[1], f[1], f[3]);
+    let mut g = 0;
+    let mut tile = walk.first;
+    while tile < walk.total {
+        let (m0, n0) = walk.origin(tile);
+        tile += walk.stride;
+        let mut ss = [0.0f32; 2];
+        for i in 0..walk.count {
+            let s = g % STAGES;
+            let phase = (g / STAGES) & 1;
+            g += 1;
+            // SAFETY: an initialized barrier; after it the stage's W (async proxy, through the
+            // barrier) and x (this CTA's cp.async, through the barrier) are visible.
+            unsafe { mbarrier_wait_parity(sm.full(s), phase) };
+            let xt = sm.x_tile(s);
+            let wt = sm.w_tile(s).addr();
+            // The four k16 slices' A fragments (module documentation, "Why A comes from registers").
+            let a: [[u32; 4]; 4] = if W_NAT {
+                // W natural: slice j's slots 2q, 2q + 1 / 2q + 8, 2q + 9 are word q of chunks 2j / 2j + 1.
+                // SAFETY: inside the stage's x tile.
+                let ld = |r: u32, chunk: u32| unsafe { ld_shared_u32(xt.byte_add(swizzled(r, chunk) + 4 * q).cast()) };
+                core::array::from_fn(|j| {
+                    let j = j as u32;
+                    [ld(r0, 2 * j), ld(r1, 2 * j), ld(r0, 2 * j + 1), ld(r1, 2 * j + 1)]
+                })
+            } else {
+                // W interleaved: natural chunk q of each 32-element block holds two slices' A words.
+                // SAFETY: inside the stage's x tile.
+                let ld = |r: u32, chunk: u32| unsafe { ld_shared_v4_u32(xt.byte_add(swizzled(r, chunk)).cast()) };
+                let (b0r0, b0r1, b1r0, b1r1) = (ld(r0, q), ld(r1, q), ld(r0, 4 + q), ld(r1, 4 + q));
+                [
+                    [b0r0[0], b0r1[0], b0r0[1], b0r1[1]],
+                    [b0r0[2], b0r1[2], b0r0[3], b0r1[3]],
+                    [b1r0[0], b1r1[0], b1r0[1], b1r1[1]],
+                    [b1r0[2], b1r1[2], b1r0[3], b1r1[3]],
+                ]
+            };
+            if E::NORM {
+                // Rows r0 (words a0, a2) and r1 (a1, a3): the lane's 16 elements of each per k tile.
+                for f in a.iter() {
+                    ss[0] = add_squares_bf16x4(ss[0], f[0], f[2]);
+                    ss[1] = add_squares_bf16x4(ss[1], f[1], f[3]);
+                }
             }
-        }
-        wgmma_fence();
-        // SAFETY: the stage's W tile, seen through its full barrier; the warpgroup issues
-        // these together with the same descriptors.
-        unsafe {
-            wgmma_m64n256k16_f32_bf16_rs(&mut acc, a[0], desc_k_sw128(wt, 0), i > 0);
-            wgmma_m64n256k16_f32_bf16_rs(&mut acc, a[1], desc_k_sw128(wt, 1), true);
-            wgmma_m64n256k16_f32_bf16_rs(&mut acc, a[2], desc_k_sw128(wt, 2), true);
-            wgmma_m64n256k16_f32_bf16_rs(&mut acc, a[3], desc_k_sw128(wt, 3), true);
-        }
-        wgmma_commit_group();
-        wgmma_wait_group::<0>(&mut acc);
-        if lane_id() == 0 {
-            // The warp no longer reads the stage (its loads came before its `wgmma`s, which
-            // completed): free it in every CTA its producer's boxes land in.
-            for x in 0..place.cx {
-                // SAFETY: an initialized barrier of a running CTA of the cluster (none leaves
-                // before the final cluster barrier).
-                unsafe { mbarrier_arrive_shared_cluster(mapa_shared_cluster(sm.empty(s), place.rank(x, place.z))) };
-            }
-        }
-    }
-    if E::NORM {
-        // The four lanes `q` of a row hold its k range's sum of squares between them.
-        for v in ss.iter_mut() {
-            *v += shfl_sync_bfly_f32(*v, 1);
-            *v += shfl_sync_bfly_f32(*v, 2);
-        }
-    }
-
-    // Epilogue: the row scales, then pairs of columns.
-    let scales = |ss: [f32; 2]| if E::NORM { ss.map(|v| inv_rms(v, k, eps)) } else { [1.0f32; 2] };
-    let n = out.rows();
-    let (row0, row1) = (m0 + r0, m0 + r1);
-    // 16-column block b: accumulators 8 b ..+ 8 (columns 16 b + 2q, + 1 of both rows, then
-    // 16 b + 8 + 2q, + 1).
-    let store = |b: u32, a: [f32; 8], sc: [f32; 2]| {
-        let c16 = n0 + 16 * b;
-        if c16 < n {
-            // SAFETY: rows checked against m, c16 < n.
+            wgmma_fence();
+            // SAFETY: the stage's W tile, seen through its full barrier; the warpgroup issues
+            // these together with the same descriptors.
             unsafe {
-                if row0 < m {
-                    out.store(row0, c16, q, [a[0] * sc[0], a[1] * sc[0]], [a[4] * sc[0], a[5] * sc[0]]);
-                }
-                if row1 < m {
-                    out.store(row1, c16, q, [a[2] * sc[1], a[3] * sc[1]], [a[6] * sc[1], a[7] * sc[1]]);
+                wgmma_m64n256k16_f32_bf16_rs(&mut acc, a[0], desc_k_sw128(wt, 0), i > 0);
+                wgmma_m64n256k16_f32_bf16_rs(&mut acc, a[1], desc_k_sw128(wt, 1), true);
+                wgmma_m64n256k16_f32_bf16_rs(&mut acc, a[2], desc_k_sw128(wt, 2), true);
+                wgmma_m64n256k16_f32_bf16_rs(&mut acc, a[3], desc_k_sw128(wt, 3), true);
+            }
+            wgmma_commit_group();
+            wgmma_wait_group::<0>(&mut acc);
+            if lane_id() == 0 {
+                // The warp no longer reads the stage (its loads came before its `wgmma`s, which
+                // completed): free it in every CTA its producer's boxes land in.
+                for x in 0..place.cx {
+                    // SAFETY: an initialized barrier of a running CTA of the cluster (none leaves
+                    // before the final cluster barrier).
+                    unsafe { mbarrier_arrive_shared_cluster(mapa_shared_cluster(sm.empty(s), place.rank(x, place.z))) };
                 }
             }
         }
-    };
-    if place.split == 1 {
-        let sc = scales(ss);
-        // Written out for each block (a macro, not a loop) so that every accumulator index is
-        // a constant: a run-time index would move the accumulators to local memory.
-        macro_rules! store_all {
-            ($($b:literal)*) => {
-                $(store($b, core::array::from_fn(|i| acc[8 * $b + i]), sc);)*
-            };
+        if E::NORM {
+            // The four lanes `q` of a row hold its k range's sum of squares between them.
+            for v in ss.iter_mut() {
+                *v += shfl_sync_bfly_f32(*v, 1);
+                *v += shfl_sync_bfly_f32(*v, 2);
+            }
         }
-        store_all!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
-        return;
-    }
 
-    // A split over K: every CTA of the split puts its partial sums in its stage memory; CTA
-    // `z` then adds blocks `z · BLOCKS / split ..+ BLOCKS / split` of all of them, in rank
-    // order (the same order in every run), and stores those.
-    let u = thread_idx_x() - WG;
-    let base = sm.w_tile(0);
-    // Both consumer warpgroups are done with the stages (their last `wgmma`s completed, and
-    // every box addressed to this CTA has landed: each was awaited) before either overwrites
-    // them. SAFETY: the 256 consumer threads, and nothing else uses barrier 1.
-    unsafe { bar_sync(1, 2 * WG) };
-    let put = |b: u32, h: u32, v: [f32; 4]| {
-        // SAFETY: inside the stage memory (`config::wgmma`'s assertion), 16-byte aligned.
-        unsafe { st_shared_v4_u32(base.byte_add(partial_offset(b, h, u)).cast(), v.map(f32::to_bits)) }
-    };
-    macro_rules! put_all {
-        ($($b:literal)*) => {
-            $(
-                put($b, 0, core::array::from_fn(|i| acc[8 * $b + i]));
-                put($b, 1, core::array::from_fn(|i| acc[8 * $b + 4 + i]));
-            )*
+        // Epilogue: the row scales, then pairs of columns.
+        let scales = |ss: [f32; 2]| if E::NORM { ss.map(|v| inv_rms(v, k, eps)) } else { [1.0f32; 2] };
+        let n = out.rows();
+        let (row0, row1) = (m0 + r0, m0 + r1);
+        // 16-column block b: accumulators 8 b ..+ 8 (columns 16 b + 2q, + 1 of both rows, then
+        // 16 b + 8 + 2q, + 1).
+        let store = |b: u32, a: [f32; 8], sc: [f32; 2]| {
+            let c16 = n0 + 16 * b;
+            if c16 < n {
+                // SAFETY: rows checked against m, c16 < n.
+                unsafe {
+                    if row0 < m {
+                        out.store(row0, c16, q, [a[0] * sc[0], a[1] * sc[0]], [a[4] * sc[0], a[5] * sc[0]]);
+                    }
+                    if row1 < m {
+                        out.store(row1, c16, q, [a[2] * sc[1], a[3] * sc[1]], [a[6] * sc[1], a[7] * sc[1]]);
+                    }
+                }
+            }
         };
-    }
-    put_all!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
-    if E::NORM {
-        // SAFETY: as `put`.
-        unsafe { st_shared_v2_f32(base.byte_add(partial_ss_offset(u)).cast(), ss) };
-    }
-    // The partial sums of every CTA of the split are visible to all of them.
-    // SAFETY: uniform across the cluster (the producers take part too).
-    unsafe { barrier_cluster_sync() };
-    let peer = |z: u32| mapa_shared_cluster(base, place.rank(place.x, z));
-    let mut total = [0.0f32; 2];
-    if E::NORM {
-        for z in 0..place.split {
-            // SAFETY: a running CTA's partial sums, written before the cluster barrier.
-            let v = unsafe { ld_shared_cluster_v2_f32(peer(z) + partial_ss_offset(u)) };
-            total[0] += v[0];
-            total[1] += v[1];
+        if place.split == 1 {
+            let sc = scales(ss);
+            // Written out for each block (a macro, not a loop) so that every accumulator index is
+            // a constant: a run-time index would move the accumulators to local memory.
+            macro_rules! store_all {
+                ($($b:literal)*) => {
+                    $(store($b, core::array::from_fn(|i| acc[8 * $b + i]), sc);)*
+                };
+            }
+            store_all!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+            continue;
         }
-    }
-    let sc = scales(total);
-    let (first, mine) = split_blocks(place.z, place.split);
-    for b in first..first + mine {
-        let (mut lo, mut hi) = ([0.0f32; 4], [0.0f32; 4]);
-        for z in 0..place.split {
-            // SAFETY: as above; 16-byte aligned.
-            let (pl, ph) = unsafe {
-                let at = peer(z);
-                (
-                    ld_shared_cluster_v4_u32(at + partial_offset(b, 0, u)),
-                    ld_shared_cluster_v4_u32(at + partial_offset(b, 1, u)),
-                )
+
+        // A split over K: every CTA of the split puts its partial sums in its stage memory; CTA
+        // `z` then adds blocks `z · BLOCKS / split ..+ BLOCKS / split` of all of them, in rank
+        // order (the same order in every run), and stores those.
+        let u = thread_idx_x() - WG;
+        let base = sm.w_tile(0);
+        // Both consumer warpgroups are done with the stages (their last `wgmma`s completed, and
+        // every box addressed to this CTA has landed: each was awaited) before either overwrites
+        // them. SAFETY: the 256 consumer threads, and nothing else uses barrier 1.
+        unsafe { bar_sync(1, 2 * WG) };
+        let put = |b: u32, h: u32, v: [f32; 4]| {
+            // SAFETY: inside the stage memory (`config::wgmma`'s assertion), 16-byte aligned.
+            unsafe { st_shared_v4_u32(base.byte_add(partial_offset(b, h, u)).cast(), v.map(f32::to_bits)) }
+        };
+        macro_rules! put_all {
+            ($($b:literal)*) => {
+                $(
+                    put($b, 0, core::array::from_fn(|i| acc[8 * $b + i]));
+                    put($b, 1, core::array::from_fn(|i| acc[8 * $b + 4 + i]));
+                )*
             };
-            for i in 0..4 {
-                lo[i] += f32::from_bits(pl[i]);
-                hi[i] += f32::from_bits(ph[i]);
+        }
+        put_all!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+        if E::NORM {
+            // SAFETY: as `put`.
+            unsafe { st_shared_v2_f32(base.byte_add(partial_ss_offset(u)).cast(), ss) };
+        }
+        // The partial sums of every CTA of the split are visible to all of them.
+        // SAFETY: uniform across the cluster (the producers take part too).
+        unsafe { barrier_cluster_sync() };
+        let peer = |z: u32| mapa_shared_cluster(base, place.rank(place.x, z));
+        let mut total = [0.0f32; 2];
+        if E::NORM {
+            for z in 0..place.split {
+                // SAFETY: a running CTA's partial sums, written before the cluster barrier.
+                let v = unsafe { ld_shared_cluster_v2_f32(peer(z) + partial_ss_offset(u)) };
+                total[0] += v[0];
+                total[1] += v[1];
             }
         }
-        store(b, [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]], sc);
+        let sc = scales(total);
+        let (first, mine) = split_blocks(place.z, place.split);
+        for b in first..first + mine {
+            let (mut lo, mut hi) = ([0.0f32; 4], [0.0f32; 4]);
+            for z in 0..place.split {
+                // SAFETY: as above; 16-byte aligned.
+                let (pl, ph) = unsafe {
+                    let at = peer(z);
+                    (
+                        ld_shared_cluster_v4_u32(at + partial_offset(b, 0, u)),
+                        ld_shared_cluster_v4_u32(at + partial_offset(b, 1, u)),
+                    )
+                };
+                for i in 0..4 {
+                    lo[i] += f32::from_bits(pl[i]);
+                    hi[i] += f32::from_bits(ph[i]);
+                }
+            }
+            store(b, [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]], sc);
+        }
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Once};
 
 use nanofuse::cudarc::driver::CudaSlice;
-use nanofuse::{Error, Gpu, QkvShape, bf16};
+use nanofuse::{Error, Gpu, QkvShape, WgmmaShape, bf16};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngExt, SeedableRng};
 
@@ -100,4 +100,43 @@ pub fn wgmma_route(gpu: &Gpu, has: bool, k: usize) -> bool {
         println!("FusedWgmma not run: {why}");
     }
     has
+}
+
+/// The forced warpgroup-MMA launch shapes the op tests run: the launcher's choices, each
+/// split over K, CTA pairs on and off (alone and with the largest split, which pairs
+/// refuse), and the walk of the output tiles by one CTA, by three, by one CTA per tile, and
+/// with a split or pairs (refused).
+pub fn wgmma_test_shapes() -> Vec<WgmmaShape> {
+    let ws = |split, pairs, ctas| WgmmaShape { split, pairs, ctas };
+    vec![
+        ws(None, None, None),
+        ws(Some(1), None, None),
+        ws(Some(2), None, None),
+        ws(Some(4), None, None),
+        ws(Some(8), None, None),
+        ws(None, Some(true), None),
+        ws(Some(8), Some(true), None),
+        ws(None, Some(false), None),
+        ws(Some(8), Some(false), None),
+        ws(None, Some(false), Some(1)),
+        ws(None, Some(false), Some(3)),
+        ws(Some(1), Some(false), Some(u32::MAX)),
+        ws(Some(2), Some(false), Some(3)),
+        ws(None, Some(true), Some(3)),
+    ]
+}
+
+/// The `Error::Value` argument a forced warpgroup-MMA shape is refused with at `m` tokens,
+/// or `None` where it runs: pairs (with two token tiles or more) and a split of 8 would need
+/// a cluster of 16; forced CTAs take neither a split nor pairs.
+pub fn wgmma_refusal(m: usize, shape: WgmmaShape) -> Option<&'static str> {
+    let paired = m > nanofuse::WGMMA_TOKEN_TILE && shape.pairs.unwrap_or(nanofuse::AUTO_PAIRS);
+    let forced_ctas = shape.ctas.is_some();
+    if (shape.split == Some(8) && paired) || (forced_ctas && shape.split.is_some_and(|s| s != 1)) {
+        Some("WgmmaShape::split")
+    } else if forced_ctas && paired {
+        Some("WgmmaShape::ctas")
+    } else {
+        None
+    }
 }

@@ -36,7 +36,9 @@
 //! more case checks that the planner picked each of the eight MLP decode entries somewhere
 //! (the shapes are chosen for that on an H100).
 //!
-//! Launch shapes are the default planner's (no `Tuning`). M in {1, 3, 17, 100} runs the
+//! Launch shapes are the default planner's (no `Tuning`), except one more warpgroup-MMA
+//! case per QKV shape and M where two CTAs walk all the output tiles (`WgmmaShape::ctas`),
+//! so that the persistent walk runs under the sanitizer at small M too. M in {1, 3, 17, 100} runs the
 //! decode kernels at one token, a few, and past 16 tokens, and the tiled kernels, whose
 //! planner picks the small tiles at these M; one more M on the model shape (the smallest
 //! with as many 128 x 128 output tiles as the GPU has SMs, plus a row tail) makes it pick
@@ -56,11 +58,14 @@ use nanofuse::plan::{self, DECODE_MAX_M, DecodePlan};
 use nanofuse::reference::{self, compare, concat_qkv, rms};
 use nanofuse::{
     Baseline, Error, FusedRmsNormGateUp, FusedRmsNormQkv, Gpu, KernelId, MlpShape, ProjResidual, QkvShape, Route,
-    UnfusedMlp, UnfusedRmsNormQkv, WGMMA_ENTRIES, bf16,
+    Tuning, UnfusedMlp, UnfusedRmsNormQkv, WGMMA_ENTRIES, WgmmaShape, bf16,
 };
 use nanofuse_cli::bench::{random_bf16, random_weights};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+
+/// The warpgroup-MMA launch of the walk cases: two CTAs walking all the output tiles.
+const WALK_OF_TWO: WgmmaShape = WgmmaShape { split: None, pairs: Some(false), ctas: Some(2) };
 
 /// The shapes of the sweep: (name, K, Nq, Nkv).
 const SHAPES: [(&str, usize, usize, usize); 5] = [
@@ -247,7 +252,7 @@ fn main() -> ExitCode {
         let (g, w) = random_weights(&mut rng, &shape);
         let built = FusedRmsNormQkv::new(&gpu, shape, &g, &w)
             .and_then(|op| Ok((op, UnfusedRmsNormQkv::new(&gpu, shape, &g, &w)?)));
-        let (op, base) = match built {
+        let (mut op, base) = match built {
             Ok(ops) => ops,
             Err(e) => {
                 tally.record(&format!("{name} setup"), Err(e.into()));
@@ -264,9 +269,19 @@ fn main() -> ExitCode {
         println!("== {name}: K={k} Nq={nq} Nkv={nkv} (N={}), eps {EPS:e}, M in {ms:?}", shape.n());
         for m in ms {
             let x = random_bf16(&mut rng, m * k, -3.0, 3.0);
-            let s = Sweep::new(&gpu, &op, &base, &g, &w, x, m);
+            let s = Sweep::new(&gpu, &op, &base, &g, &w, x.clone(), m);
             for (case, run) in s.cases() {
                 tally.record(&format!("{name:<5} M={m:<3} {case:<19}"), run(&s));
+                if tally.driver_error {
+                    break 'sweep;
+                }
+            }
+            // The warpgroup-MMA kernel's persistent walk: two CTAs take every tile in turn.
+            if op.has_wgmma() {
+                op.set_tuning(Tuning { wgmma: WALK_OF_TWO, ..Tuning::default() });
+                let s = Sweep::new(&gpu, &op, &base, &g, &w, x, m);
+                tally.record(&format!("{name:<5} M={m:<3} {:<19}", "fused-wgmma walk/2"), s.forward(Route::FusedWgmma));
+                op.set_tuning(Tuning::default());
                 if tally.driver_error {
                     break 'sweep;
                 }

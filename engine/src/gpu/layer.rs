@@ -162,8 +162,11 @@ impl Layer {
         at: &mut AttnCtx<'_>,
         l: usize,
         rows: usize,
+        skip: Option<&str>,
         mark: &mut dyn FnMut(&'static str) -> Result<()>,
     ) -> Result<()> {
+        // Every stage runs but `skip` (a timing of the step without it: the outputs are wrong).
+        let on = |stage: &str| skip != Some(stage);
         let (h, qd, kvd, i) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
         let norm = self.qk_norm.as_ref().map(|(q, k)| QkNorm { q, k, eps: at.eps });
         let range = l * at.per_layer..(l + 1) * at.per_layer;
@@ -176,40 +179,66 @@ impl Layer {
         let mut a = b.a.slice_mut(..m * i);
         match &self.ops {
             Ops::Fused { qkv: op, o, gate_up, down } => {
-                op.forward_packed_into(&hv, m, &mut qkv)?;
+                if on("qkv") {
+                    op.forward_packed_into(&hv, m, &mut qkv)?;
+                }
                 mark("qkv")?;
                 if m == 1 {
-                    let (st, sc) = (&*at.state, &mut *at.scratch);
-                    attention_decode_rope(gpu, at.shape, &qkv, norm, at.rope, st, &mut kc, &mut vc, sc, &mut attn)?;
+                    if on("attention") {
+                        let (st, sc) = (&*at.state, &mut *at.scratch);
+                        attention_decode_rope(gpu, at.shape, &qkv, norm, at.rope, st, &mut kc, &mut vc, sc, &mut attn)?;
+                    }
                 } else {
-                    qk_norm_rope(gpu, at.shape, m, &mut qkv, norm, at.rope, &mut *at.state, &mut kc, &mut vc)?;
+                    if on("rope") {
+                        qk_norm_rope(gpu, at.shape, m, &mut qkv, norm, at.rope, &mut *at.state, &mut kc, &mut vc)?;
+                    }
                     mark("rope")?;
-                    attention_decode(gpu, at.shape, m, &qkv, &kc, &vc, &*at.state, &mut *at.scratch, &mut attn)?;
+                    if on("attention") {
+                        attention_decode(gpu, at.shape, m, &qkv, &kc, &vc, &*at.state, &mut *at.scratch, &mut attn)?;
+                    }
                 }
                 mark("attention")?;
-                o.forward_into(&attn, m, &mut hv)?;
+                if on("o_proj") {
+                    o.forward_into(&attn, m, &mut hv)?;
+                }
                 mark("o_proj")?;
-                gate_up.forward_into(&hv, m, &mut a)?;
+                if on("gate_up") {
+                    gate_up.forward_into(&hv, m, &mut a)?;
+                }
                 mark("gate_up")?;
-                down.forward_into(&a, m, &mut hv)?;
+                if on("down") {
+                    down.forward_into(&a, m, &mut hv)?;
+                }
                 mark("down")?;
             }
             Ops::Unfused { qkv: op, o, mlp } => {
                 let mut xn = b.xn.slice_mut(..m * h);
                 let mut y_h = b.y_h.slice_mut(..m * h);
                 let mut y_gu = b.y_gu.slice_mut(..m * 2 * i);
-                op.forward_into(Baseline::NormCublas, &hv, m, &mut xn, &mut qkv)?;
+                if on("qkv") {
+                    op.forward_into(Baseline::NormCublas, &hv, m, &mut xn, &mut qkv)?;
+                }
                 mark("qkv")?;
-                qk_norm_rope(gpu, at.shape, m, &mut qkv, norm, at.rope, &mut *at.state, &mut kc, &mut vc)?;
+                if on("rope") {
+                    qk_norm_rope(gpu, at.shape, m, &mut qkv, norm, at.rope, &mut *at.state, &mut kc, &mut vc)?;
+                }
                 mark("rope")?;
-                attention_decode(gpu, at.shape, m, &qkv, &kc, &vc, &*at.state, &mut *at.scratch, &mut attn)?;
+                if on("attention") {
+                    attention_decode(gpu, at.shape, m, &qkv, &kc, &vc, &*at.state, &mut *at.scratch, &mut attn)?;
+                }
                 mark("attention")?;
-                ops::gemm(gpu, GemmImpl::Cublas, &attn, o, &mut y_h, m, qd, h)?;
-                ops::residual_add(gpu, &y_h, &mut hv, m * h)?;
+                if on("o_proj") {
+                    ops::gemm(gpu, GemmImpl::Cublas, &attn, o, &mut y_h, m, qd, h)?;
+                    ops::residual_add(gpu, &y_h, &mut hv, m * h)?;
+                }
                 mark("o_proj")?;
-                mlp.gate_up_into(Baseline::NormCublas, &hv, m, &mut xn, &mut y_gu, &mut a)?;
+                if on("gate_up") {
+                    mlp.gate_up_into(Baseline::NormCublas, &hv, m, &mut xn, &mut y_gu, &mut a)?;
+                }
                 mark("gate_up")?;
-                mlp.down_into(Baseline::NormCublas, &a, m, &mut y_h, &mut hv)?;
+                if on("down") {
+                    mlp.down_into(Baseline::NormCublas, &a, m, &mut y_h, &mut hv)?;
+                }
                 mark("down")?;
             }
         }

@@ -209,11 +209,11 @@ impl Engine {
         // One eager step of each head outside any capture, then the graphs.
         for head in [Head::Argmax, Head::Logits] {
             engine.reset(&[0])?;
-            engine.enqueue_rows(1, Some(head), &mut |_| Ok(()))?;
+            engine.enqueue_rows(1, Some(head), None, &mut |_| Ok(()))?;
             engine.check_flags()?;
         }
         for head in [Head::Argmax, Head::Logits] {
-            let graph = engine.capture(head)?;
+            let graph = engine.capture(head, None)?;
             engine.graphs[head as usize] = Some(graph);
         }
         engine.reset(&[0])?;
@@ -410,7 +410,7 @@ impl Engine {
                 marks.push((name, e));
                 Ok(())
             };
-            self.enqueue_rows(1, Some(Head::Argmax), &mut mark)
+            self.enqueue_rows(1, Some(Head::Argmax), None, &mut mark)
         })();
         let graph = stream.end_capture(CUgraphInstantiate_flags(0)).map_err(driver("cuStreamEndCapture"));
         result?;
@@ -444,6 +444,63 @@ impl Engine {
                 (name, v[v.len() / 2])
             })
             .collect())
+    }
+
+    /// The stages of a step that [`Engine::profile_leave_one_out`] leaves out in turn.
+    pub const STAGES: [&'static str; 7] = ["qkv", "rope", "attention", "o_proj", "gate_up", "down", "head"];
+
+    /// Times greedy steps with each stage left out of every layer in turn, so that PDL's
+    /// overlap between the stages that stay is kept (unlike [`Engine::profile_step`]): per
+    /// variant a step graph without that stage is captured and replayed `steps` times back
+    /// to back between two events, from the current position on. Returns (`"full"` or the
+    /// stage, µs per step): the whole step first and again last (their difference is the
+    /// run's noise), and a stage's time saved is the whole step's minus its variant's. The
+    /// outputs of a step without a stage are wrong: this is a timing only, and the engine
+    /// should be reset before it generates again (every step takes token 0 from the prompt
+    /// buffer; the fused decode step's attention kernel also writes the KV cache, so without
+    /// it later steps attend over rows never written). Stages a mode does not have (the
+    /// fused decode step's RoPE is inside its attention kernel) are not listed.
+    pub fn profile_leave_one_out(&mut self, steps: usize) -> Result<Vec<(&'static str, f64)>> {
+        let steps = steps.max(1);
+        let fused = self.opts.mode == Mode::Fused;
+        let variants: Vec<Option<&'static str>> = std::iter::once(None)
+            .chain(Self::STAGES.iter().copied().filter(|&s| !(fused && s == "rope")).map(Some))
+            .chain(std::iter::once(None))
+            .collect();
+        let needed = self.fed + variants.len() * (steps + 1);
+        if needed > self.opts.max_seq {
+            return Err(Error::SequenceTooLong { needed, capacity: self.opts.max_seq });
+        }
+        let ctx = self.gpu.context().clone();
+        let event = || ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(driver("cuEventCreate"));
+        let (start, end) = (event()?, event()?);
+        let stream = self.gpu.stream().clone();
+        // Every step of the profile takes its token (0) from the prompt buffer, not from the
+        // head's slot: the variant without the head writes no slot, and a step after it
+        // would read an empty one (a token outside the vocabulary, flagged by the device).
+        let fill = vec![0u32; needed - self.fed];
+        stream.memcpy_htod(&fill, &mut self.prompt.slice_mut(self.fed..needed)).map_err(driver("token upload"))?;
+        self.prompt_len = self.prompt_len.max(needed);
+        let len = [self.prompt_len as u32];
+        let p = step::PROMPT_LEN;
+        stream.memcpy_htod(&len, &mut self.state.slice_mut(p..p + 1)).map_err(driver("state upload"))?;
+        let mut out = Vec::new();
+        for skip in variants {
+            let graph = self.capture(Head::Argmax, skip)?;
+            // One replay first (the graph's first launch), untimed.
+            graph.launch().map_err(driver("cuGraphLaunch"))?;
+            self.fed += 1;
+            start.record(&stream).map_err(driver("cuEventRecord"))?;
+            for _ in 0..steps {
+                graph.launch().map_err(driver("cuGraphLaunch"))?;
+                self.fed += 1;
+            }
+            end.record(&stream).map_err(driver("cuEventRecord"))?;
+            self.finish()?;
+            let us = f64::from(start.elapsed_ms(&end).map_err(driver("cuEventElapsedTime"))?) * 1e3;
+            out.push((skip.unwrap_or("full"), us / steps as f64));
+        }
+        Ok(out)
     }
 
     /// Makes the next step take `token` instead of the prompt's or the argmax.
@@ -491,17 +548,17 @@ impl Engine {
         while left > 0 {
             let rows = left.min(self.bufs.rows);
             left -= rows;
-            self.enqueue_rows(rows, (left == 0).then_some(head), &mut |_| Ok(()))?;
+            self.enqueue_rows(rows, (left == 0).then_some(head), None, &mut |_| Ok(()))?;
             self.fed += rows;
         }
         Ok(())
     }
 
     /// Captures one step with `head` into a graph.
-    fn capture(&mut self, head: Head) -> Result<CudaGraph> {
+    fn capture(&mut self, head: Head, skip: Option<&str>) -> Result<CudaGraph> {
         let stream = self.gpu.stream().clone();
         stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(driver("capture"))?;
-        let result = self.enqueue_rows(1, Some(head), &mut |_| Ok(()));
+        let result = self.enqueue_rows(1, Some(head), skip, &mut |_| Ok(()));
         // End the capture even when the enqueue failed, so the stream is usable again.
         let graph = stream.end_capture(CUgraphInstantiate_flags(0)).map_err(driver("cuStreamEndCapture"));
         result?;
@@ -512,11 +569,13 @@ impl Engine {
 
     /// Enqueues the next `rows` positions (a decode step: 1; a prefill chunk: more; at most
     /// the buffers' rows), then `head` on the last of them (none: the prefill chunks before
-    /// the prompt's last); `mark` after each stage.
+    /// the prompt's last); `mark` after each stage. Every stage but `skip` (only for
+    /// timings: without a stage the results are wrong).
     fn enqueue_rows(
         &mut self,
         rows: usize,
         head: Option<Head>,
+        skip: Option<&str>,
         mark: &mut dyn FnMut(&'static str) -> Result<()>,
     ) -> Result<()> {
         if rows == 0 || rows > self.bufs.rows {
@@ -554,9 +613,9 @@ impl Engine {
         let per_layer = cfg.kv_dim() * opts.max_seq;
         let mut at = AttnCtx { shape: attn, rope, state, scratch, k_cache, v_cache, per_layer, eps };
         for (l, layer) in layers.iter().enumerate() {
-            layer.enqueue(gpu, cfg, bufs, &mut at, l, rows, mark)?;
+            layer.enqueue(gpu, cfg, bufs, &mut at, l, rows, skip, mark)?;
         }
-        let Some(head) = head else { return Ok(()) };
+        let Some(head) = head.filter(|_| skip != Some("head")) else { return Ok(()) };
         let last = bufs.h.slice((rows - 1) * h..rows * h);
         let w = lm_head.as_ref().unwrap_or(embed);
         match (head, fused_head.as_ref()) {

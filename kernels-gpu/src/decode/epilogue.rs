@@ -44,13 +44,29 @@ pub trait Epilogue: Copy {
     /// W rows (the GEMM's N).
     fn rows(&self) -> u32;
 
+    /// What `store_fragment` reads besides the accumulators (the residual), loaded by
+    /// [`Epilogue::preload`]; `()` where it reads nothing.
+    type Pre: Copy + Default;
+
+    /// Loads what `store_fragment` of token tile 0 will read, for the lane's fragment of
+    /// the warp's 16 rows from `row0`: the body calls it right after the dependency wait, so
+    /// that the load's latency overlaps x staging and the MMAs instead of following them.
+    ///
+    /// # Safety
+    /// As `store_fragment`, after the dependency wait.
+    #[inline(always)]
+    unsafe fn preload(&self, _row0: u32, _gq: u32, _qq: u32, _m: u32) -> Self::Pre {
+        Self::Pre::default()
+    }
+
     /// Stores one lane's fragment `a`, element `i` scaled by `sc[i % 2]` (its token's scale), of the warp's 16 rows from `row0`,
-    /// token tile `t`, lane `(gq, qq)`, for tokens below `m`.
+    /// token tile `t`, lane `(gq, qq)`, for tokens below `m`; `pre` is what
+    /// [`Epilogue::preload`] loaded for tile 0 (the default for other tiles).
     ///
     /// # Safety
     /// The epilogue's tensors hold `m` tokens.
     #[allow(clippy::too_many_arguments)] // the fragment's coordinates, as the body holds them
-    unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2], m: u32);
+    unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2], m: u32, pre: Self::Pre);
 
     /// Writes one lane's fragment `a` (scaled as in `store_fragment`) of token tile `t` into the warp's staging area
     /// `stage` (32 bytes per token).
@@ -106,6 +122,8 @@ impl<const NORM: bool> Epilogue for RowStore<NORM> {
     const NORM: bool = NORM;
     const ELEMENTWISE: bool = true;
 
+    type Pre = ();
+
     #[inline(always)]
     fn rows(&self) -> u32 {
         self.0.n()
@@ -113,7 +131,7 @@ impl<const NORM: bool> Epilogue for RowStore<NORM> {
 
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2], m: u32) {
+    unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2], m: u32, _: ()) {
         // SAFETY: forwarded to the caller.
         unsafe { store_rows_direct(&self.0, row0, t, gq, qq, a, sc, m) }
     }
@@ -194,6 +212,8 @@ impl Epilogue for SiluMul {
     const NORM: bool = true;
     const ELEMENTWISE: bool = false;
 
+    type Pre = ();
+
     #[inline(always)]
     fn rows(&self) -> u32 {
         2 * self.inter
@@ -201,7 +221,7 @@ impl Epilogue for SiluMul {
 
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2], m: u32) {
+    unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2], m: u32, _: ()) {
         // Rows g (gate) and g + 8 (up) of the warp's block: intermediate column row0 / 2 + g.
         let col = row0 / 2 + gq;
         for j in 0..2 {
@@ -269,24 +289,34 @@ impl ResidualAdd {
         (self.out.wrapping_add(off), self.residual.wrapping_add(off))
     }
 
-    /// `out[token, col] = bf16(residual + bf16(value))`.
+    /// `out[token, col] = bf16(residual + bf16(value))`, `residual` the bits read from
+    /// `[token, col]` of the residual.
     ///
     /// # Safety
     /// `col < N`, `token` below the M the tensors hold.
     #[inline(always)]
-    unsafe fn add_one(&self, token: u32, col: u32, value: f32) {
-        let (dst, src) = self.at(token, col);
+    unsafe fn add_one(&self, token: u32, col: u32, residual: u16, value: f32) {
+        let r = f32::from_bits((residual as u32) << 16);
         // SAFETY: forwarded to the caller.
-        unsafe {
-            let r = f32::from_bits((src.read() as u32) << 16);
-            dst.write(cvt_rn_bf16x2_f32(r + round_bf16(value), 0.0) as u16);
-        }
+        unsafe { self.at(token, col).0.write(cvt_rn_bf16x2_f32(r + round_bf16(value), 0.0) as u16) };
     }
 }
 
 impl Epilogue for ResidualAdd {
     const NORM: bool = false;
     const ELEMENTWISE: bool = true;
+
+    /// The residual of the lane's four elements of token tile 0 (0 outside the tensors).
+    type Pre = [u16; 4];
+
+    #[inline(always)]
+    unsafe fn preload(&self, row0: u32, gq: u32, qq: u32, m: u32) -> [u16; 4] {
+        core::array::from_fn(|i| {
+            let (row, tok) = elem(row0, 0, gq, qq, i as u32);
+            // SAFETY: row < N, tok < M.
+            if row < self.n && tok < m { unsafe { self.at(tok, row).1.read() } } else { 0 }
+        })
+    }
 
     #[inline(always)]
     fn rows(&self) -> u32 {
@@ -295,12 +325,18 @@ impl Epilogue for ResidualAdd {
 
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2], m: u32) {
+    unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2], m: u32, pre: [u16; 4]) {
         for (i, &value) in a.iter().enumerate() {
             let (row, tok) = elem(row0, t, gq, qq, i as u32);
             if row < self.n && tok < m {
+                let r = if t == 0 {
+                    pre[i]
+                } else {
+                    // SAFETY: row < N, tok < M.
+                    unsafe { self.at(tok, row).1.read() }
+                };
                 // SAFETY: row < N, tok < M.
-                unsafe { self.add_one(tok, row, value * sc[i % 2]) };
+                unsafe { self.add_one(tok, row, r, value * sc[i % 2]) };
             }
         }
     }
@@ -331,7 +367,7 @@ impl Epilogue for ResidualAdd {
     #[inline(always)]
     unsafe fn store_element(&self, token: u32, row: u32, value: f32) {
         // SAFETY: forwarded to the caller.
-        unsafe { self.add_one(token, row, value) }
+        unsafe { self.add_one(token, row, self.at(token, row).1.read(), value) }
     }
 }
 
@@ -377,6 +413,8 @@ impl Epilogue for ArgMax {
     const NORM: bool = true;
     const ELEMENTWISE: bool = true;
 
+    type Pre = ();
+
     #[inline(always)]
     fn rows(&self) -> u32 {
         self.n
@@ -384,7 +422,7 @@ impl Epilogue for ArgMax {
 
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2], m: u32) {
+    unsafe fn store_fragment(&self, row0: u32, t: u32, gq: u32, qq: u32, a: [f32; 4], sc: [f32; 2], m: u32, _: ()) {
         // Called by every lane of the warp (the body's epilogue loop is warp-uniform).
         for j in 0..2u32 {
             let tok = t * 8 + 2 * qq + j;

@@ -60,7 +60,9 @@
 //! 2. The first W batch (two in the `_early` entries): weights are never written by the
 //!    previous kernel, so they stream before the wait.
 //! 3. An L2 prefetch of the warp's next batch, so DRAM keeps busy during the wait.
-//! 4. `griddepcontrol.wait`; only then x and the outputs are touched.
+//! 4. `griddepcontrol.wait`; only then x and the outputs are touched. The one-tile
+//!    entries' part-0 warps first request what their epilogue reads from the previous
+//!    kernel (`Epilogue::preload`: the residual), so that it arrives during 5.
 //! 5. x staged (`stage`); the norm's sums of squares come from the B fragments inside the
 //!    main loop (plain and ring entries) or from a pass over the staged rows (`_early`).
 //!
@@ -262,8 +264,16 @@ pub unsafe fn run<const MT: usize, const EARLY: bool, const RING: bool, E: Epilo
     let stride = layout.row_stride as u32;
     let sum_sq = smem.byte_add(layout.sum_sq as u32).cast::<f32>();
 
-    // 3. Wait for the previous kernel before touching x or the outputs.
+    // 3. Wait for the previous kernel before touching x or the outputs; then the
+    // epilogue's own input from it (the residual) where the warp will store one token tile
+    // directly, so that the load overlaps x staging and the MMAs.
     griddepcontrol_wait();
+    let pre = if MT == 1 && k_splits == 1 && part == 0 {
+        // SAFETY: after the wait; the epilogue's tensors hold m tokens.
+        unsafe { epi.preload(row0, gq, qq, m) }
+    } else {
+        E::Pre::default()
+    };
 
     // 4. Stage x: each token row is copied by one warp, or by all 8 at M = 1, or by 4 in the
     // plain entries at M = 2; the fused `_early` entries also sum its squares. One CTA
@@ -434,7 +444,8 @@ pub unsafe fn run<const MT: usize, const EARLY: bool, const RING: bool, E: Epilo
                     if staged {
                         epi.stage(stage, t as u32, gq, qq, *a, sc);
                     } else {
-                        epi.store_fragment(row0, t as u32, gq, qq, *a, sc, m);
+                        let pre = if t == 0 { pre } else { E::Pre::default() };
+                        epi.store_fragment(row0, t as u32, gq, qq, *a, sc, m, pre);
                     }
                 }
             }
