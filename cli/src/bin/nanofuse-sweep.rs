@@ -150,6 +150,21 @@ struct Args {
     /// Print the kernel entry points the host launches, one a line, and exit (needs no GPU).
     #[arg(long)]
     list_kernels: bool,
+    /// The parts of the sweep to run (comma-separated): a sanitizer tool too slow for the
+    /// whole sweep in one go runs it part by part.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Part::Qkv, Part::Mlp, Part::Engine])]
+    part: Vec<Part>,
+}
+
+/// A part of the sweep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    /// The QKV ops (every route and schedule, the shapes with tails).
+    Qkv,
+    /// The MLP ops (gate/up, the projections, their baselines).
+    Mlp,
+    /// The decode engine's step kernels (step_begin, RoPE, attention, argmax, the LM head).
+    Engine,
 }
 
 /// Why a case failed.
@@ -247,7 +262,8 @@ fn main() -> ExitCode {
     let start = Instant::now();
     let mut tally = Tally::default();
     let mut rng = SmallRng::seed_from_u64(args.seed);
-    'sweep: for (name, k, nq, nkv) in SHAPES {
+    let qkv_shapes: &[(&str, usize, usize, usize)] = if args.part.contains(&Part::Qkv) { &SHAPES } else { &[] };
+    'sweep: for &(name, k, nq, nkv) in qkv_shapes {
         let shape = QkvShape::new(k, nq, nkv, EPS);
         let (g, w) = random_weights(&mut rng, &shape);
         let built = FusedRmsNormQkv::new(&gpu, shape, &g, &w)
@@ -288,10 +304,10 @@ fn main() -> ExitCode {
             }
         }
     }
-    if !tally.driver_error {
+    if !tally.driver_error && args.part.contains(&Part::Mlp) {
         mlp_sweep(&gpu, &mut tally, &mut rng);
     }
-    if !tally.driver_error {
+    if !tally.driver_error && args.part.contains(&Part::Engine) {
         engine_sweep(&gpu, &mut tally, &mut rng);
     }
     if tally.driver_error {
