@@ -52,6 +52,7 @@
 #   bash scripts/sanitize.sh [--ours-only | --kernel-filter] [--tools memcheck,racecheck,...]
 #                            [BINARY] [-- SWEEP_ARGS]
 #   BINARY defaults to .gpu/bin/nanofuse-sweep; SWEEP_ARGS go to the sweep (e.g. -- --seed 7,
+#   -- --part engine: one part of the sweep, for a tool too slow for all of it in one call,
 #   -- --no-pdl). COMPUTE_SANITIZER=/path/to/compute-sanitizer overrides the tool's location.
 # Like `bash .gpu/run`, it puts /usr/local/cuda/lib64 and
 # /usr/local/cuda/targets/x86_64-linux/lib (where they exist) on LD_LIBRARY_PATH for cuBLAS.
